@@ -1,0 +1,88 @@
+//! Limits and map names: the one place both sides read them from.
+
+/// Services the maps are sized for by default (`[daemon] max_services`).
+pub const DEFAULT_MAX_SERVICES: u32 = 64;
+/// Backends across all target groups (size of the `BACKENDS` array).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default Maglev lookup table size per service (a prime, as the Maglev paper asks).
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Default size of the connection tracking LRU (`[daemon] conntrack_size`).
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 1_000_000;
+/// Every service has two Maglev tables: the live one and the one being written.
+pub const SLOTS_PER_SERVICE: u32 = 2;
+/// A Maglev table entry meaning "no backend".
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const AF_INET: u8 = 4;
+pub const AF_INET6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+// Map names, as declared in lb-ebpf and looked up by the daemon.
+pub const MAP_SERVICES: &str = "SERVICES";
+pub const MAP_MAGLEV: &str = "MAGLEV";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_CONNTRACK: &str = "CONNTRACK";
+pub const MAP_REVERSE: &str = "REVERSE";
+pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
+/// Global (`.rodata`) variables set at load time.
+pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
+pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
+/// Program names.
+pub const PROG_XDP_LB: &str = "xlb";
+pub const PROG_XDP_PASS: &str = "xlb_pass";
+pub const PROG_XDP_TX: &str = "xlb_tx";
+
+/// Indexes into the `GLOBAL_STATS` per-CPU array.
+pub mod global {
+    /// Packets handed to the kernel untouched (not for a service).
+    pub const PASSED: u32 = 0;
+    /// Packets dropped on purpose (all reasons).
+    pub const DROPPED: u32 = 1;
+    /// Truncated or malformed headers (dropped).
+    pub const MALFORMED: u32 = 2;
+    /// Packets to a service whose flow was not in the connection table.
+    pub const CONNTRACK_MISS: u32 = 3;
+    /// FIB lookups that failed (packet dropped).
+    pub const FIB_FAILED: u32 = 4;
+    /// FIB lookups that had no neighbour entry: the rewritten packet goes to the kernel,
+    /// which resolves the neighbour and forwards it.
+    pub const FIB_NO_NEIGH: u32 = 5;
+    /// Packets to a service with no usable backend (dropped).
+    pub const NO_BACKEND: u32 = 6;
+    /// IPv4 fragments (passed to the kernel).
+    pub const FRAGMENTS: u32 = 7;
+    /// ICMP / ICMPv6 (passed to the kernel).
+    pub const ICMP: u32 = 8;
+    /// Client-to-service packets forwarded to a backend.
+    pub const FORWARDED: u32 = 9;
+    /// Backend replies rewritten back to the VIP and forwarded to the client.
+    pub const REPLIES: u32 = 10;
+    /// Redirects the kernel refused (packet dropped).
+    pub const REDIRECT_FAILED: u32 = 11;
+    pub const COUNT: u32 = 12;
+
+    pub const NAMES: [&str; COUNT as usize] = [
+        "passed",
+        "dropped",
+        "malformed",
+        "conntrack_miss",
+        "fib_failed",
+        "fib_no_neigh",
+        "no_backend",
+        "fragments",
+        "icmp",
+        "forwarded",
+        "replies",
+        "redirect_failed",
+    ];
+}
+
+/// `ServiceInfo::flags`
+pub const SVC_F_EMPTY: u32 = 1;
+/// `BackendInfo::flags`: the backend may receive new flows.
+pub const BE_F_ACTIVE: u8 = 1;
+/// `BackendInfo::flags`: established flows may continue (set while draining too).
+pub const BE_F_ESTABLISHED_OK: u8 = 2;

@@ -1,0 +1,120 @@
+//! Map keys and values.
+
+/// Key of the `SERVICES` hash map: a VIP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// IPv4 in the first 4 bytes (rest zero) or IPv6, network order.
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    /// `AF_INET` (4) or `AF_INET6` (6).
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+/// Value of the `SERVICES` hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceInfo {
+    /// Index into `SERVICE_STATS` and the service's pair of Maglev tables.
+    pub id: u32,
+    /// Which of the two Maglev tables is live (0 or 1).
+    pub slot: u32,
+    /// `SVC_F_*`
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
+
+/// Element of the `BACKENDS` array, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendInfo {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: [u8; 2],
+    pub family: u8,
+    /// `BE_F_*`
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 20);
+
+/// A flow's 5-tuple: key of `CONNTRACK` (client → VIP) and `REVERSE` (backend → client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of `CONNTRACK`: the backend a client flow is pinned to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// Coarse monotonic time (ns) the flow was last seen.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+
+/// Value of `REVERSE`: what a backend's reply must be rewritten back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevValue {
+    pub vip: [u8; 16],
+    pub vport: [u8; 2],
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<RevValue>() == 32);
+
+/// Per-CPU traffic counters of a service or a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Client → backend packets and bytes (as received).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows placed by a Maglev lookup (new, or moved off a dead backend).
+    pub new_flows: u64,
+    /// Backend → client packets and bytes.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Packets dropped because no backend was usable.
+    pub dropped: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 48);
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.reply_packets += o.reply_packets;
+        self.reply_bytes += o.reply_bytes;
+        self.dropped += o.dropped;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for BackendInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for RevValue {}
+    unsafe impl aya::Pod for Counters {}
+}

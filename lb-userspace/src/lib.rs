@@ -1,0 +1,1 @@
+//! xlb: the daemon and CLI of the xlb XDP load balancer.
