@@ -1,1 +1,13 @@
 //! xlb: the daemon and CLI of the xlb XDP load balancer.
+//!
+//! - [`config`]: the TOML file, validated with positions in errors;
+//! - [`maglev`]: the lookup table;
+//! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
+//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`.
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod ebpf;
+pub mod maglev;
+pub mod reconcile;
+pub mod state;

@@ -1,1 +1,169 @@
-fn main() {}
+//! `cargo xtask setup | build | test | demo`: the project's developer tasks.
+
+mod demo;
+mod setup;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use xlb_lab::Lab;
+
+#[derive(Parser)]
+#[command(about = "xlb developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need, where missing: nightly rust-src, bpf-linker,
+    /// Debian packages (iproute2, ethtool, nftables, iputils-ping).
+    Setup,
+    /// Setup, then build the workspace (the eBPF object is built by lb-userspace's build.rs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, then run every test: unit tests in parallel, integration tests (network
+    /// namespaces, XDP) one at a time. Needs root.
+    Test,
+    /// Run xlb in a lab of network namespaces (1 client, 3 backends) and show live how the
+    /// client's requests spread over the backends. Needs root.
+    Demo(demo::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build { release } => {
+            setup::setup()?;
+            build(release)
+        }
+        Cmd::Test => test(),
+        Cmd::Demo(args) => demo::demo(args),
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The cargo target directory (`$CARGO_TARGET_DIR` or `<root>/target`).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
+/// Path of a workspace binary of the debug profile.
+fn debug_bin(name: &str) -> PathBuf {
+    target_dir().join("debug").join(name)
+}
+
+/// `cargo ARGS` in the workspace root.
+fn cargo<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.args(args).current_dir(root());
+    c
+}
+
+/// Runs `cmd` with inherited stdio (echoing it first); fails unless it exits 0.
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("+ {shown}");
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    if !st.success() {
+        bail!("`{shown}` failed: {st}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut c = cargo(["build", "--workspace"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !xlb_lab::is_root() {
+        bail!(
+            "`cargo xtask {what}` needs root: it creates network namespaces and attaches XDP \
+             programs. Run it as root (e.g. `sudo -E cargo xtask {what}`)."
+        );
+    }
+    Ok(())
+}
+
+/// Removes namespaces that killed test runs left behind.
+fn cleanup_test_namespaces() -> Result<()> {
+    for name in Lab::cleanup_stale(xlb_lab::TEST_PREFIX)? {
+        eprintln!("removed leftover namespace {name}");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    require_root("test")?;
+    setup::setup()?;
+    build(false)?;
+    let xlb = debug_bin("xlb");
+    let lab = debug_bin("xlb-lab");
+    for bin in [&xlb, &lab] {
+        if !bin.is_file() {
+            bail!("{} was not built", bin.display());
+        }
+    }
+    cleanup_test_namespaces()?;
+    let phases: [(&str, &[&str]); 3] = [
+        ("unit tests", &["test", "--workspace", "--lib", "--bins"]),
+        ("doc tests", &["test", "--workspace", "--doc"]),
+        (
+            "integration tests",
+            &[
+                "test",
+                "--workspace",
+                "--test",
+                "*",
+                "--",
+                "--test-threads=1",
+            ],
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, args) in phases {
+        eprintln!("=== {name}");
+        let mut c = cargo(args);
+        c.env("XLB_BIN", &xlb).env("XLB_LAB_BIN", &lab);
+        if let Err(e) = run(&mut c) {
+            eprintln!("{e:#}");
+            failed.push(name);
+        }
+    }
+    cleanup_test_namespaces()?;
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    eprintln!("all tests passed");
+    Ok(())
+}

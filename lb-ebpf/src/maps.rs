@@ -1,0 +1,75 @@
+//! Maps and load-time globals. Names and default sizes come from `lb_common::consts`; the
+//! daemon resizes MAGLEV, SERVICES, SERVICE_STATS and CONNTRACK/REVERSE at load time.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    BackendInfo, Counters, CtValue, FlowKey, RevValue, ServiceInfo, ServiceKey,
+    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, MAX_BACKENDS,
+    SLOTS_PER_SERVICE,
+};
+
+/// Maglev table size (prime). Set by the loader.
+#[unsafe(no_mangle)]
+static RING_SIZE: u32 = DEFAULT_RING_SIZE;
+/// Seed of the flow hash. Set by the loader.
+#[unsafe(no_mangle)]
+static HASH_SEED: u32 = 0;
+
+#[inline(always)]
+pub fn ring_size() -> u32 {
+    unsafe { core::ptr::read_volatile(&RING_SIZE) }
+}
+
+#[inline(always)]
+pub fn hash_seed() -> u32 {
+    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+}
+
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceInfo> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// `(service_id * 2 + slot) * RING_SIZE + i` → backend id.
+#[map(name = "MAGLEV")]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(
+    DEFAULT_MAX_SERVICES * SLOTS_PER_SERVICE * DEFAULT_RING_SIZE,
+    0,
+);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Client flow (client → VIP) → backend.
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
+
+/// Backend flow (backend → client) → VIP to restore.
+#[map(name = "REVERSE")]
+pub static REVERSE: LruHashMap<FlowKey, RevValue> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
+
+#[map(name = "SERVICE_STATS")]
+pub static SERVICE_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "GLOBAL_STATS")]
+pub static GLOBAL_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(lb_common::global::COUNT, 0);
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(p) = GLOBAL_STATS.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn counters(map: &PerCpuArray<Counters>, idx: u32) -> Option<&mut Counters> {
+    map.get_ptr_mut(idx).map(|p| unsafe { &mut *p })
+}

@@ -1,0 +1,332 @@
+//! Entry points and the per-packet path: parse, classify, pick a backend, rewrite, forward.
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    global, hash::flow_hash, CtValue, FlowKey, RevValue, ServiceInfo, ServiceKey, AF_INET,
+    AF_INET6, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    SLOTS_PER_SERVICE, SVC_F_EMPTY,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+use crate::{
+    maps::{
+        count, counters, hash_seed, ring_size, BACKENDS, BACKEND_STATS, CONNTRACK, MAGLEV, REVERSE,
+        SERVICES, SERVICE_STATS,
+    },
+    nat::{self, Pkt, Rewrite},
+    parse::*,
+};
+
+#[xdp]
+pub fn xlb(ctx: XdpContext) -> u32 {
+    match try_xlb(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// Returns `XDP_PASS`: attached to the receiving end of veth pairs so that they accept
+/// redirected frames (veth NAPI), and used as a benchmark floor.
+#[xdp]
+pub fn xlb_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// Returns `XDP_TX`: the benchmark floor for a forwarding program.
+#[xdp]
+pub fn xlb_tx(_ctx: XdpContext) -> u32 {
+    XDP_TX
+}
+
+#[inline(always)]
+fn pass() -> u32 {
+    count(global::PASSED);
+    XDP_PASS
+}
+
+#[inline(always)]
+fn malformed() -> u32 {
+    count(global::MALFORMED);
+    count(global::DROPPED);
+    XDP_DROP
+}
+
+#[inline(always)]
+fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| malformed())?;
+    let mut ethertype =
+        u16::from_be(unsafe { core::ptr::addr_of!((*eth).ether_type).read_unaligned() });
+    let mut l3 = EthHdr::LEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let tag: *const [u8; 4] = ptr_at(ctx, l3).map_err(|_| malformed())?;
+        let tag = unsafe { *tag };
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        l3 += 4;
+    }
+    let p = match ethertype {
+        ETH_P_IPV4 => parse_v4(ctx, l3)?,
+        ETH_P_IPV6 => parse_v6(ctx, l3)?,
+        _ => return Ok(pass()),
+    };
+
+    let key = ServiceKey {
+        addr: p.key.dst,
+        port: p.key.dport,
+        proto: p.key.proto,
+        family: p.key.family,
+    };
+    if let Some(svc) = SERVICES.get_ptr(&key) {
+        return forward(ctx, &p, svc);
+    }
+    if let Some(rv) = REVERSE.get_ptr(&p.key) {
+        return reply(ctx, &p, rv);
+    }
+    Ok(pass())
+}
+
+#[inline(always)]
+fn l4_ok(ctx: &XdpContext, proto: u8, l4: usize, l4_len: usize) -> Result<[u8; 4], u32> {
+    // The ports are the first 4 bytes of both headers.
+    if proto == PROTO_TCP {
+        let _: *const TcpHdr = ptr_at(ctx, l4).map_err(|_| malformed())?;
+        if l4_len < TcpHdr::LEN {
+            return Err(malformed());
+        }
+    } else {
+        let _: *const UdpHdr = ptr_at(ctx, l4).map_err(|_| malformed())?;
+        if l4_len < UdpHdr::LEN {
+            return Err(malformed());
+        }
+    }
+    let ports: *const [u8; 4] = ptr_at(ctx, l4).map_err(|_| malformed())?;
+    Ok(unsafe { *ports })
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, l3).map_err(|_| malformed())?;
+    let ip = unsafe { &*ip };
+    let vihl = ip.vihl;
+    let ihl = ((vihl & 0x0f) as usize) << 2;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return Err(malformed());
+    }
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let frame_len = ctx.data_end() - ctx.data();
+    if tot_len < ihl || l3 + tot_len > frame_len {
+        return Err(malformed());
+    }
+    if u16::from_be_bytes(ip.frags) & IP_MF_OFFSET != 0 {
+        count(global::FRAGMENTS);
+        return Err(pass());
+    }
+    let proto = ip.proto;
+    if proto == IPPROTO_ICMP {
+        count(global::ICMP);
+        return Err(pass());
+    }
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(pass());
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&ip.src_addr);
+    dst[..4].copy_from_slice(&ip.dst_addr);
+    let l4 = l3 + ihl;
+    let ports = l4_ok(ctx, proto, l4, tot_len - ihl)?;
+    Ok(Pkt {
+        key: FlowKey {
+            src,
+            dst,
+            sport: [ports[0], ports[1]],
+            dport: [ports[2], ports[3]],
+            proto,
+            family: AF_INET,
+            _pad: [0; 2],
+        },
+        l3,
+        l4,
+    })
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, l3).map_err(|_| malformed())?;
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(malformed());
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let frame_len = ctx.data_end() - ctx.data();
+    if l3 + Ipv6Hdr::LEN + payload_len > frame_len {
+        return Err(malformed());
+    }
+    let proto = ip.next_hdr;
+    if proto == IPPROTO_ICMPV6 {
+        count(global::ICMP);
+        return Err(pass());
+    }
+    // Extension headers and other protocols belong to the kernel.
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(pass());
+    }
+    let src = ip.src_addr;
+    let dst = ip.dst_addr;
+    let l4 = l3 + Ipv6Hdr::LEN;
+    let ports = l4_ok(ctx, proto, l4, payload_len)?;
+    Ok(Pkt {
+        key: FlowKey {
+            src,
+            dst,
+            sport: [ports[0], ports[1]],
+            dport: [ports[2], ports[3]],
+            proto,
+            family: AF_INET6,
+            _pad: [0; 2],
+        },
+        l3,
+        l4,
+    })
+}
+
+#[inline(always)]
+fn no_backend(service_id: u32) -> u32 {
+    if let Some(c) = counters(&SERVICE_STATS, service_id) {
+        c.dropped += 1;
+    }
+    count(global::NO_BACKEND);
+    count(global::DROPPED);
+    XDP_DROP
+}
+
+/// Client → VIP.
+#[inline(never)]
+fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u32> {
+    let (service_id, slot, flags) = unsafe { ((*svc).id, (*svc).slot, (*svc).flags) };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    // A flow keeps its backend while the backend is healthy or draining.
+    let mut backend_id = NO_BACKEND;
+    match CONNTRACK.get_ptr_mut(&p.key) {
+        Some(ct) => unsafe {
+            if backend_usable((*ct).backend_id, BE_F_ESTABLISHED_OK) {
+                backend_id = (*ct).backend_id;
+                (*ct).last_seen_ns = now;
+            }
+        },
+        None => count(global::CONNTRACK_MISS),
+    }
+    let new_flow = backend_id == NO_BACKEND;
+    if new_flow {
+        if flags & SVC_F_EMPTY != 0 {
+            return Ok(no_backend(service_id));
+        }
+        let ring = ring_size();
+        let k = &p.key;
+        let h = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto, hash_seed());
+        let Some(pos) = h.checked_rem(ring) else {
+            return Ok(no_backend(service_id));
+        };
+        let idx = (service_id * SLOTS_PER_SERVICE + slot) * ring + pos;
+        backend_id = match MAGLEV.get_ptr(idx) {
+            Some(id) => unsafe { *id },
+            None => NO_BACKEND,
+        };
+        if backend_id == NO_BACKEND || !backend_usable(backend_id, BE_F_ACTIVE) {
+            return Ok(no_backend(service_id));
+        }
+        pin_flow(p, service_id, backend_id, now);
+    }
+    let Some(be) = BACKENDS.get_ptr(backend_id) else {
+        return Ok(no_backend(service_id));
+    };
+    let (addr, port) = unsafe { ((*be).addr, (*be).port) };
+
+    let nf = new_flow as u64;
+    if let Some(c) = counters(&SERVICE_STATS, service_id) {
+        c.packets += 1;
+        c.bytes += len;
+        c.new_flows += nf;
+    }
+    if let Some(c) = counters(&BACKEND_STATS, backend_id) {
+        c.packets += 1;
+        c.bytes += len;
+        c.new_flows += nf;
+    }
+
+    nat::rewrite(ctx, p, Rewrite::Dst, &addr, port)?;
+    Ok(nat::fib_forward(
+        ctx,
+        p,
+        &p.key.src,
+        &addr,
+        global::FORWARDED,
+    ))
+}
+
+#[inline(always)]
+fn backend_usable(id: u32, flags: u8) -> bool {
+    match BACKENDS.get_ptr(id) {
+        Some(be) => (unsafe { (*be).flags } & flags) == flags,
+        None => false,
+    }
+}
+
+/// Remember a new flow's backend, and how to rewrite the backend's replies.
+#[inline(never)]
+fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, now: u64) {
+    let ct = CtValue {
+        backend_id,
+        service_id,
+        last_seen_ns: now,
+    };
+    let _ = CONNTRACK.insert(&p.key, &ct, 0);
+    let Some(be) = BACKENDS.get_ptr(backend_id) else {
+        return;
+    };
+    let rkey = FlowKey {
+        src: unsafe { (*be).addr },
+        dst: p.key.src,
+        sport: unsafe { (*be).port },
+        dport: p.key.sport,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let rv = RevValue {
+        vip: p.key.dst,
+        vport: p.key.dport,
+        _pad: [0; 2],
+        service_id,
+        backend_id,
+        _pad2: 0,
+    };
+    let _ = REVERSE.insert(&rkey, &rv, 0);
+}
+
+/// Backend → client: restore the VIP as the source.
+#[inline(never)]
+fn reply(ctx: &XdpContext, p: &Pkt, rv: *const RevValue) -> Result<u32, u32> {
+    let (vip, vport, service_id, backend_id) =
+        unsafe { ((*rv).vip, (*rv).vport, (*rv).service_id, (*rv).backend_id) };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    if let Some(c) = counters(&SERVICE_STATS, service_id) {
+        c.reply_packets += 1;
+        c.reply_bytes += len;
+    }
+    if let Some(c) = counters(&BACKEND_STATS, backend_id) {
+        c.reply_packets += 1;
+        c.reply_bytes += len;
+    }
+    nat::rewrite(ctx, p, Rewrite::Src, &vip, vport)?;
+    Ok(nat::fib_forward(ctx, p, &vip, &p.key.dst, global::REPLIES))
+}

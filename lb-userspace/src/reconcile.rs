@@ -1,0 +1,193 @@
+//! The one writer of the BPF maps: makes the data path match a [`Desired`] state.
+//!
+//! Order of writes: backends first (so every id a table names is valid), then each service's
+//! Maglev table into its *inactive* slot, then the service entry that flips the slot (one
+//! atomic map update, so no packet sees a half-written table), and last the removal of
+//! services and backends nothing refers to any more.
+use std::collections::HashMap;
+
+use lb_common::{BackendInfo, ServiceInfo, ServiceKey, NO_BACKEND, SVC_F_EMPTY};
+use tracing::{debug, info};
+
+use crate::{
+    dataplane::Dataplane,
+    maglev::{self, MaglevBackend},
+    state::Desired,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("writing {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> ReconcileError {
+    move |source| ReconcileError::Map { map, source }
+}
+
+struct WrittenService {
+    key: ServiceKey,
+    slot: u32,
+    flags: u32,
+}
+
+/// What the maps hold, as far as this process wrote them.
+#[derive(Default)]
+pub struct Reconciler {
+    services: HashMap<u32, WrittenService>,
+    /// Contents of each (service id, slot) table, to write only what changes.
+    tables: HashMap<(u32, u32), Vec<u32>>,
+    backends: HashMap<u32, BackendInfo>,
+}
+
+/// What one `apply` changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub tables_swapped: usize,
+    pub table_entries_written: usize,
+    pub services_removed: usize,
+    pub backends_written: usize,
+    pub backends_removed: usize,
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn apply(
+        &mut self,
+        dp: &mut Dataplane,
+        desired: &Desired,
+    ) -> Result<ApplyReport, ReconcileError> {
+        let mut report = ApplyReport::default();
+        let ring = dp.opts.ring_size;
+
+        // 1. Backends.
+        for (id, b) in &desired.backends {
+            let info = b.info();
+            if self.backends.get(id) != Some(&info) {
+                if !self.backends.contains_key(id) {
+                    Dataplane::reset_counters(&mut dp.backend_stats, *id);
+                }
+                dp.backends.set(*id, info, 0).map_err(map_err("BACKENDS"))?;
+                self.backends.insert(*id, info);
+                report.backends_written += 1;
+            }
+        }
+
+        // 2. Tables and service entries.
+        for svc in &desired.services {
+            let members: Vec<_> = svc
+                .backends
+                .iter()
+                .filter_map(|id| desired.backends.get(id))
+                .filter(|b| b.active)
+                .collect();
+            let keys: Vec<String> = members.iter().map(|b| b.key.maglev_key()).collect();
+            let mb: Vec<MaglevBackend<'_>> = members
+                .iter()
+                .zip(&keys)
+                .map(|(b, k)| MaglevBackend {
+                    key: k.as_bytes(),
+                    weight: b.weight,
+                })
+                .collect();
+            let table: Vec<u32> = maglev::build(&mb, ring)
+                .into_iter()
+                .map(|i| {
+                    if i == NO_BACKEND {
+                        NO_BACKEND
+                    } else {
+                        members[i as usize].id
+                    }
+                })
+                .collect();
+            let flags = if members.is_empty() { SVC_F_EMPTY } else { 0 };
+            let key = svc.key();
+
+            let current = self.services.get(&svc.id);
+            let live_slot = current.filter(|w| w.key == key).map(|w| w.slot);
+            if let Some(slot) = live_slot {
+                let same_table = self.tables.get(&(svc.id, slot)) == Some(&table);
+                if same_table && current.map(|w| w.flags) == Some(flags) {
+                    continue;
+                }
+            }
+            if current.is_none() {
+                Dataplane::reset_counters(&mut dp.service_stats, svc.id);
+            }
+            // Stale entry under another key (the VIP changed): remove it first.
+            if let Some(w) = current.filter(|w| w.key != key) {
+                let _ = dp.services.remove(&w.key);
+            }
+            let slot = live_slot.map_or(0, |s| s ^ 1);
+            let base = dp.table_base(svc.id, slot);
+            let old = self
+                .tables
+                .entry((svc.id, slot))
+                .or_insert_with(|| vec![0; ring as usize]);
+            for (i, (&new, old)) in table.iter().zip(old.iter_mut()).enumerate() {
+                if new != *old {
+                    dp.maglev
+                        .set(base + i as u32, new, 0)
+                        .map_err(map_err("MAGLEV"))?;
+                    *old = new;
+                    report.table_entries_written += 1;
+                }
+            }
+            let info = ServiceInfo {
+                id: svc.id,
+                slot,
+                flags,
+                _pad: 0,
+            };
+            dp.services
+                .insert(key, info, 0)
+                .map_err(map_err("SERVICES"))?;
+            self.services
+                .insert(svc.id, WrittenService { key, slot, flags });
+            report.tables_swapped += 1;
+            debug!(service = %svc.name, slot, backends = members.len(), "table swapped");
+        }
+
+        // 3. Services that are gone.
+        let live: std::collections::HashSet<u32> = desired.services.iter().map(|s| s.id).collect();
+        let gone: Vec<u32> = self
+            .services
+            .keys()
+            .copied()
+            .filter(|id| !live.contains(id))
+            .collect();
+        for id in gone {
+            if let Some(w) = self.services.remove(&id) {
+                dp.services.remove(&w.key).map_err(map_err("SERVICES"))?;
+                report.services_removed += 1;
+            }
+        }
+
+        // 4. Backends that are gone: established flows to them are re-balanced by the data
+        // path, since their entry no longer allows traffic.
+        let gone: Vec<u32> = self
+            .backends
+            .keys()
+            .copied()
+            .filter(|id| !desired.backends.contains_key(id))
+            .collect();
+        for id in gone {
+            dp.backends
+                .set(id, BackendInfo::default(), 0)
+                .map_err(map_err("BACKENDS"))?;
+            self.backends.remove(&id);
+            report.backends_removed += 1;
+        }
+        if report != ApplyReport::default() {
+            info!(?report, "data path updated");
+        }
+        Ok(report)
+    }
+}

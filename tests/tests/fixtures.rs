@@ -1,0 +1,894 @@
+//! `BPF_PROG_TEST_RUN` fixtures for the XDP program, Katran style: input packet → expected
+//! output packet → expected action.
+//!
+//! The program is loaded and its maps filled by the daemon's own code (config → desired state
+//! → reconciler). Packets are run from inside a namespace whose interfaces, routes and static
+//! neighbours make every FIB lookup deterministic. Expected packets are built from scratch by
+//! etherparse (which computes checksums itself), and every output's checksums are recomputed
+//! by etherparse too.
+//!
+//! Needs root (skipped with a message otherwise).
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::{
+    IpHeaders, Ipv4Header, Ipv4Options, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
+};
+use xlb::{
+    config,
+    dataplane::{Dataplane, LoadOptions},
+    reconcile::Reconciler,
+    state::State,
+};
+use xlb_lab::netns::Netns;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+const LB_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const LB_BACKENDS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
+const CLIENT4: [u8; 4] = [198, 18, 1, 2];
+const VIP4: [u8; 4] = [198, 18, 100, 1];
+const VIP4_MULTI: [u8; 4] = [198, 18, 100, 2];
+const VIP4_EMPTY: [u8; 4] = [198, 18, 100, 3];
+const LB4: [u8; 4] = [198, 18, 1, 1];
+const VIP4_HAIRPIN: [u8; 4] = [198, 18, 100, 4];
+const HAIRPIN4: [u8; 4] = [198, 18, 1, 5];
+const HAIRPIN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x05];
+const B4_1: [u8; 4] = [198, 18, 2, 11];
+const B4_2: [u8; 4] = [198, 18, 2, 12];
+
+fn v6(last: u16, net: u16) -> [u8; 16] {
+    let a: std::net::Ipv6Addr = format!("2001:db8:{net:x}::{last:x}").parse().unwrap();
+    a.octets()
+}
+fn client6() -> [u8; 16] {
+    v6(2, 1)
+}
+fn vip6() -> [u8; 16] {
+    v6(1, 0x100)
+}
+fn b6(i: u16) -> [u8; 16] {
+    v6(0x10 + i, 2)
+}
+fn backend_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x02, 0x10 + i]
+}
+
+const CONFIG: &str = r#"
+[daemon]
+interfaces = ["veth-client", "veth-backends"]
+maglev_table_size = 1021
+conntrack_size = 65536
+hash_seed = 7
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "web"
+
+[[service]]
+name = "dns"
+vip = "198.18.100.1"
+port = 53
+protocol = "udp"
+target_group = "dns"
+
+[[service]]
+name = "web6"
+vip = "2001:db8:100::1"
+port = 80
+protocol = "tcp"
+target_group = "web6"
+
+[[service]]
+name = "dns6"
+vip = "2001:db8:100::1"
+port = 53
+protocol = "udp"
+target_group = "dns6"
+
+[[service]]
+name = "multi"
+vip = "198.18.100.2"
+port = 80
+protocol = "tcp"
+target_group = "multi"
+
+[[service]]
+name = "empty"
+vip = "198.18.100.3"
+port = 80
+protocol = "tcp"
+target_group = "empty"
+
+[[target_group]]
+name = "web"
+port = 8080
+backends = ["198.18.2.11"]
+
+[[target_group]]
+name = "dns"
+backends = ["198.18.2.12:5353"]
+
+[[target_group]]
+name = "web6"
+port = 8080
+backends = ["2001:db8:2::11"]
+
+[[target_group]]
+name = "dns6"
+backends = ["[2001:db8:2::12]:5353"]
+
+[[target_group]]
+name = "multi"
+port = 8080
+backends = ["198.18.2.11", "198.18.2.12", { address = "198.18.2.13", weight = 2 }]
+
+[[target_group]]
+name = "empty"
+backends = []
+
+[[service]]
+name = "hairpin"
+vip = "198.18.100.4"
+port = 80
+protocol = "tcp"
+target_group = "hairpin"
+
+[[target_group]]
+name = "hairpin"
+backends = ["198.18.1.5:8080"]
+"#;
+
+struct Fixture {
+    ns: Netns,
+    dp: Dataplane,
+    ifindex_client: u32,
+    ifindex_backends: u32,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Fixture {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ns = Netns::new(format!("xlbfx-{}-{n}", std::process::id())).expect("netns");
+        let sh = |cmd: &str| {
+            let args: Vec<&str> = cmd.split_whitespace().collect();
+            ns.exec(&args).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
+        };
+        sh("ip link add veth-client address 02:00:00:00:01:01 type veth peer name peer-client");
+        sh("ip link add veth-backends address 02:00:00:00:02:01 type veth peer name peer-backends");
+        for l in [
+            "lo",
+            "veth-client",
+            "peer-client",
+            "veth-backends",
+            "peer-backends",
+        ] {
+            sh(&format!("ip link set {l} up"));
+        }
+        sh("ip addr add 198.18.1.1/24 dev veth-client");
+        sh("ip addr add 198.18.2.1/24 dev veth-backends");
+        sh("ip -6 addr add 2001:db8:1::1/64 dev veth-client nodad");
+        sh("ip -6 addr add 2001:db8:2::1/64 dev veth-backends nodad");
+        sh("sysctl -qw net.ipv4.ip_forward=1");
+        sh("sysctl -qw net.ipv6.conf.all.forwarding=1");
+        sh(&format!(
+            "ip neigh replace 198.18.1.2 lladdr {} dev veth-client nud permanent",
+            mac(CLIENT_MAC)
+        ));
+        sh(&format!(
+            "ip -6 neigh replace 2001:db8:1::2 lladdr {} dev veth-client nud permanent",
+            mac(CLIENT_MAC)
+        ));
+        sh(&format!(
+            "ip neigh replace 198.18.1.5 lladdr {} dev veth-client nud permanent",
+            mac(HAIRPIN_MAC)
+        ));
+        for i in 1..=3u8 {
+            sh(&format!(
+                "ip neigh replace 198.18.2.{} lladdr {} dev veth-backends nud permanent",
+                10 + i,
+                mac(backend_mac(i))
+            ));
+            sh(&format!(
+                "ip -6 neigh replace 2001:db8:2::{} lladdr {} dev veth-backends nud permanent",
+                10 + i,
+                mac(backend_mac(i))
+            ));
+        }
+        let (ifindex_client, ifindex_backends) = ns.enter(|| {
+            (
+                nix::net::if_::if_nametoindex("veth-client").unwrap(),
+                nix::net::if_::if_nametoindex("veth-backends").unwrap(),
+            )
+        });
+
+        let cfg = config::parse(CONFIG, "fixtures.toml").expect("fixture config");
+        let mut dp = Dataplane::load(LoadOptions {
+            ring_size: cfg.daemon.maglev_table_size,
+            conntrack_size: cfg.daemon.conntrack_size,
+            max_services: cfg.daemon.max_services,
+            hash_seed: cfg.daemon.hash_seed.unwrap(),
+        })
+        .expect("load XDP object");
+        let mut state = State::new(cfg);
+        let desired = state.desired().unwrap();
+        Reconciler::new().apply(&mut dp, &desired).unwrap();
+        Fixture {
+            ns,
+            dp,
+            ifindex_client,
+            ifindex_backends,
+        }
+    }
+
+    /// Run one frame through `xlb` as if received on `ifindex`.
+    fn run(&self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let prog = self.dp.program(lb_common::PROG_XDP_LB).unwrap();
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let (rc, n) = self.ns.enter(|| {
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    repeat: 1,
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            (r.return_value, r.data_size_out as usize)
+        });
+        out.truncate(n);
+        (rc, out)
+    }
+
+    fn global(&self, name: &str) -> u64 {
+        self.dp
+            .global_counters()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .unwrap()
+    }
+}
+
+// ---- packet building ----
+
+#[derive(Clone, Copy)]
+enum L4 {
+    Syn,
+    Data,
+    Udp,
+}
+
+fn build4(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    vlan: Option<u16>,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    l4: L4,
+) -> Vec<u8> {
+    let payload = b"hello xlb";
+    let eth = PacketBuilder::ethernet2(smac, dmac);
+    let mut out = Vec::new();
+    let mut ip = |b: etherparse::PacketBuilderStep<etherparse::IpHeaders>| match l4 {
+        L4::Syn => b.tcp(sport, dport, 1000, 64240).syn().write(&mut out, &[]),
+        L4::Data => b
+            .tcp(sport, dport, 1001, 64240)
+            .ack(5000)
+            .psh()
+            .write(&mut out, payload),
+        L4::Udp => b.udp(sport, dport).write(&mut out, payload),
+    };
+    match vlan {
+        Some(id) => ip(eth
+            .single_vlan(etherparse::VlanId::try_new(id).unwrap())
+            .ipv4(src, dst, 64)),
+        None => ip(eth.ipv4(src, dst, 64)),
+    }
+    .unwrap();
+    out
+}
+
+fn build6(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    l4: L4,
+) -> Vec<u8> {
+    let payload = b"hello xlb6";
+    let b = PacketBuilder::ethernet2(smac, dmac).ipv6(src, dst, 64);
+    let mut out = Vec::new();
+    match l4 {
+        L4::Syn => b.tcp(sport, dport, 1000, 64240).syn().write(&mut out, &[]),
+        L4::Data => b
+            .tcp(sport, dport, 1001, 64240)
+            .ack(5000)
+            .write(&mut out, payload),
+        L4::Udp => b.udp(sport, dport).write(&mut out, payload),
+    }
+    .unwrap();
+    out
+}
+
+/// Recompute every checksum of `frame` with etherparse and compare with what it carries.
+fn assert_checksums(frame: &[u8], what: &str) {
+    let h = PacketHeaders::from_ethernet_slice(frame)
+        .unwrap_or_else(|e| panic!("{what}: output does not parse: {e}"));
+    let payload = h.payload.slice();
+    match (&h.net, &h.transport) {
+        (Some(NetHeaders::Ipv4(ip, _)), t) => {
+            assert_eq!(
+                ip.header_checksum,
+                ip.calc_header_checksum(),
+                "{what}: IPv4 header checksum"
+            );
+            match t {
+                Some(TransportHeader::Tcp(tcp)) => assert_eq!(
+                    tcp.checksum,
+                    tcp.calc_checksum_ipv4(ip, payload).unwrap(),
+                    "{what}: TCP checksum"
+                ),
+                Some(TransportHeader::Udp(udp)) if udp.checksum != 0 => assert_eq!(
+                    udp.checksum,
+                    udp.calc_checksum_ipv4(ip, payload).unwrap(),
+                    "{what}: UDP checksum"
+                ),
+                _ => {}
+            }
+        }
+        (Some(NetHeaders::Ipv6(ip, _)), t) => match t {
+            Some(TransportHeader::Tcp(tcp)) => assert_eq!(
+                tcp.checksum,
+                tcp.calc_checksum_ipv6(ip, payload).unwrap(),
+                "{what}: TCP checksum"
+            ),
+            Some(TransportHeader::Udp(udp)) => assert_eq!(
+                udp.checksum,
+                udp.calc_checksum_ipv6(ip, payload).unwrap(),
+                "{what}: UDP checksum"
+            ),
+            _ => {}
+        },
+        _ => panic!("{what}: output has no IP header"),
+    }
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    ifindex: u32,
+    action: u32,
+    /// None: the output must equal the input (untouched).
+    expected: Option<Vec<u8>>,
+}
+
+fn run_cases(fx: &Fixture, cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for c in &cases {
+        let (rc, out) = fx.run(&c.input, c.ifindex);
+        if rc != c.action {
+            failures.push(format!("{}: action {rc}, expected {}", c.name, c.action));
+            continue;
+        }
+        if c.action == XDP_DROP {
+            continue;
+        }
+        let expected = c.expected.as_ref().unwrap_or(&c.input);
+        if &out != expected {
+            failures.push(format!(
+                "{}: output differs\n  got      {:02x?}\n  expected {:02x?}",
+                c.name, out, expected
+            ));
+            continue;
+        }
+        if c.expected.is_some() {
+            assert_checksums(&out, c.name);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+fn skip() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN fixtures need root");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn packet_fixtures() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::new();
+    let (ci, bi) = (fx.ifindex_client, fx.ifindex_backends);
+    let c = CLIENT_MAC;
+    let l = LB_CLIENT_MAC;
+    let lbb = LB_BACKENDS_MAC;
+    let b1 = backend_mac(1);
+    let b2 = backend_mac(2);
+
+    let mut cases = vec![
+        // ---- client → VIP ----
+        Case {
+            name: "v4 tcp syn to VIP",
+            input: build4(c, l, None, CLIENT4, VIP4, 40000, 80, L4::Syn),
+            ifindex: ci,
+            action: XDP_REDIRECT,
+            expected: Some(build4(lbb, b1, None, CLIENT4, B4_1, 40000, 8080, L4::Syn)),
+        },
+        Case {
+            name: "v4 tcp data on the same flow",
+            input: build4(c, l, None, CLIENT4, VIP4, 40000, 80, L4::Data),
+            ifindex: ci,
+            action: XDP_REDIRECT,
+            expected: Some(build4(lbb, b1, None, CLIENT4, B4_1, 40000, 8080, L4::Data)),
+        },
+        Case {
+            name: "v4 udp to VIP",
+            input: build4(c, l, None, CLIENT4, VIP4, 40001, 53, L4::Udp),
+            ifindex: ci,
+            action: XDP_REDIRECT,
+            expected: Some(build4(lbb, b2, None, CLIENT4, B4_2, 40001, 5353, L4::Udp)),
+        },
+        Case {
+            name: "v6 tcp syn to VIP",
+            input: build6(c, l, client6(), vip6(), 40002, 80, L4::Syn),
+            ifindex: ci,
+            action: XDP_REDIRECT,
+            expected: Some(build6(lbb, b1, client6(), b6(1), 40002, 8080, L4::Syn)),
+        },
+        Case {
+            name: "v6 tcp data to VIP",
+            input: build6(c, l, client6(), vip6(), 40002, 80, L4::Data),
+            ifindex: ci,
+            action: XDP_REDIRECT,
+            expected: Some(build6(lbb, b1, client6(), b6(1), 40002, 8080, L4::Data)),
+        },
+        Case {
+            name: "v6 udp to VIP",
+            input: build6(c, l, client6(), vip6(), 40003, 53, L4::Udp),
+            ifindex: ci,
+            action: XDP_REDIRECT,
+            expected: Some(build6(lbb, b2, client6(), b6(2), 40003, 5353, L4::Udp)),
+        },
+        Case {
+            name: "v4 tcp in an 802.1Q tag keeps the tag",
+            input: build4(c, l, Some(42), CLIENT4, VIP4, 40004, 80, L4::Syn),
+            ifindex: ci,
+            action: XDP_REDIRECT,
+            expected: Some(build4(
+                lbb,
+                b1,
+                Some(42),
+                CLIENT4,
+                B4_1,
+                40004,
+                8080,
+                L4::Syn,
+            )),
+        },
+        Case {
+            name: "backend behind the ingress interface: XDP_TX",
+            input: build4(c, l, None, CLIENT4, VIP4_HAIRPIN, 40020, 80, L4::Syn),
+            ifindex: ci,
+            action: XDP_TX,
+            expected: Some(build4(
+                l,
+                HAIRPIN_MAC,
+                None,
+                CLIENT4,
+                HAIRPIN4,
+                40020,
+                8080,
+                L4::Syn,
+            )),
+        },
+        // ---- backend → client (the flows above exist now) ----
+        Case {
+            name: "v4 tcp reply",
+            input: build4(b1, lbb, None, B4_1, CLIENT4, 8080, 40000, L4::Data),
+            ifindex: bi,
+            action: XDP_REDIRECT,
+            expected: Some(build4(l, c, None, VIP4, CLIENT4, 80, 40000, L4::Data)),
+        },
+        Case {
+            name: "v4 udp reply",
+            input: build4(b2, lbb, None, B4_2, CLIENT4, 5353, 40001, L4::Udp),
+            ifindex: bi,
+            action: XDP_REDIRECT,
+            expected: Some(build4(l, c, None, VIP4, CLIENT4, 53, 40001, L4::Udp)),
+        },
+        Case {
+            name: "v6 tcp reply",
+            input: build6(b1, lbb, b6(1), client6(), 8080, 40002, L4::Data),
+            ifindex: bi,
+            action: XDP_REDIRECT,
+            expected: Some(build6(l, c, vip6(), client6(), 80, 40002, L4::Data)),
+        },
+        Case {
+            name: "v6 udp reply",
+            input: build6(b2, lbb, b6(2), client6(), 5353, 40003, L4::Udp),
+            ifindex: bi,
+            action: XDP_REDIRECT,
+            expected: Some(build6(l, c, vip6(), client6(), 53, 40003, L4::Udp)),
+        },
+        Case {
+            name: "backend traffic that is no reply passes",
+            input: build4(b1, lbb, None, B4_1, CLIENT4, 8080, 40999, L4::Data),
+            ifindex: bi,
+            action: XDP_PASS,
+            expected: None,
+        },
+        // ---- not for a service ----
+        Case {
+            name: "v4 tcp to the balancer's own address",
+            input: build4(c, l, None, CLIENT4, LB4, 40005, 22, L4::Syn),
+            ifindex: ci,
+            action: XDP_PASS,
+            expected: None,
+        },
+        Case {
+            name: "v4 tcp to VIP, wrong port",
+            input: build4(c, l, None, CLIENT4, VIP4, 40006, 81, L4::Syn),
+            ifindex: ci,
+            action: XDP_PASS,
+            expected: None,
+        },
+        Case {
+            name: "v4 udp to a tcp service port",
+            input: build4(c, l, None, CLIENT4, VIP4, 40007, 80, L4::Udp),
+            ifindex: ci,
+            action: XDP_PASS,
+            expected: None,
+        },
+        Case {
+            name: "v6 tcp to VIP, wrong port",
+            input: build6(c, l, client6(), vip6(), 40008, 443, L4::Syn),
+            ifindex: ci,
+            action: XDP_PASS,
+            expected: None,
+        },
+        Case {
+            name: "vlan-tagged non-service traffic",
+            input: build4(c, l, Some(42), CLIENT4, LB4, 40009, 22, L4::Syn),
+            ifindex: ci,
+            action: XDP_PASS,
+            expected: None,
+        },
+        Case {
+            name: "service with no backend drops",
+            input: build4(c, l, None, CLIENT4, VIP4_EMPTY, 40010, 80, L4::Syn),
+            ifindex: ci,
+            action: XDP_DROP,
+            expected: None,
+        },
+    ];
+
+    // ---- kernel-owned traffic ----
+    let arp = {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[0xff; 6]);
+        f.extend_from_slice(&c);
+        f.extend_from_slice(&[0x08, 0x06]);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&c);
+        f.extend_from_slice(&CLIENT4);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&VIP4);
+        f
+    };
+    cases.push(Case {
+        name: "ARP",
+        input: arp,
+        ifindex: ci,
+        action: XDP_PASS,
+        expected: None,
+    });
+    let icmp4 = {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(c, l)
+            .ipv4(CLIENT4, VIP4, 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut f, b"ping")
+            .unwrap();
+        f
+    };
+    cases.push(Case {
+        name: "ICMP echo to VIP",
+        input: icmp4,
+        ifindex: ci,
+        action: XDP_PASS,
+        expected: None,
+    });
+    let icmp6 = {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(c, l)
+            .ipv6(client6(), vip6(), 64)
+            .icmpv6_echo_request(1, 1)
+            .write(&mut f, b"ping")
+            .unwrap();
+        f
+    };
+    cases.push(Case {
+        name: "ICMPv6 echo to VIP",
+        input: icmp6,
+        ifindex: ci,
+        action: XDP_PASS,
+        expected: None,
+    });
+    // IPv6 with a hop-by-hop extension header before TCP: passed to the kernel.
+    let v6_ext = {
+        let mut f = build6(c, l, client6(), vip6(), 40011, 80, L4::Syn);
+        // next header 0 (hop-by-hop), then an 8-byte HBH header carrying TCP (6) + PadN.
+        let l3 = 14;
+        let payload_len = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) + 8;
+        f[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
+        f[l3 + 6] = 0;
+        let hbh = [6u8, 0, 1, 4, 0, 0, 0, 0];
+        f.splice(l3 + 40..l3 + 40, hbh);
+        f
+    };
+    cases.push(Case {
+        name: "v6 extension header to VIP",
+        input: v6_ext,
+        ifindex: ci,
+        action: XDP_PASS,
+        expected: None,
+    });
+    // IPv4 fragments: first (MF) and a later one.
+    let frag = |flags_off: u16| {
+        let mut f = build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data);
+        f[14 + 6..14 + 8].copy_from_slice(&flags_off.to_be_bytes());
+        fix_ipv4_checksum(&mut f, 14);
+        f
+    };
+    cases.push(Case {
+        name: "v4 first fragment to VIP",
+        input: frag(0x2000),
+        ifindex: ci,
+        action: XDP_PASS,
+        expected: None,
+    });
+    cases.push(Case {
+        name: "v4 later fragment to VIP",
+        input: frag(0x0010),
+        ifindex: ci,
+        action: XDP_PASS,
+        expected: None,
+    });
+    // IPv4 options are forwarded intact.
+    let with_opts = |src, dst, sport, dport, smac, dmac| {
+        let mut ip = Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, src, dst).unwrap();
+        ip.options = Ipv4Options::try_from(&[1u8, 1, 1, 0][..]).unwrap(); // NOP NOP NOP EOL
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(smac, dmac)
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(sport, dport, 1000, 64240)
+            .syn()
+            .write(&mut f, &[])
+            .unwrap();
+        f
+    };
+    cases.push(Case {
+        name: "v4 with IP options to VIP",
+        input: with_opts(CLIENT4, VIP4, 40013, 80, c, l),
+        ifindex: ci,
+        action: XDP_REDIRECT,
+        expected: Some(with_opts(CLIENT4, B4_1, 40013, 8080, lbb, b1)),
+    });
+
+    // ---- malformed: dropped on purpose ----
+    let syn4 = build4(c, l, None, CLIENT4, VIP4, 40014, 80, L4::Syn);
+    let udp4 = build4(c, l, None, CLIENT4, VIP4, 40015, 53, L4::Udp);
+    let syn6 = build6(c, l, client6(), vip6(), 40016, 80, L4::Syn);
+    let udp6 = build6(c, l, client6(), vip6(), 40017, 53, L4::Udp);
+    let trunc = |f: &[u8], n: usize| f[..n].to_vec();
+    let bad_ip4_len = {
+        let mut f = syn4.clone();
+        f[16..18].copy_from_slice(&200u16.to_be_bytes());
+        fix_ipv4_checksum(&mut f, 14);
+        f
+    };
+    let bad_ihl = {
+        let mut f = syn4.clone();
+        f[14] = 0x44;
+        fix_ipv4_checksum(&mut f, 14);
+        f
+    };
+    let bad_version = {
+        let mut f = syn4.clone();
+        f[14] = 0x65;
+        f
+    };
+    let bad_ip6_len = {
+        let mut f = syn6.clone();
+        f[18..20].copy_from_slice(&500u16.to_be_bytes());
+        f
+    };
+    for (name, input) in [
+        ("truncated vlan tag", {
+            let f = build4(c, l, Some(42), CLIENT4, VIP4, 40018, 80, L4::Syn);
+            trunc(&f, 16)
+        }),
+        ("truncated ipv4 header", trunc(&syn4, 14 + 12)),
+        ("truncated tcp header (v4)", trunc(&syn4, 14 + 20 + 10)),
+        ("truncated udp header (v4)", trunc(&udp4, 14 + 20 + 4)),
+        ("truncated ipv6 header", trunc(&syn6, 14 + 30)),
+        ("truncated tcp header (v6)", trunc(&syn6, 14 + 40 + 12)),
+        ("truncated udp header (v6)", trunc(&udp6, 14 + 40 + 6)),
+        ("ipv4 total length beyond the frame", bad_ip4_len),
+        ("ipv4 ihl < 5", bad_ihl),
+        ("ipv4 wrong version", bad_version),
+        ("ipv6 payload length beyond the frame", bad_ip6_len),
+    ] {
+        cases.push(Case {
+            name: Box::leak(name.to_string().into_boxed_str()),
+            input,
+            ifindex: ci,
+            action: XDP_DROP,
+            expected: None,
+        });
+    }
+    assert!(
+        cases.len() >= 25,
+        "at least 25 fixtures, have {}",
+        cases.len()
+    );
+
+    let malformed_before = fx.global("malformed");
+    let no_backend_before = fx.global("no_backend");
+    run_cases(&fx, cases);
+    assert_eq!(
+        fx.global("malformed") - malformed_before,
+        11,
+        "malformed counter"
+    );
+    assert_eq!(
+        fx.global("no_backend") - no_backend_before,
+        1,
+        "no_backend counter"
+    );
+    assert!(fx.global("replies") >= 4, "replies counter");
+}
+
+#[test]
+fn udp_zero_checksum_stays_zero() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut input = build4(
+        CLIENT_MAC,
+        LB_CLIENT_MAC,
+        None,
+        CLIENT4,
+        VIP4,
+        41000,
+        53,
+        L4::Udp,
+    );
+    input[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let mut expected = build4(
+        LB_BACKENDS_MAC,
+        backend_mac(2),
+        None,
+        CLIENT4,
+        B4_2,
+        41000,
+        5353,
+        L4::Udp,
+    );
+    expected[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let (rc, out) = fx.run(&input, fx.ifindex_client);
+    assert_eq!(rc, XDP_REDIRECT, "{:?}", fx.dp.global_counters());
+    assert_eq!(out, expected);
+    assert_checksums(&out, "udp zero checksum");
+}
+
+/// Flows of one service spread over all its backends by weight, and every packet of a flow
+/// goes to the same backend.
+#[test]
+fn maglev_spread_and_flow_affinity() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut per_backend: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    let flows = 400u16;
+    for port in 0..flows {
+        let sport = 20000 + port;
+        let syn = build4(
+            CLIENT_MAC,
+            LB_CLIENT_MAC,
+            None,
+            CLIENT4,
+            VIP4_MULTI,
+            sport,
+            80,
+            L4::Syn,
+        );
+        let (rc, out) = fx.run(&syn, fx.ifindex_client);
+        assert_eq!(rc, XDP_REDIRECT);
+        let dst: [u8; 4] = out[30..34].try_into().unwrap();
+        assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8080);
+        assert_checksums(&out, "multi syn");
+        // Same flow again (a data packet): same backend.
+        let data = build4(
+            CLIENT_MAC,
+            LB_CLIENT_MAC,
+            None,
+            CLIENT4,
+            VIP4_MULTI,
+            sport,
+            80,
+            L4::Data,
+        );
+        let (rc2, out2) = fx.run(&data, fx.ifindex_client);
+        assert_eq!(rc2, XDP_REDIRECT);
+        assert_eq!(&out2[30..34], &dst, "flow {sport} changed backend");
+        *per_backend.entry(IpAddr::from(dst)).or_default() += 1;
+    }
+    assert_eq!(
+        per_backend.len(),
+        3,
+        "all three backends get flows: {per_backend:?}"
+    );
+    // weights 1:1:2 → 25% 25% 50%, ±10 points.
+    let share =
+        |last: u8| per_backend[&IpAddr::from([198, 18, 2, last])] as f64 / flows as f64 * 100.0;
+    for (last, want) in [(11u8, 25.0), (12, 25.0), (13, 50.0)] {
+        let got = share(last);
+        assert!(
+            (got - want).abs() <= 10.0,
+            "198.18.2.{last}: {got:.1}% (want {want}%)"
+        );
+    }
+}
+
+fn fix_ipv4_checksum(f: &mut [u8], l3: usize) {
+    let ihl = ((f[l3] & 0x0f) as usize) * 4;
+    f[l3 + 10] = 0;
+    f[l3 + 11] = 0;
+    let mut s: u32 = 0;
+    for i in (0..ihl.max(20)).step_by(2) {
+        s += u16::from_be_bytes([f[l3 + i], f[l3 + i + 1]]) as u32;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    let c = !(s as u16);
+    f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
