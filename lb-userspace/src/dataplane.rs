@@ -254,6 +254,6 @@ const _: () = assert!(MAX_BACKENDS > 0);
 
 pub fn log_attachments(list: &[Attachment]) {
     for a in list {
-        info!(iface = %a.iface, mode = a.mode, "XDP attached");
+        info!(iface = %a.iface, mode = %a.mode, "XDP attached");
     }
 }

@@ -91,7 +91,7 @@ pub struct Desired {
 #[derive(Debug)]
 pub struct Ids<K> {
     by_key: HashMap<K, u32>,
-    free: Vec<u32>,
+    free: std::collections::VecDeque<u32>,
     next: u32,
     limit: u32,
 }
@@ -100,7 +100,7 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
     pub fn new(limit: u32) -> Self {
         Self {
             by_key: HashMap::new(),
-            free: Vec::new(),
+            free: Default::default(),
             next: 0,
             limit,
         }
@@ -110,19 +110,19 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
         if let Some(id) = self.by_key.get(key) {
             return Some(*id);
         }
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None if self.next < self.limit => {
-                self.next += 1;
-                self.next - 1
-            }
-            None => return None,
+        // Fresh ids first, then the id freed longest ago: a re-used id must not inherit
+        // connection-tracking entries of the backend that had it.
+        let id = if self.next < self.limit {
+            self.next += 1;
+            self.next - 1
+        } else {
+            self.free.pop_front()?
         };
         self.by_key.insert(key.clone(), id);
         Some(id)
     }
 
-    /// Forget every key not in `keep`, freeing their ids (freed ids are reused last).
+    /// Forget every key not in `keep`, freeing their ids.
     pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         let mut freed: Vec<u32> = Vec::new();
         self.by_key.retain(|k, id| {
@@ -132,10 +132,8 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
             }
             k_ok
         });
-        freed.sort_unstable_by(|a, b| b.cmp(a));
-        // Reuse freed ids as late as possible: they go to the bottom of the stack.
-        freed.extend(self.free.drain(..));
-        self.free = freed;
+        freed.sort_unstable();
+        self.free.extend(freed);
     }
 }
 

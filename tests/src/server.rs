@@ -62,7 +62,7 @@ pub async fn start(cfg: &ServeConfig) -> Result<Bound> {
     for &port in &cfg.http {
         let l = tcp_listener(port).with_context(|| format!("HTTP port {port}"))?;
         bound.http.push(l.local_addr()?);
-        tokio::spawn(accept_loop(l, state.clone(), |s, st| http_conn(s, st)));
+        tokio::spawn(accept_loop(l, state.clone(), http_conn));
     }
     for &port in &cfg.echo {
         let l = tcp_listener(port).with_context(|| format!("echo port {port}"))?;

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need, where missing: nightly rust-src, bpf-linker,
-    /// Debian packages (iproute2, ethtool, nftables, iputils-ping).
+    /// Debian packages (iproute2, ethtool, nftables, iputils-ping, procps).
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by lb-userspace's build.rs).
     Build {
@@ -115,10 +115,15 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Prefixes of the namespaces the tests create: the labs' and tests/tests/fixtures.rs' own.
+const TEST_NAMESPACE_PREFIXES: &[&str] = &[xlb_lab::TEST_PREFIX, "xlbfx-"];
+
 /// Removes namespaces that killed test runs left behind.
 fn cleanup_test_namespaces() -> Result<()> {
-    for name in Lab::cleanup_stale(xlb_lab::TEST_PREFIX)? {
-        eprintln!("removed leftover namespace {name}");
+    for prefix in TEST_NAMESPACE_PREFIXES {
+        for name in Lab::cleanup_stale(prefix)? {
+            eprintln!("removed leftover namespace {name}");
+        }
     }
     Ok(())
 }
@@ -136,8 +141,14 @@ fn test() -> Result<()> {
     }
     cleanup_test_namespaces()?;
     let phases: [(&str, &[&str]); 3] = [
-        ("unit tests", &["test", "--workspace", "--lib", "--bins"]),
-        ("doc tests", &["test", "--workspace", "--doc"]),
+        (
+            "unit tests",
+            &["test", "--workspace", "--no-fail-fast", "--lib", "--bins"],
+        ),
+        (
+            "doc tests",
+            &["test", "--workspace", "--no-fail-fast", "--doc"],
+        ),
         (
             "integration tests",
             &[

@@ -9,8 +9,8 @@ use crate::run;
 /// The bpf-linker version the eBPF build is pinned to.
 const BPF_LINKER: &str = "0.10.4";
 
-/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "nftables", "iputils-ping"];
+/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "nftables", "iputils-ping", "procps"];
 
 pub fn setup() -> Result<()> {
     rust_src()?;
