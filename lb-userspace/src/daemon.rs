@@ -19,7 +19,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub fn ensure_bpffs() -> Result<()> {
     let path = Path::new(BPFFS);
     if let Ok(st) = nix::sys::statfs::statfs(path) {
-        if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        if st.filesystem_type().0 == BPF_FS_MAGIC {
             return Ok(());
         }
     }

@@ -279,6 +279,7 @@ enum L4 {
     Udp,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build4(
     smac: [u8; 6],
     dmac: [u8; 6],
