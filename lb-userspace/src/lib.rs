@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
 pub mod maglev;
+pub mod model;
 pub mod reconcile;
 pub mod state;

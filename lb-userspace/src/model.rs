@@ -1,0 +1,212 @@
+//! The control plane's public vocabulary: what the API returns and accepts, what the CLI
+//! prints. Plain serde types, no behaviour.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// A backend's state, as AWS target groups name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    /// Not yet checked enough to be called healthy or unhealthy.
+    Initial,
+    Healthy,
+    Unhealthy,
+    /// Leaving the group: no new flows, established ones continue until they end or the
+    /// deregistration delay runs out.
+    Draining,
+}
+
+impl std::fmt::Display for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Initial => "initial",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::Draining => "draining",
+        })
+    }
+}
+
+/// Where a backend came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendSource {
+    Config,
+    Api,
+    Scaling,
+}
+
+/// Traffic counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub dropped: u64,
+}
+
+impl From<lb_common::Counters> for TrafficCounters {
+    fn from(c: lb_common::Counters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+            dropped: c.dropped,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub group: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+    /// Why the backend is in its state ("connect refused", "HTTP 503", "drained by API", ...).
+    pub reason: String,
+    /// Seconds since the last state change.
+    pub since_secs: f64,
+    /// Whether new flows may be sent to it now.
+    pub receiving_new_flows: bool,
+    /// Flows pinned to it that are still open.
+    pub active_flows: u64,
+    pub source: BackendSource,
+    /// Seconds left of the deregistration delay, while draining.
+    pub drain_remaining_secs: Option<f64>,
+    pub counters: TrafficCounters,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub port: Option<u16>,
+    /// `"drop"` or `"fail_open"`.
+    pub all_unhealthy: String,
+    pub deregistration_delay_secs: f64,
+    /// e.g. `"http GET /health :8080 every 30s"`; None when the group is not checked.
+    pub health_check: Option<String>,
+    /// True when no backend is healthy and `all_unhealthy = "fail_open"` sends to all.
+    pub failing_open: bool,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    pub target_group: String,
+    /// Backends in the service's live Maglev table.
+    pub backends_in_table: usize,
+    pub counters: TrafficCounters,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// `"native"` or `"generic"`.
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: f64,
+    pub config_file: String,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub services: Vec<ServiceStatus>,
+    pub groups: Vec<GroupStatus>,
+    /// Global data-path counters by name (`passed`, `dropped`, `malformed`, ...).
+    pub global: BTreeMap<String, u64>,
+}
+
+/// A backend named in a request: `ADDR`, `ADDR:PORT` or `[V6ADDR]:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRef {
+    pub address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddBackend {
+    pub address: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetWeight {
+    pub address: String,
+    pub weight: u32,
+}
+
+/// What a change did, for the CLI to print.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeResult {
+    pub message: String,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub error: String,
+}
+
+/// A request to the one owner of state, as the API server hands it over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    AddBackend { group: String, body: AddBackend },
+    RemoveBackend { group: String, body: BackendRef },
+    DrainBackend { group: String, body: BackendRef },
+    SetWeight { group: String, body: SetWeight },
+    Reload,
+}
+
+/// Why a request failed, with the HTTP status the API answers with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request or the config it loads is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// 404: no such group or backend.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the change conflicts with the current state (e.g. the backend exists already).
+    #[error("{0}")]
+    Conflict(String),
+    /// 500: applying the change to the data path failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Invalid(_) => 400,
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::Internal(_) => 500,
+        }
+    }
+}
+
+/// A successful answer: `Status` answers `Reply::Status`, changes answer `Reply::Done`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    Status(Box<Status>),
+    Done(ChangeResult),
+}
+
+/// A request with the channel its answer goes back on.
+pub struct Envelope {
+    pub request: Request,
+    pub reply: tokio::sync::oneshot::Sender<Result<Reply, ApiError>>,
+}
