@@ -82,6 +82,12 @@ pub mod global {
 
 /// `ServiceInfo::flags`
 pub const SVC_F_EMPTY: u32 = 1;
+/// `CtValue::flags`: a FIN or RST was seen in either direction: the flow is ending.
+pub const CT_F_CLOSING: u32 = 1;
+/// TCP header flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
 /// `BackendInfo::flags`: the backend may receive new flows.
 pub const BE_F_ACTIVE: u8 = 1;
 /// `BackendInfo::flags`: established flows may continue (set while draining too).

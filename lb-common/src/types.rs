@@ -61,10 +61,13 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 pub struct CtValue {
     pub backend_id: u32,
     pub service_id: u32,
-    /// Coarse monotonic time (ns) the flow was last seen.
+    /// `CLOCK_MONOTONIC_COARSE` time (ns) a client packet of the flow was last seen.
     pub last_seen_ns: u64,
+    /// `CT_F_*`
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
 
 /// Value of `REVERSE`: what a backend's reply must be rewritten back to.
 #[repr(C)]

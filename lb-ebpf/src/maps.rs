@@ -1,4 +1,5 @@
-//! Maps and load-time globals. Names and default sizes come from `lb_common::consts`; the
+//! Maps and load-time globals. All maps are pinned by name (in the daemon's `pin_path`), so a
+//! restarted daemon adopts them and established flows survive. Names and default sizes come from `lb_common::consts`; the
 //! daemon resizes MAGLEV, SERVICES, SERVICE_STATS and CONNTRACK/REVERSE at load time.
 use aya_ebpf::{
     macros::map,
@@ -28,39 +29,34 @@ pub fn hash_seed() -> u32 {
 }
 
 #[map(name = "SERVICES")]
-pub static SERVICES: HashMap<ServiceKey, ServiceInfo> =
-    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
 
 /// `(service_id * 2 + slot) * RING_SIZE + i` → backend id.
 #[map(name = "MAGLEV")]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(
+pub static MAGLEV: Array<u32> = Array::pinned(
     DEFAULT_MAX_SERVICES * SLOTS_PER_SERVICE * DEFAULT_RING_SIZE,
     0,
 );
 
 #[map(name = "BACKENDS")]
-pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 
 /// Client flow (client → VIP) → backend.
 #[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
-    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
+pub static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
 
 /// Backend flow (backend → client) → VIP to restore.
 #[map(name = "REVERSE")]
-pub static REVERSE: LruHashMap<FlowKey, RevValue> =
-    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
+pub static REVERSE: LruHashMap<FlowKey, RevValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
 
 #[map(name = "SERVICE_STATS")]
-pub static SERVICE_STATS: PerCpuArray<Counters> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(DEFAULT_MAX_SERVICES, 0);
 
 #[map(name = "BACKEND_STATS")]
-pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
 #[map(name = "GLOBAL_STATS")]
-pub static GLOBAL_STATS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(lb_common::global::COUNT, 0);
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(lb_common::global::COUNT, 0);
 
 #[inline(always)]
 pub fn count(idx: u32) {

@@ -28,6 +28,8 @@ pub struct Pkt {
     pub key: FlowKey,
     pub l3: usize,
     pub l4: usize,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     global, hash::flow_hash, CtValue, FlowKey, RevValue, ServiceInfo, ServiceKey, AF_INET,
-    AF_INET6, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, NO_BACKEND, PROTO_TCP, PROTO_UDP,
-    SLOTS_PER_SERVICE, SVC_F_EMPTY,
+    AF_INET6, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, CT_F_CLOSING, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_FIN, TCP_RST,
 };
 use network_types::{
     eth::EthHdr,
@@ -93,13 +93,15 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
 }
 
 #[inline(always)]
-fn l4_ok(ctx: &XdpContext, proto: u8, l4: usize, l4_len: usize) -> Result<[u8; 4], u32> {
+fn l4_ok(ctx: &XdpContext, proto: u8, l4: usize, l4_len: usize) -> Result<([u8; 4], u8), u32> {
     // The ports are the first 4 bytes of both headers.
+    let mut flags = 0;
     if proto == PROTO_TCP {
-        let _: *const TcpHdr = ptr_at(ctx, l4).map_err(|_| malformed())?;
+        let th: *const [u8; 20] = ptr_at(ctx, l4).map_err(|_| malformed())?;
         if l4_len < TcpHdr::LEN {
             return Err(malformed());
         }
+        flags = unsafe { (*th)[13] };
     } else {
         let _: *const UdpHdr = ptr_at(ctx, l4).map_err(|_| malformed())?;
         if l4_len < UdpHdr::LEN {
@@ -107,7 +109,7 @@ fn l4_ok(ctx: &XdpContext, proto: u8, l4: usize, l4_len: usize) -> Result<[u8; 4
         }
     }
     let ports: *const [u8; 4] = ptr_at(ctx, l4).map_err(|_| malformed())?;
-    Ok(unsafe { *ports })
+    Ok((unsafe { *ports }, flags))
 }
 
 #[inline(always)]
@@ -141,7 +143,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
     src[..4].copy_from_slice(&ip.src_addr);
     dst[..4].copy_from_slice(&ip.dst_addr);
     let l4 = l3 + ihl;
-    let ports = l4_ok(ctx, proto, l4, tot_len - ihl)?;
+    let (ports, tcp_flags) = l4_ok(ctx, proto, l4, tot_len - ihl)?;
     Ok(Pkt {
         key: FlowKey {
             src,
@@ -154,6 +156,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
         },
         l3,
         l4,
+        tcp_flags,
     })
 }
 
@@ -181,7 +184,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
     let src = ip.src_addr;
     let dst = ip.dst_addr;
     let l4 = l3 + Ipv6Hdr::LEN;
-    let ports = l4_ok(ctx, proto, l4, payload_len)?;
+    let (ports, tcp_flags) = l4_ok(ctx, proto, l4, payload_len)?;
     Ok(Pkt {
         key: FlowKey {
             src,
@@ -194,6 +197,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
         },
         l3,
         l4,
+        tcp_flags,
     })
 }
 
@@ -221,6 +225,9 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             if backend_usable((*ct).backend_id, BE_F_ESTABLISHED_OK) {
                 backend_id = (*ct).backend_id;
                 (*ct).last_seen_ns = now;
+                if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                    (*ct).flags |= CT_F_CLOSING;
+                }
             }
         },
         None => count(global::CONNTRACK_MISS),
@@ -288,6 +295,12 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, now: u64) {
         backend_id,
         service_id,
         last_seen_ns: now,
+        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            CT_F_CLOSING
+        } else {
+            0
+        },
+        _pad: 0,
     };
     let _ = CONNTRACK.insert(&p.key, &ct, 0);
     let Some(be) = BACKENDS.get_ptr(backend_id) else {
@@ -327,6 +340,26 @@ fn reply(ctx: &XdpContext, p: &Pkt, rv: *const RevValue) -> Result<u32, u32> {
         c.reply_packets += 1;
         c.reply_bytes += len;
     }
+    // A backend ending the flow marks the client's conntrack entry too.
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        mark_closing(p, &vip, vport);
+    }
     nat::rewrite(ctx, p, Rewrite::Src, &vip, vport)?;
     Ok(nat::fib_forward(ctx, p, &vip, &p.key.dst, global::REPLIES))
+}
+
+#[inline(never)]
+fn mark_closing(p: &Pkt, vip: &[u8; 16], vport: [u8; 2]) {
+    let key = FlowKey {
+        src: p.key.dst,
+        dst: *vip,
+        sport: p.key.dport,
+        dport: vport,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+        unsafe { (*ct).flags |= CT_F_CLOSING };
+    }
 }

@@ -6,8 +6,13 @@
 //! xdp_mode = "auto"            # auto | native | generic
 //! conntrack_size = 1000000
 //! maglev_table_size = 65537    # a prime
-//! max_services = 64
+//! max_services = 64            # max_services × 2 × maglev_table_size <= 2^28
 //! hash_seed = 12345            # optional
+//! api_socket = "/run/xlb/xlb.sock"      # control API (unix socket)
+//! pin_path = "/sys/fs/bpf/xlb"          # absolute; where maps are pinned (on bpffs)
+//! state_file = "/run/xlb/state.json"    # absolute
+//! tcp_idle_timeout = "350s"    # 1s..7d: a TCP flow idle this long is forgotten
+//! udp_idle_timeout = "120s"    # 1s..7d: the same for UDP
 //!
 //! [[service]]
 //! name = "web"
@@ -20,7 +25,24 @@
 //! name = "web-servers"
 //! port = 8080                  # optional: backend port, defaults to the service port
 //! backends = ["198.18.2.11", "198.18.2.12:8080", { address = "198.18.2.13", weight = 2 }]
+//! deregistration_delay = "300s" # 0s..1h: how long a removed backend keeps its flows
+//! all_unhealthy = "drop"       # drop | fail_open: what to do when no backend is healthy
+//!
+//! # Optional (without it the group is not health checked); it belongs to the
+//! # [[target_group]] just above. Also accepted inline: health_check = { protocol = "tcp" }.
+//! [target_group.health_check]
+//! protocol = "http"            # tcp (connect) | http (GET)
+//! path = "/health"             # http only
+//! port = 8080                  # defaults to the target group's port, else the backend's
+//! interval = "30s"             # 100ms..5m
+//! timeout = "5s"               # 10ms..2m, at most the interval
+//! healthy_threshold = 2        # 1..10 consecutive successes to become healthy
+//! unhealthy_threshold = 5      # 1..10 consecutive failures to become unhealthy
+//! success_codes = "200-399"    # http only: "200", "200-299", "200,204,300-399"
 //! ```
+//!
+//! Durations are strings in `humantime`'s syntax: `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"`;
+//! they serialize back the same way (`"5m 50s"`).
 //!
 //! Every error names the file, the 1-based line and column, and the dotted path of the field
 //! (`service[1].port`, `target_group[0].backends[2].weight`, ...).
@@ -33,13 +55,15 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use lb_common::consts::{
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, MAX_BACKENDS, PROTO_TCP,
-    PROTO_UDP,
+    PROTO_UDP, SLOTS_PER_SERVICE,
 };
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::maglev::is_prime;
 
@@ -59,6 +83,60 @@ pub const MAX_MAX_SERVICES: u32 = 4096;
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Longest interface name Linux accepts (`IFNAMSIZ - 1`).
 const MAX_IFNAME_LEN: usize = 15;
+/// Most entries of the `MAGLEV` map (`max_services` × 2 × `maglev_table_size`): 1 GiB of u32.
+pub const MAX_MAGLEV_ENTRIES: u64 = 1 << 28;
+// With the most services, some allowed (prime) table size still fits the MAGLEV map.
+const _: () = assert!(
+    MAX_MAGLEV_ENTRIES / (SLOTS_PER_SERVICE as u64 * MAX_MAX_SERVICES as u64)
+        > MIN_MAGLEV_TABLE_SIZE as u64
+);
+/// Longest path a unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// Default `api_socket`.
+pub const DEFAULT_API_SOCKET: &str = "/run/xlb/xlb.sock";
+/// Default `pin_path`.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xlb";
+/// Default `state_file`.
+pub const DEFAULT_STATE_FILE: &str = "/run/xlb/state.json";
+/// Default `tcp_idle_timeout` (as AWS NLB).
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(350);
+/// Default `udp_idle_timeout`.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Shortest allowed `tcp_idle_timeout` / `udp_idle_timeout`.
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest allowed `tcp_idle_timeout` / `udp_idle_timeout` (7 days).
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default `deregistration_delay` (as AWS).
+pub const DEFAULT_DEREGISTRATION_DELAY: Duration = Duration::from_secs(300);
+/// Longest allowed `deregistration_delay`.
+pub const MAX_DEREGISTRATION_DELAY: Duration = Duration::from_secs(3600);
+/// Default `health_check.path`.
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+/// Default `health_check.interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+/// Shortest allowed `health_check.interval`.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest allowed `health_check.interval`.
+pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default `health_check.timeout`.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest allowed `health_check.timeout`.
+pub const MIN_HEALTH_TIMEOUT: Duration = Duration::from_millis(10);
+/// Longest allowed `health_check.timeout` (and never more than the interval).
+pub const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default `health_check.healthy_threshold`.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default `health_check.unhealthy_threshold`.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 5;
+/// Largest allowed `healthy_threshold` / `unhealthy_threshold` (the smallest is 1).
+pub const MAX_HEALTH_THRESHOLD: u32 = 10;
+/// Default `health_check.success_codes` (what [`SuccessCodes::default`] displays as).
+pub const DEFAULT_SUCCESS_CODES: &str = "200-399";
+/// The HTTP status codes `success_codes` may name.
+const HTTP_CODES: std::ops::RangeInclusive<u16> = 100..=599;
+/// The hint in duration errors.
+const DURATION_EXAMPLES: &str = "e.g. \"30s\", \"5m\", \"250ms\"";
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,6 +160,18 @@ pub struct DaemonConfig {
     pub max_services: u32,
     /// Seed of the flow hash; `None`: the daemon picks one.
     pub hash_seed: Option<u32>,
+    /// Unix socket of the control API (at most 107 bytes).
+    pub api_socket: PathBuf,
+    /// Absolute directory (on bpffs) where the maps and programs are pinned.
+    pub pin_path: PathBuf,
+    /// Absolute path of the file the daemon keeps its state in.
+    pub state_file: PathBuf,
+    /// A TCP flow idle this long is forgotten by connection tracking (1s-7d).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp_idle_timeout: Duration,
+    /// The same for UDP (1s-7d).
+    #[serde(serialize_with = "serialize_duration")]
+    pub udp_idle_timeout: Duration,
 }
 
 /// How the XDP program is attached.
@@ -161,6 +251,13 @@ pub struct TargetGroupConfig {
     pub port: Option<u16>,
     /// May be empty: the services using the group then drop their traffic.
     pub backends: Vec<BackendConfig>,
+    /// How long a backend that leaves the group keeps serving its existing flows (0s-1h).
+    #[serde(serialize_with = "serialize_duration")]
+    pub deregistration_delay: Duration,
+    /// What new flows do when no backend is healthy.
+    pub all_unhealthy: AllUnhealthy,
+    /// `None`: the group is not health checked (every backend counts as healthy).
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 impl TargetGroupConfig {
@@ -169,6 +266,231 @@ impl TargetGroupConfig {
     pub fn backend_port(&self, b: &BackendConfig, service_port: u16) -> u16 {
         b.port.or(self.port).unwrap_or(service_port)
     }
+}
+
+/// `all_unhealthy`: what a target group does when none of its backends is healthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllUnhealthy {
+    /// Drop new flows (the default).
+    #[default]
+    Drop,
+    /// Send new flows to all backends as if they were healthy.
+    FailOpen,
+}
+
+impl AllUnhealthy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AllUnhealthy::Drop => "drop",
+            AllUnhealthy::FailOpen => "fail_open",
+        }
+    }
+}
+
+impl fmt::Display for AllUnhealthy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[target_group.health_check]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheckConfig {
+    pub protocol: HealthProtocol,
+    /// Path of the GET (http only; kept at its default for tcp).
+    pub path: String,
+    /// `None`: the target group's port, else the backend's (see [`Self::port_for`]).
+    pub port: Option<u16>,
+    /// Time between the starts of two checks of a backend (100ms-5m).
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    /// A check not answered within this fails (10ms-2m, at most `interval`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    /// Consecutive successes for a backend to become healthy (1-10).
+    pub healthy_threshold: u32,
+    /// Consecutive failures for a backend to become unhealthy (1-10).
+    pub unhealthy_threshold: u32,
+    /// HTTP statuses that count as success (http only; kept at its default for tcp).
+    pub success_codes: SuccessCodes,
+}
+
+impl Default for HealthCheckConfig {
+    /// The values of an empty `[target_group.health_check]`.
+    fn default() -> Self {
+        HealthCheckConfig {
+            protocol: HealthProtocol::Http,
+            path: DEFAULT_HEALTH_PATH.to_owned(),
+            port: None,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
+            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+            success_codes: SuccessCodes::default(),
+        }
+    }
+}
+
+impl HealthCheckConfig {
+    /// The port to check a backend on: the check's own port, else the target group's
+    /// (`group_port`), else the port the backend receives traffic on (`backend_port`).
+    pub fn port_for(&self, group_port: Option<u16>, backend_port: u16) -> u16 {
+        self.port.or(group_port).unwrap_or(backend_port)
+    }
+}
+
+/// `health_check.protocol`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthProtocol {
+    /// A TCP connect that succeeds.
+    Tcp,
+    /// An HTTP/1.1 `GET path` answered with one of `success_codes` (the default).
+    #[default]
+    Http,
+}
+
+impl HealthProtocol {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealthProtocol::Tcp => "tcp",
+            HealthProtocol::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for HealthProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `health_check.success_codes`: HTTP status codes and ascending ranges of them, e.g. `"200"`,
+/// `"200-299"` or `"200,204,300-399"` (codes 100-599, no overlaps). Displays and serializes
+/// as the canonical string (no spaces, `"204-204"` as `"204"`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SuccessCodes {
+    /// Inclusive ranges, in the order written.
+    ranges: Vec<(u16, u16)>,
+}
+
+impl SuccessCodes {
+    /// The codes as inclusive ranges.
+    pub fn ranges(&self) -> Vec<std::ops::RangeInclusive<u16>> {
+        self.ranges.iter().map(|&(a, b)| a..=b).collect()
+    }
+
+    /// Whether `code` is one of the codes.
+    pub fn matches(&self, code: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+
+    /// One range as written back: `"204"` or `"200-299"`.
+    fn show(lo: u16, hi: u16) -> String {
+        if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        }
+    }
+}
+
+impl Default for SuccessCodes {
+    /// `"200-399"`.
+    fn default() -> Self {
+        SuccessCodes {
+            ranges: vec![(200, 399)],
+        }
+    }
+}
+
+impl FromStr for SuccessCodes {
+    /// Why the string is not a list of codes.
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Err(
+                "must not be empty; give codes such as \"200\", \"200-299\" or \"200,204,300-399\""
+                    .to_owned(),
+            );
+        }
+        let code = |c: &str| -> Result<u16, String> {
+            let c = c.trim();
+            if c.is_empty() || !c.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "\"{c}\" is not an HTTP status code (expected codes and ranges such as \
+                     \"200,204,300-399\")"
+                ));
+            }
+            match c.parse::<u16>() {
+                Ok(v) if HTTP_CODES.contains(&v) => Ok(v),
+                _ => Err(format!(
+                    "{c} is out of range ({}-{})",
+                    HTTP_CODES.start(),
+                    HTTP_CODES.end()
+                )),
+            }
+        };
+        let mut ranges: Vec<(u16, u16)> = Vec::new();
+        for item in s.split(',') {
+            let (lo, hi) = match item.split_once('-') {
+                None => {
+                    let c = code(item)?;
+                    (c, c)
+                }
+                Some((a, b)) => {
+                    let (lo, hi) = (code(a)?, code(b)?);
+                    if lo > hi {
+                        return Err(format!(
+                            "range {lo}-{hi} is not ascending (write {hi}-{lo})"
+                        ));
+                    }
+                    (lo, hi)
+                }
+            };
+            if let Some(&(a, b)) = ranges.iter().find(|&&(a, b)| lo <= b && a <= hi) {
+                return Err(format!(
+                    "{} overlaps {}",
+                    Self::show(lo, hi),
+                    Self::show(a, b)
+                ));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(SuccessCodes { ranges })
+    }
+}
+
+impl fmt::Display for SuccessCodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(lo, hi)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&Self::show(lo, hi))?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for SuccessCodes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Durations serialize as `humantime` strings (`"5m 50s"`), like they are written.
+fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// A duration as the errors show it.
+fn show_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 /// One entry of `backends`.
@@ -245,6 +567,15 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut target_groups = Vec::new();
     let mut gpos = Vec::new();
     if let Some(list) = root.get("target_group") {
+        if let Val::Table(entries) = &list.node.val {
+            if entries.iter().any(|e| e.key == "health_check") {
+                return Err(list.err(
+                    &cx,
+                    "[target_group.health_check] belongs to the [[target_group]] above it; \
+                     there is none",
+                ));
+            }
+        }
         for at in list.tables(&cx, "target_group")? {
             let (g, p) = parse_target_group(&cx, &at)?;
             target_groups.push(g);
@@ -300,6 +631,11 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             "maglev_table_size",
             "max_services",
             "hash_seed",
+            "api_socket",
+            "pin_path",
+            "state_file",
+            "tcp_idle_timeout",
+            "udp_idle_timeout",
         ],
     )?;
 
@@ -398,6 +734,85 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
         Some(at) => Some(at.int_in(cx, 0, i64::from(u32::MAX))? as u32),
     };
 
+    // The MAGLEV map holds two tables per service.
+    let tables = u64::from(max_services) * u64::from(SLOTS_PER_SERVICE);
+    let entries = tables * u64::from(maglev_table_size);
+    if entries > MAX_MAGLEV_ENTRIES {
+        // Above MIN_MAGLEV_TABLE_SIZE (asserted at compile time), so a prime fits.
+        let max_table = MAX_MAGLEV_ENTRIES / tables;
+        let max_max_services =
+            MAX_MAGLEV_ENTRIES / (u64::from(SLOTS_PER_SERVICE) * u64::from(maglev_table_size));
+        let message = format!(
+            "max_services × {SLOTS_PER_SERVICE} × maglev_table_size = {max_services} × \
+             {SLOTS_PER_SERVICE} × {maglev_table_size} = {entries} MAGLEV map entries \
+             (two Maglev tables per service), more than the limit of {MAX_MAGLEV_ENTRIES} \
+             (2^28 u32 entries, 1 GiB); use a maglev_table_size of at most {max_table} \
+             (a prime such as {}) or a max_services of at most {max_max_services}",
+            prev_prime(max_table as u32 + 1)
+        );
+        return Err(match (maglev_pos, max_services_pos) {
+            (Some(p), _) => cx.err(p, "daemon.maglev_table_size", message),
+            (None, Some(p)) => cx.err(p, "daemon.max_services", message),
+            // Not reached: the defaults fit.
+            (None, None) => cx.err(t.pos, "daemon.maglev_table_size", message),
+        });
+    }
+
+    let api_socket_at = t.get("api_socket");
+    let api_socket = match &api_socket_at {
+        None => PathBuf::from(DEFAULT_API_SOCKET),
+        Some(at) => {
+            let p = at.file_path(cx, false)?;
+            if p.len() > MAX_SOCKET_PATH_LEN {
+                return Err(at.err(
+                    cx,
+                    format!(
+                        "\"{p}\" is {} bytes long; a unix socket path holds at most \
+                         {MAX_SOCKET_PATH_LEN}",
+                        p.len()
+                    ),
+                ));
+            }
+            PathBuf::from(p)
+        }
+    };
+
+    let pin_path = match t.get("pin_path") {
+        None => PathBuf::from(DEFAULT_PIN_PATH),
+        Some(at) => PathBuf::from(at.path_str(cx, true)?),
+    };
+
+    let state_file_at = t.get("state_file");
+    let state_file = match &state_file_at {
+        None => PathBuf::from(DEFAULT_STATE_FILE),
+        Some(at) => PathBuf::from(at.file_path(cx, true)?),
+    };
+    if state_file == api_socket {
+        // The defaults differ, so at least one of the two is set.
+        let (at, other) = match (&state_file_at, &api_socket_at) {
+            (Some(at), Some(api)) => (at, format!("daemon.api_socket (line {})", cx.line(api.pos))),
+            (Some(at), None) => (at, "the default daemon.api_socket".to_owned()),
+            (None, Some(at)) => (at, "the default daemon.state_file".to_owned()),
+            (None, None) => unreachable!("the default api_socket and state_file differ"),
+        };
+        return Err(at.err(
+            cx,
+            format!(
+                "\"{}\" is also {other}; the socket and the state file need paths of their own",
+                state_file.display()
+            ),
+        ));
+    }
+
+    let tcp_idle_timeout = match t.get("tcp_idle_timeout") {
+        None => DEFAULT_TCP_IDLE_TIMEOUT,
+        Some(at) => at.duration_in(cx, MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT)?,
+    };
+    let udp_idle_timeout = match t.get("udp_idle_timeout") {
+        None => DEFAULT_UDP_IDLE_TIMEOUT,
+        Some(at) => at.duration_in(cx, MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT)?,
+    };
+
     Ok((
         DaemonConfig {
             interfaces,
@@ -406,6 +821,11 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             maglev_table_size,
             max_services,
             hash_seed,
+            api_socket,
+            pin_path,
+            state_file,
+            tcp_idle_timeout,
+            udp_idle_timeout,
         },
         DaemonPos {
             maglev_table_size: maglev_pos,
@@ -475,7 +895,17 @@ fn parse_target_group(
     at: &At<'_>,
 ) -> Result<(TargetGroupConfig, GroupPos), ConfigError> {
     let t = at.table(cx, "a table")?;
-    t.allow(cx, &["name", "port", "backends"])?;
+    t.allow(
+        cx,
+        &[
+            "name",
+            "port",
+            "backends",
+            "deregistration_delay",
+            "all_unhealthy",
+            "health_check",
+        ],
+    )?;
 
     let name_at = t.require(cx, "name")?;
     let name = name_at.name(cx)?;
@@ -492,11 +922,38 @@ fn parse_target_group(
         positions.push(item.pos);
     }
 
+    let deregistration_delay = match t.get("deregistration_delay") {
+        None => DEFAULT_DEREGISTRATION_DELAY,
+        Some(at) => at.duration_in(cx, Duration::ZERO, MAX_DEREGISTRATION_DELAY)?,
+    };
+
+    let all_unhealthy = match t.get("all_unhealthy") {
+        None => AllUnhealthy::default(),
+        Some(at) => match at.str(cx)? {
+            "drop" => AllUnhealthy::Drop,
+            "fail_open" => AllUnhealthy::FailOpen,
+            other => {
+                return Err(at.err(
+                    cx,
+                    format!("unknown value \"{other}\" (expected \"drop\" or \"fail_open\")"),
+                ))
+            }
+        },
+    };
+
+    let health_check = match t.get("health_check") {
+        None => None,
+        Some(at) => Some(parse_health_check(cx, &at)?),
+    };
+
     Ok((
         TargetGroupConfig {
             name,
             port,
             backends,
+            deregistration_delay,
+            all_unhealthy,
+            health_check,
         },
         GroupPos {
             table: t.pos,
@@ -504,6 +961,132 @@ fn parse_target_group(
             backends: positions,
         },
     ))
+}
+
+/// `[target_group.health_check]` or `health_check = { ... }`.
+fn parse_health_check(cx: &Cx<'_>, at: &At<'_>) -> Result<HealthCheckConfig, ConfigError> {
+    let t = at.table(
+        cx,
+        "a table ([target_group.health_check] after the [[target_group]], \
+         or health_check = { ... })",
+    )?;
+    t.allow(
+        cx,
+        &[
+            "protocol",
+            "path",
+            "port",
+            "interval",
+            "timeout",
+            "healthy_threshold",
+            "unhealthy_threshold",
+            "success_codes",
+        ],
+    )?;
+    let mut hc = HealthCheckConfig::default();
+
+    if let Some(at) = t.get("protocol") {
+        hc.protocol = match at.str(cx)? {
+            "tcp" => HealthProtocol::Tcp,
+            "http" => HealthProtocol::Http,
+            other => {
+                return Err(at.err(
+                    cx,
+                    format!("unknown protocol \"{other}\" (expected \"tcp\" or \"http\")"),
+                ))
+            }
+        };
+    }
+    let http_only = |at: &At<'_>, key: &str| {
+        if hc.protocol == HealthProtocol::Http {
+            Ok(())
+        } else {
+            Err(at.err(
+                cx,
+                format!(
+                    "{key} is only for http checks; this check's protocol is \"{}\"",
+                    hc.protocol
+                ),
+            ))
+        }
+    };
+
+    if let Some(at) = t.get("path") {
+        http_only(&at, "path")?;
+        let path = at.str(cx)?;
+        if !path.starts_with('/') {
+            return Err(at.err(cx, format!("\"{path}\" must start with /")));
+        }
+        if path.contains(char::is_whitespace) || path.contains(char::is_control) {
+            return Err(at.err(
+                cx,
+                format!(
+                    "{path:?} contains whitespace or a control character \
+                     (percent-encode it, e.g. %20)"
+                ),
+            ));
+        }
+        hc.path = path.to_owned();
+    }
+
+    if let Some(at) = t.get("port") {
+        hc.port = Some(at.port(cx)?);
+    }
+
+    let interval_at = t.get("interval");
+    if let Some(at) = &interval_at {
+        hc.interval = at.duration_in(cx, MIN_HEALTH_INTERVAL, MAX_HEALTH_INTERVAL)?;
+    }
+    let timeout_at = t.get("timeout");
+    if let Some(at) = &timeout_at {
+        hc.timeout = at.duration_in(cx, MIN_HEALTH_TIMEOUT, MAX_HEALTH_TIMEOUT)?;
+    }
+    if hc.timeout > hc.interval {
+        let (interval, timeout) = (show_duration(hc.interval), show_duration(hc.timeout));
+        // Point at the timeout when it is set, else at the interval (one of them is: the
+        // defaults fit).
+        return Err(match (&timeout_at, &interval_at) {
+            (Some(at), _) => {
+                let which = if interval_at.is_some() {
+                    "the interval"
+                } else {
+                    "the default interval"
+                };
+                at.err(
+                    cx,
+                    format!(
+                        "the timeout ({timeout}) must not be longer than {which} ({interval}): \
+                         a check must end before the next one starts"
+                    ),
+                )
+            }
+            (None, Some(at)) => at.err(
+                cx,
+                format!(
+                    "the interval ({interval}) must not be shorter than the default timeout \
+                     ({timeout}): a check must end before the next one starts; \
+                     set timeout to at most {interval}"
+                ),
+            ),
+            (None, None) => unreachable!("the default timeout is shorter than the interval"),
+        });
+    }
+
+    for (key, slot) in [
+        ("healthy_threshold", &mut hc.healthy_threshold),
+        ("unhealthy_threshold", &mut hc.unhealthy_threshold),
+    ] {
+        if let Some(at) = t.get(key) {
+            *slot = at.int_in(cx, 1, i64::from(MAX_HEALTH_THRESHOLD))? as u32;
+        }
+    }
+
+    if let Some(at) = t.get("success_codes") {
+        http_only(&at, "success_codes")?;
+        hc.success_codes = at.str(cx)?.parse().map_err(|m: String| at.err(cx, m))?;
+    }
+
+    Ok(hc)
 }
 
 fn parse_backend(cx: &Cx<'_>, at: &At<'_>) -> Result<BackendConfig, ConfigError> {
@@ -929,7 +1512,15 @@ fn field_at(text: &str, pos: usize) -> String {
             *n += 1;
             key = None;
         } else if let Some(h) = t.strip_prefix('[').filter(|h| h.contains(']')) {
-            section = h.split(']').next().unwrap_or("").trim().to_owned();
+            let name = h.split(']').next().unwrap_or("").trim();
+            // `[target_group.health_check]` belongs to the last `[[target_group]]`.
+            section = match name.split_once('.') {
+                Some((array, rest)) if counts.get(array.trim()).is_some_and(|&n| n > 0) => {
+                    let array = array.trim();
+                    format!("{array}[{}].{}", counts[array] - 1, rest.trim())
+                }
+                _ => name.to_owned(),
+            };
             key = None;
         } else if let Some((k, _)) = t.split_once('=') {
             let k = k.trim();
@@ -1034,6 +1625,71 @@ impl<'a> At<'a> {
 
     fn port(&self, cx: &Cx<'_>) -> Result<u16, ConfigError> {
         Ok(self.int_in(cx, 1, 65535)? as u16)
+    }
+
+    /// A duration string (`"30s"`, `"1h 30m"`, `"250ms"`) within `lo..=hi`.
+    fn duration_in(
+        &self,
+        cx: &Cx<'_>,
+        lo: Duration,
+        hi: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let s = match &self.node.val {
+            Val::Str(s) => s,
+            Val::Int(v) => {
+                return Err(self.err(
+                    cx,
+                    format!("expected a duration string such as \"{v}s\", found an integer"),
+                ))
+            }
+            _ => {
+                return Err(self.wrong_type(cx, &format!("a duration string ({DURATION_EXAMPLES})")))
+            }
+        };
+        let d = humantime::parse_duration(s).map_err(|e| {
+            self.err(
+                cx,
+                format!("\"{s}\" is not a duration ({DURATION_EXAMPLES}): {e}"),
+            )
+        })?;
+        if d < lo || d > hi {
+            return Err(self.err(
+                cx,
+                format!(
+                    "\"{s}\" is out of range ({}-{})",
+                    show_duration(lo),
+                    show_duration(hi)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A path: not empty, no NUL, and absolute if `absolute`.
+    fn path_str(&self, cx: &Cx<'_>, absolute: bool) -> Result<&'a str, ConfigError> {
+        let s = self.str(cx)?;
+        if s.is_empty() {
+            return Err(self.err(cx, "must not be empty"));
+        }
+        if s.contains('\0') {
+            return Err(self.err(cx, "contains a NUL character"));
+        }
+        if absolute && !s.starts_with('/') {
+            return Err(self.err(
+                cx,
+                format!("\"{s}\" is not an absolute path (it must start with /)"),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// The path of a file: as [`Self::path_str`], and not ending with `/`.
+    fn file_path(&self, cx: &Cx<'_>, absolute: bool) -> Result<&'a str, ConfigError> {
+        let s = self.path_str(cx, absolute)?;
+        if s.ends_with('/') {
+            return Err(self.err(cx, format!("\"{s}\" ends with /; give the path of a file")));
+        }
+        Ok(s)
     }
 }
 
@@ -1386,6 +2042,11 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                 maglev_table_size: DEFAULT_RING_SIZE,
                 max_services: DEFAULT_MAX_SERVICES,
                 hash_seed: None,
+                api_socket: PathBuf::from("/run/xlb/xlb.sock"),
+                pin_path: PathBuf::from("/sys/fs/bpf/xlb"),
+                state_file: PathBuf::from("/run/xlb/state.json"),
+                tcp_idle_timeout: Duration::from_secs(350),
+                udp_idle_timeout: Duration::from_secs(120),
             }
         );
         assert_eq!(
@@ -1430,6 +2091,9 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                         be("198.18.2.12", Some(8080), 1),
                         be("198.18.2.13", None, 2),
                     ],
+                    deregistration_delay: Duration::from_secs(300),
+                    all_unhealthy: AllUnhealthy::Drop,
+                    health_check: None,
                 },
                 TargetGroupConfig {
                     name: "dns-servers".into(),
@@ -1438,6 +2102,9 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                         be("198.18.2.11", Some(5353), 1),
                         be("198.18.2.12", Some(5353), 1),
                     ],
+                    deregistration_delay: Duration::from_secs(300),
+                    all_unhealthy: AllUnhealthy::Drop,
+                    health_check: None,
                 },
                 TargetGroupConfig {
                     name: "web-servers-v6".into(),
@@ -1446,6 +2113,9 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                         be("2001:db8:2::11", None, 1),
                         be("2001:db8:2::12", Some(8080), 1),
                     ],
+                    deregistration_delay: Duration::from_secs(300),
+                    all_unhealthy: AllUnhealthy::Drop,
+                    health_check: None,
                 },
             ]
         );
@@ -1889,6 +2559,690 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
         );
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(load(&path), Err(ConfigError::Io { .. })));
+    }
+
+    // ---- [daemon] paths and timeouts, target group drain and health checks ----
+
+    /// A target group of one backend, lines 3-5 after `MINIMAL`.
+    const GROUP: &str = "[[target_group]]\nname = \"g\"\nbackends = [\"10.0.0.1\"]\n";
+
+    /// `MINIMAL` + `GROUP` + `[target_group.health_check]` (line 6) + `body` (from line 7).
+    fn with_check(body: &str) -> String {
+        format!("{MINIMAL}{GROUP}[target_group.health_check]\n{body}")
+    }
+
+    const FULL: &str = r#"[daemon]
+interfaces = ["eth0"]
+maglev_table_size = 1021
+max_services = 4096
+api_socket = "/run/xlb-test/api.sock"
+pin_path = "/sys/fs/bpf/xlb-test"
+state_file = "/var/lib/xlb/state.json"
+tcp_idle_timeout = "1h 30m"
+udp_idle_timeout = "45s"
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "web-servers"
+
+[[target_group]]
+name = "plain"
+backends = ["198.18.2.21"]
+
+[[target_group]]
+name = "web-servers"
+port = 8080
+backends = ["198.18.2.11", "198.18.2.12:8081"]
+deregistration_delay = "0s"
+all_unhealthy = "fail_open"
+
+[target_group.health_check]
+protocol = "http"
+path = "/ready?full=1"
+port = 9000
+interval = "250ms"
+timeout = "250ms"
+healthy_threshold = 1
+unhealthy_threshold = 10
+success_codes = "200, 204,300-399"
+
+[[target_group]]
+name = "dns-servers"
+backends = ["198.18.2.11:5353"]
+deregistration_delay = "1h"
+health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
+"#;
+
+    #[test]
+    fn new_keys_defaults() {
+        let c = parse(&format!("{MINIMAL}{GROUP}"), "x").unwrap();
+        let d = &c.daemon;
+        assert_eq!(d.api_socket, Path::new("/run/xlb/xlb.sock"));
+        assert_eq!(d.pin_path, Path::new("/sys/fs/bpf/xlb"));
+        assert_eq!(d.state_file, Path::new("/run/xlb/state.json"));
+        assert_eq!(d.tcp_idle_timeout, Duration::from_secs(350));
+        assert_eq!(d.udp_idle_timeout, Duration::from_secs(120));
+        let g = &c.target_groups[0];
+        assert_eq!(g.deregistration_delay, Duration::from_secs(300));
+        assert_eq!(g.all_unhealthy, AllUnhealthy::Drop);
+        assert_eq!(g.health_check, None);
+
+        // An empty [target_group.health_check]: checked, with every default.
+        let c = parse(&with_check(""), "x").unwrap();
+        let hc = c.target_groups[0].health_check.as_ref().unwrap();
+        assert_eq!(
+            *hc,
+            HealthCheckConfig {
+                protocol: HealthProtocol::Http,
+                path: "/health".into(),
+                port: None,
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(5),
+                healthy_threshold: 2,
+                unhealthy_threshold: 5,
+                success_codes: "200-399".parse().unwrap(),
+            }
+        );
+        assert_eq!(*hc, HealthCheckConfig::default());
+        assert_eq!(hc.success_codes.to_string(), "200-399");
+        let c = parse(&format!("{MINIMAL}{GROUP}health_check = {{}}\n"), "x").unwrap();
+        assert_eq!(
+            c.target_groups[0].health_check,
+            Some(HealthCheckConfig::default())
+        );
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(FULL, "xlb.toml").unwrap();
+        assert_eq!(
+            c.daemon,
+            DaemonConfig {
+                interfaces: vec!["eth0".into()],
+                xdp_mode: XdpMode::Auto,
+                conntrack_size: DEFAULT_CONNTRACK_SIZE,
+                maglev_table_size: 1021,
+                max_services: 4096,
+                hash_seed: None,
+                api_socket: PathBuf::from("/run/xlb-test/api.sock"),
+                pin_path: PathBuf::from("/sys/fs/bpf/xlb-test"),
+                state_file: PathBuf::from("/var/lib/xlb/state.json"),
+                tcp_idle_timeout: Duration::from_secs(5400),
+                udp_idle_timeout: Duration::from_secs(45),
+            }
+        );
+        let [plain, web, dns] = &c.target_groups[..] else {
+            panic!("{:?}", c.target_groups)
+        };
+        // [target_group.health_check] attaches to the [[target_group]] just above it only.
+        assert_eq!(plain.health_check, None);
+        assert_eq!(plain.deregistration_delay, DEFAULT_DEREGISTRATION_DELAY);
+        assert_eq!(web.deregistration_delay, Duration::ZERO);
+        assert_eq!(web.all_unhealthy, AllUnhealthy::FailOpen);
+        let web_hc = web.health_check.as_ref().unwrap();
+        assert_eq!(
+            *web_hc,
+            HealthCheckConfig {
+                protocol: HealthProtocol::Http,
+                path: "/ready?full=1".into(),
+                port: Some(9000),
+                interval: Duration::from_millis(250),
+                timeout: Duration::from_millis(250),
+                healthy_threshold: 1,
+                unhealthy_threshold: 10,
+                success_codes: "200,204,300-399".parse().unwrap(),
+            }
+        );
+        assert_eq!(web_hc.success_codes.to_string(), "200,204,300-399");
+        assert_eq!(dns.deregistration_delay, Duration::from_secs(3600));
+        assert_eq!(dns.all_unhealthy, AllUnhealthy::Drop);
+        assert_eq!(
+            dns.health_check,
+            Some(HealthCheckConfig {
+                protocol: HealthProtocol::Tcp,
+                port: Some(53),
+                interval: Duration::from_secs(300),
+                timeout: Duration::from_secs(120),
+                ..HealthCheckConfig::default()
+            })
+        );
+        // Dotted keys work too.
+        let c = parse(
+            &format!("{MINIMAL}{GROUP}health_check.protocol = \"tcp\"\n"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.target_groups[0].health_check.as_ref().unwrap().protocol,
+            HealthProtocol::Tcp
+        );
+        // The largest MAGLEV map allowed: 2048 × 2 × 65521 <= 2^28.
+        parse(
+            &format!("{MINIMAL}max_services = 2048\nmaglev_table_size = 65521\n"),
+            "x",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn serializes_new_keys_to_json() {
+        let json = serde_json::to_value(parse(FULL, "x").unwrap()).unwrap();
+        let d = &json["daemon"];
+        assert_eq!(d["api_socket"], "/run/xlb-test/api.sock");
+        assert_eq!(d["pin_path"], "/sys/fs/bpf/xlb-test");
+        assert_eq!(d["state_file"], "/var/lib/xlb/state.json");
+        assert_eq!(d["tcp_idle_timeout"], "1h 30m");
+        assert_eq!(d["udp_idle_timeout"], "45s");
+        let g = &json["target_groups"];
+        assert_eq!(g[0]["deregistration_delay"], "5m");
+        assert_eq!(g[0]["all_unhealthy"], "drop");
+        assert_eq!(g[0]["health_check"], serde_json::Value::Null);
+        assert_eq!(g[1]["deregistration_delay"], "0s");
+        assert_eq!(g[1]["all_unhealthy"], "fail_open");
+        let hc = &g[1]["health_check"];
+        assert_eq!(hc["protocol"], "http");
+        assert_eq!(hc["path"], "/ready?full=1");
+        assert_eq!(hc["port"], 9000);
+        assert_eq!(hc["interval"], "250ms");
+        assert_eq!(hc["timeout"], "250ms");
+        assert_eq!(hc["healthy_threshold"], 1);
+        assert_eq!(hc["unhealthy_threshold"], 10);
+        assert_eq!(hc["success_codes"], "200,204,300-399");
+        assert_eq!(g[2]["health_check"]["protocol"], "tcp");
+        assert_eq!(g[2]["health_check"]["interval"], "5m");
+        // The defaults read back the way they are documented.
+        let json = serde_json::to_value(parse(&with_check(""), "x").unwrap()).unwrap();
+        assert_eq!(json["daemon"]["tcp_idle_timeout"], "5m 50s");
+        assert_eq!(json["daemon"]["udp_idle_timeout"], "2m");
+        assert_eq!(
+            json["target_groups"][0]["health_check"]["port"],
+            serde_json::Value::Null
+        );
+        assert_eq!(
+            json["target_groups"][0]["health_check"]["success_codes"],
+            "200-399"
+        );
+    }
+
+    #[test]
+    fn success_codes_forms() {
+        let codes = |s: &str| s.parse::<SuccessCodes>().unwrap();
+        let c = codes("200");
+        assert!(c.matches(200) && !c.matches(201) && !c.matches(199));
+        let c = codes("200-299");
+        assert!(c.matches(200) && c.matches(250) && c.matches(299) && !c.matches(300));
+        let c = codes("200,204,300-399");
+        assert!(c.matches(204) && c.matches(399) && !c.matches(203) && !c.matches(400));
+        assert_eq!(c.to_string(), "200,204,300-399");
+        assert_eq!(
+            codes(" 200 , 300 - 302 ,204-204").to_string(),
+            "200,300-302,204"
+        );
+        assert_eq!(codes("100-599").to_string(), "100-599");
+        assert_eq!(SuccessCodes::default(), codes("200-399"));
+        assert_eq!(SuccessCodes::default().to_string(), DEFAULT_SUCCESS_CODES);
+        assert_eq!(serde_json::to_value(codes("204")).unwrap(), "204");
+
+        let err = |s: &str| s.parse::<SuccessCodes>().unwrap_err();
+        assert!(err("").contains("must not be empty"), "{}", err(""));
+        assert!(
+            err("2xx").contains("\"2xx\" is not an HTTP status code"),
+            "{}",
+            err("2xx")
+        );
+        assert!(err("200,").contains("\"\" is not"), "{}", err("200,"));
+        assert!(err("-200").contains("\"\" is not"), "{}", err("-200"));
+        assert!(
+            err("200-300-400").contains("\"300-400\""),
+            "{}",
+            err("200-300-400")
+        );
+        assert_eq!(err("600"), "600 is out of range (100-599)");
+        assert_eq!(err("99-200"), "99 is out of range (100-599)");
+        assert_eq!(
+            err("399-200"),
+            "range 399-200 is not ascending (write 200-399)"
+        );
+        assert_eq!(err("200-299,204"), "204 overlaps 200-299");
+        assert_eq!(err("204,200-299"), "200-299 overlaps 204");
+        assert_eq!(err("200,200"), "200 overlaps 200");
+    }
+
+    #[test]
+    fn health_check_port_for() {
+        let mut hc = HealthCheckConfig::default();
+        assert_eq!(hc.port_for(None, 80), 80);
+        assert_eq!(hc.port_for(Some(8080), 80), 8080);
+        hc.port = Some(9000);
+        assert_eq!(hc.port_for(Some(8080), 80), 9000);
+        assert_eq!(hc.port_for(None, 80), 9000);
+    }
+
+    #[test]
+    fn new_enum_names() {
+        assert_eq!(AllUnhealthy::Drop.as_str(), "drop");
+        assert_eq!(AllUnhealthy::FailOpen.to_string(), "fail_open");
+        assert_eq!(AllUnhealthy::default(), AllUnhealthy::Drop);
+        assert_eq!(HealthProtocol::Tcp.to_string(), "tcp");
+        assert_eq!(HealthProtocol::Http.as_str(), "http");
+        assert_eq!(
+            serde_json::to_value(AllUnhealthy::FailOpen).unwrap(),
+            "fail_open"
+        );
+    }
+
+    #[test]
+    fn error_daemon_paths() {
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}api_socket = \"\"\n"));
+        assert_eq!((line, col, field.as_str()), (3, 14, "daemon.api_socket"));
+        assert_eq!(msg, "must not be empty");
+        let long = format!("/run/{}", "x".repeat(103));
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}api_socket = \"{long}\"\n"));
+        assert_eq!((line, col, field.as_str()), (3, 14, "daemon.api_socket"));
+        assert!(
+            msg.contains("108 bytes long") && msg.contains("at most 107"),
+            "{msg}"
+        );
+        parse(&format!("{MINIMAL}api_socket = \"{}\"\n", &long[1..]), "x").unwrap();
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}api_socket = \"/run/xlb/\"\n"));
+        assert_eq!(field, "daemon.api_socket");
+        assert!(msg.contains("ends with /"), "{msg}");
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}api_socket = 1\n"));
+        assert_eq!(field, "daemon.api_socket");
+        assert_eq!(msg, "expected a string, found an integer");
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}api_socket = \"/run/\\u0000x\"\n"));
+        assert_eq!(field, "daemon.api_socket");
+        assert!(msg.contains("NUL"), "{msg}");
+        // A relative socket path is allowed.
+        let c = parse(&format!("{MINIMAL}api_socket = \"xlb.sock\"\n"), "x").unwrap();
+        assert_eq!(c.daemon.api_socket, Path::new("xlb.sock"));
+
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}pin_path = \"sys/fs/bpf/xlb\"\n"));
+        assert_eq!((line, col, field.as_str()), (3, 12, "daemon.pin_path"));
+        assert_eq!(
+            msg,
+            "\"sys/fs/bpf/xlb\" is not an absolute path (it must start with /)"
+        );
+        // A trailing / is fine for the pin directory.
+        parse(&format!("{MINIMAL}pin_path = \"/sys/fs/bpf/xlb/\"\n"), "x").unwrap();
+
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}state_file = \"state.json\"\n"));
+        assert_eq!((line, col, field.as_str()), (3, 14, "daemon.state_file"));
+        assert!(msg.contains("not an absolute path"), "{msg}");
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}state_file = \"/run/xlb/\"\n"));
+        assert_eq!(field, "daemon.state_file");
+        assert!(msg.contains("ends with /"), "{msg}");
+
+        // The socket and the state file collide.
+        let (line, col, field, msg) = fail(&format!(
+            "{MINIMAL}api_socket = \"/run/x\"\nstate_file = \"/run/x\"\n"
+        ));
+        assert_eq!((line, col, field.as_str()), (4, 14, "daemon.state_file"));
+        assert!(msg.contains("daemon.api_socket (line 3)"), "{msg}");
+        let (line, _, field, msg) = fail(&format!("{MINIMAL}state_file = \"/run/xlb/xlb.sock\"\n"));
+        assert_eq!((line, field.as_str()), (3, "daemon.state_file"));
+        assert!(msg.contains("the default daemon.api_socket"), "{msg}");
+        let (line, _, field, msg) =
+            fail(&format!("{MINIMAL}api_socket = \"/run/xlb/state.json\"\n"));
+        assert_eq!((line, field.as_str()), (3, "daemon.api_socket"));
+        assert!(msg.contains("the default daemon.state_file"), "{msg}");
+    }
+
+    #[test]
+    fn error_idle_timeouts() {
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}tcp_idle_timeout = \"30x\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (3, 20, "daemon.tcp_idle_timeout")
+        );
+        assert!(
+            msg.starts_with(
+                "\"30x\" is not a duration (e.g. \"30s\", \"5m\", \"250ms\"): unknown time unit"
+            ),
+            "{msg}"
+        );
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}udp_idle_timeout = \"120\"\n"));
+        assert_eq!(field, "daemon.udp_idle_timeout");
+        assert!(msg.contains("time unit needed"), "{msg}");
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}udp_idle_timeout = 120\n"));
+        assert_eq!(field, "daemon.udp_idle_timeout");
+        assert_eq!(
+            msg,
+            "expected a duration string such as \"120s\", found an integer"
+        );
+        let (_, _, _, msg) = fail(&format!("{MINIMAL}udp_idle_timeout = 1.5\n"));
+        assert_eq!(
+            msg,
+            "expected a duration string (e.g. \"30s\", \"5m\", \"250ms\"), found a float"
+        );
+        for bad in ["999ms", "0s", "7d 1s", "8d"] {
+            let (_, _, field, msg) = fail(&format!("{MINIMAL}tcp_idle_timeout = \"{bad}\"\n"));
+            assert_eq!(field, "daemon.tcp_idle_timeout");
+            assert_eq!(msg, format!("\"{bad}\" is out of range (1s-7days)"));
+        }
+        for good in ["1s", "7d", "1h 30m", "2min", "1.5h"] {
+            parse(&format!("{MINIMAL}udp_idle_timeout = \"{good}\"\n"), "x").unwrap();
+        }
+    }
+
+    #[test]
+    fn error_maglev_entries() {
+        // maglev_table_size set: the error is there, even when max_services is set too.
+        let text = format!("{MINIMAL}max_services = 64\nmaglev_table_size = 4000037\n");
+        let (line, col, field, msg) = fail(&text);
+        assert_eq!(
+            (line, col, field.as_str()),
+            (4, 21, "daemon.maglev_table_size")
+        );
+        assert_eq!(
+            msg,
+            "max_services × 2 × maglev_table_size = 64 × 2 × 4000037 = 512004736 MAGLEV map \
+             entries (two Maglev tables per service), more than the limit of 268435456 \
+             (2^28 u32 entries, 1 GiB); use a maglev_table_size of at most 2097152 (a prime \
+             such as 2097143) or a max_services of at most 33"
+        );
+        // Only max_services set.
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}max_services = 2048\n"));
+        assert_eq!((line, col, field.as_str()), (3, 16, "daemon.max_services"));
+        assert!(
+            msg.contains("2048 × 2 × 65537 = 268439552") && msg.contains("at most 2047"),
+            "{msg}"
+        );
+        parse(&format!("{MINIMAL}max_services = 2047\n"), "x").unwrap();
+        // With the most services, the hint is still a prime the table may have.
+        let text = format!("{MINIMAL}max_services = 4096\nmaglev_table_size = 1000003\n");
+        let (_, _, field, msg) = fail(&text);
+        assert_eq!(field, "daemon.maglev_table_size");
+        assert!(
+            msg.ends_with("at most 32768 (a prime such as 32749) or a max_services of at most 134"),
+            "{msg}"
+        );
+        parse(
+            &format!("{MINIMAL}max_services = 4096\nmaglev_table_size = 32749\n"),
+            "x",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn error_deregistration_delay() {
+        let (line, col, field, msg) = fail(&format!(
+            "{MINIMAL}{GROUP}deregistration_delay = \"1h 1s\"\n"
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (6, 24, "target_group[0].deregistration_delay")
+        );
+        assert_eq!(msg, "\"1h 1s\" is out of range (0s-1h)");
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}{GROUP}deregistration_delay = \"-1s\"\n"));
+        assert_eq!(field, "target_group[0].deregistration_delay");
+        assert!(msg.contains("is not a duration"), "{msg}");
+        let (_, _, _, msg) = fail(&format!("{MINIMAL}{GROUP}deregistration_delay = 300\n"));
+        assert!(msg.contains("such as \"300s\""), "{msg}");
+    }
+
+    #[test]
+    fn error_all_unhealthy() {
+        let (line, col, field, msg) =
+            fail(&format!("{MINIMAL}{GROUP}all_unhealthy = \"fail-open\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (6, 17, "target_group[0].all_unhealthy")
+        );
+        assert_eq!(
+            msg,
+            "unknown value \"fail-open\" (expected \"drop\" or \"fail_open\")"
+        );
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}{GROUP}all_unhealthy = true\n"));
+        assert_eq!(field, "target_group[0].all_unhealthy");
+        assert_eq!(msg, "expected a string, found a boolean");
+    }
+
+    #[test]
+    fn error_health_check_shape() {
+        // Unknown key.
+        let (line, col, field, msg) = fail(&with_check("protocl = \"tcp\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 1, "target_group[0].health_check.protocl")
+        );
+        assert!(msg.contains("protocol, path, port, interval"), "{msg}");
+        // In the second group: the index follows the [[target_group]] above.
+        let text = format!(
+            "{MINIMAL}{GROUP}[[target_group]]\nname = \"h\"\nbackends = []\n\
+             [target_group.health_check]\ntimout = \"1s\"\n"
+        );
+        let (line, _, field, _) = fail(&text);
+        assert_eq!(
+            (line, field.as_str()),
+            (10, "target_group[1].health_check.timout")
+        );
+        // Inline, with an unknown key.
+        let (line, _, field, _) = fail(&format!(
+            "{MINIMAL}{GROUP}health_check = {{ intervall = \"1s\" }}\n"
+        ));
+        assert_eq!(
+            (line, field.as_str()),
+            (6, "target_group[0].health_check.intervall")
+        );
+        // Not a table.
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}{GROUP}health_check = true\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (6, 16, "target_group[0].health_check")
+        );
+        assert!(
+            msg.contains("expected a table") && msg.contains("found a boolean"),
+            "{msg}"
+        );
+        let (_, _, field, msg) = fail(&format!(
+            "{MINIMAL}{GROUP}[[target_group.health_check]]\nprotocol = \"tcp\"\n"
+        ));
+        assert_eq!(field, "target_group[0].health_check");
+        assert!(msg.contains("found an array"), "{msg}");
+        // Before any [[target_group]].
+        let (line, _, field, msg) = fail(&format!(
+            "{MINIMAL}[target_group.health_check]\nprotocol = \"tcp\"\n"
+        ));
+        assert_eq!((line, field.as_str()), (3, "target_group"));
+        assert!(msg.contains("there is none"), "{msg}");
+        // A syntax error inside the section names the group's field.
+        let (line, _, field, msg) = fail(&with_check("interval = \"1m\"\ninterval = \"2m\"\n"));
+        assert_eq!(
+            (line, field.as_str()),
+            (8, "target_group[0].health_check.interval")
+        );
+        assert!(msg.contains("duplicate"), "{msg}");
+    }
+
+    #[test]
+    fn error_health_check_protocol() {
+        let (line, col, field, msg) = fail(&with_check("protocol = \"https\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 12, "target_group[0].health_check.protocol")
+        );
+        assert_eq!(
+            msg,
+            "unknown protocol \"https\" (expected \"tcp\" or \"http\")"
+        );
+    }
+
+    #[test]
+    fn error_health_check_path() {
+        let (line, col, field, msg) = fail(&with_check("path = \"health\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 8, "target_group[0].health_check.path")
+        );
+        assert_eq!(msg, "\"health\" must start with /");
+        let (_, _, field, msg) = fail(&with_check("path = \"/a b\"\n"));
+        assert_eq!(field, "target_group[0].health_check.path");
+        assert!(msg.contains("whitespace"), "{msg}");
+        let (_, _, _, msg) = fail(&with_check("path = \"/a\\tb\"\n"));
+        assert!(msg.contains("whitespace"), "{msg}");
+        let (_, _, _, msg) = fail(&with_check("path = \"/a\\u0001\"\n"));
+        assert!(msg.contains("control character"), "{msg}");
+        let (_, _, _, msg) = fail(&with_check("path = 1\n"));
+        assert_eq!(msg, "expected a string, found an integer");
+    }
+
+    #[test]
+    fn error_http_only_keys_with_tcp() {
+        // `path` before `protocol`: the order of the keys does not matter.
+        let (line, col, field, msg) = fail(&with_check("path = \"/health\"\nprotocol = \"tcp\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 8, "target_group[0].health_check.path")
+        );
+        assert_eq!(
+            msg,
+            "path is only for http checks; this check's protocol is \"tcp\""
+        );
+        let (line, col, field, msg) =
+            fail(&with_check("protocol = \"tcp\"\nsuccess_codes = \"200\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (8, 17, "target_group[0].health_check.success_codes")
+        );
+        assert!(
+            msg.starts_with("success_codes is only for http checks"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn error_health_check_success_codes() {
+        let (line, col, field, msg) = fail(&with_check("success_codes = \"2xx\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 17, "target_group[0].health_check.success_codes")
+        );
+        assert!(msg.contains("\"2xx\" is not an HTTP status code"), "{msg}");
+        let (_, _, _, msg) = fail(&with_check("success_codes = \"299-200\"\n"));
+        assert_eq!(msg, "range 299-200 is not ascending (write 200-299)");
+        let (_, _, _, msg) = fail(&with_check("success_codes = 200\n"));
+        assert_eq!(msg, "expected a string, found an integer");
+    }
+
+    #[test]
+    fn error_health_check_durations() {
+        let e = parse(&with_check("interval = \"30x\"\n"), "xlb.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "xlb.toml:7:12: target_group[0].health_check.interval: \"30x\" is not a \
+                 duration (e.g. \"30s\", \"5m\", \"250ms\"): unknown time unit \"x\""
+            ),
+            "{e}"
+        );
+        for (body, field, msg) in [
+            (
+                "interval = \"99ms\"",
+                "interval",
+                "\"99ms\" is out of range (100ms-5m)",
+            ),
+            (
+                "interval = \"301s\"",
+                "interval",
+                "\"301s\" is out of range (100ms-5m)",
+            ),
+            (
+                "timeout = \"9ms\"",
+                "timeout",
+                "\"9ms\" is out of range (10ms-2m)",
+            ),
+            (
+                "timeout = \"121s\"",
+                "timeout",
+                "\"121s\" is out of range (10ms-2m)",
+            ),
+        ] {
+            let (line, col, f, m) = fail(&with_check(&format!("{body}\n")));
+            assert_eq!(
+                (line, f.as_str(), m.as_str()),
+                (
+                    7,
+                    format!("target_group[0].health_check.{field}").as_str(),
+                    msg
+                )
+            );
+            assert_eq!(col, field.len() + 4);
+        }
+        // The bounds themselves are fine.
+        parse(
+            &with_check("interval = \"100ms\"\ntimeout = \"10ms\"\n"),
+            "x",
+        )
+        .unwrap();
+        parse(&with_check("interval = \"5m\"\ntimeout = \"2m\"\n"), "x").unwrap();
+    }
+
+    #[test]
+    fn error_health_check_timeout_over_interval() {
+        // Both set: the timeout is wrong.
+        let (line, col, field, msg) = fail(&with_check("interval = \"2s\"\ntimeout = \"3s\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (8, 11, "target_group[0].health_check.timeout")
+        );
+        assert_eq!(
+            msg,
+            "the timeout (3s) must not be longer than the interval (2s): a check must end \
+             before the next one starts"
+        );
+        // Only the timeout set.
+        let (_, _, field, msg) = fail(&with_check("timeout = \"31s\"\n"));
+        assert_eq!(field, "target_group[0].health_check.timeout");
+        assert!(msg.contains("the default interval (30s)"), "{msg}");
+        // Only the interval set, below the default timeout.
+        let (line, col, field, msg) = fail(&with_check("interval = \"1s\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 12, "target_group[0].health_check.interval")
+        );
+        assert!(
+            msg.contains("default timeout (5s)") && msg.contains("set timeout to at most 1s"),
+            "{msg}"
+        );
+        // Inline tables point at the value too.
+        let (line, col, field, _) = fail(&format!(
+            "{MINIMAL}{GROUP}health_check = {{ interval = \"1s\" }}\n"
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (6, 29, "target_group[0].health_check.interval")
+        );
+    }
+
+    #[test]
+    fn error_health_check_thresholds_and_port() {
+        for key in ["healthy_threshold", "unhealthy_threshold"] {
+            for v in ["0", "11"] {
+                let (line, col, field, msg) = fail(&with_check(&format!("{key} = {v}\n")));
+                assert_eq!(
+                    (line, col, field),
+                    (
+                        7,
+                        key.len() + 4,
+                        format!("target_group[0].health_check.{key}")
+                    )
+                );
+                assert_eq!(msg, format!("{v} is out of range (1-10)"));
+            }
+        }
+        for v in ["0", "65536"] {
+            let (line, col, field, msg) = fail(&with_check(&format!("port = {v}\n")));
+            assert_eq!(
+                (line, col, field.as_str()),
+                (7, 8, "target_group[0].health_check.port")
+            );
+            assert_eq!(msg, format!("{v} is out of range (1-65535)"));
+        }
     }
 
     #[test]

@@ -1,19 +1,42 @@
-//! `xlb run`: load, attach, reconcile, and serve until told to stop.
-use std::path::{Path, PathBuf};
+//! `xlb run`: load (or adopt), attach, and then one loop that owns all state. Everything that
+//! changes state arrives as a message on that loop: API requests, health check outcomes,
+//! conntrack sweeps, signals and a 1 s tick for drains. After each change the loop computes
+//! the desired state and the reconciler writes the difference to the maps.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use lb_common::{CtValue, FlowKey, CT_F_CLOSING, PROTO_TCP};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{debug, error, info, warn};
 
 use crate::{
-    config,
-    dataplane::{self, Dataplane, LoadOptions},
+    api, config,
+    dataplane::{self, Attachment, Dataplane, LoadOptions, Pinning},
+    health::{self, CheckOutcome, CheckerHandle},
+    model::{
+        ApiError, BackendSource, BackendStatus, ChangeResult, Envelope, GroupStatus,
+        InterfaceStatus, Reply, Request, ServiceStatus, Status, TrafficCounters,
+    },
     reconcile::Reconciler,
-    state::State,
+    state::{CheckToken, Desired, Persisted, State},
 };
 
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// How often open flows are counted (and drains can finish).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A TCP flow that saw a FIN or RST counts as ended once it has been quiet this long.
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
 
 /// Mount bpffs at /sys/fs/bpf unless it is there already.
 pub fn ensure_bpffs() -> Result<()> {
@@ -50,70 +73,548 @@ fn random_seed() -> u32 {
     u32::from_ne_bytes(b)
 }
 
+/// The state file: what a restarted daemon needs to carry on where the last one stopped.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateFile {
+    pub pid: u32,
+    pub load: LoadOptions,
+    pub pin_path: PathBuf,
+    pub interfaces: Vec<(String, String)>,
+    pub state: Persisted,
+}
+
+impl StateFile {
+    pub fn read(path: &Path) -> Option<StateFile> {
+        let text = std::fs::read_to_string(path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "ignoring an unreadable state file");
+                None
+            }
+        }
+    }
+
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// Whether `pid` is a live process.
+pub fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+fn monotonic_coarse_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// A conntrack sweep's result: open flows per backend id.
+struct Sweep {
+    at: Instant,
+    open: HashMap<u32, u64>,
+}
+
+/// Count open flows per backend every [`SWEEP_EVERY`] on a thread of its own (the table can
+/// hold millions of flows), and delete entries of backends that are gone.
+fn spawn_sweeper(
+    pin: PathBuf,
+    live: Arc<Mutex<std::collections::HashSet<u32>>>,
+    tcp_idle: Duration,
+    udp_idle: Duration,
+    tx: mpsc::Sender<Sweep>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let mut map: BpfHashMap<MapData, FlowKey, CtValue> =
+        BpfHashMap::try_from(Map::LruHashMap(data)).context("conntrack map")?;
+    Ok(std::thread::spawn(move || loop {
+        let at = Instant::now();
+        let now = monotonic_coarse_ns();
+        let live_ids = live.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut open: HashMap<u32, u64> = HashMap::new();
+        let mut stale = Vec::new();
+        for item in map.iter() {
+            let Ok((key, ct)) = item else { continue };
+            if !live_ids.contains(&ct.backend_id) {
+                stale.push(key);
+                continue;
+            }
+            let idle = Duration::from_nanos(now.saturating_sub(ct.last_seen_ns));
+            let limit = if key.proto == PROTO_TCP {
+                tcp_idle
+            } else {
+                udp_idle
+            };
+            let closed = ct.flags & CT_F_CLOSING != 0 && idle >= CLOSING_GRACE;
+            if idle < limit && !closed {
+                *open.entry(ct.backend_id).or_default() += 1;
+            }
+        }
+        for key in stale {
+            let _ = map.remove(&key);
+        }
+        if tx.blocking_send(Sweep { at, open }).is_err() {
+            return;
+        }
+        std::thread::sleep(SWEEP_EVERY);
+    }))
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    state: State,
+    dp: Dataplane,
+    reconciler: Reconciler,
+    desired: Desired,
+    attachments: Vec<Attachment>,
+    checkers: HashMap<CheckToken, (String, CheckerHandle)>,
+    check_tx: mpsc::Sender<(CheckToken, CheckOutcome)>,
+    live_ids: Arc<Mutex<std::collections::HashSet<u32>>>,
+    started: Instant,
+}
+
+impl Daemon {
+    /// Recompute desired state and write the difference; keep checks and the state file in
+    /// step.
+    fn apply(&mut self) -> Result<(), ApiError> {
+        let desired = self
+            .state
+            .desired()
+            .map_err(|e| ApiError::Conflict(e.to_string()))?;
+        self.reconciler
+            .apply(&mut self.dp, &desired)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Ok(mut live) = self.live_ids.lock() {
+            *live = desired.backends.keys().copied().collect();
+        }
+        self.desired = desired;
+        self.sync_checks();
+        self.persist();
+        Ok(())
+    }
+
+    fn sync_checks(&mut self) {
+        let wanted = self.state.wanted_checks();
+        let keep: std::collections::HashSet<&CheckToken> =
+            wanted.iter().map(|(t, _, _)| t).collect();
+        self.checkers.retain(|t, _| keep.contains(t));
+        for (token, spec, interval) in wanted {
+            let fp = format!("{spec:?}/{interval:?}");
+            if self.checkers.get(&token).is_some_and(|(f, _)| *f == fp) {
+                continue;
+            }
+            let handle =
+                health::spawn_checker(token.clone(), spec, interval, self.check_tx.clone());
+            self.checkers.insert(token, (fp, handle));
+        }
+    }
+
+    fn persist(&self) {
+        let d = &self.state.config.daemon;
+        let file = StateFile {
+            pid: std::process::id(),
+            load: self.dp.opts,
+            pin_path: d.pin_path.clone(),
+            interfaces: self
+                .attachments
+                .iter()
+                .map(|a| (a.iface.clone(), a.mode.to_string()))
+                .collect(),
+            state: self.state.snapshot(),
+        };
+        if let Err(e) = file.write(&d.state_file) {
+            warn!(file = %d.state_file.display(), error = %e, "cannot write the state file");
+        }
+    }
+
+    fn reload(&mut self) -> Result<String, ApiError> {
+        let cfg = config::load(&self.config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
+        let notes = self.state.reload(cfg);
+        self.apply()?;
+        for n in &notes {
+            info!("reload: {n}");
+        }
+        Ok(if notes.is_empty() {
+            "config reloaded: nothing changed".to_string()
+        } else {
+            format!("config reloaded: {}", notes.join("; "))
+        })
+    }
+
+    fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
+        let done = |m: String| {
+            info!("{m}");
+            Ok(Reply::Done(ChangeResult { message: m }))
+        };
+        match req {
+            Request::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Request::Reload => {
+                let m = self.reload()?;
+                done(m)
+            }
+            Request::AddBackend { group, body } => {
+                let m = self.state.add_backend(
+                    &group,
+                    &body.address,
+                    body.weight,
+                    BackendSource::Api,
+                )?;
+                self.apply()?;
+                done(m)
+            }
+            Request::RemoveBackend { group, body } => {
+                let m = self.state.remove_backend(&group, &body.address)?;
+                self.apply()?;
+                done(m)
+            }
+            Request::DrainBackend { group, body } => {
+                let m = self
+                    .state
+                    .drain_backend(&group, &body.address, "drained by API")?;
+                self.apply()?;
+                done(m)
+            }
+            Request::SetWeight { group, body } => {
+                let m = self.state.set_weight(&group, &body.address, body.weight)?;
+                self.apply()?;
+                done(m)
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let mut per_member: HashMap<u64, (TrafficCounters, bool)> = HashMap::new();
+        for b in self.desired.backends.values() {
+            let c = TrafficCounters::from(self.dp.backend_counters(b.id));
+            let e = per_member.entry(b.member).or_default();
+            e.0.packets += c.packets;
+            e.0.bytes += c.bytes;
+            e.0.new_flows += c.new_flows;
+            e.0.reply_packets += c.reply_packets;
+            e.0.reply_bytes += c.reply_bytes;
+            e.0.dropped += c.dropped;
+            e.1 |= b.active;
+        }
+        let services = self
+            .desired
+            .services
+            .iter()
+            .map(|s| ServiceStatus {
+                name: s.name.clone(),
+                vip: s.vip,
+                port: s.port,
+                protocol: s.protocol.to_string(),
+                target_group: s.target_group.clone(),
+                backends_in_table: s
+                    .backends
+                    .iter()
+                    .filter(|id| self.desired.backends.get(id).is_some_and(|b| b.active))
+                    .count(),
+                counters: self.dp.service_counters(s.id).into(),
+            })
+            .collect();
+        let groups = self
+            .state
+            .groups
+            .values()
+            .map(|g| {
+                let eligible = g.eligible();
+                GroupStatus {
+                    name: g.cfg.name.clone(),
+                    port: g.cfg.port,
+                    all_unhealthy: g.cfg.all_unhealthy.as_str().to_string(),
+                    deregistration_delay_secs: g.cfg.deregistration_delay.as_secs_f64(),
+                    health_check: g.cfg.health_check.as_ref().map(|hc| {
+                        let port = hc.port.map_or(String::new(), |p| format!(" :{p}"));
+                        match hc.protocol {
+                            config::HealthProtocol::Http => format!(
+                                "http GET {}{port} every {}",
+                                hc.path,
+                                humantime::format_duration(hc.interval)
+                            ),
+                            config::HealthProtocol::Tcp => format!(
+                                "tcp connect{port} every {}",
+                                humantime::format_duration(hc.interval)
+                            ),
+                        }
+                    }),
+                    failing_open: eligible.failing_open,
+                    backends: g
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let (counters, _) = per_member.get(&m.uid).copied().unwrap_or_default();
+                            BackendStatus {
+                                group: g.cfg.name.clone(),
+                                address: m.addr,
+                                port: m
+                                    .port
+                                    .or(g.cfg.port)
+                                    .or_else(|| {
+                                        self.state
+                                            .config
+                                            .services
+                                            .iter()
+                                            .find(|s| s.target_group == g.cfg.name)
+                                            .map(|s| s.port)
+                                    })
+                                    .unwrap_or(0),
+                                weight: m.weight,
+                                state: m.state(),
+                                reason: m.reason(),
+                                since_secs: now
+                                    .saturating_duration_since(m.health.since())
+                                    .as_secs_f64(),
+                                receiving_new_flows: eligible.uids.contains(&m.uid),
+                                active_flows: m.active_flows,
+                                source: m.source,
+                                drain_remaining_secs: m.drain.as_ref().map(|d| {
+                                    d.deadline.saturating_duration_since(now).as_secs_f64()
+                                }),
+                                counters,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            config_file: self.config_path.display().to_string(),
+            interfaces: self
+                .attachments
+                .iter()
+                .map(|a| InterfaceStatus {
+                    name: a.iface.clone(),
+                    mode: a.mode.to_string(),
+                })
+                .collect(),
+            services,
+            groups,
+            global: self
+                .dp
+                .global_counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+}
+
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let cfg = config::load(&config_path)?;
     ensure_bpffs()?;
-    let d = &cfg.daemon;
-    let opts = LoadOptions {
+    let d = cfg.daemon.clone();
+
+    let saved = StateFile::read(&d.state_file);
+    if let Some(s) = &saved {
+        if s.pid != std::process::id() && alive(s.pid) && api_answers(&d.api_socket).await {
+            anyhow::bail!(
+                "another xlb (pid {}) is running with state file {}",
+                s.pid,
+                d.state_file.display()
+            );
+        }
+    }
+    let adopting = Dataplane::has_pinned_maps(&d.pin_path);
+    let mut opts = LoadOptions {
         ring_size: d.maglev_table_size,
         conntrack_size: d.conntrack_size,
         max_services: d.max_services,
         hash_seed: d.hash_seed.unwrap_or_else(random_seed),
     };
-    let mut dp = Dataplane::load(opts).context("loading the XDP program")?;
-    let mut state = State::new(cfg.clone());
-    let mut reconciler = Reconciler::new();
-    let desired = state.desired()?;
-    reconciler.apply(&mut dp, &desired)?;
-
-    let mut attached = Vec::new();
-    for iface in &d.interfaces {
-        attached.push(dp.attach(lb_common::PROG_XDP_LB, iface, d.xdp_mode)?);
+    let mut restored = None;
+    if adopting {
+        match saved {
+            Some(s) if s.pin_path == d.pin_path => {
+                // The seed must stay what the flows in the table were hashed with.
+                if d.hash_seed.is_none() {
+                    opts.hash_seed = s.load.hash_seed;
+                }
+                restored = Some(s.state);
+            }
+            _ => warn!(
+                pin_path = %d.pin_path.display(),
+                "adopting pinned maps without a state file: backend ids are assigned afresh, \
+                 established flows may move"
+            ),
+        }
     }
-    dataplane::log_attachments(&attached);
+    let dp = Dataplane::load(opts, Pinning::Dir(d.pin_path.clone()))
+        .context("loading the XDP program")?;
+    let reconciler = if dp.adopted {
+        info!(pin_path = %d.pin_path.display(), "adopted the maps of a previous instance");
+        Reconciler::adopt(&dp)?
+    } else {
+        Reconciler::new()
+    };
+    let mut state = State::new(cfg);
+    if let Some(p) = restored {
+        for n in state.restore(p) {
+            info!("restore: {n}");
+        }
+    }
+
+    let (check_tx, mut check_rx) = mpsc::channel::<(CheckToken, CheckOutcome)>(1024);
+    let (api_tx, mut api_rx) = mpsc::channel::<Envelope>(64);
+    let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
+    let live_ids = Arc::new(Mutex::new(std::collections::HashSet::new()));
+
+    let mut daemon = Daemon {
+        config_path: config_path.clone(),
+        state,
+        reconciler,
+        desired: Desired::default(),
+        attachments: Vec::new(),
+        checkers: HashMap::new(),
+        check_tx,
+        live_ids: live_ids.clone(),
+        started: Instant::now(),
+        dp,
+    };
+    daemon
+        .apply()
+        .map_err(|e| anyhow::anyhow!("filling the maps: {e}"))?;
+
+    for iface in &d.interfaces {
+        let a = daemon
+            .dp
+            .attach(lb_common::PROG_XDP_LB, iface, d.xdp_mode)?;
+        daemon.attachments.push(a);
+    }
+    dataplane::log_attachments(&daemon.attachments);
+    daemon.persist();
+
+    let _api = api::serve(&d.api_socket, api_tx)
+        .await
+        .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
+    if let Some(pin) = daemon.dp.conntrack_pin() {
+        spawn_sweeper(
+            pin,
+            live_ids,
+            d.tcp_idle_timeout,
+            d.udp_idle_timeout,
+            sweep_tx,
+        )?;
+    }
     info!(
-        services = desired.services.len(),
-        backends = desired.backends.len(),
+        services = daemon.desired.services.len(),
+        backends = daemon.desired.backends.len(),
         config = %config_path.display(),
+        api = %d.api_socket.display(),
         "xlb is running"
     );
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                match config::load(&config_path) {
-                    Ok(new_cfg) => {
-                        if new_cfg.daemon != state.config.daemon {
-                            warn!("[daemon] changes need a restart; applying services and target groups only");
-                        }
-                        let mut next = new_cfg;
-                        next.daemon = state.config.daemon.clone();
-                        state.config = next;
-                        match state.desired() {
-                            Ok(desired) => {
-                                if let Err(e) = reconciler.apply(&mut dp, &desired) {
-                                    error!(error = %e, "applying the reloaded config failed");
-                                } else {
-                                    info!("config reloaded");
-                                }
-                            }
-                            Err(e) => error!(error = %e, "reloaded config rejected"),
-                        }
+                match daemon.reload() {
+                    Ok(m) => info!("{m}"),
+                    Err(e) => error!("reload rejected, the running config stays in force: {e}"),
+                }
+            }
+            Some(env) = api_rx.recv() => {
+                let r = daemon.handle(env.request);
+                if let Err(e) = &r {
+                    debug!(error = %e, "API request failed");
+                }
+                let _ = env.reply.send(r);
+            }
+            Some((token, outcome)) = check_rx.recv() => {
+                if let Some(t) = daemon.state.observe(&token, &outcome) {
+                    info!(group = %t.group, backend = %t.backend, from = %t.from, to = %t.to, reason = %t.reason, "backend state changed");
+                    if let Err(e) = daemon.apply() {
+                        error!(error = %e, "applying a health change failed");
                     }
-                    Err(e) => error!("reload rejected, keeping the running config: {e}"),
+                }
+            }
+            Some(sweep) = sweep_rx.recv() => {
+                let desired = daemon.desired.clone();
+                daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);
+            }
+            _ = tick.tick() => {
+                let left = daemon.state.finish_drains(Instant::now());
+                if !left.is_empty() {
+                    for l in &left {
+                        info!("{l}");
+                    }
+                    if let Err(e) = daemon.apply() {
+                        error!(error = %e, "applying finished drains failed");
+                    }
                 }
             }
         }
     }
-    info!("stopping: detaching XDP");
-    for (name, value) in dp.global_counters() {
-        info!(counter = name, value, "final");
+    info!("stopping; XDP stays attached and keeps forwarding (`xlb stop --cleanup` detaches it)");
+    daemon.persist();
+    for (name, value) in daemon.dp.global_counters() {
+        debug!(counter = name, value, "final");
     }
-    drop(dp);
+    Ok(())
+}
+
+/// Whether an xlb API answers on `socket`.
+async fn api_answers(socket: &Path) -> bool {
+    tokio::net::UnixStream::connect(socket).await.is_ok()
+}
+
+/// `xlb stop`: stop the daemon named by the state file; with `cleanup`, detach XDP and remove
+/// the pinned maps and the state file.
+pub fn stop(config_path: &Path, cleanup: bool) -> Result<()> {
+    let cfg = config::load(config_path)?;
+    let d = &cfg.daemon;
+    if let Some(s) = StateFile::read(&d.state_file) {
+        if s.pid != std::process::id() && alive(s.pid) {
+            let pid = nix::unistd::Pid::from_raw(s.pid as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+                .with_context(|| format!("signalling xlb (pid {})", s.pid))?;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while alive(s.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if alive(s.pid) {
+                anyhow::bail!("xlb (pid {}) did not stop within 15 s", s.pid);
+            }
+            println!("stopped xlb (pid {})", s.pid);
+        } else {
+            println!("xlb is not running");
+        }
+    } else {
+        println!(
+            "xlb is not running (no state file at {})",
+            d.state_file.display()
+        );
+    }
+    if cleanup {
+        ensure_bpffs()?;
+        let removed = Dataplane::cleanup(&d.pin_path)
+            .with_context(|| format!("removing {}", d.pin_path.display()))?;
+        match std::fs::remove_file(&d.state_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing the state file"),
+        }
+        println!(
+            "detached XDP and removed {} pinned objects from {}",
+            removed.len(),
+            d.pin_path.display()
+        );
+    }
     Ok(())
 }

@@ -1,9 +1,16 @@
 //! The loaded XDP object: programs, typed maps, and attachment to interfaces.
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -36,6 +43,24 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error(
+        "the maps pinned in {dir} do not fit this configuration or version: {what}. \
+         Run `xlb stop --cleanup` to remove them (this drops established flows), then start again"
+    )]
+    Incompatible { dir: String, what: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning the XDP link of {iface}: {source}")]
+    PinLink {
+        iface: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
     #[error("attaching XDP to {iface} ({mode}): {source}")]
     Attach {
         iface: String,
@@ -48,12 +73,23 @@ pub enum DataplaneError {
 type Result<T> = std::result::Result<T, DataplaneError>;
 
 /// Sizes and seeds fixed at load time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoadOptions {
     pub ring_size: u32,
     pub conntrack_size: u32,
     pub max_services: u32,
     pub hash_seed: u32,
+}
+
+/// Where the maps live.
+#[derive(Clone, Debug)]
+pub enum Pinning {
+    /// Pinned under this bpffs directory: maps found there are adopted (a restarted daemon
+    /// keeps its flows), missing ones are created and pinned. Links are pinned there too, so
+    /// the program stays attached while no daemon runs.
+    Dir(PathBuf),
+    /// Private to this process (tests, benchmarks): nothing is left behind.
+    Ephemeral,
 }
 
 /// How an interface ended up attached.
@@ -66,6 +102,9 @@ pub struct Attachment {
 /// The loaded program and its maps.
 pub struct Dataplane {
     pub opts: LoadOptions,
+    /// True when the maps were adopted from a previous instance.
+    pub adopted: bool,
+    pin_dir: Option<PathBuf>,
     ebpf: Ebpf,
     pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
     pub maglev: Array<MapData, u32>,
@@ -91,10 +130,82 @@ macro_rules! typed {
 }
 
 impl Dataplane {
-    /// Load the embedded object with the given sizes. Nothing is attached yet.
-    pub fn load(opts: LoadOptions) -> Result<Self> {
+    /// Map name → (max_entries, value_size) for these options.
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 8] {
+        use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
-        let mut ebpf = EbpfLoader::new()
+        [
+            (MAP_SERVICES, opts.max_services, size_of::<ServiceInfo>()),
+            (MAP_MAGLEV, table, size_of::<u32>()),
+            (MAP_BACKENDS, MAX_BACKENDS, size_of::<BackendInfo>()),
+            (MAP_CONNTRACK, opts.conntrack_size, size_of::<CtValue>()),
+            (MAP_REVERSE, opts.conntrack_size, size_of::<RevValue>()),
+            (MAP_SERVICE_STATS, opts.max_services, size_of::<Counters>()),
+            (MAP_BACKEND_STATS, MAX_BACKENDS, size_of::<Counters>()),
+            (MAP_GLOBAL_STATS, global::COUNT, size_of::<u64>()),
+        ]
+    }
+
+    /// Whether `dir` holds maps of a previous instance.
+    pub fn has_pinned_maps(dir: &Path) -> bool {
+        dir.join(MAP_CONNTRACK).exists()
+    }
+
+    /// Check that maps pinned in `dir` were made for `opts` and this version's types.
+    fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<()> {
+        let incompatible = |what: String| DataplaneError::Incompatible {
+            dir: dir.display().to_string(),
+            what,
+        };
+        for (name, entries, value_size) in Self::expected_maps(opts) {
+            let path = dir.join(name);
+            let info = aya::maps::MapInfo::from_pin(&path)
+                .map_err(|e| incompatible(format!("{name} cannot be opened ({e})")))?;
+            if info.max_entries() != entries {
+                return Err(incompatible(format!(
+                    "{name} holds {} entries, this configuration needs {entries}",
+                    info.max_entries()
+                )));
+            }
+            // Per-CPU maps report the size of one CPU's value.
+            if info.value_size() as usize != value_size {
+                return Err(incompatible(format!(
+                    "{name} values are {} bytes, this version's are {value_size}",
+                    info.value_size()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Load the embedded object with the given sizes. Nothing is attached yet.
+    pub fn load(opts: LoadOptions, pinning: Pinning) -> Result<Self> {
+        let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
+        static EPHEMERAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let (dir, ephemeral) = match &pinning {
+            Pinning::Dir(d) => (d.clone(), false),
+            Pinning::Ephemeral => {
+                let n = EPHEMERAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (
+                    PathBuf::from(format!(
+                        "/sys/fs/bpf/xlb-ephemeral-{}-{n}",
+                        std::process::id()
+                    )),
+                    true,
+                )
+            }
+        };
+        let adopted = !ephemeral && Self::has_pinned_maps(&dir);
+        if adopted {
+            Self::check_pinned(&dir, &opts)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Io {
+            what: "creating pin directory",
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let loaded = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
             .override_global(lb_common::GLOBAL_RING_SIZE, &opts.ring_size, true)
             .override_global(lb_common::GLOBAL_HASH_SEED, &opts.hash_seed, true)
             .map_max_entries(MAP_SERVICES, opts.max_services)
@@ -102,7 +213,12 @@ impl Dataplane {
             .map_max_entries(MAP_MAGLEV, table)
             .map_max_entries(MAP_CONNTRACK, opts.conntrack_size)
             .map_max_entries(MAP_REVERSE, opts.conntrack_size)
-            .load(crate::ebpf::OBJECT)?;
+            .load(crate::ebpf::OBJECT);
+        if ephemeral {
+            // The maps live on through their file descriptors.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let mut ebpf = loaded?;
         for name in [
             PROG_XDP_LB,
             lb_common::PROG_XDP_PASS,
@@ -126,6 +242,8 @@ impl Dataplane {
         let global_stats = typed!(PerCpuArray, &mut ebpf, MAP_GLOBAL_STATS);
         Ok(Self {
             opts,
+            adopted,
+            pin_dir: (!ephemeral).then_some(dir),
             ebpf,
             services,
             maglev,
@@ -157,36 +275,114 @@ impl Dataplane {
 
     /// Attach `program` to `iface`. `auto` tries native (driver) XDP and falls back to
     /// generic with a warning; `native` and `generic` insist on their mode.
+    ///
+    /// With a pin directory, the link is pinned there (`link_<iface>`), so the program stays
+    /// attached while no daemon runs; a link pinned by a previous instance is taken over by
+    /// swapping this program into it atomically (no packet goes unprocessed), keeping the
+    /// mode it was attached with.
     pub fn attach(
         &mut self,
         program: &'static str,
         iface: &str,
         mode: ConfigXdpMode,
     ) -> Result<Attachment> {
+        let link_pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{iface}")));
         let prog = self.program_mut(program)?;
+        let attach_err = |mode: &'static str| {
+            let iface = iface.to_string();
+            move |source| DataplaneError::Attach {
+                iface,
+                mode,
+                source,
+            }
+        };
+        if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(path).map_err(|e| DataplaneError::Attach {
+                iface: iface.to_string(),
+                mode: "pinned",
+                source: ProgramError::IOError(std::io::Error::other(e.to_string())),
+            })?;
+            let fd_link: FdLink = pinned.into();
+            let link: XdpLink =
+                fd_link
+                    .try_into()
+                    .map_err(
+                        |e: aya::programs::links::LinkError| DataplaneError::Attach {
+                            iface: iface.to_string(),
+                            mode: "pinned",
+                            source: ProgramError::IOError(std::io::Error::other(e.to_string())),
+                        },
+                    )?;
+            prog.attach_to_link(link).map_err(attach_err("pinned"))?;
+            return Ok(Attachment {
+                iface: iface.to_string(),
+                mode: "adopted",
+            });
+        }
         let try_mode = |prog: &mut Xdp, m: XdpMode, label: &'static str| {
             prog.attach(iface, m)
-                .map(|_| Attachment {
-                    iface: iface.to_string(),
-                    mode: label,
-                })
-                .map_err(|source| DataplaneError::Attach {
-                    iface: iface.to_string(),
-                    mode: label,
-                    source,
-                })
+                .map(|id| (id, label))
+                .map_err(attach_err(label))
         };
-        match mode {
-            ConfigXdpMode::Native => try_mode(prog, XdpMode::Driver, "native"),
-            ConfigXdpMode::Generic => try_mode(prog, XdpMode::Skb, "generic"),
+        let (id, label) = match mode {
+            ConfigXdpMode::Native => try_mode(prog, XdpMode::Driver, "native")?,
+            ConfigXdpMode::Generic => try_mode(prog, XdpMode::Skb, "generic")?,
             ConfigXdpMode::Auto => match try_mode(prog, XdpMode::Driver, "native") {
-                Ok(a) => Ok(a),
+                Ok(a) => a,
                 Err(e) => {
                     warn!(iface, error = %e, "native XDP failed, falling back to generic XDP");
-                    try_mode(prog, XdpMode::Skb, "generic")
+                    try_mode(prog, XdpMode::Skb, "generic")?
                 }
             },
+        };
+        if let Some(path) = link_pin {
+            let link = prog.take_link(id).map_err(attach_err(label))?;
+            match FdLink::try_from(link) {
+                Ok(fd_link) => {
+                    fd_link
+                        .pin(&path)
+                        .map_err(|source| DataplaneError::PinLink {
+                            iface: iface.to_string(),
+                            source,
+                        })?;
+                }
+                Err(e) => warn!(
+                    iface,
+                    error = %e,
+                    "the kernel attached XDP through netlink: the link cannot be pinned, \
+                     so XDP detaches when xlb exits"
+                ),
+            }
         }
+        Ok(Attachment {
+            iface: iface.to_string(),
+            mode: label,
+        })
+    }
+
+    /// Remove everything a daemon left pinned in `dir`: links (which detaches XDP) and maps.
+    pub fn cleanup(dir: &Path) -> std::io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        std::fs::remove_dir(dir)?;
+        Ok(removed)
+    }
+
+    /// The CONNTRACK map's pin path (for a sweeper with its own handle).
+    pub fn conntrack_pin(&self) -> Option<PathBuf> {
+        self.pin_dir.as_ref().map(|d| d.join(MAP_CONNTRACK))
     }
 
     /// Index of the first Maglev entry of `service_id`'s table `slot`.

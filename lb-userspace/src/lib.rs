@@ -4,10 +4,13 @@
 //! - [`maglev`]: the lookup table;
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
 //! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`.
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
+pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod reconcile;

@@ -1,28 +1,141 @@
 //! The `xlb` command.
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use xlb::cli::Action;
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "An XDP layer-4 load balancer")]
 struct Cli {
+    /// The daemon's API socket, for the client commands [default: /run/xlb/xlb.sock, or
+    /// daemon.api_socket of --config]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Options of every command that talks to a running xlb.
+#[derive(Args)]
+struct ClientArgs {
+    /// Print the API's JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// Find the API socket in this config file (daemon.api_socket) unless --socket is given
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load the XDP program, attach it, and balance traffic until SIGINT/SIGTERM
-    /// (SIGHUP reloads the config).
+    /// Load the XDP program (adopting what a previous instance pinned), attach it, and balance
+    /// traffic until SIGINT/SIGTERM (SIGHUP reloads the config). XDP stays attached after exit.
     Run {
         #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
         config: PathBuf,
+    },
+    /// Stop the daemon named by the state file. XDP stays attached and keeps forwarding with
+    /// the last state unless `--cleanup` is given, which also detaches XDP and removes the
+    /// pinned maps and the state file (established flows are then lost).
+    Stop {
+        #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        cleanup: bool,
     },
     /// Validate a config file and exit (non-zero with the position of the error).
     Check {
         #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
         config: PathBuf,
     },
+    /// Show the running xlb: interfaces, services, target groups and counters.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List backends with their state, weight, flows and counters.
+    Backends {
+        /// Only this target group (all groups when omitted)
+        group: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add, remove, drain or re-weight a backend of a target group.
+    Backend {
+        #[command(subcommand)]
+        command: BackendCommand,
+    },
+    /// Reload the config file, as SIGHUP does, and report whether it was accepted.
+    Reload {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Add a backend to a target group (the group's port when PORT is omitted).
+    Add {
+        /// The target group
+        group: String,
+        /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
+        #[arg(value_name = "ADDR[:PORT]")]
+        address: String,
+        /// Its weight (xlb's default when omitted)
+        #[arg(long, value_name = "N")]
+        weight: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a backend from a target group at once (its open flows are dropped).
+    Remove {
+        /// The target group
+        group: String,
+        /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
+        #[arg(value_name = "ADDR[:PORT]")]
+        address: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drain a backend: no new flows, open ones continue for the deregistration delay.
+    Drain {
+        /// The target group
+        group: String,
+        /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
+        #[arg(value_name = "ADDR[:PORT]")]
+        address: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set a backend's weight (0 sends it no new flows).
+    Weight {
+        /// The target group
+        group: String,
+        /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
+        #[arg(value_name = "ADDR[:PORT]")]
+        address: String,
+        /// The new weight
+        #[arg(value_name = "N")]
+        weight: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Run a client command on a current-thread runtime.
+fn client(socket: Option<PathBuf>, client: ClientArgs, action: Action) -> ExitCode {
+    let socket = xlb::cli::socket_path(socket.as_deref(), client.config.as_deref());
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xlb: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(xlb::cli::run(&socket, &action, client.json))
 }
 
 fn main() -> ExitCode {
@@ -35,7 +148,62 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if cli.socket.is_some()
+        && matches!(
+            cli.command,
+            Command::Run { .. } | Command::Check { .. } | Command::Stop { .. }
+        )
+    {
+        eprintln!("xlb: --socket is for the client commands (status, backends, backend, reload)");
+        return ExitCode::from(2);
+    }
     match cli.command {
+        Command::Status { client: args } => client(cli.socket, args, Action::Status),
+        Command::Backends {
+            group,
+            client: args,
+        } => client(cli.socket, args, Action::Backends { group }),
+        Command::Reload { client: args } => client(cli.socket, args, Action::Reload),
+        Command::Backend { command } => match command {
+            BackendCommand::Add {
+                group,
+                address,
+                weight,
+                client: args,
+            } => client(
+                cli.socket,
+                args,
+                Action::AddBackend {
+                    group,
+                    address,
+                    weight,
+                },
+            ),
+            BackendCommand::Remove {
+                group,
+                address,
+                client: args,
+            } => client(cli.socket, args, Action::RemoveBackend { group, address }),
+            BackendCommand::Drain {
+                group,
+                address,
+                client: args,
+            } => client(cli.socket, args, Action::DrainBackend { group, address }),
+            BackendCommand::Weight {
+                group,
+                address,
+                weight,
+                client: args,
+            } => client(
+                cli.socket,
+                args,
+                Action::SetWeight {
+                    group,
+                    address,
+                    weight,
+                },
+            ),
+        },
         Command::Check { config } => match xlb::config::load(&config) {
             Ok(cfg) => {
                 println!(
@@ -51,8 +219,16 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Stop { config, cleanup } => match xlb::daemon::stop(&config, cleanup) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xlb: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
             {

@@ -42,6 +42,8 @@ pub struct Reconciler {
     /// Contents of each (service id, slot) table, to write only what changes.
     tables: HashMap<(u32, u32), Vec<u32>>,
     backends: HashMap<u32, BackendInfo>,
+    /// Maps adopted from a previous instance: tables not seen yet hold unknown contents.
+    adopted: bool,
 }
 
 /// What one `apply` changed.
@@ -54,9 +56,44 @@ pub struct ApplyReport {
     pub backends_removed: usize,
 }
 
+/// A table entry no backend id can equal: marks table contents not known to this process.
+const UNKNOWN: u32 = u32::MAX - 1;
+
 impl Reconciler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Learn what maps adopted from a previous instance hold: which slot of each service is
+    /// live, and the backends. Table contents are unknown, so the next change of a service
+    /// writes its idle table in full before flipping to it.
+    pub fn adopt(dp: &Dataplane) -> Result<Self, ReconcileError> {
+        let mut r = Self {
+            adopted: true,
+            ..Self::default()
+        };
+        let ring = dp.opts.ring_size as usize;
+        for item in dp.services.iter() {
+            let (key, info) = item.map_err(map_err("SERVICES"))?;
+            r.services.insert(
+                info.id,
+                WrittenService {
+                    key,
+                    slot: info.slot,
+                    flags: info.flags,
+                },
+            );
+            for slot in 0..lb_common::SLOTS_PER_SERVICE {
+                r.tables.insert((info.id, slot), vec![UNKNOWN; ring]);
+            }
+        }
+        for id in 0..lb_common::MAX_BACKENDS {
+            let info = dp.backends.get(&id, 0).map_err(map_err("BACKENDS"))?;
+            if info != BackendInfo::default() {
+                r.backends.insert(id, info);
+            }
+        }
+        Ok(r)
     }
 
     pub fn apply(
@@ -130,7 +167,7 @@ impl Reconciler {
             let old = self
                 .tables
                 .entry((svc.id, slot))
-                .or_insert_with(|| vec![0; ring as usize]);
+                .or_insert_with(|| vec![if self.adopted { UNKNOWN } else { 0 }; ring as usize]);
             for (i, (&new, old)) in table.iter().zip(old.iter_mut()).enumerate() {
                 if new != *old {
                     dp.maglev

@@ -1,21 +1,27 @@
-//! Desired state: what the data path should do, derived from the config (and, later, from
-//! health checks and scaling decisions). Ids of services and backends are stable across
-//! reloads so that connection-tracking entries keep pointing at the right backend.
+//! The one owner of desired state: the config, the backends each target group has now (from
+//! the config, the API, and later scaling), their health and drains. [`State::desired`] turns
+//! it into what the data path should hold; the reconciler writes that.
+//!
+//! Ids of services and backends are stable across reloads and restarts (they are saved in the
+//! state file), so connection-tracking entries keep pointing at the right backend.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use lb_common::{BackendInfo, ServiceKey, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, MAX_BACKENDS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, Protocol},
+    config::{AllUnhealthy, Config, Protocol, TargetGroupConfig},
     dataplane::addr_bytes,
+    health::{CheckKind, CheckOutcome, CheckSpec, HealthTracker},
+    model::{ApiError, BackendSource, BackendState},
 };
 
 /// A backend as the data path knows it: one (target group, address, port).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BackendKey {
     pub group: String,
     pub addr: IpAddr,
@@ -25,10 +31,14 @@ pub struct BackendKey {
 impl BackendKey {
     /// Stable identity bytes for Maglev's permutation.
     pub fn maglev_key(&self) -> String {
-        match self.addr {
-            IpAddr::V4(a) => format!("{a}:{}", self.port),
-            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
-        }
+        fmt_addr_port(self.addr, self.port)
+    }
+}
+
+pub fn fmt_addr_port(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
     }
 }
 
@@ -37,16 +47,23 @@ pub struct DesiredBackend {
     pub id: u32,
     pub key: BackendKey,
     pub weight: u32,
-    /// May receive new flows.
+    /// May receive new flows (is in its services' Maglev tables).
     pub active: bool,
+    /// Established flows may stay (healthy, initial, draining, or failing open).
+    pub established_ok: bool,
+    /// The group member this backend belongs to.
+    pub member: u64,
 }
 
 impl DesiredBackend {
     pub fn info(&self) -> BackendInfo {
         let (addr, family) = addr_bytes(self.key.addr);
-        let mut flags = BE_F_ESTABLISHED_OK;
+        let mut flags = 0;
+        if self.established_ok {
+            flags |= BE_F_ESTABLISHED_OK;
+        }
         if self.active {
-            flags |= BE_F_ACTIVE;
+            flags |= BE_F_ACTIVE | BE_F_ESTABLISHED_OK;
         }
         BackendInfo {
             addr,
@@ -65,7 +82,8 @@ pub struct DesiredService {
     pub port: u16,
     pub protocol: Protocol,
     pub target_group: String,
-    /// Backend ids, in the order Maglev sees them.
+    /// Backend ids of every member of the group; the active ones form the Maglev table, in
+    /// this order.
     pub backends: Vec<u32>,
 }
 
@@ -91,7 +109,7 @@ pub struct Desired {
 #[derive(Debug)]
 pub struct Ids<K> {
     by_key: HashMap<K, u32>,
-    free: std::collections::VecDeque<u32>,
+    free: VecDeque<u32>,
     next: u32,
     limit: u32,
 }
@@ -100,10 +118,28 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
     pub fn new(limit: u32) -> Self {
         Self {
             by_key: HashMap::new(),
-            free: Default::default(),
+            free: VecDeque::new(),
             next: 0,
             limit,
         }
+    }
+
+    /// Rebuild from saved pairs (ids of a previous instance).
+    pub fn restore(limit: u32, pairs: impl IntoIterator<Item = (K, u32)>) -> Self {
+        let by_key: HashMap<K, u32> = pairs.into_iter().filter(|(_, id)| *id < limit).collect();
+        let next = by_key.values().map(|id| id + 1).max().unwrap_or(0);
+        let used: HashSet<u32> = by_key.values().copied().collect();
+        let free = (0..next).filter(|id| !used.contains(id)).collect();
+        Self {
+            by_key,
+            free,
+            next,
+            limit,
+        }
+    }
+
+    pub fn pairs(&self) -> impl Iterator<Item = (&K, u32)> {
+        self.by_key.iter().map(|(k, v)| (k, *v))
     }
 
     pub fn get(&mut self, key: &K) -> Option<u32> {
@@ -145,49 +181,289 @@ pub enum StateError {
     TooManyBackends,
 }
 
-/// The one owner of desired state: the config plus the ids handed out so far.
+/// A backend leaving its group.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    pub started: Instant,
+    pub deadline: Instant,
+    pub reason: String,
+}
+
+/// One backend of a target group.
+#[derive(Debug)]
+pub struct Member {
+    /// Unique for the life of the daemon; the health checker's token.
+    pub uid: u64,
+    pub addr: IpAddr,
+    /// The port given with the address, if any.
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub source: BackendSource,
+    pub health: HealthTracker,
+    pub drain: Option<Drain>,
+    /// Open flows pinned to it, from the last conntrack sweep.
+    pub active_flows: u64,
+    /// Last metrics the backend reported in its health check body.
+    pub metrics: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Member {
+    pub fn state(&self) -> BackendState {
+        if self.drain.is_some() {
+            BackendState::Draining
+        } else {
+            self.health.state()
+        }
+    }
+
+    /// The reason shown beside the state.
+    pub fn reason(&self) -> String {
+        match &self.drain {
+            Some(d) => format!("{} (health: {})", d.reason, self.health.reason()),
+            None => self.health.reason().to_string(),
+        }
+    }
+
+    /// `ADDR` or `ADDR:PORT` as the user gave it.
+    pub fn display(&self) -> String {
+        match self.port {
+            Some(p) => fmt_addr_port(self.addr, p),
+            None => self.addr.to_string(),
+        }
+    }
+
+    fn matches(&self, addr: IpAddr, port: Option<u16>, group_port: Option<u16>) -> bool {
+        if self.addr != addr {
+            return false;
+        }
+        match port {
+            None => true,
+            Some(p) => {
+                self.port.or(group_port) == Some(p) || self.port.is_none() && group_port.is_none()
+            }
+        }
+    }
+}
+
+/// A target group's current backends.
+#[derive(Debug)]
+pub struct Group {
+    /// The group as the config last set it.
+    pub cfg: TargetGroupConfig,
+    pub members: Vec<Member>,
+    /// Backends were changed at runtime since the config last changed this group.
+    pub runtime_changed: bool,
+}
+
+/// Which members receive new flows, and whether that is by failing open.
+pub struct Eligible {
+    pub uids: HashSet<u64>,
+    pub failing_open: bool,
+}
+
+impl Group {
+    pub fn eligible(&self) -> Eligible {
+        let live = || self.members.iter().filter(|m| m.drain.is_none());
+        let pick = |s: BackendState| -> HashSet<u64> {
+            live()
+                .filter(|m| m.health.state() == s)
+                .map(|m| m.uid)
+                .collect()
+        };
+        let healthy = pick(BackendState::Healthy);
+        if !healthy.is_empty() {
+            return Eligible {
+                uids: healthy,
+                failing_open: false,
+            };
+        }
+        // Nothing checked healthy yet (cold start, or a group whose backends are all new):
+        // backends not yet checked are used rather than none.
+        let initial = pick(BackendState::Initial);
+        if !initial.is_empty() {
+            return Eligible {
+                uids: initial,
+                failing_open: false,
+            };
+        }
+        match self.cfg.all_unhealthy {
+            AllUnhealthy::FailOpen => {
+                let all: HashSet<u64> = live().map(|m| m.uid).collect();
+                Eligible {
+                    failing_open: !all.is_empty(),
+                    uids: all,
+                }
+            }
+            AllUnhealthy::Drop => Eligible {
+                uids: HashSet::new(),
+                failing_open: false,
+            },
+        }
+    }
+
+    fn find(&self, addr: IpAddr, port: Option<u16>) -> Result<usize, ApiError> {
+        let hits: Vec<usize> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.matches(addr, port, self.cfg.port))
+            .map(|(i, _)| i)
+            .collect();
+        match hits.as_slice() {
+            [i] => Ok(*i),
+            [] => Err(ApiError::NotFound(format!(
+                "target group {:?} has no backend {}",
+                self.cfg.name,
+                port.map_or(addr.to_string(), |p| fmt_addr_port(addr, p))
+            ))),
+            _ => Err(ApiError::Invalid(format!(
+                "{addr} matches several backends of {:?}: give the port",
+                self.cfg.name
+            ))),
+        }
+    }
+}
+
+/// A health state change, for the log.
+#[derive(Debug)]
+pub struct Transition {
+    pub group: String,
+    pub backend: String,
+    pub from: BackendState,
+    pub to: BackendState,
+    pub reason: String,
+}
+
+/// What a health check is for: (group, member uid).
+pub type CheckToken = (String, u64);
+
+/// The one owner of desired state.
 pub struct State {
     pub config: Config,
+    pub groups: BTreeMap<String, Group>,
     service_ids: Ids<String>,
     backend_ids: Ids<BackendKey>,
+    next_uid: u64,
+    /// When the last conntrack sweep was taken.
+    pub swept_at: Option<Instant>,
+}
+
+fn initial_health(cfg: &TargetGroupConfig, now: Instant) -> HealthTracker {
+    if cfg.health_check.is_some() {
+        HealthTracker::new(now)
+    } else {
+        HealthTracker::healthy(now, "no health check configured")
+    }
+}
+
+/// Parse `ADDR`, `ADDR:PORT` or `[V6]:PORT`.
+pub fn parse_backend_ref(s: &str) -> Result<(IpAddr, Option<u16>), ApiError> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(ApiError::Invalid(format!(
+                "{s}: port 0 is not a backend port"
+            )));
+        }
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    Err(ApiError::Invalid(format!(
+        "{s:?} is not ADDR, ADDR:PORT or [IPV6]:PORT"
+    )))
 }
 
 impl State {
     pub fn new(config: Config) -> Self {
         let max_services = config.daemon.max_services;
-        Self {
-            config,
+        let now = Instant::now();
+        let mut state = Self {
+            groups: BTreeMap::new(),
             service_ids: Ids::new(max_services),
             backend_ids: Ids::new(MAX_BACKENDS),
+            next_uid: 0,
+            swept_at: None,
+            config: config.clone(),
+        };
+        for tg in &config.target_groups {
+            let g = state.group_from_config(tg, now);
+            state.groups.insert(tg.name.clone(), g);
         }
+        state
+    }
+
+    fn uid(&mut self) -> u64 {
+        self.next_uid += 1;
+        self.next_uid
+    }
+
+    fn group_from_config(&mut self, tg: &TargetGroupConfig, now: Instant) -> Group {
+        let members = tg
+            .backends
+            .iter()
+            .map(|b| Member {
+                uid: self.uid(),
+                addr: b.address,
+                port: b.port,
+                weight: b.weight,
+                source: BackendSource::Config,
+                health: initial_health(tg, now),
+                drain: None,
+                active_flows: 0,
+                metrics: None,
+            })
+            .collect();
+        Group {
+            cfg: tg.clone(),
+            members,
+            runtime_changed: false,
+        }
+    }
+
+    fn services_of<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> impl Iterator<Item = &'a crate::config::ServiceConfig> + 'a {
+        self.config
+            .services
+            .iter()
+            .filter(move |s| s.target_group == group)
     }
 
     /// Compute what the data path should hold now.
     pub fn desired(&mut self) -> Result<Desired, StateError> {
-        let cfg = &self.config;
         let mut out = Desired::default();
-        for svc in &cfg.services {
+        let services = self.config.services.clone();
+        for svc in &services {
             let id = self
                 .service_ids
                 .get(&svc.name)
-                .ok_or(StateError::TooManyServices(cfg.daemon.max_services))?;
+                .ok_or(StateError::TooManyServices(self.config.daemon.max_services))?;
             let mut ids = Vec::new();
-            if let Some(tg) = cfg.target_group(&svc.target_group) {
-                for b in &tg.backends {
+            if let Some(group) = self.groups.get(&svc.target_group) {
+                let eligible = group.eligible();
+                for m in &group.members {
                     let key = BackendKey {
-                        group: tg.name.clone(),
-                        addr: b.address,
-                        port: tg.backend_port(b, svc.port),
+                        group: group.cfg.name.clone(),
+                        addr: m.addr,
+                        port: m.port.or(group.cfg.port).unwrap_or(svc.port),
                     };
                     let bid = self
                         .backend_ids
                         .get(&key)
                         .ok_or(StateError::TooManyBackends)?;
+                    let active = eligible.uids.contains(&m.uid);
+                    let established_ok = m.health.state() != BackendState::Unhealthy
+                        || (eligible.failing_open && m.drain.is_none());
                     out.backends.entry(bid).or_insert(DesiredBackend {
                         id: bid,
                         key,
-                        weight: b.weight,
-                        active: b.weight > 0,
+                        weight: m.weight,
+                        active,
+                        established_ok,
+                        member: m.uid,
                     });
                     ids.push(bid);
                 }
@@ -202,14 +478,497 @@ impl State {
                 backends: ids,
             });
         }
-        let names: std::collections::HashSet<&String> =
-            cfg.services.iter().map(|s| &s.name).collect();
+        let names: HashSet<&String> = self.config.services.iter().map(|s| &s.name).collect();
         self.service_ids.retain(|n| names.contains(n));
-        let keys: std::collections::HashSet<BackendKey> =
-            out.backends.values().map(|b| b.key.clone()).collect();
+        let keys: HashSet<BackendKey> = out.backends.values().map(|b| b.key.clone()).collect();
         self.backend_ids.retain(|k| keys.contains(k));
         Ok(out)
     }
+
+    // ---- health ----
+
+    /// The checks that should be running: one per member of every checked group.
+    pub fn wanted_checks(&self) -> Vec<(CheckToken, CheckSpec, Duration)> {
+        let mut out = Vec::new();
+        for (name, g) in &self.groups {
+            let Some(hc) = &g.cfg.health_check else {
+                continue;
+            };
+            let service_port = self.services_of(name).map(|s| s.port).next();
+            for m in &g.members {
+                let backend_port = m.port.or(g.cfg.port).or(service_port).unwrap_or(0);
+                let port = hc.port_for(g.cfg.port, backend_port);
+                if port == 0 {
+                    continue;
+                }
+                let kind = match hc.protocol {
+                    crate::config::HealthProtocol::Tcp => CheckKind::Tcp,
+                    crate::config::HealthProtocol::Http => CheckKind::Http {
+                        path: hc.path.clone(),
+                        success: hc.success_codes.ranges(),
+                    },
+                };
+                out.push((
+                    (name.clone(), m.uid),
+                    CheckSpec {
+                        kind,
+                        addr: std::net::SocketAddr::new(m.addr, port),
+                        timeout: hc.timeout,
+                    },
+                    hc.interval,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Feed a check outcome. Returns the transition if the member's state changed.
+    pub fn observe(&mut self, token: &CheckToken, outcome: &CheckOutcome) -> Option<Transition> {
+        let now = Instant::now();
+        let g = self.groups.get_mut(&token.0)?;
+        let hc = g.cfg.health_check.clone()?;
+        let m = g.members.iter_mut().find(|m| m.uid == token.1)?;
+        if outcome.metrics.is_some() {
+            m.metrics.clone_from(&outcome.metrics);
+        }
+        let (from, to) =
+            m.health
+                .observe(outcome, hc.healthy_threshold, hc.unhealthy_threshold, now)?;
+        Some(Transition {
+            group: token.0.clone(),
+            backend: m.display(),
+            from,
+            to,
+            reason: m.health.reason().to_string(),
+        })
+    }
+
+    // ---- flows and drains ----
+
+    /// Take the per-backend open-flow counts of a conntrack sweep started at `at`.
+    pub fn apply_sweep(&mut self, counts: &HashMap<u32, u64>, desired: &Desired, at: Instant) {
+        let mut per_member: HashMap<u64, u64> = HashMap::new();
+        for (id, n) in counts {
+            if let Some(b) = desired.backends.get(id) {
+                *per_member.entry(b.member).or_default() += n;
+            }
+        }
+        for g in self.groups.values_mut() {
+            for m in &mut g.members {
+                m.active_flows = per_member.get(&m.uid).copied().unwrap_or(0);
+            }
+        }
+        self.swept_at = Some(at);
+    }
+
+    /// Remove members whose drain is over: no open flow left (by a sweep taken after the drain
+    /// began) or the deregistration delay ran out. Returns what left, for the log.
+    pub fn finish_drains(&mut self, now: Instant) -> Vec<String> {
+        let swept = self.swept_at;
+        let mut left = Vec::new();
+        for (name, g) in &mut self.groups {
+            g.members.retain(|m| {
+                let Some(d) = &m.drain else { return true };
+                let empty = m.active_flows == 0 && swept.is_some_and(|t| t > d.started);
+                let expired = now >= d.deadline;
+                if empty || expired {
+                    left.push(format!(
+                        "{name}: {} left the group ({})",
+                        m.display(),
+                        if empty {
+                            "no open flows".to_string()
+                        } else {
+                            format!(
+                                "deregistration delay over, {} flows still open",
+                                m.active_flows
+                            )
+                        }
+                    ));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        left
+    }
+
+    pub fn draining(&self) -> bool {
+        self.groups
+            .values()
+            .any(|g| g.members.iter().any(|m| m.drain.is_some()))
+    }
+
+    // ---- runtime changes (API) ----
+
+    fn group_mut(&mut self, name: &str) -> Result<&mut Group, ApiError> {
+        let known: Vec<String> = self.groups.keys().cloned().collect();
+        self.groups.get_mut(name).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no target group {name:?} (groups: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    pub fn add_backend(
+        &mut self,
+        group: &str,
+        address: &str,
+        weight: Option<u32>,
+        source: BackendSource,
+    ) -> Result<String, ApiError> {
+        let (addr, port) = parse_backend_ref(address)?;
+        let weight = weight.unwrap_or(1);
+        if weight == 0 || weight > crate::config::MAX_WEIGHT {
+            return Err(ApiError::Invalid(format!(
+                "weight {weight} is out of range (1-{})",
+                crate::config::MAX_WEIGHT
+            )));
+        }
+        let families: Vec<(String, IpAddr)> = self
+            .services_of(group)
+            .map(|s| (s.name.clone(), s.vip))
+            .collect();
+        if let Some((svc, vip)) = families
+            .iter()
+            .find(|(_, vip)| vip.is_ipv4() != addr.is_ipv4())
+        {
+            return Err(ApiError::Invalid(format!(
+                "{addr} cannot serve service {svc:?} whose VIP {vip} is of the other address family"
+            )));
+        }
+        let total: usize = self.groups.values().map(|g| g.members.len()).sum();
+        let now = Instant::now();
+        let uid = self.uid();
+        let g = self.group_mut(group)?;
+        if let Ok(i) = g.find(addr, port) {
+            let m = &mut g.members[i];
+            if m.drain.is_some() && m.port == port {
+                m.drain = None;
+                m.weight = weight;
+                g.runtime_changed = true;
+                return Ok(format!(
+                    "{group}: {} re-registered (drain cancelled)",
+                    m.display()
+                ));
+            }
+            if m.port == port || port.is_none() {
+                return Err(ApiError::Conflict(format!(
+                    "{group} already has backend {}",
+                    m.display()
+                )));
+            }
+        }
+        if total >= MAX_BACKENDS as usize {
+            return Err(ApiError::Conflict(format!(
+                "the data path holds at most {MAX_BACKENDS} backends"
+            )));
+        }
+        let m = Member {
+            uid,
+            addr,
+            port,
+            weight,
+            source,
+            health: initial_health(&g.cfg, now),
+            drain: None,
+            active_flows: 0,
+            metrics: None,
+        };
+        let shown = m.display();
+        let checked = g.cfg.health_check.is_some();
+        g.members.push(m);
+        g.runtime_changed = true;
+        Ok(if checked {
+            format!("{group}: {shown} added; it receives traffic once it passes its health checks")
+        } else {
+            format!("{group}: {shown} added")
+        })
+    }
+
+    pub fn remove_backend(&mut self, group: &str, address: &str) -> Result<String, ApiError> {
+        let (addr, port) = parse_backend_ref(address)?;
+        let g = self.group_mut(group)?;
+        let i = g.find(addr, port)?;
+        let m = g.members.remove(i);
+        g.runtime_changed = true;
+        Ok(format!(
+            "{group}: {} removed ({} open flows moved to other backends)",
+            m.display(),
+            m.active_flows
+        ))
+    }
+
+    pub fn drain_backend(
+        &mut self,
+        group: &str,
+        address: &str,
+        reason: &str,
+    ) -> Result<String, ApiError> {
+        let (addr, port) = parse_backend_ref(address)?;
+        let g = self.group_mut(group)?;
+        let i = g.find(addr, port)?;
+        let delay = g.cfg.deregistration_delay;
+        let m = &mut g.members[i];
+        if m.drain.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "{group}: {} is already draining",
+                m.display()
+            )));
+        }
+        let now = Instant::now();
+        m.drain = Some(Drain {
+            started: now,
+            deadline: now + delay,
+            reason: reason.to_string(),
+        });
+        let shown = m.display();
+        g.runtime_changed = true;
+        Ok(format!(
+            "{group}: {shown} draining: no new flows; it leaves when its {} open flows end, at most {}",
+            g.members[i].active_flows,
+            humantime::format_duration(delay)
+        ))
+    }
+
+    pub fn set_weight(
+        &mut self,
+        group: &str,
+        address: &str,
+        weight: u32,
+    ) -> Result<String, ApiError> {
+        if weight == 0 || weight > crate::config::MAX_WEIGHT {
+            return Err(ApiError::Invalid(format!(
+                "weight {weight} is out of range (1-{})",
+                crate::config::MAX_WEIGHT
+            )));
+        }
+        let (addr, port) = parse_backend_ref(address)?;
+        let g = self.group_mut(group)?;
+        let i = g.find(addr, port)?;
+        let m = &mut g.members[i];
+        let old = m.weight;
+        m.weight = weight;
+        let shown = m.display();
+        g.runtime_changed = true;
+        Ok(format!(
+            "{group}: {shown} weight {old} → {weight} (new flows only)"
+        ))
+    }
+
+    // ---- reload ----
+
+    /// Apply a new config: groups the config did not change keep their runtime changes;
+    /// changed groups take the config's backends (keeping the health of those that stay;
+    /// backends no longer listed drain). `[daemon]` is kept as it is (it needs a restart).
+    pub fn reload(&mut self, mut new: Config) -> Vec<String> {
+        let mut notes = Vec::new();
+        if new.daemon != self.config.daemon {
+            notes.push("[daemon] changes need a restart; they were not applied".to_string());
+            new.daemon = self.config.daemon.clone();
+        }
+        let now = Instant::now();
+        let mut groups = std::mem::take(&mut self.groups);
+        for tg in &new.target_groups {
+            match groups.remove(&tg.name) {
+                None => {
+                    notes.push(format!("target group {} added", tg.name));
+                    let g = self.group_from_config(tg, now);
+                    self.groups.insert(tg.name.clone(), g);
+                }
+                Some(g) if g.cfg == *tg => {
+                    self.groups.insert(tg.name.clone(), g);
+                }
+                Some(mut g) => {
+                    notes.push(format!("target group {} changed", tg.name));
+                    let mut members = Vec::new();
+                    let mut old = std::mem::take(&mut g.members);
+                    for b in &tg.backends {
+                        if let Some(i) = old
+                            .iter()
+                            .position(|m| m.addr == b.address && m.port == b.port)
+                        {
+                            let mut m = old.remove(i);
+                            m.weight = b.weight;
+                            m.source = BackendSource::Config;
+                            m.drain = None;
+                            if g.cfg.health_check != tg.health_check {
+                                m.health = initial_health(tg, now);
+                            }
+                            members.push(m);
+                        } else {
+                            members.push(Member {
+                                uid: self.uid(),
+                                addr: b.address,
+                                port: b.port,
+                                weight: b.weight,
+                                source: BackendSource::Config,
+                                health: initial_health(tg, now),
+                                drain: None,
+                                active_flows: 0,
+                                metrics: None,
+                            });
+                        }
+                    }
+                    for mut m in old {
+                        if m.drain.is_none() {
+                            m.drain = Some(Drain {
+                                started: now,
+                                deadline: now + tg.deregistration_delay,
+                                reason: "removed from the config".into(),
+                            });
+                        }
+                        members.push(m);
+                    }
+                    g.members = members;
+                    g.cfg = tg.clone();
+                    g.runtime_changed = false;
+                    self.groups.insert(tg.name.clone(), g);
+                }
+            }
+        }
+        for name in groups.keys() {
+            notes.push(format!("target group {name} removed"));
+        }
+        self.config = new;
+        notes
+    }
+
+    // ---- persistence ----
+
+    pub fn snapshot(&self) -> Persisted {
+        let now = Instant::now();
+        Persisted {
+            service_ids: self
+                .service_ids
+                .pairs()
+                .map(|(k, v)| (k.clone(), v))
+                .collect(),
+            backend_ids: self
+                .backend_ids
+                .pairs()
+                .map(|(k, v)| (k.clone(), v))
+                .collect(),
+            groups: self
+                .groups
+                .iter()
+                .map(|(name, g)| PersistedGroup {
+                    name: name.clone(),
+                    cfg: fingerprint(&g.cfg),
+                    runtime_changed: g.runtime_changed,
+                    members: g
+                        .members
+                        .iter()
+                        .map(|m| PersistedMember {
+                            addr: m.addr,
+                            port: m.port,
+                            weight: m.weight,
+                            source: m.source,
+                            state: m.health.state(),
+                            reason: m.health.reason().to_string(),
+                            drain_left_secs: m
+                                .drain
+                                .as_ref()
+                                .map(|d| d.deadline.saturating_duration_since(now).as_secs_f64()),
+                            drain_reason: m.drain.as_ref().map(|d| d.reason.clone()),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Take ids, runtime changes, health and drains from a previous instance. A group whose
+    /// config is unchanged gets its saved backends back as they were (runtime changes
+    /// included); a changed group keeps the config's backends with the saved health of those
+    /// it still lists.
+    pub fn restore(&mut self, saved: Persisted) -> Vec<String> {
+        let now = Instant::now();
+        self.service_ids = Ids::restore(self.config.daemon.max_services, saved.service_ids);
+        self.backend_ids = Ids::restore(MAX_BACKENDS, saved.backend_ids);
+        let mut notes = Vec::new();
+        for pg in saved.groups {
+            let Some(g) = self.groups.get(&pg.name) else {
+                notes.push(format!("target group {} is gone from the config", pg.name));
+                continue;
+            };
+            let same = fingerprint(&g.cfg) == pg.cfg;
+            let mut restored = Vec::new();
+            for pm in &pg.members {
+                let health = HealthTracker::restore(pm.state, &pm.reason, now);
+                let drain = pm.drain_left_secs.map(|left| Drain {
+                    started: now,
+                    deadline: now + Duration::from_secs_f64(left.max(0.0)),
+                    reason: pm.drain_reason.clone().unwrap_or_else(|| "draining".into()),
+                });
+                if same {
+                    restored.push(Member {
+                        uid: self.uid(),
+                        addr: pm.addr,
+                        port: pm.port,
+                        weight: pm.weight,
+                        source: pm.source,
+                        health,
+                        drain,
+                        active_flows: 0,
+                        metrics: None,
+                    });
+                } else if let Some(m) = self.groups.get_mut(&pg.name).and_then(|g| {
+                    g.members
+                        .iter_mut()
+                        .find(|m| m.addr == pm.addr && m.port == pm.port)
+                }) {
+                    m.health = health;
+                }
+            }
+            let g = self.groups.get_mut(&pg.name).expect("checked above");
+            if same {
+                g.members = restored;
+                g.runtime_changed = pg.runtime_changed;
+            } else {
+                notes.push(format!(
+                    "target group {} changed in the config while xlb was down: its runtime changes were dropped",
+                    pg.name
+                ));
+            }
+        }
+        notes
+    }
+}
+
+fn fingerprint(cfg: &TargetGroupConfig) -> String {
+    serde_json::to_string(cfg).unwrap_or_default()
+}
+
+/// What the state file keeps of [`State`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Persisted {
+    pub service_ids: Vec<(String, u32)>,
+    pub backend_ids: Vec<(BackendKey, u32)>,
+    pub groups: Vec<PersistedGroup>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PersistedGroup {
+    pub name: String,
+    /// The group's config when saved, as JSON: runtime changes are restored only while the
+    /// config of the group is the same.
+    pub cfg: String,
+    pub runtime_changed: bool,
+    pub members: Vec<PersistedMember>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PersistedMember {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub source: BackendSource,
+    pub state: BackendState,
+    pub reason: String,
+    pub drain_left_secs: Option<f64>,
+    pub drain_reason: Option<String>,
 }
 
 #[cfg(test)]
@@ -228,7 +987,259 @@ mod tests {
             Some(2),
             "a fresh id comes before a freed one"
         );
-        assert_eq!(ids.get(&"d"), Some(0));
+        assert_eq!(ids.get(&"d"), Some(0), "then the freed one");
         assert_eq!(ids.get(&"e"), None, "the limit holds");
+    }
+
+    #[test]
+    fn ids_restore_keeps_pairs_and_gaps() {
+        let mut ids = Ids::restore(10, [("a", 0), ("c", 2)]);
+        assert_eq!(ids.get(&"a"), Some(0));
+        assert_eq!(ids.get(&"c"), Some(2));
+        assert_eq!(
+            ids.get(&"d"),
+            Some(3),
+            "fresh ids continue after the highest"
+        );
+    }
+
+    const CFG: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "g"
+
+[[target_group]]
+name = "g"
+port = 8080
+deregistration_delay = "10s"
+backends = ["198.18.2.11", "198.18.2.12", "198.18.2.13"]
+
+[target_group.health_check]
+protocol = "tcp"
+interval = "1s"
+timeout = "500ms"
+healthy_threshold = 2
+unhealthy_threshold = 2
+"#;
+
+    fn state(text: &str) -> State {
+        State::new(crate::config::parse(text, "t.toml").unwrap())
+    }
+
+    fn outcome(ok: bool) -> CheckOutcome {
+        CheckOutcome {
+            ok,
+            reason: if ok { "connected" } else { "connect refused" }.into(),
+            latency: Duration::ZERO,
+            metrics: None,
+        }
+    }
+
+    fn token(s: &State, addr: &str) -> CheckToken {
+        let a: IpAddr = addr.parse().unwrap();
+        let m = s.groups["g"].members.iter().find(|m| m.addr == a).unwrap();
+        ("g".into(), m.uid)
+    }
+
+    fn active(d: &Desired) -> Vec<String> {
+        d.backends
+            .values()
+            .filter(|b| b.active)
+            .map(|b| b.key.addr.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn initial_backends_serve_until_one_is_healthy() {
+        let mut s = state(CFG);
+        assert_eq!(
+            active(&s.desired().unwrap()).len(),
+            3,
+            "cold start: all initial serve"
+        );
+        let t = token(&s, "198.18.2.11");
+        assert!(s.observe(&t, &outcome(true)).is_none());
+        let tr = s.observe(&t, &outcome(true)).expect("healthy after 2");
+        assert_eq!(
+            (tr.from, tr.to),
+            (BackendState::Initial, BackendState::Healthy)
+        );
+        assert_eq!(
+            active(&s.desired().unwrap()),
+            ["198.18.2.11"],
+            "healthy ones only"
+        );
+    }
+
+    #[test]
+    fn unhealthy_backends_lose_new_and_established_flows() {
+        let mut s = state(CFG);
+        for a in ["198.18.2.11", "198.18.2.12"] {
+            let t = token(&s, a);
+            s.observe(&t, &outcome(true));
+            s.observe(&t, &outcome(true));
+        }
+        let t = token(&s, "198.18.2.12");
+        s.observe(&t, &outcome(false));
+        let tr = s.observe(&t, &outcome(false)).unwrap();
+        assert_eq!(tr.to, BackendState::Unhealthy);
+        assert_eq!(tr.reason, "connect refused");
+        let d = s.desired().unwrap();
+        assert_eq!(active(&d), ["198.18.2.11"]);
+        let b2 = d
+            .backends
+            .values()
+            .find(|b| b.key.addr.to_string() == "198.18.2.12")
+            .unwrap();
+        assert!(!b2.established_ok, "flows of a failed backend move");
+        assert_eq!(b2.info().flags, 0);
+    }
+
+    #[test]
+    fn all_unhealthy_drop_or_fail_open() {
+        for (mode, expect) in [("drop", 0), ("fail_open", 3)] {
+            let mut s = state(&CFG.replace(
+                "deregistration_delay",
+                &format!("all_unhealthy = \"{mode}\"\nderegistration_delay"),
+            ));
+            for a in ["198.18.2.11", "198.18.2.12", "198.18.2.13"] {
+                let t = token(&s, a);
+                s.observe(&t, &outcome(false));
+            }
+            let d = s.desired().unwrap();
+            assert_eq!(active(&d).len(), expect, "{mode}");
+            assert_eq!(s.groups["g"].eligible().failing_open, expect > 0);
+        }
+    }
+
+    #[test]
+    fn drain_waits_for_flows_or_the_delay() {
+        let mut s = state(CFG);
+        let d = s.desired().unwrap();
+        s.drain_backend("g", "198.18.2.12", "test").unwrap();
+        assert_eq!(s.groups["g"].members[1].state(), BackendState::Draining);
+        let d2 = s.desired().unwrap();
+        assert_eq!(
+            active(&d2).len(),
+            2,
+            "a draining backend takes no new flows"
+        );
+        let b2 = d2
+            .backends
+            .values()
+            .find(|b| b.key.addr.to_string() == "198.18.2.12")
+            .unwrap();
+        assert!(b2.established_ok, "but keeps its established ones");
+        // A sweep from before the drain began proves nothing.
+        let id2 = b2.id;
+        let now = Instant::now();
+        assert!(s.finish_drains(now).is_empty());
+        // One open flow: it stays.
+        let at = Instant::now();
+        s.apply_sweep(&HashMap::from([(id2, 1)]), &d, at);
+        assert!(s.finish_drains(at).is_empty());
+        // No open flow in a later sweep: it leaves.
+        let at = Instant::now();
+        s.apply_sweep(&HashMap::new(), &d, at);
+        let left = s.finish_drains(at);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(s.groups["g"].members.len(), 2);
+        // The delay running out ends a drain with flows still open.
+        s.drain_backend("g", "198.18.2.11", "test").unwrap();
+        let later = Instant::now() + Duration::from_secs(11);
+        assert_eq!(s.finish_drains(later).len(), 1);
+    }
+
+    #[test]
+    fn runtime_changes_survive_reloads_until_the_group_changes() {
+        let mut s = state(CFG);
+        s.add_backend("g", "198.18.2.14", Some(3), BackendSource::Api)
+            .unwrap();
+        assert!(matches!(
+            s.add_backend("g", "198.18.2.14", None, BackendSource::Api),
+            Err(ApiError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.add_backend("g", "2001:db8::1", None, BackendSource::Api),
+            Err(ApiError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.add_backend("nope", "198.18.2.15", None, BackendSource::Api),
+            Err(ApiError::NotFound(_))
+        ));
+        // Same config again: the runtime backend stays.
+        let notes = s.reload(crate::config::parse(CFG, "t.toml").unwrap());
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(s.groups["g"].members.len(), 4);
+        // The config changes the group: its backends are the config's, removed ones drain.
+        let changed = CFG.replace("\"198.18.2.13\"]", "\"198.18.2.13\", \"198.18.2.15\"]");
+        s.reload(crate::config::parse(&changed, "t.toml").unwrap());
+        let g = &s.groups["g"];
+        let addrs: Vec<(String, BackendState)> = g
+            .members
+            .iter()
+            .map(|m| (m.addr.to_string(), m.state()))
+            .collect();
+        assert_eq!(addrs.len(), 5, "{addrs:?}");
+        assert!(addrs.contains(&("198.18.2.15".into(), BackendState::Initial)));
+        assert!(addrs.contains(&("198.18.2.14".into(), BackendState::Draining)));
+    }
+
+    #[test]
+    fn snapshot_restores_ids_health_and_runtime_changes() {
+        let mut s = state(CFG);
+        let t = token(&s, "198.18.2.11");
+        s.observe(&t, &outcome(false));
+        s.add_backend("g", "198.18.2.14", None, BackendSource::Api)
+            .unwrap();
+        let d = s.desired().unwrap();
+        let saved = serde_json::to_string(&s.snapshot()).unwrap();
+
+        let mut r = state(CFG);
+        r.restore(serde_json::from_str(&saved).unwrap());
+        let d2 = r.desired().unwrap();
+        let ids = |d: &Desired| -> Vec<(String, u32)> {
+            d.backends
+                .values()
+                .map(|b| (b.key.maglev_key(), b.id))
+                .collect()
+        };
+        assert_eq!(ids(&d), ids(&d2), "backend ids survive a restart");
+        let m = r.groups["g"]
+            .members
+            .iter()
+            .find(|m| m.addr.to_string() == "198.18.2.11")
+            .unwrap();
+        assert_eq!(m.state(), BackendState::Unhealthy);
+        assert_eq!(
+            r.groups["g"].members.len(),
+            4,
+            "the runtime backend is back"
+        );
+    }
+
+    #[test]
+    fn backend_refs() {
+        assert_eq!(
+            parse_backend_ref("198.18.2.11").unwrap(),
+            ("198.18.2.11".parse().unwrap(), None)
+        );
+        assert_eq!(
+            parse_backend_ref("198.18.2.11:8080").unwrap(),
+            ("198.18.2.11".parse().unwrap(), Some(8080))
+        );
+        assert_eq!(
+            parse_backend_ref("[2001:db8::1]:80").unwrap(),
+            ("2001:db8::1".parse().unwrap(), Some(80))
+        );
+        assert_eq!(parse_backend_ref("2001:db8::1").unwrap().1, None);
+        assert!(parse_backend_ref("nope").is_err());
+        assert!(parse_backend_ref("1.2.3.4:0").is_err());
     }
 }

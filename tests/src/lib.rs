@@ -19,6 +19,7 @@ pub mod config;
 pub mod lab;
 pub mod netns;
 pub mod server;
+pub mod xlbd;
 
 use std::path::PathBuf;
 

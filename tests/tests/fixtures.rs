@@ -218,12 +218,15 @@ impl Fixture {
         });
 
         let cfg = config::parse(CONFIG, "fixtures.toml").expect("fixture config");
-        let mut dp = Dataplane::load(LoadOptions {
-            ring_size: cfg.daemon.maglev_table_size,
-            conntrack_size: cfg.daemon.conntrack_size,
-            max_services: cfg.daemon.max_services,
-            hash_seed: cfg.daemon.hash_seed.unwrap(),
-        })
+        let mut dp = Dataplane::load(
+            LoadOptions {
+                ring_size: cfg.daemon.maglev_table_size,
+                conntrack_size: cfg.daemon.conntrack_size,
+                max_services: cfg.daemon.max_services,
+                hash_seed: cfg.daemon.hash_seed.unwrap(),
+            },
+            xlb::dataplane::Pinning::Ephemeral,
+        )
         .expect("load XDP object");
         let mut state = State::new(cfg);
         let desired = state.desired().unwrap();
