@@ -108,6 +108,7 @@ impl Lab {
                 gone.push(name);
             }
         }
+        crate::xlbd::cleanup_stale_pins(prefix);
         Ok(gone)
     }
 

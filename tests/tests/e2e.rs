@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     time::Duration,
 };
 
@@ -16,14 +15,17 @@ use xlb_lab::{
     config::DEMO_CONFIG,
     lab::{Lab, VIP_V4, VIP_V6},
     netns::ChildGuard,
+    xlbd::Xlbd,
 };
 
 const T: Duration = Duration::from_secs(3);
 
-/// The issue's config plus a TCP echo service for long-lived connections.
-fn config() -> String {
+/// The issue's config (with private daemon paths) plus a TCP echo service.
+fn config(name: &str) -> String {
+    let paths = Xlbd::daemon_paths(name);
+    let base = DEMO_CONFIG.replacen("[daemon]\n", &format!("[daemon]\n{paths}"), 1);
     format!(
-        "{DEMO_CONFIG}
+        "{base}
 [[service]]
 name = \"echo\"
 vip = \"198.18.100.1\"
@@ -43,9 +45,7 @@ struct Running {
     lab: Lab,
     _servers: Vec<ChildGuard>,
     _lb_server: ChildGuard,
-    xlb: ChildGuard,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+    xlb: Xlbd,
 }
 
 fn start(prefix: &str) -> Result<Running> {
@@ -56,20 +56,12 @@ fn start(prefix: &str) -> Result<Running> {
     let lb_server = lab
         .lb_ns()
         .spawn(&lab_bin, ["serve", "--name", "lb-host", "--http", "2222"])?;
-    let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("xlb.toml");
-    std::fs::write(&cfg, config())?;
-    let log = dir.path().join("xlb.log");
-    let xlb = lab
-        .start_xlb(&xlb_lab::xlb_bin()?, &cfg, &log, Duration::from_secs(30))
-        .context("starting xlb")?;
+    let xlb = Xlbd::start(&lab, prefix, &config(prefix)).context("starting xlb")?;
     Ok(Running {
         lab,
         _servers: servers,
         _lb_server: lb_server,
         xlb,
-        log,
-        _dir: dir,
     })
 }
 
@@ -82,7 +74,7 @@ fn skip() -> bool {
 }
 
 fn log_of(r: &Running) -> String {
-    std::fs::read_to_string(&r.log).unwrap_or_default()
+    r.xlb.log_text()
 }
 
 #[test]

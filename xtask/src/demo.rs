@@ -146,7 +146,13 @@ pub fn demo(args: Args) -> Result<()> {
     let servers = lab.start_backend_servers(&lab_bin, &[8080], &[5353], &[])?;
     let config = tmp.path.join("xlb.toml");
     let log = tmp.path.join("xlb.log");
-    std::fs::write(&config, DEMO_CONFIG)?;
+    // Keep the demo's socket, state and pins private, so it never meets a real xlb.
+    let private = format!(
+        "[daemon]\napi_socket = \"{dir}/xlb.sock\"\nstate_file = \"{dir}/state.json\"\npin_path = \"/sys/fs/bpf/xlb-demo-{pid}\"\n",
+        dir = tmp.path.display(),
+        pid = std::process::id()
+    );
+    std::fs::write(&config, DEMO_CONFIG.replacen("[daemon]\n", &private, 1))?;
     eprintln!(
         "starting {} run --config {} in {} (log: {})",
         xlb.display(),
