@@ -500,6 +500,35 @@ fn kill_9_and_restart_keep_a_transfer_intact() {
     let (seen, failed) = connections(&s.lab, 30);
     assert!(failed.is_empty(), "{failed:?}");
     assert!(seen.len() >= 2, "{seen:?}");
+
+    // `xlb stop --cleanup` stops the daemon, detaches XDP and removes the pins.
+    let xdp_attached = |s: &Setup| {
+        let out = s
+            .lab
+            .lb_ns()
+            .exec(["ip", "link", "show", "veth-client"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    };
+    assert!(xdp_attached(&s), "XDP is attached before the cleanup");
+    let out = std::process::Command::new(&s.xlb.bin)
+        .args(["stop", "--cleanup", "--config"])
+        .arg(&s.xlb.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!s.xlb.is_running(), "the daemon stopped");
+    assert!(!xdp_attached(&s), "XDP is detached after the cleanup");
+    assert!(!s.xlb.pin_path.exists(), "the pins are gone");
+    let vip = s
+        .lab
+        .client_ns()
+        .enter(|| client::http_get(web(), Duration::from_millis(500)));
+    assert!(vip.is_err(), "nothing answers for the VIP any more");
 }
 
 #[test]

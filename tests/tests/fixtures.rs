@@ -130,6 +130,11 @@ name = "multi"
 port = 8080
 backends = ["198.18.2.11", "198.18.2.12", { address = "198.18.2.13", weight = 2 }]
 
+[target_group.health_check]
+protocol = "tcp"
+healthy_threshold = 1
+unhealthy_threshold = 1
+
 [[target_group]]
 name = "empty"
 backends = []
@@ -149,6 +154,8 @@ backends = ["198.18.1.5:8080"]
 struct Fixture {
     ns: Netns,
     dp: Dataplane,
+    state: State,
+    reconciler: Reconciler,
     ifindex_client: u32,
     ifindex_backends: u32,
 }
@@ -230,13 +237,22 @@ impl Fixture {
         .expect("load XDP object");
         let mut state = State::new(cfg);
         let desired = state.desired().unwrap();
-        Reconciler::new().apply(&mut dp, &desired).unwrap();
+        let mut reconciler = Reconciler::new();
+        reconciler.apply(&mut dp, &desired).unwrap();
         Fixture {
             ns,
             dp,
+            state,
+            reconciler,
             ifindex_client,
             ifindex_backends,
         }
+    }
+
+    /// Write the state's current desired state to the maps, as the daemon does.
+    fn apply(&mut self) {
+        let desired = self.state.desired().unwrap();
+        self.reconciler.apply(&mut self.dp, &desired).unwrap();
     }
 
     /// Run one frame through `xlb` as if received on `ifindex`.
@@ -895,4 +911,195 @@ fn fix_ipv4_checksum(f: &mut [u8], l3: usize) {
     }
     let c = !(s as u16);
     f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Where each flow of the `multi` service goes: source port → backend address.
+fn multi_backends(fx: &Fixture, ports: std::ops::Range<u16>, l4: L4) -> BTreeMap<u16, [u8; 4]> {
+    ports
+        .map(|sport| {
+            let f = build4(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                None,
+                CLIENT4,
+                VIP4_MULTI,
+                sport,
+                80,
+                l4,
+            );
+            let (rc, out) = fx.run(&f, fx.ifindex_client);
+            assert_eq!(rc, XDP_REDIRECT, "flow {sport}");
+            assert_checksums(&out, "multi");
+            (sport, out[30..34].try_into().unwrap())
+        })
+        .collect()
+}
+
+fn check(fx: &mut Fixture, addr: &str, ok: bool) {
+    let uid = fx.state.groups["multi"]
+        .members
+        .iter()
+        .find(|m| m.addr.to_string() == addr)
+        .unwrap()
+        .uid;
+    let outcome = xlb::health::CheckOutcome {
+        ok,
+        reason: if ok { "connected" } else { "connect refused" }.into(),
+        latency: std::time::Duration::ZERO,
+        metrics: None,
+    };
+    fx.state.observe(&("multi".to_string(), uid), &outcome);
+}
+
+/// Backend changes as the daemon makes them: a draining backend keeps its established flows
+/// and gets no new ones; a failed backend's flows move to the others; a weight change
+/// touches no established flow.
+#[test]
+fn established_flows_across_drain_failure_and_weight_changes() {
+    if skip() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    for a in ["198.18.2.11", "198.18.2.12", "198.18.2.13"] {
+        check(&mut fx, a, true);
+    }
+    fx.apply();
+    let before = multi_backends(&fx, 30000..30200, L4::Syn);
+
+    // Drain 198.18.2.11.
+    fx.state
+        .drain_backend("multi", "198.18.2.11", "fixture")
+        .unwrap();
+    fx.apply();
+    let during = multi_backends(&fx, 30000..30200, L4::Data);
+    assert_eq!(
+        before, during,
+        "every established flow keeps its backend while one drains"
+    );
+    let fresh = multi_backends(&fx, 40000..40200, L4::Syn);
+    assert!(
+        fresh.values().all(|b| *b != B4_1),
+        "no new flow goes to the draining backend"
+    );
+
+    // 198.18.2.12 fails its check.
+    check(&mut fx, "198.18.2.12", false);
+    fx.apply();
+    let after = multi_backends(&fx, 30000..30200, L4::Data);
+    let mut moved = 0;
+    for (port, old) in &before {
+        let new = after[port];
+        if *old == B4_2 {
+            assert_ne!(new, B4_2, "flow {port} left the failed backend");
+            moved += 1;
+        } else {
+            assert_eq!(new, *old, "flow {port} on a live backend stays");
+        }
+    }
+    assert!(moved > 0, "some flows were on the failed backend");
+
+    // A weight change: established flows stay, new flows follow the new weights.
+    fx.state.set_weight("multi", "198.18.2.13", 1).unwrap();
+    fx.apply();
+    let again = multi_backends(&fx, 30000..30200, L4::Data);
+    assert_eq!(after, again, "a weight change moves no established flow");
+}
+
+/// A FIN from the client, or an RST from the backend, marks the flow's conntrack entry as
+/// closing (so drains and flow counts see it end); other packets do not.
+#[test]
+fn fin_and_rst_mark_the_flow_closing() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::new();
+    let key = |sport: u16| lb_common::FlowKey {
+        src: {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&CLIENT4);
+            a
+        },
+        dst: {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&VIP4);
+            a
+        },
+        sport: sport.to_be_bytes(),
+        dport: 80u16.to_be_bytes(),
+        proto: lb_common::PROTO_TCP,
+        family: lb_common::AF_INET,
+        _pad: [0; 2],
+    };
+    let flags = |sport| fx.dp.conntrack.get(&key(sport), 0).unwrap().flags;
+    let tcp = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, fin: bool, rst: bool| {
+        let mut f = Vec::new();
+        let (smac, dmac) = if src == CLIENT4 {
+            (CLIENT_MAC, LB_CLIENT_MAC)
+        } else {
+            (backend_mac(1), LB_BACKENDS_MAC)
+        };
+        let mut b = PacketBuilder::ethernet2(smac, dmac)
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 7, 1000)
+            .ack(1);
+        if fin {
+            b = b.fin();
+        }
+        if rst {
+            b = b.rst();
+        }
+        b.write(&mut f, &[]).unwrap();
+        f
+    };
+    // Client FIN.
+    fx.run(
+        &build4(
+            CLIENT_MAC,
+            LB_CLIENT_MAC,
+            None,
+            CLIENT4,
+            VIP4,
+            45000,
+            80,
+            L4::Syn,
+        ),
+        fx.ifindex_client,
+    );
+    assert_eq!(flags(45000) & lb_common::CT_F_CLOSING, 0, "an open flow");
+    fx.run(
+        &tcp(CLIENT4, VIP4, 45000, 80, false, false),
+        fx.ifindex_client,
+    );
+    assert_eq!(
+        flags(45000) & lb_common::CT_F_CLOSING,
+        0,
+        "a plain ACK changes nothing"
+    );
+    let (rc, _) = fx.run(
+        &tcp(CLIENT4, VIP4, 45000, 80, true, false),
+        fx.ifindex_client,
+    );
+    assert_eq!(rc, XDP_REDIRECT);
+    assert_ne!(flags(45000) & lb_common::CT_F_CLOSING, 0, "client FIN");
+    // Backend RST on another flow.
+    fx.run(
+        &build4(
+            CLIENT_MAC,
+            LB_CLIENT_MAC,
+            None,
+            CLIENT4,
+            VIP4,
+            45001,
+            80,
+            L4::Syn,
+        ),
+        fx.ifindex_client,
+    );
+    let (rc, out) = fx.run(
+        &tcp(B4_1, CLIENT4, 8080, 45001, false, true),
+        fx.ifindex_backends,
+    );
+    assert_eq!(rc, XDP_REDIRECT);
+    assert_eq!(&out[26..30], &VIP4, "the RST is rewritten back to the VIP");
+    assert_ne!(flags(45001) & lb_common::CT_F_CLOSING, 0, "backend RST");
 }
