@@ -139,7 +139,7 @@ const HTTP_CODES: std::ops::RangeInclusive<u16> = 100..=599;
 const DURATION_EXAMPLES: &str = "e.g. \"30s\", \"5m\", \"250ms\"";
 
 /// The whole configuration, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub daemon: DaemonConfig,
     pub services: Vec<ServiceConfig>,
@@ -244,7 +244,7 @@ impl fmt::Display for Protocol {
 }
 
 /// `[[target_group]]`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetGroupConfig {
     pub name: String,
     /// Backend port for backends that do not give one; `None`: the service port.
@@ -258,6 +258,128 @@ pub struct TargetGroupConfig {
     pub all_unhealthy: AllUnhealthy,
     /// `None`: the group is not health checked (every backend counts as healthy).
     pub health_check: Option<HealthCheckConfig>,
+    /// `None`: the group does not scale.
+    pub scaling: Option<ScalingConfig>,
+}
+
+/// `[target_group.scaling]`: an auto scaling group behind the target group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScalingConfig {
+    pub min: u32,
+    pub max: u32,
+    /// Capacity to start with (min <= desired <= max).
+    pub desired: u32,
+    /// Run with `/bin/sh -c`; env XLB_TARGET_GROUP, XLB_REASON, XLB_COUNT; prints one
+    /// `ADDR[:PORT]` per line for the backends it launched.
+    pub scale_out_command: Option<String>,
+    /// Run with `/bin/sh -c` after a backend is drained; env XLB_TARGET_GROUP, XLB_REASON,
+    /// XLB_BACKEND (`ADDR:PORT`).
+    pub scale_in_command: Option<String>,
+    /// A hook still running after this is killed and counts as failed (default 60s).
+    #[serde(serialize_with = "serialize_duration")]
+    pub hook_timeout: Duration,
+    /// After a scaling action, before the next one of the same direction (default 300s).
+    #[serde(serialize_with = "serialize_duration")]
+    pub cooldown: Duration,
+    /// A new backend's load is left out of the group's averages this long (default 60s).
+    #[serde(serialize_with = "serialize_duration")]
+    pub warmup: Duration,
+    /// How long a launched backend may take to pass its health checks (default 120s).
+    #[serde(serialize_with = "serialize_duration")]
+    pub grace_period: Duration,
+    /// Optional command run every `metric_interval` with env XLB_TARGET_GROUP and
+    /// XLB_BACKENDS (space-separated `ADDR:PORT`); prints lines `ADDR:PORT NAME=VALUE ...`.
+    pub metric_command: Option<String>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub metric_interval: Duration,
+    pub policies: Vec<PolicyConfig>,
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// What a policy watches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "String")]
+pub enum Metric {
+    /// New flows per second, averaged over the group's in-service backends.
+    NewFlowsPerSecondPerBackend,
+    /// Packets (both directions) per second, per backend.
+    PacketsPerSecondPerBackend,
+    /// Bytes (both directions) per second, per backend.
+    BytesPerSecondPerBackend,
+    /// Open flows, per backend.
+    ActiveFlowsPerBackend,
+    /// `cpu` as the backends report it (health check JSON body or metric_command), averaged.
+    BackendCpu,
+    /// Any other number the backends report under this name, averaged.
+    Custom(String),
+}
+
+impl Metric {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::NewFlowsPerSecondPerBackend => "new_flows_per_second_per_backend",
+            Self::PacketsPerSecondPerBackend => "packets_per_second_per_backend",
+            Self::BytesPerSecondPerBackend => "bytes_per_second_per_backend",
+            Self::ActiveFlowsPerBackend => "active_flows_per_backend",
+            Self::BackendCpu => "backend_cpu",
+            Self::Custom(n) => n,
+        }
+    }
+
+    /// The key backends report it under, for reported metrics (`cpu` for backend_cpu).
+    pub fn reported_key(&self) -> Option<&str> {
+        match self {
+            Self::BackendCpu => Some("cpu"),
+            Self::Custom(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl From<Metric> for String {
+    fn from(m: Metric) -> String {
+        m.name().to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PolicyConfig {
+    /// Keep the metric near `target` by changing capacity in proportion.
+    TargetTracking {
+        metric: Metric,
+        target: f64,
+        /// Only scale out (default false).
+        disable_scale_in: bool,
+    },
+    /// Threshold held for a duration, then add or remove N.
+    Step {
+        metric: Metric,
+        scale_out: Option<StepRule>,
+        scale_in: Option<StepRule>,
+    },
+}
+
+/// `{ above = 0.70, for = "5m", add = 1 }` or `{ below = 0.30, for = "10m", remove = 1 }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRule {
+    /// The `above` (scale_out) or `below` (scale_in) value.
+    pub threshold: f64,
+    #[serde(rename = "for", serialize_with = "serialize_duration")]
+    pub hold: Duration,
+    /// The `add` or `remove` count (>= 1).
+    pub change: u32,
+}
+
+/// `[[target_group.scaling.schedule]]`: at each time the cron expression names, set desired
+/// (and optionally min and max).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleConfig {
+    /// 5 fields (`min hour dom month dow`) or 6 with seconds first; UTC.
+    pub cron: String,
+    pub desired: Option<u32>,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
 }
 
 impl TargetGroupConfig {
@@ -954,6 +1076,8 @@ fn parse_target_group(
             deregistration_delay,
             all_unhealthy,
             health_check,
+            // TODO(scaling): parse [target_group.scaling].
+            scaling: None,
         },
         GroupPos {
             table: t.pos,
@@ -2094,6 +2218,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     deregistration_delay: Duration::from_secs(300),
                     all_unhealthy: AllUnhealthy::Drop,
                     health_check: None,
+                    scaling: None,
                 },
                 TargetGroupConfig {
                     name: "dns-servers".into(),
@@ -2105,6 +2230,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     deregistration_delay: Duration::from_secs(300),
                     all_unhealthy: AllUnhealthy::Drop,
                     health_check: None,
+                    scaling: None,
                 },
                 TargetGroupConfig {
                     name: "web-servers-v6".into(),
@@ -2116,6 +2242,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     deregistration_delay: Duration::from_secs(300),
                     all_unhealthy: AllUnhealthy::Drop,
                     health_check: None,
+                    scaling: None,
                 },
             ]
         );
