@@ -40,7 +40,8 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::model::{
-    AddBackend, ApiError, ApiErrorBody, BackendRef, Envelope, Reply, Request, SetWeight,
+    AddBackend, ApiError, ApiErrorBody, BackendRef, Envelope, Reply, Request, ScaleRequest,
+    SetWeight,
 };
 #[cfg(doc)]
 use crate::model::{BackendStatus, ChangeResult, Status};
@@ -250,6 +251,8 @@ pub fn router(tx: mpsc::Sender<Envelope>) -> Router {
         .route("/v1/groups/{group}/backends/drain", post(drain_backend))
         .route("/v1/groups/{group}/backends/weight", post(set_weight))
         .route("/v1/reload", post(reload))
+        .route("/v1/groups/{group}/scale", post(scale))
+        .route("/v1/events", get(events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -374,6 +377,7 @@ async fn list_backends(State(tx): Tx, path: GroupPath) -> Answer {
 
 const ADDRESS_EXAMPLE: &str = r#"{"address": "ADDR[:PORT]"}"#;
 const WEIGHT_EXAMPLE: &str = r#"{"address": "ADDR[:PORT]", "weight": N}"#;
+const SCALE_EXAMPLE: &str = r#"{"desired": N}"#;
 
 async fn add_backend(State(tx): Tx, path: GroupPath, body: Body) -> Answer {
     let group = group(path)?;
@@ -402,6 +406,28 @@ async fn set_weight(State(tx): Tx, path: GroupPath, body: Body) -> Answer {
 
 async fn reload(State(tx): Tx) -> Answer {
     change(&tx, Request::Reload, StatusCode::OK).await
+}
+
+async fn scale(State(tx): Tx, path: GroupPath, body: Body) -> Answer {
+    let group = group(path)?;
+    let body = json_body::<ScaleRequest>(body, SCALE_EXAMPLE)?;
+    change(&tx, Request::Scale { group, body }, StatusCode::OK).await
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    group: Option<String>,
+}
+
+async fn events(
+    State(tx): Tx,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let group = query.ok().and_then(|q| q.0.group);
+    match ask(&tx, Request::Events { group }).await? {
+        Reply::Events(list) => ok(StatusCode::OK, list),
+        other => Err(unexpected(&other)),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> Fail {
@@ -508,6 +534,7 @@ pub(crate) mod testing {
                     deregistration_delay_secs: 300.0,
                     health_check: Some("http GET /health :8080 every 30s".into()),
                     failing_open: false,
+                    scaling: None,
                     backends: vec![
                         backend("web", "10.0.0.1", 8080, BackendState::Healthy),
                         backend("web", "10.0.0.2", 8080, BackendState::Draining),
@@ -520,6 +547,7 @@ pub(crate) mod testing {
                     deregistration_delay_secs: 15.0,
                     health_check: None,
                     failing_open: true,
+                    scaling: None,
                     backends: vec![
                         backend("api6", "2001:db8::1", 9000, BackendState::Unhealthy),
                         backend("api6", "2001:db8::2", 9000, BackendState::Unhealthy),
@@ -591,6 +619,20 @@ pub(crate) mod testing {
             Request::Reload => Err(ApiError::Invalid(
                 "xlb.toml:3:1: daemon.foo: unknown key".into(),
             )),
+            Request::Scale { group, body } => {
+                known(&group)?;
+                if body.desired > 10 {
+                    return Err(ApiError::Invalid("desired 11 is above max 10".into()));
+                }
+                done(format!("{group}: desired {}", body.desired))
+            }
+            Request::Events { group } => Ok(Reply::Events(vec![crate::model::Event {
+                time: 1.5e9,
+                group: group.unwrap_or_else(|| "web".into()),
+                kind: "scale_out".into(),
+                message: "target tracking → 4".into(),
+                metrics: [("new_flows_per_second_per_backend".to_string(), 180.0)].into(),
+            }])),
         }
     }
 }
@@ -778,6 +820,48 @@ mod tests {
             body,
             json!({"error": "xlb.toml:3:1: daemon.foo: unknown key"})
         );
+    }
+
+    #[tokio::test]
+    async fn scale_and_events_routes() {
+        let f = start().await;
+        let (code, body) = call(
+            &f,
+            Method::POST,
+            "/v1/groups/web/scale",
+            Some(json!({"desired": 4})),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["message"], "web: desired 4");
+        let (code, body) = call(
+            &f,
+            Method::POST,
+            "/v1/groups/web/scale",
+            Some(json!({"desired": 11})),
+        )
+        .await;
+        assert_eq!(code, 400, "{body}");
+        let (code, body) = call(
+            &f,
+            Method::POST,
+            "/v1/groups/nope/scale",
+            Some(json!({"desired": 1})),
+        )
+        .await;
+        assert_eq!(code, 404, "{body}");
+        let (code, body) = call(&f, Method::POST, "/v1/groups/web/scale", Some(json!({}))).await;
+        assert_eq!(code, 400, "{body}");
+        let (code, body) = call(&f, Method::GET, "/v1/events?group=db", None).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body[0]["group"], "db");
+        assert_eq!(
+            body[0]["metrics"]["new_flows_per_second_per_backend"],
+            180.0
+        );
+        let (code, body) = call(&f, Method::GET, "/v1/events", None).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body[0]["group"], "web");
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
-use crate::model::{BackendState, BackendStatus, ChangeResult, GroupStatus, Status};
+use crate::model::{BackendState, BackendStatus, ChangeResult, Event, GroupStatus, Status};
 
 /// Where `xlb run` serves the API unless its config says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
@@ -167,6 +167,13 @@ pub enum Action {
         weight: u32,
     },
     Reload,
+    Scale {
+        group: String,
+        desired: u32,
+    },
+    Events {
+        group: Option<String>,
+    },
 }
 
 impl Action {
@@ -209,6 +216,19 @@ impl Action {
                 Some(json!({ "address": address, "weight": weight })),
             ),
             Self::Reload => (Method::POST, "/v1/reload".into(), None),
+            Self::Scale { group, desired } => (
+                Method::POST,
+                format!("/v1/groups/{}/scale", encode_segment(group)),
+                Some(json!({ "desired": desired })),
+            ),
+            Self::Events { group } => (
+                Method::GET,
+                match group {
+                    Some(g) => format!("/v1/events?group={}", encode_segment(g)),
+                    None => "/v1/events".into(),
+                },
+                None,
+            ),
         }
     }
 }
@@ -274,6 +294,12 @@ pub fn format_answer(
                 return Ok(pretty(&value));
             }
             Ok(render_backends(&parse::<Vec<BackendStatus>>(value)?))
+        }
+        Action::Events { .. } => {
+            if json {
+                return Ok(pretty(&value));
+            }
+            Ok(render_events(&parse::<Vec<Event>>(value)?))
         }
         _ => {
             if json {
@@ -429,13 +455,57 @@ fn group_row(g: &GroupStatus) -> Vec<String> {
         ("fail_open", false) => "yes".to_string(),
         _ => "no".to_string(),
     };
+    let scaling = match &g.scaling {
+        None => "-".to_string(),
+        Some(sc) => {
+            let mut v = format!(
+                "desired {} (min {}, max {}), in service {}",
+                sc.desired, sc.min, sc.max, sc.in_service
+            );
+            if sc.launching > 0 {
+                let _ = write!(v, ", launching {}", sc.launching);
+            }
+            if sc.hook != "idle" {
+                let _ = write!(v, ", {}", sc.hook);
+            }
+            v
+        }
+    };
     vec![
         g.name.clone(),
         format!("{healthy}/{}", g.backends.len()),
         g.health_check.clone().unwrap_or_else(|| "none".into()),
         format_delay(g.deregistration_delay_secs),
         fail_open,
+        scaling,
     ]
+}
+
+/// `xlb events` as a human reads it: time (UTC), group, kind, message and metrics.
+pub fn render_events(events: &[Event]) -> String {
+    if events.is_empty() {
+        return "no events\n".into();
+    }
+    let mut t = Table::new(&["TIME (UTC)", "GROUP", "KIND", "MESSAGE"]);
+    for e in events {
+        let time = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(e.time.max(0.0)),
+        )
+        .to_string();
+        let mut msg = e.message.clone();
+        if !e.metrics.is_empty() {
+            let m: Vec<String> = e
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.3}"))
+                .collect();
+            let _ = write!(msg, " [{}]", m.join(" "));
+        }
+        t.row(vec![time, e.group.clone(), e.kind.clone(), msg]);
+    }
+    let mut out = String::new();
+    t.render(&mut out);
+    out
 }
 
 /// `xlb status` as a human reads it.
@@ -495,6 +565,7 @@ pub fn render_status(s: &Status) -> String {
             "CHECK",
             "DEREG-DELAY",
             "FAIL-OPEN",
+            "SCALING",
         ]);
         for g in &s.groups {
             t.row(group_row(g));
@@ -648,7 +719,7 @@ mod tests {
         let api6 = groups.lines().nth(2).unwrap();
         assert!(api6.starts_with("api6    0/2             none"), "{api6}");
         assert!(
-            api6.ends_with("15s           yes (failing open now)"),
+            api6.ends_with("15s           yes (failing open now)   -"),
             "{api6}"
         );
 

@@ -1906,8 +1906,8 @@ struct Node {
 enum Val {
     Str(String),
     Int(i64),
-    Float,
-    Bool,
+    Float(f64),
+    Bool(bool),
     Datetime,
     Array(Vec<Node>),
     Table(Vec<Entry>),
@@ -1918,8 +1918,8 @@ impl Val {
         match self {
             Val::Str(_) => "a string",
             Val::Int(_) => "an integer",
-            Val::Float => "a float",
-            Val::Bool => "a boolean",
+            Val::Float(_) => "a float",
+            Val::Bool(_) => "a boolean",
             Val::Datetime => "a date-time",
             Val::Array(_) => "an array",
             Val::Table(_) => "a table",
@@ -1971,8 +1971,8 @@ mod de {
             f.write_str("a TOML value")
         }
 
-        fn visit_bool<E: Error>(self, _: bool) -> Result<Node, E> {
-            Ok(bare(Val::Bool))
+        fn visit_bool<E: Error>(self, v: bool) -> Result<Node, E> {
+            Ok(bare(Val::Bool(v)))
         }
 
         fn visit_i64<E: Error>(self, v: i64) -> Result<Node, E> {
@@ -1983,8 +1983,8 @@ mod de {
             Ok(bare(Val::Int(i64::try_from(v).unwrap_or(i64::MAX))))
         }
 
-        fn visit_f64<E: Error>(self, _: f64) -> Result<Node, E> {
-            Ok(bare(Val::Float))
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Node, E> {
+            Ok(bare(Val::Float(v)))
         }
 
         fn visit_str<E: Error>(self, v: &str) -> Result<Node, E> {

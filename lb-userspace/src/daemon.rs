@@ -291,6 +291,10 @@ impl Daemon {
                 self.apply()?;
                 done(m)
             }
+            Request::Scale { group, .. } => Err(ApiError::Invalid(format!(
+                "target group {group:?} has no [target_group.scaling]"
+            ))),
+            Request::Events { .. } => Ok(Reply::Events(Vec::new())),
             Request::SetWeight { group, body } => {
                 let m = self.state.set_weight(&group, &body.address, body.weight)?;
                 self.apply()?;
@@ -357,6 +361,7 @@ impl Daemon {
                         }
                     }),
                     failing_open: eligible.failing_open,
+                    scaling: None,
                     backends: g
                         .members
                         .iter()

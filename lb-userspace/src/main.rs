@@ -70,6 +70,24 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Set a scaling group's desired capacity (within its min and max).
+    Scale {
+        /// The target group
+        group: String,
+        #[arg(long)]
+        desired: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show recent events: scaling decisions with the metrics behind them, hook results,
+    /// health changes.
+    Events {
+        /// Only this target group
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +182,15 @@ fn main() -> ExitCode {
             client: args,
         } => client(cli.socket, args, Action::Backends { group }),
         Command::Reload { client: args } => client(cli.socket, args, Action::Reload),
+        Command::Scale {
+            group,
+            desired,
+            client: args,
+        } => client(cli.socket, args, Action::Scale { group, desired }),
+        Command::Events {
+            group,
+            client: args,
+        } => client(cli.socket, args, Action::Events { group }),
         Command::Backend { command } => match command {
             BackendCommand::Add {
                 group,

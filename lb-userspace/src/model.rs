@@ -93,7 +93,46 @@ pub struct GroupStatus {
     pub health_check: Option<String>,
     /// True when no backend is healthy and `all_unhealthy = "fail_open"` sends to all.
     pub failing_open: bool,
+    /// Present when the group scales.
+    #[serde(default)]
+    pub scaling: Option<ScalingStatus>,
     pub backends: Vec<BackendStatus>,
+}
+
+/// A scaling group's bounds and what it is doing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScalingStatus {
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    /// Backends in service (not draining).
+    pub in_service: u32,
+    /// Backends a scale-out hook is launching now.
+    pub launching: u32,
+    /// `idle`, `running scale-out hook`, `retrying in 4s after: ...`.
+    pub hook: String,
+    /// The last scaling decision, if any.
+    pub last_decision: Option<String>,
+}
+
+/// Something the control plane decided or saw: scaling decisions with the metric values
+/// behind them, hook results, health changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    pub group: String,
+    /// `scale_out`, `scale_in`, `schedule`, `manual`, `replace`, `launched`, `terminated`,
+    /// `hook_failed`, `health`.
+    pub kind: String,
+    pub message: String,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub desired: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -163,11 +202,31 @@ pub struct ApiErrorBody {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
-    AddBackend { group: String, body: AddBackend },
-    RemoveBackend { group: String, body: BackendRef },
-    DrainBackend { group: String, body: BackendRef },
-    SetWeight { group: String, body: SetWeight },
+    AddBackend {
+        group: String,
+        body: AddBackend,
+    },
+    RemoveBackend {
+        group: String,
+        body: BackendRef,
+    },
+    DrainBackend {
+        group: String,
+        body: BackendRef,
+    },
+    SetWeight {
+        group: String,
+        body: SetWeight,
+    },
     Reload,
+    Scale {
+        group: String,
+        body: ScaleRequest,
+    },
+    /// Recent events, oldest first; of one group when given.
+    Events {
+        group: Option<String>,
+    },
 }
 
 /// Why a request failed, with the HTTP status the API answers with.
@@ -203,6 +262,7 @@ impl ApiError {
 pub enum Reply {
     Status(Box<Status>),
     Done(ChangeResult),
+    Events(Vec<Event>),
 }
 
 /// A request with the channel its answer goes back on.
