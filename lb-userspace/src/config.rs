@@ -39,7 +39,47 @@
 //! healthy_threshold = 2        # 1..10 consecutive successes to become healthy
 //! unhealthy_threshold = 5      # 1..10 consecutive failures to become unhealthy
 //! success_codes = "200-399"    # http only: "200", "200-299", "200,204,300-399"
+//!
+//! # Optional (without it the group does not scale): an auto scaling group behind the
+//! # [[target_group]] above. Also accepted inline (scaling = { max = 4, ... }) and as dotted keys.
+//! [target_group.scaling]
+//! min = 2                      # 0..1000, default 1
+//! max = 10                     # required; min <= desired <= max <= 1000
+//! desired = 2                  # the size to start at; default min
+//! # Commands run with /bin/sh -c, with XLB_TARGET_GROUP and XLB_REASON in their environment.
+//! scale_out_command = "/usr/local/bin/launch-backend"   # gets XLB_COUNT; prints the new
+//!                              # backend(s), one ADDR[:PORT] a line; required when max is more
+//!                              # than the backends listed in the group
+//! scale_in_command = "/usr/local/bin/terminate-backend" # optional; gets XLB_BACKEND once drained
+//! hook_timeout = "60s"         # 1s..1h: a hook still running then is killed and has failed
+//! cooldown = "300s"            # 0s..1d: after a scaling action, before the next one the same way
+//! warmup = "60s"               # 0s..1h: a new backend's load is left out of the averages
+//! grace_period = "120s"        # 1s..1h: how long a launched backend may take to turn healthy
+//! metric_command = "/usr/local/bin/report"   # optional; gets XLB_BACKENDS, prints lines
+//!                              # "ADDR:PORT NAME=VALUE ..." (reported metrics)
+//! metric_interval = "15s"      # 1s..1h: how often metric_command runs
+//!
+//! [[target_group.scaling.policy]]   # any number of them; when they disagree, scaling out wins
+//! type = "target_tracking"     # keep the metric near the target, changing capacity in proportion
+//! metric = "new_flows_per_second_per_backend"
+//! target = 100                 # > 0, integer or float
+//! disable_scale_in = false     # true: only ever scale out
+//!
+//! [[target_group.scaling.policy]]
+//! type = "step"                # a threshold held for a while, then add or remove backends
+//! metric = "backend_cpu"
+//! scale_out = { above = 0.70, for = "5m", add = 1 }     # for: 0s..1d; add: 1..1000, default 1
+//! scale_in = { below = 0.30, for = "10m", remove = 1 }  # below < above; one rule or both
+//!
+//! [[target_group.scaling.schedule]] # at each time cron names (UTC): set desired, min and/or max
+//! cron = "0 8 * * MON-FRI"     # 5 fields, or 6 with seconds first; @daily and the like
+//! desired = 6                  # 0..1000 each, at least one of desired, min, max
 //! ```
+//!
+//! Metrics: `new_flows_per_second_per_backend`, `packets_per_second_per_backend`,
+//! `bytes_per_second_per_backend` and `active_flows_per_backend` are measured by the data path;
+//! `backend_cpu` (reported as `cpu`) and any other name (`[a-z][a-z0-9_]{0,63}`) are numbers the
+//! backends report, in the JSON body of an http health check or through `metric_command`.
 //!
 //! Durations are strings in `humantime`'s syntax: `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"`;
 //! they serialize back the same way (`"5m 50s"`).
@@ -59,6 +99,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::NaiveDate;
+use croner::errors::CronError;
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
 use lb_common::consts::{
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, MAX_BACKENDS, PROTO_TCP,
     PROTO_UDP, SLOTS_PER_SERVICE,
@@ -137,6 +181,33 @@ pub const DEFAULT_SUCCESS_CODES: &str = "200-399";
 const HTTP_CODES: std::ops::RangeInclusive<u16> = 100..=599;
 /// The hint in duration errors.
 const DURATION_EXAMPLES: &str = "e.g. \"30s\", \"5m\", \"250ms\"";
+/// Default `scaling.min`.
+pub const DEFAULT_SCALING_MIN: u32 = 1;
+/// Largest `scaling.min`, `max` and `desired` (and those of a schedule), and largest step
+/// `add` / `remove`.
+pub const MAX_SCALING_CAPACITY: u32 = 1000;
+/// Default `scaling.cooldown`.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(300);
+/// Longest allowed `scaling.cooldown` (1 day).
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
+/// Default `scaling.warmup`.
+pub const DEFAULT_WARMUP: Duration = Duration::from_secs(60);
+/// Longest allowed `scaling.warmup`.
+pub const MAX_WARMUP: Duration = Duration::from_secs(3600);
+/// Default `scaling.grace_period`.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(120);
+/// Default `scaling.hook_timeout`.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `scaling.metric_interval`.
+pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_secs(15);
+/// Shortest allowed `grace_period`, `hook_timeout` and `metric_interval`.
+pub const MIN_SCALING_PERIOD: Duration = Duration::from_secs(1);
+/// Longest allowed `grace_period`, `hook_timeout` and `metric_interval`.
+pub const MAX_SCALING_PERIOD: Duration = Duration::from_secs(3600);
+/// Longest allowed `for` of a step rule (1 day).
+pub const MAX_STEP_HOLD: Duration = Duration::from_secs(24 * 3600);
+/// Longest name of a metric the backends report (`[a-z][a-z0-9_]{0,63}`).
+pub const MAX_METRIC_NAME_LEN: usize = 64;
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -339,6 +410,46 @@ impl Metric {
 impl From<Metric> for String {
     fn from(m: Metric) -> String {
         m.name().to_string()
+    }
+}
+
+impl Metric {
+    /// The metrics the data path measures, and `backend_cpu`.
+    pub const BUILT_IN: [Metric; 5] = [
+        Metric::NewFlowsPerSecondPerBackend,
+        Metric::PacketsPerSecondPerBackend,
+        Metric::BytesPerSecondPerBackend,
+        Metric::ActiveFlowsPerBackend,
+        Metric::BackendCpu,
+    ];
+}
+
+impl FromStr for Metric {
+    /// Why the name is not a metric.
+    type Err = String;
+
+    /// A built-in name, else any name matching `[a-z][a-z0-9_]{0,63}` as [`Metric::Custom`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(m) = Self::BUILT_IN.iter().find(|m| m.name() == s) {
+            return Ok(m.clone());
+        }
+        let custom = s.len() <= MAX_METRIC_NAME_LEN
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if custom {
+            return Ok(Self::Custom(s.to_owned()));
+        }
+        Err(format!(
+            "unknown metric {s:?}: expected one of {}, or the name of a number the backends \
+             report (lowercase letters, digits and _, starting with a letter, at most \
+             {MAX_METRIC_NAME_LEN} characters)",
+            Self::BUILT_IN
+                .iter()
+                .map(Metric::name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 }
 
@@ -690,11 +801,17 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut gpos = Vec::new();
     if let Some(list) = root.get("target_group") {
         if let Val::Table(entries) = &list.node.val {
-            if entries.iter().any(|e| e.key == "health_check") {
+            if let Some(e) = entries
+                .iter()
+                .find(|e| e.key == "health_check" || e.key == "scaling")
+            {
                 return Err(list.err(
                     &cx,
-                    "[target_group.health_check] belongs to the [[target_group]] above it; \
-                     there is none",
+                    format!(
+                        "[target_group.{}] belongs to the [[target_group]] above it; \
+                         there is none",
+                        e.key
+                    ),
                 ));
             }
         }
@@ -1026,6 +1143,7 @@ fn parse_target_group(
             "deregistration_delay",
             "all_unhealthy",
             "health_check",
+            "scaling",
         ],
     )?;
 
@@ -1068,6 +1186,11 @@ fn parse_target_group(
         Some(at) => Some(parse_health_check(cx, &at)?),
     };
 
+    let scaling = match t.get("scaling") {
+        None => None,
+        Some(at) => Some(parse_scaling(cx, &at, backends.len())?),
+    };
+
     Ok((
         TargetGroupConfig {
             name,
@@ -1076,8 +1199,7 @@ fn parse_target_group(
             deregistration_delay,
             all_unhealthy,
             health_check,
-            // TODO(scaling): parse [target_group.scaling].
-            scaling: None,
+            scaling,
         },
         GroupPos {
             table: t.pos,
@@ -1211,6 +1333,435 @@ fn parse_health_check(cx: &Cx<'_>, at: &At<'_>) -> Result<HealthCheckConfig, Con
     }
 
     Ok(hc)
+}
+
+/// `[target_group.scaling]` or `scaling = { ... }`, with its `[[target_group.scaling.policy]]`
+/// and `[[target_group.scaling.schedule]]`; `listed` is the number of backends the group lists.
+fn parse_scaling(cx: &Cx<'_>, at: &At<'_>, listed: usize) -> Result<ScalingConfig, ConfigError> {
+    let t = at.table(
+        cx,
+        "a table ([target_group.scaling] after the [[target_group]], or scaling = { ... })",
+    )?;
+    t.allow(
+        cx,
+        &[
+            "min",
+            "max",
+            "desired",
+            "scale_out_command",
+            "scale_in_command",
+            "hook_timeout",
+            "cooldown",
+            "warmup",
+            "grace_period",
+            "metric_command",
+            "metric_interval",
+            "policy",
+            "schedule",
+        ],
+    )?;
+
+    let capacity = |at: &At<'_>| -> Result<u32, ConfigError> {
+        Ok(at.int_in(cx, 0, i64::from(MAX_SCALING_CAPACITY))? as u32)
+    };
+    let min_at = t.get("min");
+    let min = match &min_at {
+        None => DEFAULT_SCALING_MIN,
+        Some(at) => capacity(at)?,
+    };
+    let max_at = t.require(cx, "max")?;
+    let max = capacity(&max_at)?;
+    let desired_at = t.get("desired");
+    let desired = match &desired_at {
+        None => min,
+        Some(at) => capacity(at)?,
+    };
+    const RULE: &str = "a scaling group needs min <= desired <= max";
+    if min > max {
+        return Err(match &min_at {
+            Some(at) => at.err(cx, format!("min ({min}) is more than max ({max}); {RULE}")),
+            None => max_at.err(
+                cx,
+                format!(
+                    "max ({max}) is less than the default min ({DEFAULT_SCALING_MIN}); {RULE} \
+                     (set min = 0 too for a group that may have no backend)"
+                ),
+            ),
+        });
+    }
+    // desired defaults to min, so it is set when it is out of bounds.
+    if let Some(at) = &desired_at {
+        let which = if min_at.is_some() {
+            "min"
+        } else {
+            "the default min"
+        };
+        if desired < min {
+            return Err(at.err(
+                cx,
+                format!("desired ({desired}) is less than {which} ({min}); {RULE}"),
+            ));
+        }
+        if desired > max {
+            return Err(at.err(
+                cx,
+                format!("desired ({desired}) is more than max ({max}); {RULE}"),
+            ));
+        }
+    }
+
+    let command = |key: &str| t.get(key).map(|at| at.command(cx)).transpose();
+    let scale_out_command = command("scale_out_command")?;
+    let scale_in_command = command("scale_in_command")?;
+    let metric_command = command("metric_command")?;
+    if scale_out_command.is_none() && max as usize > listed {
+        let backends = match listed {
+            0 => "lists no backend".to_owned(),
+            1 => "lists 1 backend".to_owned(),
+            n => format!("lists {n} backends"),
+        };
+        return Err(cx.err(
+            t.pos,
+            t.child_path("scale_out_command"),
+            format!(
+                "missing: the group {backends} and may grow to max = {max}, which takes a \
+                 command that launches backends; give scale_out_command (run with /bin/sh -c, \
+                 it prints each new backend as ADDR[:PORT], one a line)"
+            ),
+        ));
+    }
+
+    let duration = |key: &str, default: Duration, lo: Duration, hi: Duration| match t.get(key) {
+        None => Ok(default),
+        Some(at) => at.duration_in(cx, lo, hi),
+    };
+    let hook_timeout = duration(
+        "hook_timeout",
+        DEFAULT_HOOK_TIMEOUT,
+        MIN_SCALING_PERIOD,
+        MAX_SCALING_PERIOD,
+    )?;
+    let cooldown = duration("cooldown", DEFAULT_COOLDOWN, Duration::ZERO, MAX_COOLDOWN)?;
+    let warmup = duration("warmup", DEFAULT_WARMUP, Duration::ZERO, MAX_WARMUP)?;
+    let grace_period = duration(
+        "grace_period",
+        DEFAULT_GRACE_PERIOD,
+        MIN_SCALING_PERIOD,
+        MAX_SCALING_PERIOD,
+    )?;
+    let metric_interval = duration(
+        "metric_interval",
+        DEFAULT_METRIC_INTERVAL,
+        MIN_SCALING_PERIOD,
+        MAX_SCALING_PERIOD,
+    )?;
+
+    let mut policies = Vec::new();
+    if let Some(list) = t.get("policy") {
+        for at in list.tables(cx, "target_group.scaling.policy")? {
+            policies.push(parse_policy(cx, &at)?);
+        }
+    }
+    let mut schedules = Vec::new();
+    if let Some(list) = t.get("schedule") {
+        for at in list.tables(cx, "target_group.scaling.schedule")? {
+            schedules.push(parse_schedule(cx, &at)?);
+        }
+    }
+
+    Ok(ScalingConfig {
+        min,
+        max,
+        desired,
+        scale_out_command,
+        scale_in_command,
+        hook_timeout,
+        cooldown,
+        warmup,
+        grace_period,
+        metric_command,
+        metric_interval,
+        policies,
+        schedules,
+    })
+}
+
+/// One `[[target_group.scaling.policy]]`.
+fn parse_policy(cx: &Cx<'_>, at: &At<'_>) -> Result<PolicyConfig, ConfigError> {
+    const TARGET_TRACKING: &[&str] = &["type", "metric", "target", "disable_scale_in"];
+    const STEP: &[&str] = &["type", "metric", "scale_out", "scale_in"];
+    let t = at.table(cx, "a table ([[target_group.scaling.policy]])")?;
+
+    let type_at = t.require(cx, "type")?;
+    let kind = type_at.str(cx)?;
+    let (own, other, other_kind) = match kind {
+        "target_tracking" => (TARGET_TRACKING, STEP, "step"),
+        "step" => (STEP, TARGET_TRACKING, "target_tracking"),
+        _ => {
+            return Err(type_at.err(
+                cx,
+                format!("unknown policy type {kind:?} (expected \"target_tracking\" or \"step\")"),
+            ))
+        }
+    };
+    for key in other.iter().filter(|k| !own.contains(k)) {
+        if let Some(at) = t.get(key) {
+            return Err(at.err(
+                cx,
+                format!(
+                    "`{key}` is only for {other_kind} policies; this policy's type is \"{kind}\""
+                ),
+            ));
+        }
+    }
+    t.allow(cx, own)?;
+
+    let metric_at = t.require(cx, "metric")?;
+    let metric: Metric = metric_at
+        .str(cx)?
+        .parse()
+        .map_err(|m: String| metric_at.err(cx, m))?;
+
+    if kind == "target_tracking" {
+        let target_at = t.require(cx, "target")?;
+        let target = target_at.number(cx)?;
+        if target <= 0.0 {
+            return Err(target_at.err(cx, format!("the target must be more than 0, not {target}")));
+        }
+        let disable_scale_in = match t.get("disable_scale_in") {
+            None => false,
+            Some(at) => at.bool(cx)?,
+        };
+        return Ok(PolicyConfig::TargetTracking {
+            metric,
+            target,
+            disable_scale_in,
+        });
+    }
+
+    let scale_out = match t.get("scale_out") {
+        None => None,
+        Some(at) => Some(parse_step_rule(cx, &at, true)?),
+    };
+    let scale_in = match t.get("scale_in") {
+        None => None,
+        Some(at) => Some(parse_step_rule(cx, &at, false)?),
+    };
+    match (&scale_out, &scale_in) {
+        (None, None) => {
+            return Err(t.err_here(
+                cx,
+                "a step policy needs scale_out = { above = ..., for = \"...\", add = ... }, \
+                 scale_in = { below = ..., for = \"...\", remove = ... }, or both",
+            ))
+        }
+        (Some((out, _)), Some((inn, below_at))) if inn.threshold >= out.threshold => {
+            return Err(below_at.err(
+                cx,
+                format!(
+                    "below ({}) must be less than scale_out's above ({}), or the policy would \
+                     scale in as soon as it scaled out",
+                    inn.threshold, out.threshold
+                ),
+            ))
+        }
+        _ => {}
+    }
+    Ok(PolicyConfig::Step {
+        metric,
+        scale_out: scale_out.map(|(rule, _)| rule),
+        scale_in: scale_in.map(|(rule, _)| rule),
+    })
+}
+
+/// `scale_out = { above = F, for = "DUR", add = N }` (`out`) or
+/// `scale_in = { below = F, for = "DUR", remove = N }`; also returns the threshold's place.
+fn parse_step_rule<'a>(
+    cx: &Cx<'_>,
+    at: &At<'a>,
+    out: bool,
+) -> Result<(StepRule, At<'a>), ConfigError> {
+    let (own, threshold_key, change_key, other_threshold, other_change, other) = if out {
+        ("scale_out", "above", "add", "below", "remove", "scale_in")
+    } else {
+        ("scale_in", "below", "remove", "above", "add", "scale_out")
+    };
+    let t = at.table(
+        cx,
+        &format!(
+            "a table such as {own} = {{ {threshold_key} = 0.5, for = \"5m\", {change_key} = 1 }}"
+        ),
+    )?;
+    for (key, instead) in [(other_threshold, threshold_key), (other_change, change_key)] {
+        if let Some(at) = t.get(key) {
+            return Err(at.err(
+                cx,
+                format!("`{key}` is for {other}; {own} takes `{instead}`"),
+            ));
+        }
+    }
+    t.allow(cx, &[threshold_key, "for", change_key])?;
+    let threshold_at = t.require(cx, threshold_key)?;
+    let threshold = threshold_at.number(cx)?;
+    let hold = t
+        .require(cx, "for")?
+        .duration_in(cx, Duration::ZERO, MAX_STEP_HOLD)?;
+    let change = match t.get(change_key) {
+        None => 1,
+        Some(at) => at.int_in(cx, 1, i64::from(MAX_SCALING_CAPACITY))? as u32,
+    };
+    Ok((
+        StepRule {
+            threshold,
+            hold,
+            change,
+        },
+        threshold_at,
+    ))
+}
+
+/// One `[[target_group.scaling.schedule]]`.
+fn parse_schedule(cx: &Cx<'_>, at: &At<'_>) -> Result<ScheduleConfig, ConfigError> {
+    let t = at.table(cx, "a table ([[target_group.scaling.schedule]])")?;
+    t.allow(cx, &["cron", "desired", "min", "max"])?;
+    let cron_at = t.require(cx, "cron")?;
+    let cron = cron_at.str(cx)?;
+    parse_cron(cron).map_err(|m| cron_at.err(cx, m))?;
+
+    let get = |key: &str| -> Result<Option<(u32, At<'_>)>, ConfigError> {
+        match t.get(key) {
+            None => Ok(None),
+            Some(at) => Ok(Some((
+                at.int_in(cx, 0, i64::from(MAX_SCALING_CAPACITY))? as u32,
+                at,
+            ))),
+        }
+    };
+    let desired = get("desired")?;
+    let min = get("min")?;
+    let max = get("max")?;
+    if desired.is_none() && min.is_none() && max.is_none() {
+        return Err(t.err_here(
+            cx,
+            "the schedule sets nothing: give desired, min or max (or several)",
+        ));
+    }
+    const RULE: &str = "a schedule that sets several needs min <= desired <= max";
+    if let (Some((min, at)), Some((max, _))) = (&min, &max) {
+        if min > max {
+            return Err(at.err(cx, format!("min ({min}) is more than max ({max}); {RULE}")));
+        }
+    }
+    if let Some((desired, at)) = &desired {
+        if let Some((min, _)) = &min {
+            if desired < min {
+                return Err(at.err(
+                    cx,
+                    format!("desired ({desired}) is less than min ({min}); {RULE}"),
+                ));
+            }
+        }
+        if let Some((max, _)) = &max {
+            if desired > max {
+                return Err(at.err(
+                    cx,
+                    format!("desired ({desired}) is more than max ({max}); {RULE}"),
+                ));
+            }
+        }
+    }
+    Ok(ScheduleConfig {
+        cron: cron.to_owned(),
+        desired: desired.map(|(v, _)| v),
+        min: min.map(|(v, _)| v),
+        max: max.map(|(v, _)| v),
+    })
+}
+
+/// The fields of a 6-field cron expression, and what each takes; a 5-field one has no seconds.
+const CRON_FIELDS: [(&str, &str); 6] = [
+    ("second", "0-59"),
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31, L or W"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT, L or #"),
+];
+
+/// The parser of a schedule's `cron`: 5 fields (`minute hour day-of-month month day-of-week`)
+/// or 6 with seconds first, no year field; names (`MON-FRI`, `JAN`), `@daily` and the like are
+/// accepted, case-insensitively. The scaling engine evaluates schedules with this same parser
+/// (in UTC); see [`parse_cron`].
+pub fn cron_parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+}
+
+/// Parses and checks a schedule's `cron` as the configuration does (with [`cron_parser`]); the
+/// error says which field is wrong, or that the expression never fires (`"0 0 30 2 *"`).
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    const FORMS: &str =
+        "5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first";
+    let parser = cron_parser();
+    let cron = parser.parse(expr).map_err(|e| {
+        let fields: Vec<&str> = expr.split_whitespace().collect();
+        let detail = match fields.len() {
+            0 => format!("it is empty; expected {FORMS}"),
+            1 if fields[0].starts_with('@') => format!(
+                "unknown nickname {:?} (expected @yearly, @annually, @monthly, @weekly, @daily \
+                 or @hourly, or {FORMS})",
+                fields[0]
+            ),
+            n @ (5 | 6) => {
+                // The first field that fails alone, the others being `*`.
+                let names = &CRON_FIELDS[6 - n..];
+                (0..n)
+                    .find_map(|i| {
+                        let mut probe = vec!["*"; n];
+                        probe[i] = fields[i];
+                        let e = parser.parse(&probe.join(" ")).err()?;
+                        let (name, takes) = names[i];
+                        Some(format!(
+                            "the {name} field {:?}: {} ({name}: {takes})",
+                            fields[i],
+                            cron_error_text(&e)
+                        ))
+                    })
+                    .unwrap_or_else(|| cron_error_text(&e))
+            }
+            n => format!("it has {n} fields; expected {FORMS}"),
+        };
+        format!("{expr:?} is not a valid cron expression: {detail}")
+    })?;
+    // A year-less expression repeats every 400 years and croner searches far beyond that.
+    let start = NaiveDate::from_ymd_opt(2000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date");
+    if cron.find_next_occurrence(&start, true).is_err() {
+        return Err(format!(
+            "{expr:?} never fires: no date matches its day-of-month, month and day-of-week \
+             fields"
+        ));
+    }
+    Ok(cron)
+}
+
+/// croner's error, without its prefix.
+fn cron_error_text(e: &CronError) -> String {
+    match e {
+        CronError::IllegalCharacters(_) => "it contains a character not allowed there".to_owned(),
+        CronError::ComponentError(m) | CronError::InvalidPattern(m) => {
+            let m = m.trim().trim_end_matches('.');
+            let mut chars = m.chars();
+            match chars.next() {
+                Some(c) => c.to_lowercase().chain(chars).collect(),
+                None => e.to_string(),
+            }
+        }
+        _ => e.to_string(),
+    }
 }
 
 fn parse_backend(cx: &Cx<'_>, at: &At<'_>) -> Result<BackendConfig, ConfigError> {
@@ -1623,28 +2174,47 @@ fn line_col(text: &str, pos: usize) -> (usize, usize) {
 /// Best guess of the dotted field at byte offset `pos`, from the table headers and keys before
 /// it (used only for syntax errors, where there is no parsed tree).
 fn field_at(text: &str, pos: usize) -> String {
+    // The arrays of tables seen so far, by their path (`target_group[0].scaling.policy`), and
+    // how many tables each has.
     let mut counts: HashMap<String, usize> = HashMap::new();
+    // The path of a header's dotted name: a part naming an array of tables means its last
+    // table, so `[target_group.health_check]` is `target_group[N].health_check`.
+    let resolve = |counts: &HashMap<String, usize>, parts: &[&str]| {
+        let mut path = String::new();
+        for part in parts {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(part);
+            if let Some(n) = counts.get(&path).filter(|&&n| n > 0) {
+                path = format!("{path}[{}]", n - 1);
+            }
+        }
+        path
+    };
     let mut section = String::new();
     let mut key: Option<String> = None;
     let mut start = 0;
     for line in text.split_inclusive('\n') {
         let t = line.trim();
         if let Some(h) = t.strip_prefix("[[") {
-            let name = h.split("]]").next().unwrap_or("").trim().to_owned();
-            let n = counts.entry(name.clone()).or_insert(0);
-            section = format!("{name}[{n}]");
+            let name = h.split("]]").next().unwrap_or("");
+            let parts: Vec<&str> = name.split('.').map(str::trim).collect();
+            let (last, parents) = parts.split_last().unwrap_or((&"", &[]));
+            let parent = resolve(&counts, parents);
+            let array = if parent.is_empty() {
+                (*last).to_owned()
+            } else {
+                format!("{parent}.{last}")
+            };
+            let n = counts.entry(array.clone()).or_insert(0);
+            section = format!("{array}[{n}]");
             *n += 1;
             key = None;
         } else if let Some(h) = t.strip_prefix('[').filter(|h| h.contains(']')) {
-            let name = h.split(']').next().unwrap_or("").trim();
-            // `[target_group.health_check]` belongs to the last `[[target_group]]`.
-            section = match name.split_once('.') {
-                Some((array, rest)) if counts.get(array.trim()).is_some_and(|&n| n > 0) => {
-                    let array = array.trim();
-                    format!("{array}[{}].{}", counts[array] - 1, rest.trim())
-                }
-                _ => name.to_owned(),
-            };
+            let name = h.split(']').next().unwrap_or("");
+            let parts: Vec<&str> = name.split('.').map(str::trim).collect();
+            section = resolve(&counts, &parts);
             key = None;
         } else if let Some((k, _)) = t.split_once('=') {
             let k = k.trim();
@@ -1749,6 +2319,35 @@ impl<'a> At<'a> {
 
     fn port(&self, cx: &Cx<'_>) -> Result<u16, ConfigError> {
         Ok(self.int_in(cx, 1, 65535)? as u16)
+    }
+
+    /// A finite number, written as an integer or a float.
+    fn number(&self, cx: &Cx<'_>) -> Result<f64, ConfigError> {
+        match self.node.val {
+            Val::Int(v) => Ok(v as f64),
+            Val::Float(v) if v.is_finite() => Ok(v),
+            Val::Float(v) => Err(self.err(cx, format!("{v} is not a finite number"))),
+            _ => Err(self.wrong_type(cx, "a number")),
+        }
+    }
+
+    fn bool(&self, cx: &Cx<'_>) -> Result<bool, ConfigError> {
+        match self.node.val {
+            Val::Bool(v) => Ok(v),
+            _ => Err(self.wrong_type(cx, "a boolean (true or false)")),
+        }
+    }
+
+    /// A shell command (run with `/bin/sh -c`): not blank, no NUL.
+    fn command(&self, cx: &Cx<'_>) -> Result<String, ConfigError> {
+        let s = self.str(cx)?;
+        if s.trim().is_empty() {
+            return Err(self.err(cx, "must not be empty"));
+        }
+        if s.contains('\0') {
+            return Err(self.err(cx, "contains a NUL character"));
+        }
+        Ok(s.to_owned())
     }
 
     /// A duration string (`"30s"`, `"1h 30m"`, `"250ms"`) within `lo..=hi`.
@@ -1868,6 +2467,11 @@ impl<'a> Table<'a> {
             pos,
             path: self.child_path(key),
         })
+    }
+
+    /// An error about the table as a whole.
+    fn err_here(&self, cx: &Cx<'_>, message: impl Into<String>) -> ConfigError {
+        cx.err(self.pos, self.path.clone(), message)
     }
 
     fn require(&self, cx: &Cx<'_>, key: &str) -> Result<At<'a>, ConfigError> {
@@ -3399,5 +4003,1024 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
         assert!(parse_addr_port("198.18.2.1:+80").is_err());
         assert!(parse_addr_port("host:80").is_err());
         assert!(parse_addr_port(" 198.18.2.1").is_err());
+    }
+
+    // ---- [target_group.scaling] ----
+
+    /// `MINIMAL` + `GROUP` (one backend) + `[target_group.scaling]` (line 6) + `body` (from
+    /// line 7).
+    fn with_scaling(body: &str) -> String {
+        format!("{MINIMAL}{GROUP}[target_group.scaling]\n{body}")
+    }
+
+    /// `with_scaling("max = 1\n")` + `[[target_group.scaling.policy]]` (line 8) + `body` (from
+    /// line 9).
+    fn with_policy(body: &str) -> String {
+        with_scaling(&format!("max = 1\n[[target_group.scaling.policy]]\n{body}"))
+    }
+
+    /// `with_scaling("max = 1\n")` + `[[target_group.scaling.schedule]]` (line 8) + `body`
+    /// (from line 9).
+    fn with_schedule(body: &str) -> String {
+        with_scaling(&format!(
+            "max = 1\n[[target_group.scaling.schedule]]\n{body}"
+        ))
+    }
+
+    /// The scaling part of issue 5, as written there.
+    const ISSUE_SCALING: &str = r#"[target_group.scaling]
+min = 2
+max = 10
+desired = 2
+scale_out_command = "/usr/local/bin/launch-backend"   # prints the new backend(s), one ADDR[:PORT] a line
+scale_in_command = "/usr/local/bin/terminate-backend"  # gets the backend in XLB_BACKEND after it is drained
+cooldown = "300s"        # after a scaling action, before the next one of the same direction
+warmup = "60s"           # a new backend's load is left out of the group's averages for this long
+grace_period = "120s"    # how long a launched backend may take to pass its health checks
+
+[[target_group.scaling.policy]]
+type = "target_tracking"
+metric = "new_flows_per_second_per_backend"
+target = 100
+
+[[target_group.scaling.policy]]
+type = "step"
+metric = "backend_cpu"
+scale_out = { above = 0.70, for = "5m", add = 1 }
+scale_in = { below = 0.30, for = "10m", remove = 1 }
+
+[[target_group.scaling.schedule]]
+cron = "0 8 * * MON-FRI"
+desired = 6
+"#;
+
+    fn issue_scaling() -> ScalingConfig {
+        ScalingConfig {
+            min: 2,
+            max: 10,
+            desired: 2,
+            scale_out_command: Some("/usr/local/bin/launch-backend".into()),
+            scale_in_command: Some("/usr/local/bin/terminate-backend".into()),
+            hook_timeout: Duration::from_secs(60),
+            cooldown: Duration::from_secs(300),
+            warmup: Duration::from_secs(60),
+            grace_period: Duration::from_secs(120),
+            metric_command: None,
+            metric_interval: Duration::from_secs(15),
+            policies: vec![
+                PolicyConfig::TargetTracking {
+                    metric: Metric::NewFlowsPerSecondPerBackend,
+                    target: 100.0,
+                    disable_scale_in: false,
+                },
+                PolicyConfig::Step {
+                    metric: Metric::BackendCpu,
+                    scale_out: Some(StepRule {
+                        threshold: 0.70,
+                        hold: Duration::from_secs(300),
+                        change: 1,
+                    }),
+                    scale_in: Some(StepRule {
+                        threshold: 0.30,
+                        hold: Duration::from_secs(600),
+                        change: 1,
+                    }),
+                },
+            ],
+            schedules: vec![ScheduleConfig {
+                cron: "0 8 * * MON-FRI".into(),
+                desired: Some(6),
+                min: None,
+                max: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn scaling_issue_example_parses() {
+        // With an http health check (for backend_cpu) and without any.
+        for check in ["[target_group.health_check]\npath = \"/health\"\n", ""] {
+            let text = format!(
+                "{MINIMAL}[[service]]\nname = \"web\"\nvip = \"198.18.100.1\"\nport = 80\n\
+                 protocol = \"tcp\"\ntarget_group = \"web-servers\"\n\n[[target_group]]\n\
+                 name = \"web-servers\"\nbackends = [\"198.18.2.11\", \"198.18.2.12\"]\n\
+                 {check}\n{ISSUE_SCALING}"
+            );
+            let c = parse(&text, "xlb.toml").unwrap();
+            let g = &c.target_groups[0];
+            assert_eq!(g.scaling, Some(issue_scaling()));
+            assert_eq!(g.health_check.is_some(), !check.is_empty());
+        }
+        // Alone in a group with no service and no backend.
+        let c = parse(&format!("{MINIMAL}{GROUP}{ISSUE_SCALING}"), "x").unwrap();
+        assert_eq!(c.target_groups[0].scaling, Some(issue_scaling()));
+
+        let json = serde_json::to_value(&c).unwrap();
+        let s = &json["target_groups"][0]["scaling"];
+        assert_eq!(s["min"], 2);
+        assert_eq!(s["cooldown"], "5m");
+        assert_eq!(s["grace_period"], "2m");
+        assert_eq!(s["metric_command"], serde_json::Value::Null);
+        assert_eq!(s["policies"][0]["type"], "target_tracking");
+        assert_eq!(
+            s["policies"][0]["metric"],
+            "new_flows_per_second_per_backend"
+        );
+        assert_eq!(s["policies"][0]["target"], 100.0);
+        assert_eq!(s["policies"][1]["type"], "step");
+        assert_eq!(s["policies"][1]["metric"], "backend_cpu");
+        assert_eq!(s["policies"][1]["scale_out"]["threshold"], 0.7);
+        assert_eq!(s["policies"][1]["scale_out"]["for"], "5m");
+        assert_eq!(s["policies"][1]["scale_in"]["for"], "10m");
+        assert_eq!(s["schedules"][0]["cron"], "0 8 * * MON-FRI");
+        assert_eq!(s["schedules"][0]["desired"], 6);
+        assert_eq!(s["schedules"][0]["max"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn scaling_defaults_and_all_keys() {
+        let c = parse(&with_scaling("max = 1\n"), "x").unwrap();
+        assert_eq!(
+            c.target_groups[0].scaling,
+            Some(ScalingConfig {
+                min: 1,
+                max: 1,
+                desired: 1,
+                scale_out_command: None,
+                scale_in_command: None,
+                hook_timeout: DEFAULT_HOOK_TIMEOUT,
+                cooldown: DEFAULT_COOLDOWN,
+                warmup: DEFAULT_WARMUP,
+                grace_period: DEFAULT_GRACE_PERIOD,
+                metric_command: None,
+                metric_interval: DEFAULT_METRIC_INTERVAL,
+                policies: vec![],
+                schedules: vec![],
+            })
+        );
+        assert_eq!(DEFAULT_HOOK_TIMEOUT, Duration::from_secs(60));
+        assert_eq!(DEFAULT_COOLDOWN, Duration::from_secs(300));
+        assert_eq!(DEFAULT_WARMUP, Duration::from_secs(60));
+        assert_eq!(DEFAULT_GRACE_PERIOD, Duration::from_secs(120));
+        assert_eq!(DEFAULT_METRIC_INTERVAL, Duration::from_secs(15));
+        // desired defaults to min; a group may scale to nothing.
+        let c = parse(
+            &with_scaling("min = 3\nmax = 5\nscale_out_command = \"launch\"\n"),
+            "x",
+        )
+        .unwrap();
+        let s = c.target_groups[0].scaling.as_ref().unwrap();
+        assert_eq!((s.min, s.desired, s.max), (3, 3, 5));
+        let c = parse(&with_scaling("min = 0\nmax = 0\n"), "x").unwrap();
+        let s = c.target_groups[0].scaling.as_ref().unwrap();
+        assert_eq!((s.min, s.desired, s.max), (0, 0, 0));
+
+        // Every key, at its bounds.
+        let text = with_scaling(
+            "min = 0\nmax = 1000\ndesired = 1000\nscale_out_command = \"a 'b' c\"\n\
+             scale_in_command = \"d\"\nhook_timeout = \"1h\"\ncooldown = \"0s\"\n\
+             warmup = \"0s\"\ngrace_period = \"1s\"\nmetric_command = \"m\"\n\
+             metric_interval = \"1h\"\n\
+             [[target_group.scaling.policy]]\ntype = \"target_tracking\"\n\
+             metric = \"queue_depth\"\ntarget = 0.5\ndisable_scale_in = true\n\
+             [[target_group.scaling.policy]]\ntype = \"step\"\nmetric = \"active_flows_per_backend\"\n\
+             scale_in = { below = -1, for = \"1d\" }\n\
+             [[target_group.scaling.policy]]\ntype = \"step\"\nmetric = \"bytes_per_second_per_backend\"\n\
+             scale_out = { above = 1e9, for = \"0s\", add = 1000 }\n\
+             [[target_group.scaling.schedule]]\ncron = \"30 0 18 * * FRI\"\nmin = 0\nmax = 0\n\
+             [[target_group.scaling.schedule]]\ncron = \"@daily\"\nmin = 2\ndesired = 2\nmax = 1000\n",
+        );
+        let c = parse(&text, "x").unwrap();
+        let s = c.target_groups[0].scaling.as_ref().unwrap();
+        assert_eq!((s.min, s.desired, s.max), (0, 1000, 1000));
+        assert_eq!(s.scale_out_command.as_deref(), Some("a 'b' c"));
+        assert_eq!(s.scale_in_command.as_deref(), Some("d"));
+        assert_eq!(s.metric_command.as_deref(), Some("m"));
+        assert_eq!(
+            (
+                s.hook_timeout,
+                s.cooldown,
+                s.warmup,
+                s.grace_period,
+                s.metric_interval
+            ),
+            (
+                Duration::from_secs(3600),
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_secs(3600)
+            )
+        );
+        assert_eq!(
+            s.policies,
+            vec![
+                PolicyConfig::TargetTracking {
+                    metric: Metric::Custom("queue_depth".into()),
+                    target: 0.5,
+                    disable_scale_in: true,
+                },
+                PolicyConfig::Step {
+                    metric: Metric::ActiveFlowsPerBackend,
+                    scale_out: None,
+                    scale_in: Some(StepRule {
+                        threshold: -1.0,
+                        hold: Duration::from_secs(86400),
+                        change: 1,
+                    }),
+                },
+                PolicyConfig::Step {
+                    metric: Metric::BytesPerSecondPerBackend,
+                    scale_out: Some(StepRule {
+                        threshold: 1e9,
+                        hold: Duration::ZERO,
+                        change: 1000,
+                    }),
+                    scale_in: None,
+                },
+            ]
+        );
+        assert_eq!(
+            s.schedules,
+            vec![
+                ScheduleConfig {
+                    cron: "30 0 18 * * FRI".into(),
+                    desired: None,
+                    min: Some(0),
+                    max: Some(0),
+                },
+                ScheduleConfig {
+                    cron: "@daily".into(),
+                    desired: Some(2),
+                    min: Some(2),
+                    max: Some(1000),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn scaling_inline_and_dotted_forms() {
+        // Inline, policies and schedules included.
+        let text = format!(
+            "{MINIMAL}{GROUP}scaling = {{ max = 1, policy = [{{ type = \"step\", \
+             metric = \"backend_cpu\", scale_out = {{ above = 0.7, for = \"5m\" }} }}], \
+             schedule = [{{ cron = \"0 8 * * *\", desired = 1 }}] }}\n"
+        );
+        let c = parse(&text, "x").unwrap();
+        let s = c.target_groups[0].scaling.as_ref().unwrap();
+        assert_eq!(s.policies.len(), 1);
+        assert_eq!(s.schedules[0].desired, Some(1));
+        // Dotted keys.
+        let c = parse(
+            &format!("{MINIMAL}{GROUP}scaling.max = 1\nscaling.cooldown = \"1m\"\n"),
+            "x",
+        )
+        .unwrap();
+        let s = c.target_groups[0].scaling.as_ref().unwrap();
+        assert_eq!((s.max, s.cooldown), (1, Duration::from_secs(60)));
+        // A step rule as a sub-table.
+        let c = parse(
+            &with_policy(
+                "type = \"step\"\nmetric = \"backend_cpu\"\n\
+                 [target_group.scaling.policy.scale_in]\nbelow = 0.2\nfor = \"1m\"\n",
+            ),
+            "x",
+        )
+        .unwrap();
+        let PolicyConfig::Step { scale_in, .. } =
+            &c.target_groups[0].scaling.as_ref().unwrap().policies[0]
+        else {
+            panic!()
+        };
+        assert_eq!(scale_in.as_ref().unwrap().threshold, 0.2);
+        // Each [[target_group]] has its own scaling, policies and schedules.
+        let text = format!(
+            "{MINIMAL}{GROUP}[target_group.scaling]\nmax = 1\n\
+             [[target_group]]\nname = \"h\"\nbackends = []\n\
+             [target_group.scaling]\nmax = 0\nmin = 0\n\
+             [[target_group.scaling.policy]]\ntype = \"target_tracking\"\n\
+             metric = \"backend_cpu\"\ntarget = 0.5\n"
+        );
+        let c = parse(&text, "x").unwrap();
+        assert!(c.target_groups[0]
+            .scaling
+            .as_ref()
+            .unwrap()
+            .policies
+            .is_empty());
+        assert_eq!(
+            c.target_groups[1].scaling.as_ref().unwrap().policies.len(),
+            1
+        );
+        // Errors in the second group's policy name it.
+        let (line, col, field, _) = fail(&format!("{text}[[target_group.scaling.policy]]\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (18, 1, "target_group[1].scaling.policy[1].type")
+        );
+        // Syntax errors are located the same way.
+        let (line, _, field, msg) = fail(&format!("{text}target = 1\n"));
+        assert_eq!(
+            (line, field.as_str()),
+            (18, "target_group[1].scaling.policy[0].target")
+        );
+        assert!(msg.contains("duplicate"), "{msg}");
+        // No group to belong to.
+        let (line, _, field, msg) = fail(&format!("{MINIMAL}[target_group.scaling]\nmax = 1\n"));
+        assert_eq!((line, field.as_str()), (3, "target_group"));
+        assert_eq!(
+            msg,
+            "[target_group.scaling] belongs to the [[target_group]] above it; there is none"
+        );
+        let (_, _, field, msg) = fail(&format!(
+            "{MINIMAL}[[target_group.scaling.policy]]\ntype = \"step\"\n"
+        ));
+        assert_eq!(field, "target_group");
+        assert!(msg.contains("there is none"), "{msg}");
+    }
+
+    #[test]
+    fn error_scaling_shape() {
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}{GROUP}scaling = 3\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (6, 11, "target_group[0].scaling")
+        );
+        assert!(
+            msg.starts_with("expected a table ([target_group.scaling]")
+                && msg.ends_with("found an integer"),
+            "{msg}"
+        );
+        let (_, _, field, msg) = fail(&format!(
+            "{MINIMAL}{GROUP}[[target_group.scaling]]\nmax = 1\n"
+        ));
+        assert_eq!(field, "target_group[0].scaling");
+        assert!(msg.contains("found an array"), "{msg}");
+        let (line, _, field, msg) = fail(&with_scaling(
+            "max = 1\n[target_group.scaling.policy]\ntype = \"step\"\n",
+        ));
+        assert_eq!(
+            (line, field.as_str()),
+            (8, "target_group[0].scaling.policy")
+        );
+        assert_eq!(
+            msg,
+            "expected an array of tables ([[target_group.scaling.policy]]), found a table"
+        );
+        let (_, _, field, msg) = fail(&with_scaling("max = 1\nschedule = [1]\n"));
+        assert_eq!(field, "target_group[0].scaling.schedule[0]");
+        assert!(msg.contains("found an integer"), "{msg}");
+    }
+
+    #[test]
+    fn error_scaling_capacity() {
+        let (line, col, field, msg) = fail(&with_scaling("min = 5\nmax = 3\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 7, "target_group[0].scaling.min")
+        );
+        assert_eq!(
+            msg,
+            "min (5) is more than max (3); a scaling group needs min <= desired <= max"
+        );
+        let (line, col, field, msg) = fail(&with_scaling("max = 0\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 7, "target_group[0].scaling.max")
+        );
+        assert!(
+            msg.starts_with("max (0) is less than the default min (1)") && msg.contains("min = 0"),
+            "{msg}"
+        );
+        let (line, col, field, msg) = fail(&with_scaling("min = 2\nmax = 1\ndesired = 1\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (7, 7, "target_group[0].scaling.min")
+        );
+        assert!(msg.starts_with("min (2) is more than max (1)"), "{msg}");
+        let (line, col, field, msg) = fail(&with_scaling("min = 1\nmax = 1\ndesired = 0\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (9, 11, "target_group[0].scaling.desired")
+        );
+        assert_eq!(
+            msg,
+            "desired (0) is less than min (1); a scaling group needs min <= desired <= max"
+        );
+        let (_, _, field, msg) = fail(&with_scaling("max = 1\ndesired = 0\n"));
+        assert_eq!(field, "target_group[0].scaling.desired");
+        assert!(
+            msg.starts_with("desired (0) is less than the default min (1)"),
+            "{msg}"
+        );
+        let (line, col, field, msg) = fail(&with_scaling("max = 1\ndesired = 2\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (8, 11, "target_group[0].scaling.desired")
+        );
+        assert_eq!(
+            msg,
+            "desired (2) is more than max (1); a scaling group needs min <= desired <= max"
+        );
+        for (body, key, v) in [
+            ("max = 1001\n", "max", "1001"),
+            ("max = 1\nmin = -1\n", "min", "-1"),
+            ("max = 1\ndesired = 1001\n", "desired", "1001"),
+        ] {
+            let (_, _, field, msg) = fail(&with_scaling(body));
+            assert_eq!(field, format!("target_group[0].scaling.{key}"));
+            assert_eq!(msg, format!("{v} is out of range (0-1000)"));
+        }
+        let (_, _, _, msg) = fail(&with_scaling("max = 1.0\n"));
+        assert_eq!(msg, "expected an integer, found a float");
+        // max is required.
+        let (line, col, field, msg) = fail(&with_scaling("min = 1\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (6, 1, "target_group[0].scaling.max")
+        );
+        assert_eq!(msg, "missing required key `max`");
+    }
+
+    #[test]
+    fn error_scale_out_command() {
+        // One backend listed and room for more: the group could never grow.
+        let (line, col, field, msg) = fail(&with_scaling("max = 2\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (6, 1, "target_group[0].scaling.scale_out_command")
+        );
+        assert!(
+            msg.starts_with(
+                "missing: the group lists 1 backend and may grow to max = 2, which takes a \
+                 command that launches backends; give scale_out_command"
+            ),
+            "{msg}"
+        );
+        let (_, _, _, msg) = fail(&format!(
+            "{MINIMAL}[[target_group]]\nname = \"g\"\nbackends = []\nscaling = {{ max = 1, min = 0 }}\n"
+        ));
+        assert!(
+            msg.contains("the group lists no backend and may grow to max = 1"),
+            "{msg}"
+        );
+        // As many listed as max: fine without it, and scale_in_command stays optional.
+        let text = format!(
+            "{MINIMAL}[[target_group]]\nname = \"g\"\nbackends = [\"10.0.0.1\", \"10.0.0.2\"]\n\
+             [target_group.scaling]\nmax = 2\n"
+        );
+        let c = parse(&text, "x").unwrap();
+        assert_eq!(
+            c.target_groups[0]
+                .scaling
+                .as_ref()
+                .unwrap()
+                .scale_out_command,
+            None
+        );
+        // Commands are non-empty strings.
+        for key in ["scale_out_command", "scale_in_command", "metric_command"] {
+            let (line, col, field, msg) = fail(&with_scaling(&format!("max = 1\n{key} = \" \"\n")));
+            assert_eq!(
+                (line, col, field),
+                (8, key.len() + 4, format!("target_group[0].scaling.{key}"))
+            );
+            assert_eq!(msg, "must not be empty");
+            let (_, _, _, msg) = fail(&with_scaling(&format!("max = 1\n{key} = [\"a\"]\n")));
+            assert_eq!(msg, "expected a string, found an array");
+            let (_, _, _, msg) = fail(&with_scaling(&format!("max = 1\n{key} = \"a\\u0000\"\n")));
+            assert_eq!(msg, "contains a NUL character");
+        }
+    }
+
+    #[test]
+    fn error_scaling_durations() {
+        for (key, bad, range) in [
+            ("cooldown", "1d 1s", "0s-1day"),
+            ("warmup", "1h 1s", "0s-1h"),
+            ("grace_period", "0s", "1s-1h"),
+            ("grace_period", "61m", "1s-1h"),
+            ("hook_timeout", "999ms", "1s-1h"),
+            ("hook_timeout", "2h", "1s-1h"),
+            ("metric_interval", "0s", "1s-1h"),
+            ("metric_interval", "1h 1ms", "1s-1h"),
+        ] {
+            let (line, col, field, msg) =
+                fail(&with_scaling(&format!("max = 1\n{key} = \"{bad}\"\n")));
+            assert_eq!(
+                (line, col, field),
+                (8, key.len() + 4, format!("target_group[0].scaling.{key}"))
+            );
+            assert_eq!(msg, format!("\"{bad}\" is out of range ({range})"));
+        }
+        let (_, _, field, msg) = fail(&with_scaling("max = 1\ncooldown = 300\n"));
+        assert_eq!(field, "target_group[0].scaling.cooldown");
+        assert_eq!(
+            msg,
+            "expected a duration string such as \"300s\", found an integer"
+        );
+        let (_, _, _, msg) = fail(&with_scaling("max = 1\nwarmup = \"1 mn\"\n"));
+        assert!(
+            msg.starts_with(
+                "\"1 mn\" is not a duration (e.g. \"30s\", \"5m\", \"250ms\"): unknown time unit \"mn\""
+            ),
+            "{msg}"
+        );
+        // The step rule's `for`.
+        let (line, col, field, msg) = fail(&with_policy(
+            "type = \"step\"\nmetric = \"backend_cpu\"\nscale_out = { above = 1, for = \"1d 1s\" }\n",
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (11, 32, "target_group[0].scaling.policy[0].scale_out.for")
+        );
+        assert_eq!(msg, "\"1d 1s\" is out of range (0s-1day)");
+    }
+
+    #[test]
+    fn error_scaling_unknown_keys() {
+        let (line, col, field, msg) = fail(&with_scaling("max = 1\ncooldow = \"1s\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (8, 1, "target_group[0].scaling.cooldow")
+        );
+        assert_eq!(
+            msg,
+            "unknown key `cooldow`; allowed in target_group[0].scaling: min, max, desired, \
+             scale_out_command, scale_in_command, hook_timeout, cooldown, warmup, grace_period, \
+             metric_command, metric_interval, policy, schedule"
+        );
+        // In a policy: the keys of its type.
+        let (line, col, field, msg) = fail(&with_policy(
+            "type = \"target_tracking\"\nmetric = \"backend_cpu\"\ntarget = 1\ntarge = 2\n",
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (12, 1, "target_group[0].scaling.policy[0].targe")
+        );
+        assert!(
+            msg.ends_with(": type, metric, target, disable_scale_in"),
+            "{msg}"
+        );
+        // The other type's keys.
+        let (line, col, field, msg) = fail(&with_policy(
+            "type = \"step\"\nmetric = \"backend_cpu\"\ntarget = 1\n",
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (11, 10, "target_group[0].scaling.policy[0].target")
+        );
+        assert_eq!(
+            msg,
+            "`target` is only for target_tracking policies; this policy's type is \"step\""
+        );
+        let (_, _, field, msg) = fail(&with_policy(
+            "type = \"target_tracking\"\nmetric = \"backend_cpu\"\ntarget = 1\n\
+             scale_in = { below = 1, for = \"1m\" }\n",
+        ));
+        assert_eq!(field, "target_group[0].scaling.policy[0].scale_in");
+        assert_eq!(
+            msg,
+            "`scale_in` is only for step policies; this policy's type is \"target_tracking\""
+        );
+        let (_, _, field, msg) = fail(&with_policy(
+            "type = \"step\"\nmetric = \"backend_cpu\"\ndisable_scale_in = true\n",
+        ));
+        assert_eq!(field, "target_group[0].scaling.policy[0].disable_scale_in");
+        assert!(
+            msg.starts_with("`disable_scale_in` is only for target_tracking"),
+            "{msg}"
+        );
+        // In a step rule.
+        let (line, col, field, msg) = fail(&with_policy(
+            "type = \"step\"\nmetric = \"backend_cpu\"\n\
+             scale_out = { above = 1, for = \"1m\", ad = 1 }\n",
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (11, 38, "target_group[0].scaling.policy[0].scale_out.ad")
+        );
+        assert_eq!(
+            msg,
+            "unknown key `ad`; allowed in target_group[0].scaling.policy[0].scale_out: above, \
+             for, add"
+        );
+        // The other direction's keys.
+        let (line, col, field, msg) = fail(&with_policy(
+            "type = \"step\"\nmetric = \"backend_cpu\"\nscale_out = { below = 1, for = \"1m\" }\n",
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (11, 23, "target_group[0].scaling.policy[0].scale_out.below")
+        );
+        assert_eq!(msg, "`below` is for scale_in; scale_out takes `above`");
+        let (_, _, field, msg) = fail(&with_policy(
+            "type = \"step\"\nmetric = \"backend_cpu\"\n\
+             scale_in = { below = 1, for = \"1m\", add = 1 }\n",
+        ));
+        assert_eq!(field, "target_group[0].scaling.policy[0].scale_in.add");
+        assert_eq!(msg, "`add` is for scale_out; scale_in takes `remove`");
+        // In a schedule.
+        let (line, col, field, msg) = fail(&with_schedule("cron = \"@daily\"\ndesire = 1\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (10, 1, "target_group[0].scaling.schedule[0].desire")
+        );
+        assert!(msg.ends_with(": cron, desired, min, max"), "{msg}");
+    }
+
+    #[test]
+    fn error_policy_type() {
+        let (line, col, field, msg) = fail(&with_policy(
+            "type = \"simple\"\nmetric = \"backend_cpu\"\n",
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (9, 8, "target_group[0].scaling.policy[0].type")
+        );
+        assert_eq!(
+            msg,
+            "unknown policy type \"simple\" (expected \"target_tracking\" or \"step\")"
+        );
+        let (line, col, field, msg) = fail(&with_policy("metric = \"backend_cpu\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (8, 1, "target_group[0].scaling.policy[0].type")
+        );
+        assert_eq!(msg, "missing required key `type`");
+        let (_, _, _, msg) = fail(&with_policy("type = 1\n"));
+        assert_eq!(msg, "expected a string, found an integer");
+        // metric is required too.
+        let (_, _, field, msg) = fail(&with_policy("type = \"target_tracking\"\ntarget = 1\n"));
+        assert_eq!(field, "target_group[0].scaling.policy[0].metric");
+        assert_eq!(msg, "missing required key `metric`");
+    }
+
+    #[test]
+    fn error_policy_metric() {
+        for bad in ["Backend_CPU", "backend-cpu", "1cpu", "", "_x", "cpu load"] {
+            let (line, col, field, msg) = fail(&with_policy(&format!(
+                "type = \"target_tracking\"\nmetric = \"{bad}\"\ntarget = 1\n"
+            )));
+            assert_eq!(
+                (line, col, field.as_str()),
+                (10, 10, "target_group[0].scaling.policy[0].metric")
+            );
+            assert_eq!(
+                msg,
+                format!(
+                    "unknown metric \"{bad}\": expected one of new_flows_per_second_per_backend, \
+                     packets_per_second_per_backend, bytes_per_second_per_backend, \
+                     active_flows_per_backend, backend_cpu, or the name of a number the backends \
+                     report (lowercase letters, digits and _, starting with a letter, at most 64 \
+                     characters)"
+                )
+            );
+        }
+        let long = format!("m{}", "x".repeat(64));
+        let (_, _, _, msg) = fail(&with_policy(&format!(
+            "type = \"target_tracking\"\nmetric = \"{long}\"\ntarget = 1\n"
+        )));
+        assert!(msg.starts_with("unknown metric"), "{msg}");
+        // Every built-in name, and custom names up to 64 characters.
+        for m in Metric::BUILT_IN
+            .iter()
+            .map(Metric::name)
+            .chain([&long[1..], "x", "cpu2_a"])
+        {
+            let c = parse(
+                &with_policy(&format!(
+                    "type = \"target_tracking\"\nmetric = \"{m}\"\ntarget = 1\n"
+                )),
+                "x",
+            )
+            .unwrap();
+            let PolicyConfig::TargetTracking { metric, .. } =
+                &c.target_groups[0].scaling.as_ref().unwrap().policies[0]
+            else {
+                panic!()
+            };
+            assert_eq!(metric.name(), m);
+            assert_eq!(metric.to_owned(), m.parse::<Metric>().unwrap());
+        }
+        assert_eq!("backend_cpu".parse::<Metric>(), Ok(Metric::BackendCpu));
+        assert_eq!(
+            "queue".parse::<Metric>(),
+            Ok(Metric::Custom("queue".into()))
+        );
+    }
+
+    #[test]
+    fn error_policy_target() {
+        for bad in ["0", "-1", "0.0", "-0.5"] {
+            let (line, col, field, msg) = fail(&with_policy(&format!(
+                "type = \"target_tracking\"\nmetric = \"backend_cpu\"\ntarget = {bad}\n"
+            )));
+            assert_eq!(
+                (line, col, field.as_str()),
+                (11, 10, "target_group[0].scaling.policy[0].target")
+            );
+            let shown = bad.trim_end_matches(".0");
+            assert_eq!(msg, format!("the target must be more than 0, not {shown}"));
+        }
+        let (_, _, _, msg) = fail(&with_policy(
+            "type = \"target_tracking\"\nmetric = \"backend_cpu\"\ntarget = \"100\"\n",
+        ));
+        assert_eq!(msg, "expected a number, found a string");
+        let (_, _, _, msg) = fail(&with_policy(
+            "type = \"target_tracking\"\nmetric = \"backend_cpu\"\ntarget = inf\n",
+        ));
+        assert_eq!(msg, "inf is not a finite number");
+        let (_, _, _, msg) = fail(&with_policy(
+            "type = \"target_tracking\"\nmetric = \"backend_cpu\"\ntarget = nan\n",
+        ));
+        assert_eq!(msg, "NaN is not a finite number");
+        let (_, _, field, msg) = fail(&with_policy(
+            "type = \"target_tracking\"\nmetric = \"backend_cpu\"\n",
+        ));
+        assert_eq!(field, "target_group[0].scaling.policy[0].target");
+        assert_eq!(msg, "missing required key `target`");
+        let (_, _, field, msg) = fail(&with_policy(
+            "type = \"target_tracking\"\nmetric = \"backend_cpu\"\ntarget = 1\n\
+             disable_scale_in = \"yes\"\n",
+        ));
+        assert_eq!(field, "target_group[0].scaling.policy[0].disable_scale_in");
+        assert_eq!(msg, "expected a boolean (true or false), found a string");
+    }
+
+    #[test]
+    fn error_step_rules() {
+        // Neither rule.
+        let (line, col, field, msg) =
+            fail(&with_policy("type = \"step\"\nmetric = \"backend_cpu\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (8, 1, "target_group[0].scaling.policy[0]")
+        );
+        assert!(
+            msg.starts_with(
+                "a step policy needs scale_out = { above = ..., for = \"...\", add = ... }"
+            ),
+            "{msg}"
+        );
+        // below >= above.
+        for (above, below) in [("0.5", "0.5"), ("0.3", "0.7"), ("1", "1.0")] {
+            let (line, col, field, msg) = fail(&with_policy(&format!(
+                "type = \"step\"\nmetric = \"backend_cpu\"\n\
+                 scale_out = {{ above = {above}, for = \"5m\" }}\n\
+                 scale_in = {{ below = {below}, for = \"5m\" }}\n"
+            )));
+            assert_eq!(
+                (line, col, field.as_str()),
+                (12, 22, "target_group[0].scaling.policy[0].scale_in.below")
+            );
+            assert!(
+                msg.starts_with(&format!(
+                    "below ({}) must be less than scale_out's above ({})",
+                    below.trim_end_matches(".0"),
+                    above
+                )),
+                "{msg}"
+            );
+        }
+        // add / remove: 1..1000.
+        for (rule, key) in [("scale_out", "add"), ("scale_in", "remove")] {
+            let threshold = if rule == "scale_out" {
+                "above"
+            } else {
+                "below"
+            };
+            for bad in ["0", "1001"] {
+                let (_, _, field, msg) = fail(&with_policy(&format!(
+                    "type = \"step\"\nmetric = \"backend_cpu\"\n\
+                     {rule} = {{ {threshold} = 1, for = \"5m\", {key} = {bad} }}\n"
+                )));
+                assert_eq!(
+                    field,
+                    format!("target_group[0].scaling.policy[0].{rule}.{key}")
+                );
+                assert_eq!(msg, format!("{bad} is out of range (1-1000)"));
+            }
+            // The threshold and `for` are required.
+            let (line, col, field, msg) = fail(&with_policy(&format!(
+                "type = \"step\"\nmetric = \"backend_cpu\"\n{rule} = {{ for = \"5m\" }}\n"
+            )));
+            assert_eq!(
+                (line, field),
+                (
+                    11,
+                    format!("target_group[0].scaling.policy[0].{rule}.{threshold}")
+                )
+            );
+            assert_eq!(col, rule.len() + 4);
+            assert_eq!(msg, format!("missing required key `{threshold}`"));
+            let (_, _, field, msg) = fail(&with_policy(&format!(
+                "type = \"step\"\nmetric = \"backend_cpu\"\n{rule} = {{ {threshold} = 1 }}\n"
+            )));
+            assert_eq!(
+                field,
+                format!("target_group[0].scaling.policy[0].{rule}.for")
+            );
+            assert_eq!(msg, "missing required key `for`");
+        }
+        let (_, _, field, msg) = fail(&with_policy(
+            "type = \"step\"\nmetric = \"backend_cpu\"\nscale_out = 0.7\n",
+        ));
+        assert_eq!(field, "target_group[0].scaling.policy[0].scale_out");
+        assert_eq!(
+            msg,
+            "expected a table such as scale_out = { above = 0.5, for = \"5m\", add = 1 }, \
+             found a float"
+        );
+        let (_, _, _, msg) = fail(&with_policy(
+            "type = \"step\"\nmetric = \"backend_cpu\"\nscale_out = { above = \"70%\", for = \"5m\" }\n",
+        ));
+        assert_eq!(msg, "expected a number, found a string");
+    }
+
+    #[test]
+    fn error_schedule_cron() {
+        // A bad field: at the value, naming the field.
+        let (line, col, field, msg) = fail(&with_schedule("cron = \"0 8 * * 8\"\ndesired = 1\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (9, 8, "target_group[0].scaling.schedule[0].cron")
+        );
+        assert_eq!(
+            msg,
+            "\"0 8 * * 8\" is not a valid cron expression: the day-of-week field \"8\": number \
+             out of bounds (day-of-week: 0-7 or SUN-SAT, L or #)"
+        );
+        let e = parse(
+            &with_schedule("desired = 1\ncron = \"61 8 * * MON-FRI\"\n"),
+            "xlb.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "xlb.toml:10:8: target_group[0].scaling.schedule[0].cron: \"61 8 * * MON-FRI\" is \
+             not a valid cron expression: the minute field \"61\": number out of bounds \
+             (minute: 0-59)"
+        );
+        // With seconds first.
+        let (_, _, _, msg) = fail(&with_schedule("cron = \"0 0 25 * * *\"\ndesired = 1\n"));
+        assert!(msg.contains("the hour field \"25\""), "{msg}");
+        let (_, _, _, msg) = fail(&with_schedule("cron = \"60 0 8 * * *\"\ndesired = 1\n"));
+        assert!(msg.contains("the second field \"60\""), "{msg}");
+        let (_, _, _, msg) = fail(&with_schedule("cron = \"0 8 * * MONDAY\"\ndesired = 1\n"));
+        assert!(
+            msg.ends_with("the day-of-week field \"MONDAY\": it contains a character not allowed there (day-of-week: 0-7 or SUN-SAT, L or #)"),
+            "{msg}"
+        );
+        let (_, _, _, msg) = fail(&with_schedule("cron = \"*/0 * * * *\"\ndesired = 1\n"));
+        assert!(
+            msg.ends_with("the minute field \"*/0\": step cannot be zero (minute: 0-59)"),
+            "{msg}"
+        );
+        // The wrong number of fields.
+        for (cron, n) in [("0 8 * *", 4), ("0 0 8 * * * 2030", 7)] {
+            let (_, _, _, msg) = fail(&with_schedule(&format!("cron = \"{cron}\"\ndesired = 1\n")));
+            assert_eq!(
+                msg,
+                format!(
+                    "\"{cron}\" is not a valid cron expression: it has {n} fields; expected 5 \
+                     fields (minute hour day-of-month month day-of-week) or 6 with seconds first"
+                )
+            );
+        }
+        let (_, _, _, msg) = fail(&with_schedule("cron = \" \"\ndesired = 1\n"));
+        assert!(msg.contains("it is empty"), "{msg}");
+        let (_, _, _, msg) = fail(&with_schedule("cron = \"@reboot\"\ndesired = 1\n"));
+        assert!(msg.contains("unknown nickname \"@reboot\""), "{msg}");
+        // Never fires.
+        let (line, col, _, msg) = fail(&with_schedule("cron = \"0 0 30 2 *\"\ndesired = 1\n"));
+        assert_eq!((line, col), (9, 8));
+        assert_eq!(
+            msg,
+            "\"0 0 30 2 *\" never fires: no date matches its day-of-month, month and day-of-week \
+             fields"
+        );
+        // Missing, or not a string.
+        let (line, col, field, msg) = fail(&with_schedule("desired = 1\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (8, 1, "target_group[0].scaling.schedule[0].cron")
+        );
+        assert_eq!(msg, "missing required key `cron`");
+        let (_, _, _, msg) = fail(&with_schedule("cron = 1\ndesired = 1\n"));
+        assert_eq!(msg, "expected a string, found an integer");
+        // Forms that are fine.
+        for cron in [
+            "0 8 * * MON-FRI",
+            "0 8 * * mon-fri",
+            "30 0 8 * * 1-5",
+            "*/15 * * * *",
+            "0 0 29 2 *",
+            "0 0 L * *",
+            "0 9 ? * 1#1",
+            "@hourly",
+            "0 0 1 JAN,JUL *",
+        ] {
+            let c = parse(
+                &with_schedule(&format!("cron = \"{cron}\"\ndesired = 1\n")),
+                "x",
+            );
+            assert!(c.is_ok(), "{cron}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn cron_evaluation() {
+        use chrono::{DateTime, Utc};
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        // Saturday 2026-11-28 12:00 UTC: the next weekday 08:00 is Monday's.
+        let next = parse_cron("0 8 * * MON-FRI")
+            .unwrap()
+            .find_next_occurrence(&at("2026-11-28T12:00:00Z"), false)
+            .unwrap();
+        assert_eq!(next, at("2026-11-30T08:00:00Z"));
+        // 6 fields: seconds first.
+        let next = parse_cron("30 0 8 * * *")
+            .unwrap()
+            .find_next_occurrence(&at("2026-11-28T12:00:00Z"), false)
+            .unwrap();
+        assert_eq!(next, at("2026-11-29T08:00:30Z"));
+        assert!(parse_cron("0 8 * * * 2030").is_err());
+        assert!(cron_parser().parse("0 8 * * *").is_ok());
+    }
+
+    #[test]
+    fn error_schedule_values() {
+        let (line, col, field, msg) = fail(&with_schedule("cron = \"@daily\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (8, 1, "target_group[0].scaling.schedule[0]")
+        );
+        assert_eq!(
+            msg,
+            "the schedule sets nothing: give desired, min or max (or several)"
+        );
+        let (line, col, field, msg) = fail(&with_schedule("cron = \"@daily\"\nmin = 3\nmax = 2\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (10, 7, "target_group[0].scaling.schedule[0].min")
+        );
+        assert_eq!(
+            msg,
+            "min (3) is more than max (2); a schedule that sets several needs min <= desired <= max"
+        );
+        let (line, col, field, msg) =
+            fail(&with_schedule("cron = \"@daily\"\nmin = 3\ndesired = 2\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (11, 11, "target_group[0].scaling.schedule[0].desired")
+        );
+        assert!(msg.starts_with("desired (2) is less than min (3)"), "{msg}");
+        let (_, _, field, msg) = fail(&with_schedule("cron = \"@daily\"\nmax = 3\ndesired = 4\n"));
+        assert_eq!(field, "target_group[0].scaling.schedule[0].desired");
+        assert!(msg.starts_with("desired (4) is more than max (3)"), "{msg}");
+        for key in ["desired", "min", "max"] {
+            let (_, _, field, msg) = fail(&with_schedule(&format!(
+                "cron = \"@daily\"\n{key} = 1001\n"
+            )));
+            assert_eq!(field, format!("target_group[0].scaling.schedule[0].{key}"));
+            assert_eq!(msg, "1001 is out of range (0-1000)");
+        }
+        // Alone, each may be anything in range, whatever the group's own bounds.
+        for key in ["desired", "min", "max"] {
+            parse(
+                &with_schedule(&format!("cron = \"@daily\"\n{key} = 1000\n")),
+                "x",
+            )
+            .unwrap();
+            parse(
+                &with_schedule(&format!("cron = \"@daily\"\n{key} = 0\n")),
+                "x",
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn module_doc_example_parses() {
+        // The example at the top of this file, with every section, is a valid configuration.
+        let source = include_str!("config.rs");
+        let doc: Vec<&str> = source
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.strip_prefix("//! ").unwrap_or(""))
+            .collect();
+        let start = doc.iter().position(|l| *l == "```toml").unwrap() + 1;
+        let end = start + doc[start..].iter().position(|l| *l == "```").unwrap();
+        let text = doc[start..end].join("\n");
+        let c = parse(&text, "doc").unwrap();
+        let g = &c.target_groups[0];
+        assert!(g.health_check.is_some());
+        let s = g.scaling.as_ref().unwrap();
+        assert_eq!((s.min, s.max, s.desired), (2, 10, 2));
+        assert_eq!(s.policies.len(), 2);
+        assert_eq!(s.schedules.len(), 1);
     }
 }
