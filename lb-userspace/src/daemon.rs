@@ -25,10 +25,11 @@ use crate::{
     health::{self, CheckOutcome, CheckerHandle},
     model::{
         ApiError, BackendSource, BackendStatus, ChangeResult, Envelope, GroupStatus,
-        InterfaceStatus, Reply, Request, ServiceStatus, Status, TrafficCounters,
+        InterfaceStatus, Reply, Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
     },
     reconcile::Reconciler,
-    state::{CheckToken, Desired, Persisted, State},
+    scaling,
+    state::{CheckToken, Desired, HookJob, Persisted, State},
 };
 
 const BPFFS: &str = "/sys/fs/bpf";
@@ -177,6 +178,129 @@ fn spawn_sweeper(
     }))
 }
 
+/// A finished hook, back on the owner loop.
+enum HookResult {
+    Launch {
+        group: String,
+        result: Result<crate::scaling::HookOutput, String>,
+    },
+    Terminate {
+        group: String,
+        backend: String,
+        result: Result<(), String>,
+    },
+    Metrics {
+        group: String,
+        lines: Vec<String>,
+    },
+}
+
+/// Start a hook on its own task; its result comes back on `tx`.
+fn spawn_hook(job: HookJob, tx: mpsc::Sender<HookResult>) {
+    tokio::spawn(async move {
+        let result = match job {
+            HookJob::Launch {
+                group,
+                command,
+                count,
+                reason,
+                timeout,
+            } => {
+                let env = [
+                    ("XLB_TARGET_GROUP", group.clone()),
+                    ("XLB_REASON", reason),
+                    ("XLB_COUNT", count.to_string()),
+                ];
+                let r = scaling::run_hook(&command, &env, timeout)
+                    .await
+                    .map_err(|e| e.to_string());
+                HookResult::Launch { group, result: r }
+            }
+            HookJob::Terminate {
+                group,
+                command,
+                backend,
+                reason,
+                timeout,
+            } => {
+                let env = [
+                    ("XLB_TARGET_GROUP", group.clone()),
+                    ("XLB_REASON", reason),
+                    ("XLB_BACKEND", backend.clone()),
+                ];
+                let r = scaling::run_hook(&command, &env, timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                HookResult::Terminate {
+                    group,
+                    backend,
+                    result: r,
+                }
+            }
+            HookJob::Metrics {
+                group,
+                command,
+                backends,
+                timeout,
+            } => {
+                let env = [
+                    ("XLB_TARGET_GROUP", group.clone()),
+                    ("XLB_BACKENDS", backends.join(" ")),
+                ];
+                let lines = match scaling::run_hook(&command, &env, timeout).await {
+                    Ok(out) => out.lines,
+                    Err(e) => {
+                        warn!(group = %group, error = %e, "metric_command failed");
+                        Vec::new()
+                    }
+                };
+                HookResult::Metrics { group, lines }
+            }
+        };
+        let _ = tx.send(result).await;
+    });
+}
+
+/// Per-backend counters between two scaling rounds.
+#[derive(Default)]
+struct Rates {
+    prev: HashMap<u32, lb_common::Counters>,
+    at: Option<Instant>,
+}
+
+impl Rates {
+    /// Per member uid: new flows/s, packets/s, bytes/s since the last call; and whether the
+    /// previous reading is recent enough for them to mean something.
+    fn sample(
+        &mut self,
+        dp: &Dataplane,
+        desired: &Desired,
+        now: Instant,
+    ) -> (HashMap<u64, (f64, f64, f64)>, bool) {
+        let dt = self
+            .at
+            .map(|t| now.saturating_duration_since(t).as_secs_f64());
+        let fresh = dt.is_some_and(|d| d > 0.0 && d < 5.0);
+        let mut out: HashMap<u64, (f64, f64, f64)> = HashMap::new();
+        let mut next = HashMap::new();
+        for b in desired.backends.values() {
+            let c = dp.backend_counters(b.id);
+            if let (Some(p), Some(dt)) = (self.prev.get(&b.id), dt.filter(|_| fresh)) {
+                let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+                let e = out.entry(b.member).or_default();
+                e.0 += d(c.new_flows, p.new_flows);
+                e.1 += d(c.packets + c.reply_packets, p.packets + p.reply_packets);
+                e.2 += d(c.bytes + c.reply_bytes, p.bytes + p.reply_bytes);
+            }
+            next.insert(b.id, c);
+        }
+        self.prev = next;
+        self.at = Some(now);
+        (out, fresh)
+    }
+}
+
 struct Daemon {
     config_path: PathBuf,
     state: State,
@@ -188,6 +312,8 @@ struct Daemon {
     check_tx: mpsc::Sender<(CheckToken, CheckOutcome)>,
     live_ids: Arc<Mutex<std::collections::HashSet<u32>>>,
     started: Instant,
+    hook_tx: mpsc::Sender<HookResult>,
+    rates: Rates,
 }
 
 impl Daemon {
@@ -291,15 +417,66 @@ impl Daemon {
                 self.apply()?;
                 done(m)
             }
-            Request::Scale { group, .. } => Err(ApiError::Invalid(format!(
-                "target group {group:?} has no [target_group.scaling]"
-            ))),
-            Request::Events { .. } => Ok(Reply::Events(Vec::new())),
+            Request::Scale { group, body } => {
+                let m = self.state.scale(&group, body.desired)?;
+                self.scaling_round();
+                Ok(Reply::Done(ChangeResult { message: m }))
+            }
+            Request::Events { group } => Ok(Reply::Events(
+                self.state
+                    .events
+                    .iter()
+                    .filter(|e| group.as_ref().is_none_or(|g| *g == e.group))
+                    .cloned()
+                    .collect(),
+            )),
             Request::SetWeight { group, body } => {
                 let m = self.state.set_weight(&group, &body.address, body.weight)?;
                 self.apply()?;
                 done(m)
             }
+        }
+    }
+
+    /// Measure, decide and act for every scaling group.
+    fn scaling_round(&mut self) {
+        let now = Instant::now();
+        let (rates, fresh) = self.rates.sample(&self.dp, &self.desired, now);
+        let (jobs, changed) =
+            self.state
+                .scaling_round(now, std::time::SystemTime::now(), &rates, fresh);
+        for job in jobs {
+            spawn_hook(job, self.hook_tx.clone());
+        }
+        if changed {
+            if let Err(e) = self.apply() {
+                error!(error = %e, "applying a scaling change failed");
+            }
+        }
+    }
+
+    fn hook_done(&mut self, r: HookResult) {
+        let changed = match r {
+            HookResult::Launch { group, result } => self.state.launch_done(&group, result),
+            HookResult::Terminate {
+                group,
+                backend,
+                result,
+            } => {
+                self.state.terminate_done(&group, &backend, result);
+                false
+            }
+            HookResult::Metrics { group, lines } => {
+                self.state.metrics_done(&group, &lines);
+                false
+            }
+        };
+        if changed {
+            if let Err(e) = self.apply() {
+                error!(error = %e, "adding launched backends failed");
+            }
+        } else {
+            self.persist();
         }
     }
 
@@ -361,7 +538,15 @@ impl Daemon {
                         }
                     }),
                     failing_open: eligible.failing_open,
-                    scaling: None,
+                    scaling: g.scaling.as_ref().map(|gs| ScalingStatus {
+                        min: gs.scaler.min(),
+                        max: gs.scaler.max(),
+                        desired: gs.scaler.desired(),
+                        in_service: g.members.iter().filter(|m| m.drain.is_none()).count() as u32,
+                        launching: gs.launching,
+                        hook: gs.hook_state(now),
+                        last_decision: gs.last_decision.clone(),
+                    }),
                     backends: g
                         .members
                         .iter()
@@ -483,6 +668,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (check_tx, mut check_rx) = mpsc::channel::<(CheckToken, CheckOutcome)>(1024);
     let (api_tx, mut api_rx) = mpsc::channel::<Envelope>(64);
     let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
+    let (hook_tx, mut hook_rx) = mpsc::channel::<HookResult>(64);
     let live_ids = Arc::new(Mutex::new(std::collections::HashSet::new()));
 
     let mut daemon = Daemon {
@@ -495,6 +681,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         check_tx,
         live_ids: live_ids.clone(),
         started: Instant::now(),
+        hook_tx,
+        rates: Rates::default(),
         dp,
     };
     daemon
@@ -551,9 +739,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 }
                 let _ = env.reply.send(r);
             }
+            Some(r) = hook_rx.recv() => daemon.hook_done(r),
             Some((token, outcome)) = check_rx.recv() => {
                 if let Some(t) = daemon.state.observe(&token, &outcome) {
-                    info!(group = %t.group, backend = %t.backend, from = %t.from, to = %t.to, reason = %t.reason, "backend state changed");
+                    let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
+                    daemon.state.push_event(&t.group, "health", msg, Default::default());
                     if let Err(e) = daemon.apply() {
                         error!(error = %e, "applying a health change failed");
                     }
@@ -573,6 +763,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         error!(error = %e, "applying finished drains failed");
                     }
                 }
+                daemon.scaling_round();
             }
         }
     }

@@ -14,4 +14,5 @@ pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod reconcile;
+pub mod scaling;
 pub mod state;

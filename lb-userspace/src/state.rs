@@ -17,8 +17,12 @@ use crate::{
     config::{AllUnhealthy, Config, Protocol, TargetGroupConfig},
     dataplane::addr_bytes,
     health::{CheckKind, CheckOutcome, CheckSpec, HealthTracker},
-    model::{ApiError, BackendSource, BackendState},
+    model::{ApiError, BackendSource, BackendState, Event},
+    scaling::{Backoff, Decision, Scaler},
 };
+
+/// Events kept for `xlb events`.
+pub const MAX_EVENTS: usize = 1000;
 
 /// A backend as the data path knows it: one (target group, address, port).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -203,8 +207,44 @@ pub struct Member {
     pub drain: Option<Drain>,
     /// Open flows pinned to it, from the last conntrack sweep.
     pub active_flows: u64,
-    /// Last metrics the backend reported in its health check body.
+    /// Last metrics the backend reported (health check JSON body, metric_command), and when.
     pub metrics: Option<serde_json::Map<String, serde_json::Value>>,
+    pub metrics_at: Option<Instant>,
+    /// When it entered service (its first healthy check, or when added if unchecked): its
+    /// load counts in the group's averages once the scaling warmup has passed.
+    pub in_service_since: Instant,
+    /// Set for backends a scale-out hook launched: the grace period runs from here.
+    pub launched_at: Option<Instant>,
+    /// Run the scale-in hook for it once its drain is over.
+    pub terminate_after_drain: bool,
+}
+
+impl Member {
+    fn new(
+        uid: u64,
+        addr: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+        source: BackendSource,
+        health: HealthTracker,
+        now: Instant,
+    ) -> Member {
+        Member {
+            uid,
+            addr,
+            port,
+            weight,
+            source,
+            health,
+            drain: None,
+            active_flows: 0,
+            metrics: None,
+            metrics_at: None,
+            in_service_since: now,
+            launched_at: None,
+            terminate_after_drain: false,
+        }
+    }
 }
 
 impl Member {
@@ -253,6 +293,89 @@ pub struct Group {
     pub members: Vec<Member>,
     /// Backends were changed at runtime since the config last changed this group.
     pub runtime_changed: bool,
+    /// Present when the group scales.
+    pub scaling: Option<GroupScaling>,
+}
+
+/// A target group's auto scaling: the policy engine and the hooks in flight.
+#[derive(Debug)]
+pub struct GroupScaling {
+    pub scaler: Scaler,
+    /// Backends the running scale-out hook was asked for.
+    pub launching: u32,
+    /// A hook of this group is running (one at a time per group).
+    pub hook_running: bool,
+    pub backoff: Backoff,
+    /// After a failed hook: not before this.
+    pub retry_at: Option<Instant>,
+    pub last_error: Option<String>,
+    pub last_decision: Option<String>,
+    /// Drained backends waiting for the scale-in hook: (`ADDR:PORT`, reason).
+    pub to_terminate: VecDeque<(String, String)>,
+    /// When metric_command runs next.
+    pub next_metrics_at: Instant,
+}
+
+impl GroupScaling {
+    fn new(cfg: &crate::config::ScalingConfig, now: Instant) -> Self {
+        GroupScaling {
+            scaler: Scaler::new(cfg, now),
+            launching: 0,
+            hook_running: false,
+            backoff: Backoff::new(),
+            retry_at: None,
+            last_error: None,
+            last_decision: None,
+            to_terminate: VecDeque::new(),
+            next_metrics_at: now,
+        }
+    }
+
+    /// What the hook is doing, for status.
+    pub fn hook_state(&self, now: Instant) -> String {
+        if self.hook_running {
+            if self.launching > 0 {
+                return format!("launching {}", self.launching);
+            }
+            return "running a hook".into();
+        }
+        match (&self.retry_at, &self.last_error) {
+            (Some(at), Some(e)) if *at > now => format!(
+                "retrying in {}s after: {e}",
+                at.saturating_duration_since(now).as_secs() + 1
+            ),
+            _ => "idle".into(),
+        }
+    }
+
+    fn may_run_hook(&self, now: Instant) -> bool {
+        !self.hook_running && self.retry_at.is_none_or(|t| t <= now)
+    }
+}
+
+/// A hook the daemon should start now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookJob {
+    Launch {
+        group: String,
+        command: String,
+        count: u32,
+        reason: String,
+        timeout: Duration,
+    },
+    Terminate {
+        group: String,
+        command: String,
+        backend: String,
+        reason: String,
+        timeout: Duration,
+    },
+    Metrics {
+        group: String,
+        command: String,
+        backends: Vec<String>,
+        timeout: Duration,
+    },
 }
 
 /// Which members receive new flows, and whether that is by failing open.
@@ -346,6 +469,8 @@ pub struct State {
     next_uid: u64,
     /// When the last conntrack sweep was taken.
     pub swept_at: Option<Instant>,
+    /// Recent events, oldest first.
+    pub events: VecDeque<Event>,
 }
 
 fn initial_health(cfg: &TargetGroupConfig, now: Instant) -> HealthTracker {
@@ -385,6 +510,7 @@ impl State {
             backend_ids: Ids::new(MAX_BACKENDS),
             next_uid: 0,
             swept_at: None,
+            events: VecDeque::new(),
             config: config.clone(),
         };
         for tg in &config.target_groups {
@@ -403,22 +529,24 @@ impl State {
         let members = tg
             .backends
             .iter()
-            .map(|b| Member {
-                uid: self.uid(),
-                addr: b.address,
-                port: b.port,
-                weight: b.weight,
-                source: BackendSource::Config,
-                health: initial_health(tg, now),
-                drain: None,
-                active_flows: 0,
-                metrics: None,
+            .map(|b| {
+                let uid = self.uid();
+                Member::new(
+                    uid,
+                    b.address,
+                    b.port,
+                    b.weight,
+                    BackendSource::Config,
+                    initial_health(tg, now),
+                    now,
+                )
             })
             .collect();
         Group {
             cfg: tg.clone(),
             members,
             runtime_changed: false,
+            scaling: tg.scaling.as_ref().map(|sc| GroupScaling::new(sc, now)),
         }
     }
 
@@ -572,6 +700,13 @@ impl State {
                 let empty = m.active_flows == 0 && swept.is_some_and(|t| t > d.started);
                 let expired = now >= d.deadline;
                 if empty || expired {
+                    if m.terminate_after_drain {
+                        if let Some(gs) = g.scaling.as_mut() {
+                            let port = m.port.or(g.cfg.port).unwrap_or(0);
+                            gs.to_terminate
+                                .push_back((fmt_addr_port(m.addr, port), d.reason.clone()));
+                        }
+                    }
                     left.push(format!(
                         "{name}: {} left the group ({})",
                         m.display(),
@@ -653,7 +788,7 @@ impl State {
                     m.display()
                 ));
             }
-            if m.port == port || port.is_none() {
+            if m.port == port || port.is_none() || m.port.or(g.cfg.port) == port {
                 return Err(ApiError::Conflict(format!(
                     "{group} already has backend {}",
                     m.display()
@@ -665,17 +800,18 @@ impl State {
                 "the data path holds at most {MAX_BACKENDS} backends"
             )));
         }
-        let m = Member {
+        let mut m = Member::new(
             uid,
             addr,
             port,
             weight,
             source,
-            health: initial_health(&g.cfg, now),
-            drain: None,
-            active_flows: 0,
-            metrics: None,
-        };
+            initial_health(&g.cfg, now),
+            now,
+        );
+        if source == BackendSource::Scaling {
+            m.launched_at = Some(now);
+        }
         let shown = m.display();
         let checked = g.cfg.health_check.is_some();
         g.members.push(m);
@@ -798,20 +934,25 @@ impl State {
                             }
                             members.push(m);
                         } else {
-                            members.push(Member {
-                                uid: self.uid(),
-                                addr: b.address,
-                                port: b.port,
-                                weight: b.weight,
-                                source: BackendSource::Config,
-                                health: initial_health(tg, now),
-                                drain: None,
-                                active_flows: 0,
-                                metrics: None,
-                            });
+                            let uid = self.uid();
+                            members.push(Member::new(
+                                uid,
+                                b.address,
+                                b.port,
+                                b.weight,
+                                BackendSource::Config,
+                                initial_health(tg, now),
+                                now,
+                            ));
                         }
                     }
                     for mut m in old {
+                        // Backends a scale-out launched belong to the scaling group, not to
+                        // the config's list.
+                        if m.source == BackendSource::Scaling && tg.scaling.is_some() {
+                            members.push(m);
+                            continue;
+                        }
                         if m.drain.is_none() {
                             m.drain = Some(Drain {
                                 started: now,
@@ -822,6 +963,14 @@ impl State {
                         members.push(m);
                     }
                     g.members = members;
+                    g.scaling = match (g.scaling.take(), &tg.scaling) {
+                        (Some(mut gs), Some(sc)) => {
+                            gs.scaler.reconfigure(sc, now);
+                            Some(gs)
+                        }
+                        (_, Some(sc)) => Some(GroupScaling::new(sc, now)),
+                        (_, None) => None,
+                    };
                     g.cfg = tg.clone();
                     g.runtime_changed = false;
                     self.groups.insert(tg.name.clone(), g);
@@ -833,6 +982,404 @@ impl State {
         }
         self.config = new;
         notes
+    }
+
+    // ---- events ----
+
+    pub fn push_event(
+        &mut self,
+        group: &str,
+        kind: &str,
+        message: String,
+        metrics: BTreeMap<String, f64>,
+    ) {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        tracing::info!(group, kind, ?metrics, "{message}");
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event {
+            time,
+            group: group.to_string(),
+            kind: kind.to_string(),
+            message,
+            metrics,
+        });
+    }
+
+    // ---- scaling ----
+
+    /// `xlb scale GROUP --desired N`.
+    pub fn scale(&mut self, group: &str, desired: u32) -> Result<String, ApiError> {
+        let now = Instant::now();
+        let g = self.group_mut(group)?;
+        let gs = g.scaling.as_mut().ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "target group {group:?} has no [target_group.scaling]"
+            ))
+        })?;
+        let d = gs
+            .scaler
+            .set_desired(desired, now)
+            .map_err(ApiError::Invalid)?;
+        let msg = format!("{group}: desired {} → {} ({})", d.from, d.to, d.reason);
+        gs.last_decision = Some(d.reason.clone());
+        self.push_event(group, "manual", msg.clone(), d.metrics);
+        Ok(msg)
+    }
+
+    /// One scaling round for every scaling group: evaluate policies and schedules with the
+    /// measurements given (per member uid: new flows/s, packets/s, bytes/s), then bring the
+    /// group towards `desired`: launch what is missing, replace backends that never became or
+    /// stopped being healthy past the grace period, drain the excess. Returns the hooks to
+    /// start and whether backends changed (the data path needs an update).
+    pub fn scaling_round(
+        &mut self,
+        now: Instant,
+        wall: std::time::SystemTime,
+        rates: &HashMap<u64, (f64, f64, f64)>,
+        rates_fresh: bool,
+    ) -> (Vec<HookJob>, bool) {
+        let mut jobs = Vec::new();
+        let mut changed = false;
+        let mut events: Vec<(String, String, String, BTreeMap<String, f64>)> = Vec::new();
+        for (name, g) in self.groups.iter_mut() {
+            let (Some(gs), Some(cfg)) = (g.scaling.as_mut(), g.cfg.scaling.as_ref()) else {
+                continue;
+            };
+            let checked = g.cfg.health_check.is_some();
+            // Measurements.
+            let backends = g
+                .members
+                .iter()
+                .filter(|m| m.drain.is_none())
+                .map(|m| {
+                    let (nf, pk, by) = rates.get(&m.uid).copied().unwrap_or_default();
+                    let mut reported = BTreeMap::new();
+                    if let (Some(map), Some(at)) = (&m.metrics, m.metrics_at) {
+                        for (k, v) in map {
+                            if let Some(x) = v.as_f64() {
+                                reported.insert(k.clone(), (x, at));
+                            }
+                        }
+                    }
+                    crate::scaling::BackendSample {
+                        uid: m.uid,
+                        in_service_since: m.in_service_since,
+                        healthy: m.health.state() == BackendState::Healthy,
+                        new_flows_per_s: nf,
+                        packets_per_s: pk,
+                        bytes_per_s: by,
+                        active_flows: m.active_flows as f64,
+                        reported,
+                    }
+                })
+                .collect();
+            let sample = crate::scaling::GroupSample {
+                at: now,
+                backends,
+                rates_fresh,
+            };
+            let capacity = g.members.iter().filter(|m| m.drain.is_none()).count() as u32;
+            if let Some(d) = gs.scaler.evaluate(cfg, &sample, capacity, now, wall) {
+                events.push(decision_event(name, &d));
+                gs.last_decision = Some(d.reason.clone());
+            }
+            let desired = gs.scaler.desired();
+
+            // Replace backends a scale-out launched that are unhealthy past the grace period.
+            let grace = cfg.grace_period;
+            for m in g.members.iter_mut() {
+                let overdue = m.source == BackendSource::Scaling
+                    && m.drain.is_none()
+                    && checked
+                    && m.health.state() != BackendState::Healthy
+                    && now.saturating_duration_since(
+                        m.launched_at
+                            .unwrap_or(m.health.since())
+                            .max(m.health.since()),
+                    ) >= grace;
+                if overdue {
+                    let reason = format!(
+                        "replace: {} not healthy {}s after launch ({})",
+                        m.display(),
+                        grace.as_secs(),
+                        m.health.reason()
+                    );
+                    m.drain = Some(Drain {
+                        started: now,
+                        deadline: now,
+                        reason: reason.clone(),
+                    });
+                    m.terminate_after_drain = true;
+                    events.push((name.clone(), "replace".into(), reason, BTreeMap::new()));
+                    changed = true;
+                }
+            }
+
+            // Serving: not draining, and not known to be down (healthy, not checked yet, or
+            // launched and still within its grace period).
+            let serving = g
+                .members
+                .iter()
+                .filter(|m| m.drain.is_none())
+                .filter(|m| match m.health.state() {
+                    BackendState::Unhealthy => m
+                        .launched_at
+                        .is_some_and(|t| now.saturating_duration_since(t) < grace),
+                    _ => true,
+                })
+                .count() as u32;
+            let live = g.members.iter().filter(|m| m.drain.is_none()).count() as u32;
+
+            if serving + gs.launching < desired {
+                if let Some(command) = cfg.scale_out_command.clone() {
+                    if gs.may_run_hook(now) {
+                        let count = desired - serving - gs.launching;
+                        let reason = gs
+                            .last_decision
+                            .clone()
+                            .unwrap_or_else(|| format!("desired {desired}, {serving} serving"));
+                        gs.hook_running = true;
+                        gs.launching = count;
+                        jobs.push(HookJob::Launch {
+                            group: name.clone(),
+                            command,
+                            count,
+                            reason,
+                            timeout: cfg.hook_timeout,
+                        });
+                    }
+                }
+            } else if live > desired && gs.launching == 0 {
+                // Scale in: the unhealthy first, then those with the fewest open flows;
+                // launched backends before listed ones.
+                let excess = (live - desired) as usize;
+                let mut order: Vec<usize> = (0..g.members.len())
+                    .filter(|&i| g.members[i].drain.is_none())
+                    .collect();
+                order.sort_by_key(|&i| {
+                    let m = &g.members[i];
+                    (
+                        m.health.state() == BackendState::Healthy,
+                        m.source != BackendSource::Scaling,
+                        m.active_flows,
+                        std::cmp::Reverse(m.uid),
+                    )
+                });
+                for &i in order.iter().take(excess) {
+                    let delay = g.cfg.deregistration_delay;
+                    let m = &mut g.members[i];
+                    let reason = format!("scale in to {desired}");
+                    m.drain = Some(Drain {
+                        started: now,
+                        deadline: now + delay,
+                        reason: reason.clone(),
+                    });
+                    m.terminate_after_drain = true;
+                    events.push((
+                        name.clone(),
+                        "draining".into(),
+                        format!(
+                            "{} draining ({reason}; {} open flows)",
+                            m.display(),
+                            m.active_flows
+                        ),
+                        BTreeMap::new(),
+                    ));
+                    changed = true;
+                }
+            }
+
+            // Scale-in hooks for drained backends, one at a time.
+            if !gs.hook_running && gs.may_run_hook(now) {
+                if let Some((backend, reason)) = gs.to_terminate.front().cloned() {
+                    match cfg.scale_in_command.clone() {
+                        Some(command) => {
+                            gs.hook_running = true;
+                            jobs.push(HookJob::Terminate {
+                                group: name.clone(),
+                                command,
+                                backend,
+                                reason,
+                                timeout: cfg.hook_timeout,
+                            });
+                        }
+                        None => {
+                            gs.to_terminate.pop_front();
+                        }
+                    }
+                }
+            }
+
+            // Backend-reported metrics from metric_command.
+            if let Some(command) = cfg.metric_command.clone() {
+                if now >= gs.next_metrics_at {
+                    gs.next_metrics_at = now + cfg.metric_interval;
+                    let port = g.cfg.port;
+                    jobs.push(HookJob::Metrics {
+                        group: name.clone(),
+                        command,
+                        backends: g
+                            .members
+                            .iter()
+                            .map(|m| fmt_addr_port(m.addr, m.port.or(port).unwrap_or(0)))
+                            .collect(),
+                        timeout: cfg.hook_timeout,
+                    });
+                }
+            }
+        }
+        for (g, k, m, metrics) in events {
+            self.push_event(&g, k.as_str(), m, metrics);
+        }
+        (jobs, changed)
+    }
+
+    /// A scale-out hook finished: the backends it printed join the group (they receive
+    /// traffic once healthy); a failure is retried with backoff.
+    pub fn launch_done(
+        &mut self,
+        group: &str,
+        result: Result<crate::scaling::HookOutput, String>,
+    ) -> bool {
+        let now = Instant::now();
+        let Some(g) = self.groups.get_mut(group) else {
+            return false;
+        };
+        let Some(gs) = g.scaling.as_mut() else {
+            return false;
+        };
+        gs.hook_running = false;
+        let asked = std::mem::take(&mut gs.launching);
+        let failure = match result {
+            Err(e) => Some(e),
+            Ok(out) => {
+                let (addrs, invalid) = crate::scaling::parse_backends(&out.lines);
+                let mut added = Vec::new();
+                let mut problems: Vec<String> = invalid
+                    .iter()
+                    .map(|l| format!("invalid line {l:?}"))
+                    .collect();
+                for (addr, port) in addrs.into_iter().take(asked.max(1) as usize) {
+                    let text = match port {
+                        Some(p) => fmt_addr_port(addr, p),
+                        None => addr.to_string(),
+                    };
+                    match self.add_backend(group, &text, None, BackendSource::Scaling) {
+                        Ok(_) => added.push(text),
+                        Err(e) => problems.push(e.to_string()),
+                    }
+                }
+                if !problems.is_empty() {
+                    let msg = format!("scale-out hook output: {}", problems.join("; "));
+                    self.push_event(group, "hook_failed", msg, BTreeMap::new());
+                }
+                if added.is_empty() {
+                    Some("the scale-out hook printed no usable backend".to_string())
+                } else {
+                    self.push_event(
+                        group,
+                        "launched",
+                        format!("launched {}", added.join(", ")),
+                        BTreeMap::new(),
+                    );
+                    None
+                }
+            }
+        };
+        let Some(gs) = self.groups.get_mut(group).and_then(|g| g.scaling.as_mut()) else {
+            return false;
+        };
+        match failure {
+            None => {
+                gs.backoff.reset();
+                gs.retry_at = None;
+                gs.last_error = None;
+                true
+            }
+            Some(e) => {
+                let delay = gs.backoff.next_delay();
+                gs.retry_at = Some(now + delay);
+                gs.last_error = Some(e.clone());
+                let msg = format!(
+                    "scale-out hook: {e}; retrying in {}",
+                    humantime::format_duration(delay)
+                );
+                self.push_event(group, "hook_failed", msg, BTreeMap::new());
+                false
+            }
+        }
+    }
+
+    /// A scale-in hook finished.
+    pub fn terminate_done(&mut self, group: &str, backend: &str, result: Result<(), String>) {
+        let now = Instant::now();
+        let Some(gs) = self.groups.get_mut(group).and_then(|g| g.scaling.as_mut()) else {
+            return;
+        };
+        gs.hook_running = false;
+        match result {
+            Ok(()) => {
+                gs.to_terminate.retain(|(b, _)| b != backend);
+                gs.backoff.reset();
+                gs.retry_at = None;
+                gs.last_error = None;
+                self.push_event(
+                    group,
+                    "terminated",
+                    format!("{backend} terminated"),
+                    BTreeMap::new(),
+                );
+            }
+            Err(e) => {
+                let delay = gs.backoff.next_delay();
+                gs.retry_at = Some(now + delay);
+                gs.last_error = Some(e.clone());
+                let msg = format!(
+                    "scale-in hook for {backend}: {e}; retrying in {}",
+                    humantime::format_duration(delay)
+                );
+                self.push_event(group, "hook_failed", msg, BTreeMap::new());
+            }
+        }
+    }
+
+    /// metric_command printed `ADDR:PORT NAME=VALUE ...` lines.
+    pub fn metrics_done(&mut self, group: &str, lines: &[String]) {
+        let now = Instant::now();
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        let port = g.cfg.port;
+        for line in lines {
+            let mut parts = line.split_whitespace();
+            let Some(who) = parts.next() else { continue };
+            let Ok((addr, p)) = parse_backend_ref(who) else {
+                continue;
+            };
+            let Some(m) = g
+                .members
+                .iter_mut()
+                .find(|m| m.addr == addr && (p.is_none() || m.port.or(port) == p))
+            else {
+                continue;
+            };
+            let map = m.metrics.get_or_insert_with(Default::default);
+            for kv in parts {
+                if let Some((k, v)) = kv.split_once('=') {
+                    if let Ok(x) = v.parse::<f64>() {
+                        if let Some(n) = serde_json::Number::from_f64(x) {
+                            map.insert(k.to_string(), serde_json::Value::Number(n));
+                        }
+                    }
+                }
+            }
+            m.metrics_at = Some(now);
+        }
     }
 
     // ---- persistence ----
@@ -872,8 +1419,10 @@ impl State {
                                 .as_ref()
                                 .map(|d| d.deadline.saturating_duration_since(now).as_secs_f64()),
                             drain_reason: m.drain.as_ref().map(|d| d.reason.clone()),
+                            terminate_after_drain: m.terminate_after_drain,
                         })
                         .collect(),
+                    desired: g.scaling.as_ref().map(|s| s.scaler.desired()),
                 })
                 .collect(),
         }
@@ -902,18 +1451,13 @@ impl State {
                     deadline: now + Duration::from_secs_f64(left.max(0.0)),
                     reason: pm.drain_reason.clone().unwrap_or_else(|| "draining".into()),
                 });
-                if same {
-                    restored.push(Member {
-                        uid: self.uid(),
-                        addr: pm.addr,
-                        port: pm.port,
-                        weight: pm.weight,
-                        source: pm.source,
-                        health,
-                        drain,
-                        active_flows: 0,
-                        metrics: None,
-                    });
+                if same || pm.source == BackendSource::Scaling {
+                    let uid = self.uid();
+                    let mut m =
+                        Member::new(uid, pm.addr, pm.port, pm.weight, pm.source, health, now);
+                    m.drain = drain;
+                    m.terminate_after_drain = pm.terminate_after_drain;
+                    restored.push(m);
                 } else if let Some(m) = self.groups.get_mut(&pg.name).and_then(|g| {
                     g.members
                         .iter_mut()
@@ -923,10 +1467,14 @@ impl State {
                 }
             }
             let g = self.groups.get_mut(&pg.name).expect("checked above");
+            if let (Some(gs), Some(desired)) = (g.scaling.as_mut(), pg.desired) {
+                let _ = gs.scaler.set_desired(desired, now);
+            }
             if same {
                 g.members = restored;
                 g.runtime_changed = pg.runtime_changed;
             } else {
+                g.members.extend(restored);
                 notes.push(format!(
                     "target group {} changed in the config while xlb was down: its runtime changes were dropped",
                     pg.name
@@ -935,6 +1483,23 @@ impl State {
         }
         notes
     }
+}
+
+fn decision_event(group: &str, d: &Decision) -> (String, String, String, BTreeMap<String, f64>) {
+    use crate::scaling::DecisionKind;
+    let kind = match d.kind {
+        DecisionKind::Policy if d.to > d.from => "scale_out",
+        DecisionKind::Policy => "scale_in",
+        DecisionKind::Schedule => "schedule",
+        DecisionKind::Manual => "manual",
+        DecisionKind::Replace => "replace",
+    };
+    (
+        group.to_string(),
+        kind.to_string(),
+        format!("desired {} → {}: {}", d.from, d.to, d.reason),
+        d.metrics.clone(),
+    )
 }
 
 fn fingerprint(cfg: &TargetGroupConfig) -> String {
@@ -957,6 +1522,9 @@ pub struct PersistedGroup {
     pub cfg: String,
     pub runtime_changed: bool,
     pub members: Vec<PersistedMember>,
+    /// The scaling group's desired capacity.
+    #[serde(default)]
+    pub desired: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -969,6 +1537,8 @@ pub struct PersistedMember {
     pub reason: String,
     pub drain_left_secs: Option<f64>,
     pub drain_reason: Option<String>,
+    #[serde(default)]
+    pub terminate_after_drain: bool,
 }
 
 #[cfg(test)]

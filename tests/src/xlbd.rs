@@ -157,7 +157,7 @@ impl Xlbd {
     /// `xlb backends GROUP --json`, parsed.
     pub fn backends(&self, group: &str) -> Result<Vec<serde_json::Value>> {
         let text = self.cli_ok(&["backends", group, "--json"])?;
-        Ok(serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?)
+        serde_json::from_str(&text).with_context(|| format!("parsing {text}"))
     }
 
     /// The backend of `group` at `addr` (e.g. "198.18.2.12"), if present.
