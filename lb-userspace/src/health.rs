@@ -1085,6 +1085,39 @@ mod tests {
         assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
     }
 
+    /// A target group with hundreds of backends: every one is checked, each on its own
+    /// schedule, with no check waiting for another.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hundreds_of_backends_are_all_checked() {
+        let (addr, _r) = serve(
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        )
+        .await;
+        let (tx, mut rx) = mpsc::channel(1024);
+        let handles: Vec<_> = (0..300u32)
+            .map(|i| {
+                let spec = http(addr, "/", vec![200..=299]);
+                spawn_checker(i, spec, Duration::from_millis(200), tx.clone())
+            })
+            .collect();
+        drop(tx);
+        let mut seen = std::collections::HashSet::new();
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        while seen.len() < 300 {
+            tokio::select! {
+                _ = &mut deadline => break,
+                Some((i, o)) = rx.recv() => {
+                    assert!(o.ok, "{o:?}");
+                    seen.insert(i);
+                }
+            }
+        }
+        assert_eq!(seen.len(), 300, "every backend was checked");
+        drop(handles);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slow_backend_does_not_delay_fast_one() {
         let (fast, _r1) = serve(
