@@ -32,6 +32,37 @@ pub struct Pkt {
     pub tcp_flags: u8,
 }
 
+impl Pkt {
+    /// `ports` is the first 4 bytes of the TCP/UDP header (source, destination).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        src: [u8; 16],
+        dst: [u8; 16],
+        ports: [u8; 4],
+        proto: u8,
+        family: u8,
+        l3: usize,
+        l4: usize,
+        tcp_flags: u8,
+    ) -> Pkt {
+        Pkt {
+            key: FlowKey {
+                src,
+                dst,
+                sport: [ports[0], ports[1]],
+                dport: [ports[2], ports[3]],
+                proto,
+                family,
+                _pad: [0; 2],
+            },
+            l3,
+            l4,
+            tcp_flags,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Rewrite {
     /// Destination address and port (client → backend).

@@ -144,20 +144,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
     dst[..4].copy_from_slice(&ip.dst_addr);
     let l4 = l3 + ihl;
     let (ports, tcp_flags) = l4_ok(ctx, proto, l4, tot_len - ihl)?;
-    Ok(Pkt {
-        key: FlowKey {
-            src,
-            dst,
-            sport: [ports[0], ports[1]],
-            dport: [ports[2], ports[3]],
-            proto,
-            family: AF_INET,
-            _pad: [0; 2],
-        },
-        l3,
-        l4,
-        tcp_flags,
-    })
+    Ok(Pkt::new(src, dst, ports, proto, AF_INET, l3, l4, tcp_flags))
 }
 
 #[inline(always)]
@@ -185,20 +172,9 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
     let dst = ip.dst_addr;
     let l4 = l3 + Ipv6Hdr::LEN;
     let (ports, tcp_flags) = l4_ok(ctx, proto, l4, payload_len)?;
-    Ok(Pkt {
-        key: FlowKey {
-            src,
-            dst,
-            sport: [ports[0], ports[1]],
-            dport: [ports[2], ports[3]],
-            proto,
-            family: AF_INET6,
-            _pad: [0; 2],
-        },
-        l3,
-        l4,
-        tcp_flags,
-    })
+    Ok(Pkt::new(
+        src, dst, ports, proto, AF_INET6, l3, l4, tcp_flags,
+    ))
 }
 
 #[inline(always)]

@@ -34,6 +34,28 @@ pub const TARGET_TOLERANCE: f64 = 0.10;
 /// [`reported_freshness`]).
 pub const REPORTED_FRESHNESS_MIN: Duration = Duration::from_secs(60);
 
+/// Keep the states whose config is still there (by equal config), in the config's order, and
+/// make fresh ones for new configs.
+fn rematch<S, C: PartialEq>(
+    states: &mut Vec<S>,
+    cfgs: &[C],
+    cfg_of: impl Fn(&S) -> &C,
+    new: impl Fn(&C) -> S,
+) {
+    let same = states.len() == cfgs.len() && states.iter().zip(cfgs).all(|(s, c)| cfg_of(s) == c);
+    if same {
+        return;
+    }
+    let mut old = std::mem::take(states);
+    *states = cfgs
+        .iter()
+        .map(|c| match old.iter().position(|s| cfg_of(s) == c) {
+            Some(i) => old.swap_remove(i),
+            None => new(c),
+        })
+        .collect();
+}
+
 /// One backend's measurements for one evaluation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendSample {
@@ -444,40 +466,18 @@ impl Scaler {
     /// Matches the policy and schedule states to `cfg` (by equal config), keeping what still
     /// applies.
     fn sync(&mut self, cfg: &ScalingConfig) {
-        let same_policies = self.policies.len() == cfg.policies.len()
-            && self
-                .policies
-                .iter()
-                .zip(&cfg.policies)
-                .all(|(s, c)| s.cfg == *c);
-        if !same_policies {
-            let mut old = std::mem::take(&mut self.policies);
-            self.policies = cfg
-                .policies
-                .iter()
-                .map(|c| match old.iter().position(|s| s.cfg == *c) {
-                    Some(i) => old.swap_remove(i),
-                    None => PolicyState::new(c),
-                })
-                .collect();
-        }
-        let same_schedules = self.schedules.len() == cfg.schedules.len()
-            && self
-                .schedules
-                .iter()
-                .zip(&cfg.schedules)
-                .all(|(s, c)| s.cfg == *c);
-        if !same_schedules {
-            let mut old = std::mem::take(&mut self.schedules);
-            self.schedules = cfg
-                .schedules
-                .iter()
-                .map(|c| match old.iter().position(|s| s.cfg == *c) {
-                    Some(i) => old.swap_remove(i),
-                    None => ScheduleState::new(c),
-                })
-                .collect();
-        }
+        rematch(
+            &mut self.policies,
+            &cfg.policies,
+            |s| &s.cfg,
+            PolicyState::new,
+        );
+        rematch(
+            &mut self.schedules,
+            &cfg.schedules,
+            |s| &s.cfg,
+            ScheduleState::new,
+        );
     }
 
     /// Evaluates schedules, then policies, and returns the change of `desired` they decide, if
