@@ -69,6 +69,20 @@ pub struct CtValue {
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
 
+/// A next hop the FIB named, cached for `NEXTHOP_TTL_NS` so that most packets skip the
+/// route lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// Egress interface; 0: nothing cached.
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// `CLOCK_MONOTONIC_COARSE` ns after which the entry must be looked up again.
+    pub expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
+
 /// Value of `REVERSE`: what a backend's reply must be rewritten back to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -79,8 +93,10 @@ pub struct RevValue {
     pub service_id: u32,
     pub backend_id: u32,
     pub _pad2: u32,
+    /// The next hop towards the client, cached.
+    pub nh: NextHop,
 }
-const _: () = assert!(core::mem::size_of::<RevValue>() == 32);
+const _: () = assert!(core::mem::size_of::<RevValue>() == 56);
 
 /// Per-CPU traffic counters of a service or a backend.
 #[repr(C)]
@@ -120,4 +136,5 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RevValue {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for NextHop {}
 }

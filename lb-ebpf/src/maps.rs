@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    BackendInfo, Counters, CtValue, FlowKey, RevValue, ServiceInfo, ServiceKey,
-    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, MAX_BACKENDS,
-    SLOTS_PER_SERVICE,
+    BackendInfo, Counters, CtValue, FlowKey, NextHop, RevValue, ServiceInfo, ServiceKey,
+    BPF_F_NO_COMMON_LRU, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE,
+    MAX_BACKENDS, SLOTS_PER_SERVICE,
 };
 
 /// Maglev table size (prime). Set by the loader.
@@ -43,11 +43,17 @@ pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 
 /// Client flow (client → VIP) → backend.
 #[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
+pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// Backend flow (backend → client) → VIP to restore.
 #[map(name = "REVERSE")]
-pub static REVERSE: LruHashMap<FlowKey, RevValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
+pub static REVERSE: LruHashMap<FlowKey, RevValue> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Backend id → cached next hop towards it.
+#[map(name = "NEXTHOPS")]
+pub static NEXTHOPS: Array<NextHop> = Array::pinned(MAX_BACKENDS, 0);
 
 #[map(name = "SERVICE_STATS")]
 pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(DEFAULT_MAX_SERVICES, 0);

@@ -5,11 +5,11 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::{csum, global, FlowKey, AF_INET, PROTO_TCP};
+use lb_common::{csum, global, FlowKey, NextHop, AF_INET, NEXTHOP_TTL_NS, PROTO_TCP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -179,19 +179,64 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// Route the (rewritten) packet from `src` to `dst` with the kernel FIB, set the MACs and
-/// send it: `XDP_TX` out of the ingress interface, otherwise redirect. Without a neighbour
+/// Send the packet rewritten by [`rewrite`] (`which` address now `addr`): through the next hop
+/// cached in `cache`
+/// while it is fresh, else through the kernel FIB (and cache what it says). Sets the MACs and
+/// returns `XDP_TX` out of the ingress interface, otherwise a redirect. Without a neighbour
 /// entry the packet goes to the kernel, which resolves it and forwards this one packet.
 #[inline(never)]
 pub fn fib_forward(
     ctx: &XdpContext,
     p: &Pkt,
-    src: &[u8; 16],
-    dst: &[u8; 16],
-    ok_counter: u32,
+    which: Rewrite,
+    addr: &[u8; 16],
+    cache: &mut NextHop,
 ) -> u32 {
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let (src, dst, ok_counter) = match which {
+        Rewrite::Dst => (&p.key.src, addr, global::FORWARDED),
+        Rewrite::Src => (addr, &p.key.dst, global::REPLIES),
+    };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let ingress = ctx.ingress_ifindex() as u32;
+    if cache.ifindex == 0 || cache.expires_ns <= now {
+        let action = fib_lookup(ctx, p, src, dst, cache);
+        if action != FIB_OK {
+            return action;
+        }
+        cache.expires_ns = now + NEXTHOP_TTL_NS;
+    }
+    let (ifindex, smac, dmac) = (cache.ifindex, cache.smac, cache.dmac);
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return drop_malformed();
+    };
+    unsafe {
+        (*eth).dst_addr = dmac;
+        (*eth).src_addr = smac;
+    }
+    if ifindex == ingress {
+        count(ok_counter);
+        return XDP_TX;
+    }
+    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
+    if action == XDP_REDIRECT {
+        count(ok_counter);
+    } else {
+        count(global::REDIRECT_FAILED);
+        count(global::DROPPED);
+    }
+    action
+}
+
+/// `fib_lookup` found a next hop.
+const FIB_OK: u32 = u32::MAX;
+
+/// Ask the kernel FIB for the next hop: fills `out` (egress ifindex, source and destination
+/// MAC) and answers [`FIB_OK`], or the action to take when there is none. Not inlined: its 64-byte parameter block lives in its own
+/// frame only while it runs (the verifier adds up the frames of a call chain).
+#[inline(never)]
+fn fib_lookup(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], out: &mut NextHop) -> u32 {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.l4_protocol = p.key.proto;
     fib.ifindex = ingress;
     if p.key.family == AF_INET {
@@ -212,25 +257,10 @@ pub fn fib_forward(
         )
     };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-            return drop_malformed();
-        };
-        unsafe {
-            (*eth).dst_addr = fib.dmac;
-            (*eth).src_addr = fib.smac;
-        }
-        if fib.ifindex == ingress {
-            count(ok_counter);
-            return XDP_TX;
-        }
-        let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
-        if action == XDP_REDIRECT {
-            count(ok_counter);
-        } else {
-            count(global::REDIRECT_FAILED);
-            count(global::DROPPED);
-        }
-        return action;
+        out.ifindex = fib.ifindex;
+        out.smac = fib.smac;
+        out.dmac = fib.dmac;
+        return FIB_OK;
     }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         count(global::FIB_NO_NEIGH);

@@ -6,9 +6,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    global, hash::flow_hash, CtValue, FlowKey, RevValue, ServiceInfo, ServiceKey, AF_INET,
-    AF_INET6, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, CT_F_CLOSING, NO_BACKEND, PROTO_TCP, PROTO_UDP,
-    SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_FIN, TCP_RST,
+    global, hash::flow_hash, BackendInfo, CtValue, FlowKey, NextHop, RevValue, ServiceInfo,
+    ServiceKey, AF_INET, AF_INET6, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, CT_F_CLOSING,
+    LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
+    TCP_FIN, TCP_RST,
 };
 use network_types::{
     eth::EthHdr,
@@ -19,8 +20,8 @@ use network_types::{
 
 use crate::{
     maps::{
-        count, counters, hash_seed, ring_size, BACKENDS, BACKEND_STATS, CONNTRACK, MAGLEV, REVERSE,
-        SERVICES, SERVICE_STATS,
+        count, counters, hash_seed, ring_size, BACKENDS, BACKEND_STATS, CONNTRACK, MAGLEV,
+        NEXTHOPS, REVERSE, SERVICES, SERVICE_STATS,
     },
     nat::{self, Pkt, Rewrite},
     parse::*,
@@ -86,7 +87,7 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
     if let Some(svc) = SERVICES.get_ptr(&key) {
         return forward(ctx, &p, svc);
     }
-    if let Some(rv) = REVERSE.get_ptr(&p.key) {
+    if let Some(rv) = REVERSE.get_ptr_mut(&p.key) {
         return reply(ctx, &p, rv);
     }
     Ok(pass())
@@ -196,19 +197,26 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
 
     // A flow keeps its backend while the backend is healthy or draining.
     let mut backend_id = NO_BACKEND;
+    let mut be: *const BackendInfo = core::ptr::null();
     match CONNTRACK.get_ptr_mut(&p.key) {
         Some(ct) => unsafe {
-            if backend_usable((*ct).backend_id, BE_F_ESTABLISHED_OK) {
-                backend_id = (*ct).backend_id;
-                (*ct).last_seen_ns = now;
-                if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                    (*ct).flags |= CT_F_CLOSING;
+            let id = (*ct).backend_id;
+            if let Some(b) = BACKENDS.get_ptr(id) {
+                if (*b).flags & BE_F_ESTABLISHED_OK != 0 {
+                    backend_id = id;
+                    be = b;
+                    if now.wrapping_sub((*ct).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+                        (*ct).last_seen_ns = now;
+                    }
+                    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                        (*ct).flags |= CT_F_CLOSING;
+                    }
                 }
             }
         },
         None => count(global::CONNTRACK_MISS),
     }
-    let new_flow = backend_id == NO_BACKEND;
+    let new_flow = be.is_null();
     if new_flow {
         if flags & SVC_F_EMPTY != 0 {
             return Ok(no_backend(service_id));
@@ -224,15 +232,13 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             Some(id) => unsafe { *id },
             None => NO_BACKEND,
         };
-        if backend_id == NO_BACKEND || !backend_usable(backend_id, BE_F_ACTIVE) {
-            return Ok(no_backend(service_id));
+        match BACKENDS.get_ptr(backend_id) {
+            Some(b) if unsafe { (*b).flags } & BE_F_ACTIVE != 0 => be = b,
+            _ => return Ok(no_backend(service_id)),
         }
-        pin_flow(p, service_id, backend_id, now);
+        pin_flow(p, service_id, backend_id, be, now);
     }
-    let Some(be) = BACKENDS.get_ptr(backend_id) else {
-        return Ok(no_backend(service_id));
-    };
-    let (addr, port) = unsafe { ((*be).addr, (*be).port) };
+    let (addr, port) = unsafe { (&(*be).addr, (*be).port) };
 
     let nf = new_flow as u64;
     if let Some(c) = counters(&SERVICE_STATS, service_id) {
@@ -246,27 +252,19 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         c.new_flows += nf;
     }
 
-    nat::rewrite(ctx, p, Rewrite::Dst, &addr, port)?;
-    Ok(nat::fib_forward(
-        ctx,
-        p,
-        &p.key.src,
-        &addr,
-        global::FORWARDED,
-    ))
-}
-
-#[inline(always)]
-fn backend_usable(id: u32, flags: u8) -> bool {
-    match BACKENDS.get_ptr(id) {
-        Some(be) => (unsafe { (*be).flags } & flags) == flags,
-        None => false,
-    }
+    nat::rewrite(ctx, p, Rewrite::Dst, addr, port)?;
+    // Backend ids are below MAX_BACKENDS, the size of NEXTHOPS: the lookup cannot fail.
+    let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
+        return Ok(no_backend(service_id));
+    };
+    Ok(nat::fib_forward(ctx, p, Rewrite::Dst, addr, unsafe {
+        &mut *nh
+    }))
 }
 
 /// Remember a new flow's backend, and how to rewrite the backend's replies.
 #[inline(never)]
-fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, now: u64) {
+fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, now: u64) {
     let ct = CtValue {
         backend_id,
         service_id,
@@ -279,9 +277,6 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, now: u64) {
         _pad: 0,
     };
     let _ = CONNTRACK.insert(&p.key, &ct, 0);
-    let Some(be) = BACKENDS.get_ptr(backend_id) else {
-        return;
-    };
     let rkey = FlowKey {
         src: unsafe { (*be).addr },
         dst: p.key.src,
@@ -298,13 +293,19 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, now: u64) {
         service_id,
         backend_id,
         _pad2: 0,
+        nh: NextHop {
+            ifindex: 0,
+            smac: [0; 6],
+            dmac: [0; 6],
+            expires_ns: 0,
+        },
     };
     let _ = REVERSE.insert(&rkey, &rv, 0);
 }
 
 /// Backend → client: restore the VIP as the source.
 #[inline(never)]
-fn reply(ctx: &XdpContext, p: &Pkt, rv: *const RevValue) -> Result<u32, u32> {
+fn reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32> {
     let (vip, vport, service_id, backend_id) =
         unsafe { ((*rv).vip, (*rv).vport, (*rv).service_id, (*rv).backend_id) };
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -321,7 +322,8 @@ fn reply(ctx: &XdpContext, p: &Pkt, rv: *const RevValue) -> Result<u32, u32> {
         mark_closing(p, &vip, vport);
     }
     nat::rewrite(ctx, p, Rewrite::Src, &vip, vport)?;
-    Ok(nat::fib_forward(ctx, p, &vip, &p.key.dst, global::REPLIES))
+    let nh = unsafe { &mut (*rv).nh };
+    Ok(nat::fib_forward(ctx, p, Rewrite::Src, &vip, nh))
 }
 
 #[inline(never)]

@@ -14,9 +14,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    global, BackendInfo, Counters, CtValue, FlowKey, RevValue, ServiceInfo, ServiceKey,
-    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNTRACK, MAP_GLOBAL_STATS, MAP_MAGLEV, MAP_REVERSE,
-    MAP_SERVICES, MAP_SERVICE_STATS, MAX_BACKENDS, PROG_XDP_LB, SLOTS_PER_SERVICE,
+    global, BackendInfo, Counters, CtValue, FlowKey, NextHop, RevValue, ServiceInfo, ServiceKey,
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNTRACK, MAP_GLOBAL_STATS, MAP_MAGLEV, MAP_NEXTHOPS,
+    MAP_REVERSE, MAP_SERVICES, MAP_SERVICE_STATS, MAX_BACKENDS, PROG_XDP_LB, SLOTS_PER_SERVICE,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -114,6 +114,8 @@ pub struct Dataplane {
     pub service_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub global_stats: PerCpuArray<MapData, u64>,
+    /// Backend id → cached next hop (reset when the backend changes).
+    pub nexthops: Array<MapData, NextHop>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
@@ -131,7 +133,7 @@ macro_rules! typed {
 
 impl Dataplane {
     /// Map name → (max_entries, value_size) for these options.
-    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 8] {
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 9] {
         use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
         [
@@ -143,6 +145,7 @@ impl Dataplane {
             (MAP_SERVICE_STATS, opts.max_services, size_of::<Counters>()),
             (MAP_BACKEND_STATS, MAX_BACKENDS, size_of::<Counters>()),
             (MAP_GLOBAL_STATS, global::COUNT, size_of::<u64>()),
+            (MAP_NEXTHOPS, MAX_BACKENDS, size_of::<NextHop>()),
         ]
     }
 
@@ -240,6 +243,7 @@ impl Dataplane {
         let service_stats = typed!(PerCpuArray, &mut ebpf, MAP_SERVICE_STATS);
         let backend_stats = typed!(PerCpuArray, &mut ebpf, MAP_BACKEND_STATS);
         let global_stats = typed!(PerCpuArray, &mut ebpf, MAP_GLOBAL_STATS);
+        let nexthops = typed!(Array, &mut ebpf, MAP_NEXTHOPS);
         Ok(Self {
             opts,
             adopted,
@@ -253,6 +257,7 @@ impl Dataplane {
             service_stats,
             backend_stats,
             global_stats,
+            nexthops,
         })
     }
 
