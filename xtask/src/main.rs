@@ -1,5 +1,6 @@
-//! `cargo xtask setup | build | test | demo`: the project's developer tasks.
+//! `cargo xtask setup | build | test | demo | bench`: the project's developer tasks.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -34,6 +35,10 @@ enum Cmd {
     /// Run xlb in a lab of network namespaces (1 client, 3 backends) and show live how the
     /// client's requests spread over the backends. Needs root.
     Demo(demo::Args),
+    /// Benchmarks: per-packet cost of the XDP program, forwarding and TCP through xlb and
+    /// baselines (kernel routing, nftables DNAT, HAProxy), Maglev, control plane, memory.
+    /// Builds the release binaries, writes bench/results/. Needs root.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -45,6 +50,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test => test(),
         Cmd::Demo(args) => demo::demo(args),
+        Cmd::Bench(args) => bench::bench(args),
     }
 }
 
