@@ -35,8 +35,7 @@ pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 /// `CtValue::last_seen_ns` is rewritten only when it is older than this (a write per packet
 /// would dirty the entry's cache line on every CPU).
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
-/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists (no global lock on insert).
-pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 /// Global (`.rodata`) variables set at load time.
 pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, Counters, CtValue, FlowKey, NextHop, RevValue, ServiceInfo, ServiceKey,
-    BPF_F_NO_COMMON_LRU, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE,
-    MAX_BACKENDS, SLOTS_PER_SERVICE,
+    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, MAX_BACKENDS,
+    SLOTS_PER_SERVICE,
 };
 
 /// Maglev table size (prime). Set by the loader.
@@ -43,13 +43,11 @@ pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 
 /// Client flow (client → VIP) → backend.
 #[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<FlowKey, CtValue> =
-    LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
+pub static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
 
 /// Backend flow (backend → client) → VIP to restore.
 #[map(name = "REVERSE")]
-pub static REVERSE: LruHashMap<FlowKey, RevValue> =
-    LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
+pub static REVERSE: LruHashMap<FlowKey, RevValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
 
 /// Backend id → cached next hop towards it.
 #[map(name = "NEXTHOPS")]
