@@ -324,12 +324,14 @@ fn scaling_grows_shrinks_and_survives_bad_hooks() {
 
     let all_events = x.cli_ok(&["events"]).unwrap();
     eprintln!("{all_events}");
-    let terminated = std::fs::read_to_string(dir.join("terminated")).unwrap_or_default();
-    assert_eq!(
-        terminated.lines().count(),
-        2,
-        "two backends terminated: {terminated}"
-    );
+    // The scale-in hook runs once each drain is over.
+    let (terminated, _) = x
+        .wait_for("two backends terminated", Duration::from_secs(20), || {
+            let t = std::fs::read_to_string(dir.join("terminated")).unwrap_or_default();
+            Ok((t.lines().count() == 2).then_some(t))
+        })
+        .unwrap();
+    assert!(terminated.contains("198.18.2.101:8080"), "{terminated}");
     let ev: Vec<serde_json::Value> = serde_json::from_str(
         &x.cli_ok(&["events", "--json", "--group", "web-servers"])
             .unwrap(),
