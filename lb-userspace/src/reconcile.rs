@@ -39,8 +39,8 @@ struct WrittenService {
 #[derive(Default)]
 pub struct Reconciler {
     services: HashMap<u32, WrittenService>,
-    /// Contents of each (service id, slot) table, to write only what changes.
-    tables: HashMap<(u32, u32), Vec<u32>>,
+    /// What each (service id, slot) table holds, to write only what changes.
+    tables: HashMap<(u32, u32), TableSource>,
     backends: HashMap<u32, BackendInfo>,
     /// Maps adopted from a previous instance: tables not seen yet hold unknown contents.
     adopted: bool,
@@ -59,6 +59,47 @@ pub struct ApplyReport {
 /// A table entry no backend id can equal: marks table contents not known to this process.
 const UNKNOWN: u32 = u32::MAX - 1;
 
+/// What a Maglev table slot holds, kept as what built it rather than the table itself (a
+/// table is 256 KiB at the default size; rebuilding one to diff against takes about a
+/// millisecond).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TableSource {
+    /// Never written: zeros (a fresh map).
+    Zero,
+    /// Not known (adopted maps, or a write that failed half way).
+    Unknown,
+    /// Built by Maglev from these backends: (identity key, weight, backend id).
+    Built(Vec<(String, u32, u32)>),
+}
+
+impl TableSource {
+    fn table(&self, ring: u32) -> Vec<u32> {
+        match self {
+            Self::Zero => vec![0; ring as usize],
+            Self::Unknown => vec![UNKNOWN; ring as usize],
+            Self::Built(members) => {
+                let mb: Vec<MaglevBackend<'_>> = members
+                    .iter()
+                    .map(|(k, w, _)| MaglevBackend {
+                        key: k.as_bytes(),
+                        weight: *w,
+                    })
+                    .collect();
+                maglev::build(&mb, ring)
+                    .into_iter()
+                    .map(|i| {
+                        if i == NO_BACKEND {
+                            NO_BACKEND
+                        } else {
+                            members[i as usize].2
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 impl Reconciler {
     pub fn new() -> Self {
         Self::default()
@@ -72,7 +113,6 @@ impl Reconciler {
             adopted: true,
             ..Self::default()
         };
-        let ring = dp.opts.ring_size as usize;
         for item in dp.services.iter() {
             let (key, info) = item.map_err(map_err("SERVICES"))?;
             r.services.insert(
@@ -84,7 +124,7 @@ impl Reconciler {
                 },
             );
             for slot in 0..lb_common::SLOTS_PER_SERVICE {
-                r.tables.insert((info.id, slot), vec![UNKNOWN; ring]);
+                r.tables.insert((info.id, slot), TableSource::Unknown);
             }
         }
         for id in 0..lb_common::MAX_BACKENDS {
@@ -125,32 +165,19 @@ impl Reconciler {
                 .filter_map(|id| desired.backends.get(id))
                 .filter(|b| b.active)
                 .collect();
-            let keys: Vec<String> = members.iter().map(|b| b.key.maglev_key()).collect();
-            let mb: Vec<MaglevBackend<'_>> = members
-                .iter()
-                .zip(&keys)
-                .map(|(b, k)| MaglevBackend {
-                    key: k.as_bytes(),
-                    weight: b.weight,
-                })
-                .collect();
-            let table: Vec<u32> = maglev::build(&mb, ring)
-                .into_iter()
-                .map(|i| {
-                    if i == NO_BACKEND {
-                        NO_BACKEND
-                    } else {
-                        members[i as usize].id
-                    }
-                })
-                .collect();
+            let source = TableSource::Built(
+                members
+                    .iter()
+                    .map(|b| (b.key.maglev_key(), b.weight, b.id))
+                    .collect(),
+            );
             let flags = if members.is_empty() { SVC_F_EMPTY } else { 0 };
             let key = svc.key();
 
             let current = self.services.get(&svc.id);
             let live_slot = current.filter(|w| w.key == key).map(|w| w.slot);
             if let Some(slot) = live_slot {
-                let same_table = self.tables.get(&(svc.id, slot)) == Some(&table);
+                let same_table = self.tables.get(&(svc.id, slot)) == Some(&source);
                 if same_table && current.map(|w| w.flags) == Some(flags) {
                     continue;
                 }
@@ -164,19 +191,28 @@ impl Reconciler {
             }
             let slot = live_slot.map_or(0, |s| s ^ 1);
             let base = dp.table_base(svc.id, slot);
+            let unseen = if self.adopted {
+                TableSource::Unknown
+            } else {
+                TableSource::Zero
+            };
             let old = self
                 .tables
-                .entry((svc.id, slot))
-                .or_insert_with(|| vec![if self.adopted { UNKNOWN } else { 0 }; ring as usize]);
-            for (i, (&new, old)) in table.iter().zip(old.iter_mut()).enumerate() {
-                if new != *old {
+                .get(&(svc.id, slot))
+                .unwrap_or(&unseen)
+                .table(ring);
+            let table = source.table(ring);
+            // What is written is recorded as it goes: a failed write leaves the slot Unknown.
+            self.tables.insert((svc.id, slot), TableSource::Unknown);
+            for (i, (&new, &was)) in table.iter().zip(old.iter()).enumerate() {
+                if new != was {
                     dp.maglev
                         .set(base + i as u32, new, 0)
                         .map_err(map_err("MAGLEV"))?;
-                    *old = new;
                     report.table_entries_written += 1;
                 }
             }
+            self.tables.insert((svc.id, slot), source);
             let info = ServiceInfo {
                 id: svc.id,
                 slot,
