@@ -379,6 +379,15 @@ pub enum Metric {
     BytesPerSecondPerBackend,
     /// Open flows, per backend.
     ActiveFlowsPerBackend,
+    /// New flows per second to the whole group (step policies only: a group total does not
+    /// fall when capacity grows).
+    NewFlowsPerSecond,
+    /// Packets (both directions) per second through the whole group (step policies only).
+    PacketsPerSecond,
+    /// Bytes (both directions) per second through the whole group (step policies only).
+    BytesPerSecond,
+    /// Open flows of the whole group (step policies only).
+    ActiveFlows,
     /// `cpu` as the backends report it (health check JSON body or metric_command), averaged.
     BackendCpu,
     /// Any other number the backends report under this name, averaged.
@@ -392,6 +401,10 @@ impl Metric {
             Self::PacketsPerSecondPerBackend => "packets_per_second_per_backend",
             Self::BytesPerSecondPerBackend => "bytes_per_second_per_backend",
             Self::ActiveFlowsPerBackend => "active_flows_per_backend",
+            Self::NewFlowsPerSecond => "new_flows_per_second",
+            Self::PacketsPerSecond => "packets_per_second",
+            Self::BytesPerSecond => "bytes_per_second",
+            Self::ActiveFlows => "active_flows",
             Self::BackendCpu => "backend_cpu",
             Self::Custom(n) => n,
         }
@@ -415,13 +428,28 @@ impl From<Metric> for String {
 
 impl Metric {
     /// The metrics the data path measures, and `backend_cpu`.
-    pub const BUILT_IN: [Metric; 5] = [
+    pub const BUILT_IN: [Metric; 9] = [
         Metric::NewFlowsPerSecondPerBackend,
         Metric::PacketsPerSecondPerBackend,
         Metric::BytesPerSecondPerBackend,
         Metric::ActiveFlowsPerBackend,
+        Metric::NewFlowsPerSecond,
+        Metric::PacketsPerSecond,
+        Metric::BytesPerSecond,
+        Metric::ActiveFlows,
         Metric::BackendCpu,
     ];
+
+    /// A total over the group, rather than a per-backend figure.
+    pub fn is_group_total(&self) -> bool {
+        matches!(
+            self,
+            Self::NewFlowsPerSecond
+                | Self::PacketsPerSecond
+                | Self::BytesPerSecond
+                | Self::ActiveFlows
+        )
+    }
 }
 
 impl FromStr for Metric {
@@ -1522,6 +1550,18 @@ fn parse_policy(cx: &Cx<'_>, at: &At<'_>) -> Result<PolicyConfig, ConfigError> {
         .parse()
         .map_err(|m: String| metric_at.err(cx, m))?;
 
+    if kind == "target_tracking" && metric.is_group_total() {
+        return Err(metric_at.err(
+            cx,
+            format!(
+                "{} is a total over the group, which does not fall when capacity grows: \
+                 target tracking needs a per-backend metric (e.g. {}_per_backend); \
+                 use a step policy for group totals",
+                metric.name(),
+                metric.name()
+            ),
+        ));
+    }
     if kind == "target_tracking" {
         let target_at = t.require(cx, "target")?;
         let target = target_at.number(cx)?;
@@ -4672,12 +4712,19 @@ desired = 6
                 format!(
                     "unknown metric \"{bad}\": expected one of new_flows_per_second_per_backend, \
                      packets_per_second_per_backend, bytes_per_second_per_backend, \
-                     active_flows_per_backend, backend_cpu, or the name of a number the backends \
-                     report (lowercase letters, digits and _, starting with a letter, at most 64 \
-                     characters)"
+                     active_flows_per_backend, new_flows_per_second, packets_per_second, \
+                     bytes_per_second, active_flows, backend_cpu, or the name of a number the \
+                     backends report (lowercase letters, digits and _, starting with a letter, \
+                     at most 64 characters)"
                 )
             );
         }
+        // A group total cannot drive target tracking.
+        let (_, _, field, msg) = fail(&with_policy(
+            "type = \"target_tracking\"\nmetric = \"new_flows_per_second\"\ntarget = 1\n",
+        ));
+        assert_eq!(field, "target_group[0].scaling.policy[0].metric");
+        assert!(msg.contains("use a step policy for group totals"), "{msg}");
         let long = format!("m{}", "x".repeat(64));
         let (_, _, _, msg) = fail(&with_policy(&format!(
             "type = \"target_tracking\"\nmetric = \"{long}\"\ntarget = 1\n"
@@ -4686,6 +4733,7 @@ desired = 6
         // Every built-in name, and custom names up to 64 characters.
         for m in Metric::BUILT_IN
             .iter()
+            .filter(|m| !m.is_group_total())
             .map(Metric::name)
             .chain([&long[1..], "x", "cpu2_a"])
         {

@@ -546,6 +546,7 @@ impl Daemon {
                         launching: gs.launching,
                         hook: gs.hook_state(now),
                         last_decision: gs.last_decision.clone(),
+                        metrics: gs.metrics.clone(),
                     }),
                     backends: g
                         .members

@@ -113,6 +113,11 @@ pub struct ScalingStatus {
     pub hook: String,
     /// The last scaling decision, if any.
     pub last_decision: Option<String>,
+    /// The group's metrics at the last scaling round (per-backend averages and group totals
+    /// measured by the data path, and averages of what the backends report); a metric with
+    /// no fresh data is absent.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// Something the control plane decided or saw: scaling decisions with the metric values

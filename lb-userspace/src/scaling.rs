@@ -139,13 +139,17 @@ pub fn metric_value(
         return None;
     }
     let field: fn(&BackendSample) -> f64 = match metric {
-        Metric::NewFlowsPerSecondPerBackend => |b| b.new_flows_per_s,
-        Metric::PacketsPerSecondPerBackend => |b| b.packets_per_s,
-        Metric::BytesPerSecondPerBackend => |b| b.bytes_per_s,
-        Metric::ActiveFlowsPerBackend => |b| b.active_flows,
+        Metric::NewFlowsPerSecondPerBackend | Metric::NewFlowsPerSecond => |b| b.new_flows_per_s,
+        Metric::PacketsPerSecondPerBackend | Metric::PacketsPerSecond => |b| b.packets_per_s,
+        Metric::BytesPerSecondPerBackend | Metric::BytesPerSecond => |b| b.bytes_per_s,
+        Metric::ActiveFlowsPerBackend | Metric::ActiveFlows => |b| b.active_flows,
         // Reported metrics were handled above.
         Metric::BackendCpu | Metric::Custom(_) => return None,
     };
+    if metric.is_group_total() {
+        // The whole group's load, warming backends included.
+        return Some(sample.backends.iter().map(field).sum());
+    }
     average(qualifying.map(field))
 }
 
@@ -1409,6 +1413,31 @@ mod tests {
         assert_eq!(
             metric_value(&Metric::Custom("queue".into()), &g, &c, now),
             Some(30.0)
+        );
+    }
+
+    #[test]
+    fn group_totals_sum_every_backend() {
+        let t0 = Instant::now();
+        let c = cfg(vec![tt(100.0)]);
+        let now = t0 + 600 * S;
+        let bs = vec![
+            backend(1, t0, 200.0, None),
+            backend(2, now - 30 * S, 50.0, None),
+        ];
+        // Per backend: the warming one is left out; the group total counts it.
+        assert_eq!(
+            metric_value(
+                &Metric::NewFlowsPerSecondPerBackend,
+                &sample(now, bs.clone()),
+                &c,
+                now
+            ),
+            Some(200.0)
+        );
+        assert_eq!(
+            metric_value(&Metric::NewFlowsPerSecond, &sample(now, bs), &c, now),
+            Some(250.0)
         );
     }
 

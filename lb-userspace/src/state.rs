@@ -314,6 +314,8 @@ pub struct GroupScaling {
     pub to_terminate: VecDeque<(String, String)>,
     /// When metric_command runs next.
     pub next_metrics_at: Instant,
+    /// Every metric's value at the last round (for status).
+    pub metrics: BTreeMap<String, f64>,
 }
 
 impl GroupScaling {
@@ -328,6 +330,7 @@ impl GroupScaling {
             last_decision: None,
             to_terminate: VecDeque::new(),
             next_metrics_at: now,
+            metrics: BTreeMap::new(),
         }
     }
 
@@ -1084,6 +1087,29 @@ impl State {
                 rates_fresh,
             };
             let capacity = g.members.iter().filter(|m| m.drain.is_none()).count() as u32;
+            let mut reported: Vec<String> = sample
+                .backends
+                .iter()
+                .flat_map(|b| b.reported.keys().cloned())
+                .collect();
+            reported.sort();
+            reported.dedup();
+            gs.metrics = crate::config::Metric::BUILT_IN
+                .iter()
+                .filter(|m| !matches!(m, crate::config::Metric::BackendCpu))
+                .cloned()
+                .chain(reported.into_iter().map(|k| {
+                    if k == "cpu" {
+                        crate::config::Metric::BackendCpu
+                    } else {
+                        crate::config::Metric::Custom(k)
+                    }
+                }))
+                .filter_map(|m| {
+                    crate::scaling::metric_value(&m, &sample, cfg, now)
+                        .map(|v| (m.name().to_string(), v))
+                })
+                .collect();
             if let Some(d) = gs.scaler.evaluate(cfg, &sample, capacity, now, wall) {
                 events.push(decision_event(name, &d));
                 gs.last_decision = Some(d.reason.clone());

@@ -297,6 +297,17 @@ fn scaling_grows_shrinks_and_survives_bad_hooks() {
         }
         // Hold the load a little longer: the group must stay at max.
         std::thread::sleep(Duration::from_secs(3));
+        // What the data path measures is visible: the group's total new flows per second
+        // (40 offered) and the per-backend average.
+        let metrics = group_status(&x, "web-servers")["scaling"]["metrics"].clone();
+        let total = metrics["new_flows_per_second"].as_f64().unwrap_or(0.0);
+        assert!((20.0..=60.0).contains(&total), "{metrics}");
+        assert!(
+            metrics["new_flows_per_second_per_backend"]
+                .as_f64()
+                .is_some(),
+            "{metrics}"
+        );
         max_seen = max_seen.max(in_service(&x, "web-servers"));
         let grown = load.seen.lock().unwrap().clone();
         assert!(
