@@ -28,6 +28,7 @@ pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_NEXTHOPS: &str = "NEXTHOPS";
+pub const MAP_BACKEND_ADDRS: &str = "BACKEND_ADDRS";
 
 /// How long a cached next hop (FIB result) is used before it is looked up again: route and
 /// neighbour changes reach established traffic within this.
@@ -101,3 +102,9 @@ pub const TCP_RST: u8 = 0x04;
 pub const BE_F_ACTIVE: u8 = 1;
 /// `BackendInfo::flags`: established flows may continue (set while draining too).
 pub const BE_F_ESTABLISHED_OK: u8 = 2;
+/// `BackendInfo::flags`: the backend's address serves several services, so its flows keep a
+/// `REVERSE` entry each for their replies.
+pub const BE_F_SHARED: u8 = 4;
+/// `BackendAddrValue::flags`: several services use this backend address: look replies up in
+/// `REVERSE`.
+pub const BA_F_SHARED: u32 = 1;

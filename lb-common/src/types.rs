@@ -66,8 +66,31 @@ pub struct CtValue {
     /// `CT_F_*`
     pub flags: u32,
     pub _pad: u32,
+    /// The next hop of the backend's replies towards the client, cached.
+    pub reply_nh: NextHop,
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 48);
+
+/// Key of `BACKEND_ADDRS`: a backend's address, port and protocol, as its replies carry them.
+/// The same layout as a service key (address, port, protocol, family), so that the data path
+/// can reuse one key on its stack.
+pub type BackendAddr = ServiceKey;
+
+/// Value of `BACKEND_ADDRS`: the one service a backend address serves, so that its replies
+/// find their flow in `CONNTRACK` (no reverse entry per flow); `BA_F_SHARED` when several
+/// services use the address, whose flows then keep a `REVERSE` entry each.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendAddrValue {
+    pub vip: [u8; 16],
+    pub vport: [u8; 2],
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `BA_F_*`
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendAddrValue>() == 32);
 
 /// A next hop the FIB named, cached for `NEXTHOP_TTL_NS` so that most packets skip the
 /// route lookup.
@@ -137,4 +160,5 @@ mod pod {
     unsafe impl aya::Pod for RevValue {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for BackendAddrValue {}
 }

@@ -1,14 +1,15 @@
 //! Maps and load-time globals. All maps are pinned by name (in the daemon's `pin_path`), so a
-//! restarted daemon adopts them and established flows survive. Names and default sizes come from `lb_common::consts`; the
-//! daemon resizes MAGLEV, SERVICES, SERVICE_STATS and CONNTRACK/REVERSE at load time.
+//! restarted daemon adopts them and established flows survive. Names and default sizes come
+//! from `lb_common::consts`; the daemon resizes MAGLEV, SERVICES, SERVICE_STATS and
+//! CONNTRACK/REVERSE at load time.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    BackendInfo, Counters, CtValue, FlowKey, NextHop, RevValue, ServiceInfo, ServiceKey,
-    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, MAX_BACKENDS,
-    SLOTS_PER_SERVICE,
+    BackendAddr, BackendAddrValue, BackendInfo, Counters, CtValue, FlowKey, NextHop, RevValue,
+    ServiceInfo, ServiceKey, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE,
+    MAX_BACKENDS, SLOTS_PER_SERVICE,
 };
 
 /// Maglev table size (prime). Set by the loader.
@@ -45,9 +46,14 @@ pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
 
-/// Backend flow (backend → client) → VIP to restore.
+/// Backend flow (backend → client) → VIP to restore: only for flows to backend addresses
+/// that several services share (see `BACKEND_ADDRS`).
 #[map(name = "REVERSE")]
 pub static REVERSE: LruHashMap<FlowKey, RevValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
+
+/// Backend address (as its replies carry it) → the service it serves.
+#[map(name = "BACKEND_ADDRS")]
+pub static BACKEND_ADDRS: HashMap<BackendAddr, BackendAddrValue> = HashMap::pinned(MAX_BACKENDS, 0);
 
 /// Backend id → cached next hop towards it.
 #[map(name = "NEXTHOPS")]

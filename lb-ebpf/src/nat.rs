@@ -80,8 +80,23 @@ fn drop_malformed() -> u32 {
 
 /// Rewrite one address and port of `p`, updating the IPv4 header checksum and the TCP/UDP
 /// checksum incrementally. An IPv4 UDP datagram without checksum (0) keeps none.
+///
+/// Not inlined, to keep the callers' stack frames small (the verifier adds up the frames of a
+/// call chain); answers [`DONE`] or the action to take instead (a plain integer: a `Result`
+/// would be returned through a sixth, stack-passed argument).
+#[inline(never)]
+pub fn rewrite(ctx: &XdpContext, p: &Pkt, which: Rewrite, addr: &[u8; 16], port: [u8; 2]) -> u32 {
+    match rewrite_headers(ctx, p, which, addr, port) {
+        Ok(()) => DONE,
+        Err(action) => action,
+    }
+}
+
+/// [`rewrite`] succeeded.
+pub const DONE: u32 = u32::MAX;
+
 #[inline(always)]
-pub fn rewrite(
+fn rewrite_headers(
     ctx: &XdpContext,
     p: &Pkt,
     which: Rewrite,

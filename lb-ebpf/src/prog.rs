@@ -6,10 +6,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    global, hash::flow_hash, BackendInfo, CtValue, FlowKey, NextHop, RevValue, ServiceInfo,
-    ServiceKey, AF_INET, AF_INET6, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, CT_F_CLOSING,
-    LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
-    TCP_FIN, TCP_RST,
+    global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, NextHop, RevValue,
+    ServiceInfo, ServiceKey, AF_INET, AF_INET6, BA_F_SHARED, BE_F_ACTIVE, BE_F_ESTABLISHED_OK,
+    BE_F_SHARED, CT_F_CLOSING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_FIN, TCP_RST,
 };
 use network_types::{
     eth::EthHdr,
@@ -20,8 +20,8 @@ use network_types::{
 
 use crate::{
     maps::{
-        count, counters, hash_seed, ring_size, BACKENDS, BACKEND_STATS, CONNTRACK, MAGLEV,
-        NEXTHOPS, REVERSE, SERVICES, SERVICE_STATS,
+        count, counters, hash_seed, ring_size, BACKENDS, BACKEND_ADDRS, BACKEND_STATS, CONNTRACK,
+        MAGLEV, NEXTHOPS, REVERSE, SERVICES, SERVICE_STATS,
     },
     nat::{self, Pkt, Rewrite},
     parse::*,
@@ -78,7 +78,8 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
         _ => return Ok(pass()),
     };
 
-    let key = ServiceKey {
+    // One key on the stack: the destination for services, then the source for backends.
+    let mut key = ServiceKey {
         addr: p.key.dst,
         port: p.key.dport,
         proto: p.key.proto,
@@ -87,8 +88,17 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
     if let Some(svc) = SERVICES.get_ptr(&key) {
         return forward(ctx, &p, svc);
     }
-    if let Some(rv) = REVERSE.get_ptr_mut(&p.key) {
-        return reply(ctx, &p, rv);
+    key.addr = p.key.src;
+    key.port = p.key.sport;
+    if let Some(ba) = BACKEND_ADDRS.get_ptr(&key) {
+        if unsafe { (*ba).flags } & BA_F_SHARED != 0 {
+            if let Some(rv) = REVERSE.get_ptr_mut(&p.key) {
+                return shared_reply(ctx, &p, rv);
+            }
+            // A flow pinned before the address became shared has no REVERSE entry: try the
+            // service the entry names, as for an unshared address.
+        }
+        return reply(ctx, &p, ba);
     }
     Ok(pass())
 }
@@ -252,7 +262,10 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         c.new_flows += nf;
     }
 
-    nat::rewrite(ctx, p, Rewrite::Dst, addr, port)?;
+    let r = nat::rewrite(ctx, p, Rewrite::Dst, addr, port);
+    if r != nat::DONE {
+        return Err(r);
+    }
     // Backend ids are below MAX_BACKENDS, the size of NEXTHOPS: the lookup cannot fail.
     let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
         return Ok(no_backend(service_id));
@@ -262,7 +275,8 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
     }))
 }
 
-/// Remember a new flow's backend, and how to rewrite the backend's replies.
+/// Remember a new flow's backend (and, for a backend address several services share, how to
+/// rewrite its replies).
 #[inline(never)]
 fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, now: u64) {
     let ct = CtValue {
@@ -275,8 +289,12 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
             0
         },
         _pad: 0,
+        reply_nh: NO_HOP,
     };
     let _ = CONNTRACK.insert(&p.key, &ct, 0);
+    if unsafe { (*be).flags } & BE_F_SHARED == 0 {
+        return;
+    }
     let rkey = FlowKey {
         src: unsafe { (*be).addr },
         dst: p.key.src,
@@ -293,21 +311,54 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
         service_id,
         backend_id,
         _pad2: 0,
-        nh: NextHop {
-            ifindex: 0,
-            smac: [0; 6],
-            dmac: [0; 6],
-            expires_ns: 0,
-        },
+        nh: NO_HOP,
     };
     let _ = REVERSE.insert(&rkey, &rv, 0);
 }
 
-/// Backend → client: restore the VIP as the source.
+const NO_HOP: NextHop = NextHop {
+    ifindex: 0,
+    smac: [0; 6],
+    dmac: [0; 6],
+    expires_ns: 0,
+};
+
+/// Backend → client: restore the VIP as the source. The flow is found in `CONNTRACK` under
+/// the client's key, rebuilt from the service the backend address serves.
 #[inline(never)]
-fn reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32> {
+fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, u32> {
     let (vip, vport, service_id, backend_id) =
-        unsafe { ((*rv).vip, (*rv).vport, (*rv).service_id, (*rv).backend_id) };
+        unsafe { ((*ba).vip, (*ba).vport, (*ba).service_id, (*ba).backend_id) };
+    let key = FlowKey {
+        src: p.key.dst,
+        dst: vip,
+        sport: p.key.dport,
+        dport: vport,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let Some(ct) = CONNTRACK.get_ptr_mut(&key) else {
+        return Ok(pass());
+    };
+    // Not a flow of ours to this backend (e.g. moved to another one): the kernel's.
+    if unsafe { (*ct).backend_id } != backend_id {
+        return Ok(pass());
+    }
+    count_reply(ctx, service_id, backend_id);
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        unsafe { (*ct).flags |= CT_F_CLOSING };
+    }
+    let r = nat::rewrite(ctx, p, Rewrite::Src, &vip, vport);
+    if r != nat::DONE {
+        return Err(r);
+    }
+    let nh = unsafe { &mut (*ct).reply_nh };
+    Ok(nat::fib_forward(ctx, p, Rewrite::Src, &vip, nh))
+}
+
+#[inline(always)]
+fn count_reply(ctx: &XdpContext, service_id: u32, backend_id: u32) {
     let len = (ctx.data_end() - ctx.data()) as u64;
     if let Some(c) = counters(&SERVICE_STATS, service_id) {
         c.reply_packets += 1;
@@ -317,11 +368,23 @@ fn reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32> {
         c.reply_packets += 1;
         c.reply_bytes += len;
     }
+}
+
+/// A reply from a backend address several services share: its flow's `REVERSE` entry says
+/// which VIP to restore.
+#[inline(never)]
+fn shared_reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32> {
+    let (vip, vport, service_id, backend_id) =
+        unsafe { ((*rv).vip, (*rv).vport, (*rv).service_id, (*rv).backend_id) };
+    count_reply(ctx, service_id, backend_id);
     // A backend ending the flow marks the client's conntrack entry too.
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         mark_closing(p, &vip, vport);
     }
-    nat::rewrite(ctx, p, Rewrite::Src, &vip, vport)?;
+    let r = nat::rewrite(ctx, p, Rewrite::Src, &vip, vport);
+    if r != nat::DONE {
+        return Err(r);
+    }
     let nh = unsafe { &mut (*rv).nh };
     Ok(nat::fib_forward(ctx, p, Rewrite::Src, &vip, nh))
 }

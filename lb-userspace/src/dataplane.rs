@@ -116,6 +116,8 @@ pub struct Dataplane {
     pub global_stats: PerCpuArray<MapData, u64>,
     /// Backend id → cached next hop (reset when the backend changes).
     pub nexthops: Array<MapData, NextHop>,
+    /// Backend address → the service its replies belong to.
+    pub backend_addrs: HashMap<MapData, lb_common::BackendAddr, lb_common::BackendAddrValue>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
@@ -133,7 +135,7 @@ macro_rules! typed {
 
 impl Dataplane {
     /// Map name → (max_entries, value_size) for these options.
-    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 9] {
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 10] {
         use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
         [
@@ -146,6 +148,11 @@ impl Dataplane {
             (MAP_BACKEND_STATS, MAX_BACKENDS, size_of::<Counters>()),
             (MAP_GLOBAL_STATS, global::COUNT, size_of::<u64>()),
             (MAP_NEXTHOPS, MAX_BACKENDS, size_of::<NextHop>()),
+            (
+                lb_common::MAP_BACKEND_ADDRS,
+                MAX_BACKENDS,
+                size_of::<lb_common::BackendAddrValue>(),
+            ),
         ]
     }
 
@@ -244,6 +251,7 @@ impl Dataplane {
         let backend_stats = typed!(PerCpuArray, &mut ebpf, MAP_BACKEND_STATS);
         let global_stats = typed!(PerCpuArray, &mut ebpf, MAP_GLOBAL_STATS);
         let nexthops = typed!(Array, &mut ebpf, MAP_NEXTHOPS);
+        let backend_addrs = typed!(HashMap, &mut ebpf, lb_common::MAP_BACKEND_ADDRS);
         Ok(Self {
             opts,
             adopted,
@@ -258,6 +266,7 @@ impl Dataplane {
             backend_stats,
             global_stats,
             nexthops,
+            backend_addrs,
         })
     }
 

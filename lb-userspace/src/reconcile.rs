@@ -6,7 +6,10 @@
 //! services and backends nothing refers to any more.
 use std::collections::HashMap;
 
-use lb_common::{BackendInfo, ServiceInfo, ServiceKey, NO_BACKEND, SVC_F_EMPTY};
+use lb_common::{
+    BackendAddr, BackendAddrValue, BackendInfo, ServiceInfo, ServiceKey, BA_F_SHARED, NO_BACKEND,
+    SVC_F_EMPTY,
+};
 use tracing::{debug, info};
 
 use crate::{
@@ -44,6 +47,8 @@ pub struct Reconciler {
     backends: HashMap<u32, BackendInfo>,
     /// Maps adopted from a previous instance: tables not seen yet hold unknown contents.
     adopted: bool,
+    /// What `BACKEND_ADDRS` holds.
+    addrs: HashMap<BackendAddr, BackendAddrValue>,
 }
 
 /// What one `apply` changed.
@@ -132,6 +137,10 @@ impl Reconciler {
             if info != BackendInfo::default() {
                 r.backends.insert(id, info);
             }
+        }
+        for item in dp.backend_addrs.iter() {
+            let (k, v) = item.map_err(map_err("BACKEND_ADDRS"))?;
+            r.addrs.insert(k, v);
         }
         Ok(r)
     }
@@ -228,7 +237,36 @@ impl Reconciler {
             debug!(service = %svc.name, slot, backends = members.len(), "table swapped");
         }
 
-        // 3. Services that are gone.
+        // 3. Where replies from each backend address go: the one service it serves, or
+        // "shared" (several services: replies use the flows' REVERSE entries).
+        let mut want: HashMap<BackendAddr, BackendAddrValue> = HashMap::new();
+        for svc in &desired.services {
+            let (vip, _) = crate::dataplane::addr_bytes(svc.vip);
+            for id in &svc.backends {
+                let Some(b) = desired.backends.get(id) else {
+                    continue;
+                };
+                let v = BackendAddrValue {
+                    vip,
+                    vport: svc.port.to_be_bytes(),
+                    _pad: [0; 2],
+                    service_id: svc.id,
+                    backend_id: b.id,
+                    flags: if b.shared { BA_F_SHARED } else { 0 },
+                };
+                want.insert(b.addr_key(svc.protocol), v);
+            }
+        }
+        for (k, v) in &want {
+            if self.addrs.get(k) != Some(v) {
+                dp.backend_addrs
+                    .insert(k, v, 0)
+                    .map_err(map_err("BACKEND_ADDRS"))?;
+                self.addrs.insert(*k, *v);
+            }
+        }
+
+        // 4. Services that are gone.
         let live: std::collections::HashSet<u32> = desired.services.iter().map(|s| s.id).collect();
         let gone: Vec<u32> = self
             .services
@@ -243,8 +281,20 @@ impl Reconciler {
             }
         }
 
-        // 4. Backends that are gone: established flows to them are re-balanced by the data
-        // path, since their entry no longer allows traffic.
+        // 5. Backend addresses and backends that are gone: established flows to them are
+        // re-balanced by the data path, since their entry no longer allows traffic.
+        let stale: Vec<BackendAddr> = self
+            .addrs
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            dp.backend_addrs
+                .remove(&k)
+                .map_err(map_err("BACKEND_ADDRS"))?;
+            self.addrs.remove(&k);
+        }
         let gone: Vec<u32> = self
             .backends
             .keys()

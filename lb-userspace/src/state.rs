@@ -57,9 +57,23 @@ pub struct DesiredBackend {
     pub established_ok: bool,
     /// The group member this backend belongs to.
     pub member: u64,
+    /// Its address, port and protocol also serve another service: its flows keep a reverse
+    /// entry each for their replies.
+    pub shared: bool,
 }
 
 impl DesiredBackend {
+    /// How its replies carry it, for `protocol`.
+    pub fn addr_key(&self, protocol: Protocol) -> lb_common::BackendAddr {
+        let (addr, family) = addr_bytes(self.key.addr);
+        lb_common::BackendAddr {
+            addr,
+            port: self.key.port.to_be_bytes(),
+            proto: protocol.number(),
+            family,
+        }
+    }
+
     pub fn info(&self) -> BackendInfo {
         let (addr, family) = addr_bytes(self.key.addr);
         let mut flags = 0;
@@ -68,6 +82,9 @@ impl DesiredBackend {
         }
         if self.active {
             flags |= BE_F_ACTIVE | BE_F_ESTABLISHED_OK;
+        }
+        if self.shared {
+            flags |= lb_common::BE_F_SHARED;
         }
         BackendInfo {
             addr,
@@ -595,6 +612,7 @@ impl State {
                         active,
                         established_ok,
                         member: m.uid,
+                        shared: false,
                     });
                     ids.push(bid);
                 }
@@ -608,6 +626,27 @@ impl State {
                 target_group: svc.target_group.clone(),
                 backends: ids,
             });
+        }
+        // Backend addresses (with port and protocol) that more than one service reaches.
+        let mut users: HashMap<lb_common::BackendAddr, HashSet<u32>> = HashMap::new();
+        for svc in &out.services {
+            for id in &svc.backends {
+                if let Some(b) = out.backends.get(id) {
+                    users
+                        .entry(b.addr_key(svc.protocol))
+                        .or_default()
+                        .insert(svc.id);
+                }
+            }
+        }
+        for svc in &out.services {
+            for id in &svc.backends {
+                if let Some(b) = out.backends.get_mut(id) {
+                    if users[&b.addr_key(svc.protocol)].len() > 1 {
+                        b.shared = true;
+                    }
+                }
+            }
         }
         let names: HashSet<&String> = self.config.services.iter().map(|s| &s.name).collect();
         self.service_ids.retain(|n| names.contains(n));

@@ -1103,3 +1103,89 @@ fn fin_and_rst_mark_the_flow_closing() {
     assert_eq!(&out[26..30], &VIP4, "the RST is rewritten back to the VIP");
     assert_ne!(flags(45001) & lb_common::CT_F_CLOSING, 0, "backend RST");
 }
+
+/// Replies find their flow in CONNTRACK through the backend address: a flow to a backend
+/// address one service uses gets no REVERSE entry; one to an address several services share
+/// (198.18.2.11:8080 is in the `web` and `multi` groups) does.
+#[test]
+fn reverse_entries_only_for_shared_backend_addresses() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::new();
+    let reverse_from = |addr: [u8; 4], port: u16| {
+        fx.dp
+            .reverse
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.src[..4] == addr && k.sport == port.to_be_bytes())
+            .count()
+    };
+    // dns: 198.18.2.12:5353 serves only `dns`.
+    let (rc, _) = fx.run(
+        &build4(
+            CLIENT_MAC,
+            LB_CLIENT_MAC,
+            None,
+            CLIENT4,
+            VIP4,
+            46000,
+            53,
+            L4::Udp,
+        ),
+        fx.ifindex_client,
+    );
+    assert_eq!(rc, XDP_REDIRECT);
+    assert_eq!(
+        reverse_from(B4_2, 5353),
+        0,
+        "no REVERSE entry for an unshared backend"
+    );
+    let (rc, out) = fx.run(
+        &build4(
+            backend_mac(2),
+            LB_BACKENDS_MAC,
+            None,
+            B4_2,
+            CLIENT4,
+            5353,
+            46000,
+            L4::Udp,
+        ),
+        fx.ifindex_backends,
+    );
+    assert_eq!(rc, XDP_REDIRECT, "the reply is found through CONNTRACK");
+    assert_eq!(
+        out,
+        build4(
+            LB_CLIENT_MAC,
+            CLIENT_MAC,
+            None,
+            VIP4,
+            CLIENT4,
+            53,
+            46000,
+            L4::Udp
+        )
+    );
+    // web: 198.18.2.11:8080 is shared with `multi`.
+    let (rc, _) = fx.run(
+        &build4(
+            CLIENT_MAC,
+            LB_CLIENT_MAC,
+            None,
+            CLIENT4,
+            VIP4,
+            46001,
+            80,
+            L4::Syn,
+        ),
+        fx.ifindex_client,
+    );
+    assert_eq!(rc, XDP_REDIRECT);
+    assert_eq!(
+        reverse_from(B4_1, 8080),
+        1,
+        "a REVERSE entry for a shared backend"
+    );
+}
