@@ -29,6 +29,20 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_NEXTHOPS: &str = "NEXTHOPS";
 pub const MAP_BACKEND_ADDRS: &str = "BACKEND_ADDRS";
+pub const MAP_PORTS: &str = "PORTS";
+
+/// `PORTS` is two bitmaps of the 65536 ports, 64 ports a word: destination ports of services
+/// (words `0..1024`), then source ports of backends (words `1024..2048`). Packets whose ports
+/// are in neither skip both hash lookups.
+pub const PORT_WORDS: u32 = 1024;
+pub const PORTS_SERVICE: u32 = 0;
+pub const PORTS_BACKEND: u32 = PORT_WORDS;
+
+/// The `PORTS` word and bit of `port` in the bitmap starting at `base`.
+#[inline(always)]
+pub const fn port_bit(base: u32, port: u16) -> (u32, u64) {
+    (base + (port as u32 >> 6), 1u64 << (port & 63))
+}
 
 /// How long a cached next hop (FIB result) is used before it is looked up again: route and
 /// neighbour changes reach established traffic within this.

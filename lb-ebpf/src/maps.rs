@@ -55,6 +55,20 @@ pub static REVERSE: LruHashMap<FlowKey, RevValue> = LruHashMap::pinned(DEFAULT_C
 #[map(name = "BACKEND_ADDRS")]
 pub static BACKEND_ADDRS: HashMap<BackendAddr, BackendAddrValue> = HashMap::pinned(MAX_BACKENDS, 0);
 
+/// Port bitmaps: see `lb_common::consts::PORT_WORDS`.
+#[map(name = "PORTS")]
+pub static PORTS: Array<u64> = Array::pinned(2 * lb_common::PORT_WORDS, 0);
+
+/// Whether `port` is set in the `PORTS` bitmap starting at `base`.
+#[inline(always)]
+pub fn port_in(base: u32, port: [u8; 2]) -> bool {
+    let (word, bit) = lb_common::port_bit(base, u16::from_be_bytes(port));
+    match PORTS.get_ptr(word) {
+        Some(w) => (unsafe { *w } & bit) != 0,
+        None => false,
+    }
+}
+
 /// Backend id → cached next hop towards it.
 #[map(name = "NEXTHOPS")]
 pub static NEXTHOPS: Array<NextHop> = Array::pinned(MAX_BACKENDS, 0);

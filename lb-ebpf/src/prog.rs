@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, NextHop, RevValue,
     ServiceInfo, ServiceKey, AF_INET, AF_INET6, BA_F_SHARED, BE_F_ACTIVE, BE_F_ESTABLISHED_OK,
-    BE_F_SHARED, CT_F_CLOSING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
-    SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_FIN, TCP_RST,
+    BE_F_SHARED, CT_F_CLOSING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE,
+    PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_FIN, TCP_RST,
 };
 use network_types::{
     eth::EthHdr,
@@ -20,8 +20,8 @@ use network_types::{
 
 use crate::{
     maps::{
-        count, counters, hash_seed, ring_size, BACKENDS, BACKEND_ADDRS, BACKEND_STATS, CONNTRACK,
-        MAGLEV, NEXTHOPS, REVERSE, SERVICES, SERVICE_STATS,
+        count, counters, hash_seed, port_in, ring_size, BACKENDS, BACKEND_ADDRS, BACKEND_STATS,
+        CONNTRACK, MAGLEV, NEXTHOPS, REVERSE, SERVICES, SERVICE_STATS,
     },
     nat::{self, Pkt, Rewrite},
     parse::*,
@@ -79,14 +79,20 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
     };
 
     // One key on the stack: the destination for services, then the source for backends.
+    // The port bitmaps spare most other traffic both hash lookups.
     let mut key = ServiceKey {
         addr: p.key.dst,
         port: p.key.dport,
         proto: p.key.proto,
         family: p.key.family,
     };
-    if let Some(svc) = SERVICES.get_ptr(&key) {
-        return forward(ctx, &p, svc);
+    if port_in(PORTS_SERVICE, p.key.dport) {
+        if let Some(svc) = SERVICES.get_ptr(&key) {
+            return forward(ctx, &p, svc);
+        }
+    }
+    if !port_in(PORTS_BACKEND, p.key.sport) {
+        return Ok(pass());
     }
     key.addr = p.key.src;
     key.port = p.key.sport;

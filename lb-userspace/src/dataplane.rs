@@ -118,6 +118,8 @@ pub struct Dataplane {
     pub nexthops: Array<MapData, NextHop>,
     /// Backend address → the service its replies belong to.
     pub backend_addrs: HashMap<MapData, lb_common::BackendAddr, lb_common::BackendAddrValue>,
+    /// Port bitmaps (service destination ports, backend source ports).
+    pub ports: Array<MapData, u64>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
@@ -135,7 +137,7 @@ macro_rules! typed {
 
 impl Dataplane {
     /// Map name → (max_entries, value_size) for these options.
-    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 10] {
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 11] {
         use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
         [
@@ -152,6 +154,11 @@ impl Dataplane {
                 lb_common::MAP_BACKEND_ADDRS,
                 MAX_BACKENDS,
                 size_of::<lb_common::BackendAddrValue>(),
+            ),
+            (
+                lb_common::MAP_PORTS,
+                2 * lb_common::PORT_WORDS,
+                size_of::<u64>(),
             ),
         ]
     }
@@ -252,6 +259,7 @@ impl Dataplane {
         let global_stats = typed!(PerCpuArray, &mut ebpf, MAP_GLOBAL_STATS);
         let nexthops = typed!(Array, &mut ebpf, MAP_NEXTHOPS);
         let backend_addrs = typed!(HashMap, &mut ebpf, lb_common::MAP_BACKEND_ADDRS);
+        let ports = typed!(Array, &mut ebpf, lb_common::MAP_PORTS);
         Ok(Self {
             opts,
             adopted,
@@ -267,6 +275,7 @@ impl Dataplane {
             global_stats,
             nexthops,
             backend_addrs,
+            ports,
         })
     }
 

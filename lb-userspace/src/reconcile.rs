@@ -49,6 +49,8 @@ pub struct Reconciler {
     adopted: bool,
     /// What `BACKEND_ADDRS` holds.
     addrs: HashMap<BackendAddr, BackendAddrValue>,
+    /// What `PORTS` holds (word index → bits); absent words are zero.
+    ports: HashMap<u32, u64>,
 }
 
 /// What one `apply` changed.
@@ -142,6 +144,12 @@ impl Reconciler {
             let (k, v) = item.map_err(map_err("BACKEND_ADDRS"))?;
             r.addrs.insert(k, v);
         }
+        for i in 0..2 * lb_common::PORT_WORDS {
+            let w = dp.ports.get(&i, 0).map_err(map_err("PORTS"))?;
+            if w != 0 {
+                r.ports.insert(i, w);
+            }
+        }
         Ok(r)
     }
 
@@ -152,6 +160,27 @@ impl Reconciler {
     ) -> Result<ApplyReport, ReconcileError> {
         let mut report = ApplyReport::default();
         let ring = dp.opts.ring_size;
+
+        // 0. Port bitmaps: new ports first (a port of a new service or backend must pass the
+        // filter before its map entries exist); ports no longer used are cleared at the end.
+        let mut want_ports: HashMap<u32, u64> = HashMap::new();
+        for svc in &desired.services {
+            let (w, bit) = lb_common::port_bit(lb_common::PORTS_SERVICE, svc.port);
+            *want_ports.entry(w).or_default() |= bit;
+            for id in &svc.backends {
+                if let Some(b) = desired.backends.get(id) {
+                    let (w, bit) = lb_common::port_bit(lb_common::PORTS_BACKEND, b.key.port);
+                    *want_ports.entry(w).or_default() |= bit;
+                }
+            }
+        }
+        for (w, bits) in &want_ports {
+            let have = self.ports.get(w).copied().unwrap_or(0);
+            if have | bits != have {
+                dp.ports.set(*w, have | bits, 0).map_err(map_err("PORTS"))?;
+                self.ports.insert(*w, have | bits);
+            }
+        }
 
         // 1. Backends.
         for (id, b) in &desired.backends {
@@ -294,6 +323,18 @@ impl Reconciler {
                 .remove(&k)
                 .map_err(map_err("BACKEND_ADDRS"))?;
             self.addrs.remove(&k);
+        }
+        let words: Vec<u32> = self.ports.keys().copied().collect();
+        for w in words {
+            let want = want_ports.get(&w).copied().unwrap_or(0);
+            if self.ports.get(&w).copied().unwrap_or(0) != want {
+                dp.ports.set(w, want, 0).map_err(map_err("PORTS"))?;
+                if want == 0 {
+                    self.ports.remove(&w);
+                } else {
+                    self.ports.insert(w, want);
+                }
+            }
         }
         let gone: Vec<u32> = self
             .backends

@@ -18,7 +18,9 @@ use xlb_lab::{
 };
 
 const T: Duration = Duration::from_secs(3);
-const INTERVAL_MS: u64 = 200;
+/// Health check interval and timeout: short, yet long enough for a backend busy echoing 50
+/// streams on a 2-CPU machine to answer in time.
+const INTERVAL_MS: u64 = 300;
 const UNHEALTHY: u64 = 3;
 const HEALTHY: u64 = 2;
 
@@ -65,7 +67,7 @@ backends = [{list}]
 protocol = "http"
 path = "/health"
 interval = "{INTERVAL_MS}ms"
-timeout = "150ms"
+timeout = "{INTERVAL_MS}ms"
 healthy_threshold = {HEALTHY}
 unhealthy_threshold = {UNHEALTHY}
 
@@ -78,7 +80,7 @@ backends = [{list}]
 [target_group.health_check]
 protocol = "tcp"
 interval = "{INTERVAL_MS}ms"
-timeout = "150ms"
+timeout = "{INTERVAL_MS}ms"
 healthy_threshold = {HEALTHY}
 unhealthy_threshold = {UNHEALTHY}
 "#,
@@ -342,7 +344,12 @@ fn adding_a_backend_under_load_breaks_nothing() {
             })
             .unwrap();
         let (seen, failed) = connections(&s.lab, 80);
-        assert!(failed.is_empty(), "{failed:?}");
+        assert!(
+            failed.is_empty(),
+            "{failed:?}\n{}\n{}",
+            s.xlb.cli_ok(&["status"]).unwrap_or_default(),
+            xlb_lab::lab::tail(&s.xlb.log_text(), 30)
+        );
         assert!(
             seen.contains_key("b4"),
             "new connections reach b4: {seen:?}"
