@@ -6,7 +6,8 @@
 //! 2. `forwarding`: UDP forwarding at a fixed rate through xlb, kernel routing, nftables DNAT;
 //! 3. `tcp`: TCP connection rate and request latency through those and HAProxy;
 //! 4. `maglev`: table build times, and a backend change until it is live;
-//! 5. `control`: backend death until removal (with health checks), scaling (pending);
+//! 5. `control`: backend death until removal (with health checks), scaling trigger (by hand
+//!    and by a policy) until the first packet at the new backend;
 //! 6. `memory`: daemon RSS and BPF map memory for 1 and 100 services.
 //!
 //! `cargo xtask bench` (a debug build of xtask) builds the release binaries with the `xlb`

@@ -235,7 +235,10 @@ pub struct DaemonChange {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ControlResults {
     pub backend_death: Measured,
+    /// Scaling triggered by hand (`xlb scale GROUP --desired N`).
     pub scaling: Measured,
+    /// Scaling triggered by a target_tracking policy (a load step across its target).
+    pub scaling_policy: Measured,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -243,6 +246,17 @@ pub struct Measured {
     /// `measured`, or `pending (...)`.
     pub status: String,
     pub how: String,
+    pub samples_ms: Vec<f64>,
+    pub median_ms: Option<f64>,
+    /// Where the time goes: the moments of each step, in ms since the trigger.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakdown: Vec<Phase>,
+}
+
+/// One step of a [`Measured`] sequence: its moment in each sample (ms since the trigger).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phase {
+    pub what: String,
     pub samples_ms: Vec<f64>,
     pub median_ms: Option<f64>,
 }
@@ -899,10 +913,32 @@ pub fn markdown(r: &Results, charts: &ChartFiles) -> String {
                 "scaling trigger → first packet at the new backend",
                 &c.scaling,
             ),
+            (
+                "load crossing a target_tracking target → first packet at the new backend",
+                &c.scaling_policy,
+            ),
         ] {
+            if x.status.is_empty() {
+                continue;
+            }
+            let breakdown = if x.breakdown.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; from the trigger (medians): {}",
+                    x.breakdown
+                        .iter()
+                        .map(|p| match p.median_ms {
+                            Some(v) => format!("{} +{v:.0} ms", p.what),
+                            None => format!("{} (not seen)", p.what),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
             let result = match x.median_ms {
                 Some(v) => format!(
-                    "median **{v:.0} ms** (samples {} ms); {}",
+                    "median **{v:.0} ms** (samples {} ms){breakdown}; {}",
                     x.samples_ms
                         .iter()
                         .map(|s| format!("{s:.0}"))
