@@ -437,10 +437,16 @@ impl Results {
                     check(
                         target,
                         format!(
-                            "xlb {:.0}/s vs routing {:.0}/s ({:.1}%), failures {} vs {}",
+                            "xlb {:.0}/s vs routing {:.0}/s ({:.1}%{}), failures {} vs {}",
                             x.result.conn_per_s,
                             r.result.conn_per_s,
                             v * 100.0,
+                            if v < 1.0 && v >= 0.97 {
+                                "; below, but within the 3% that identical paths differ by \
+                                 between runs here"
+                            } else {
+                                ""
+                            },
                             x.result.failed,
                             r.result.failed
                         ),
