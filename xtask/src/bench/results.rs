@@ -441,7 +441,7 @@ impl Results {
                             x.result.conn_per_s,
                             r.result.conn_per_s,
                             v * 100.0,
-                            if v < 1.0 && v >= 0.97 {
+                            if (0.97..1.0).contains(&v) {
                                 "; below, but within the 3% that identical paths differ by \
                                  between runs here"
                             } else {
