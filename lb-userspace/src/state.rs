@@ -368,6 +368,23 @@ impl GroupScaling {
         }
     }
 
+    /// A hook succeeded: the next failure starts the backoff again.
+    fn hook_succeeded(&mut self) {
+        self.hook_running = false;
+        self.backoff.reset();
+        self.retry_at = None;
+        self.last_error = None;
+    }
+
+    /// A hook failed: no hook of this group before the backoff delay, which is returned.
+    fn hook_failed(&mut self, now: Instant, error: &str) -> Duration {
+        self.hook_running = false;
+        let delay = self.backoff.next_delay();
+        self.retry_at = Some(now + delay);
+        self.last_error = Some(error.to_string());
+        delay
+    }
+
     fn may_run_hook(&self, now: Instant) -> bool {
         !self.hook_running && self.retry_at.is_none_or(|t| t <= now)
     }
@@ -1318,7 +1335,6 @@ impl State {
         let Some(gs) = g.scaling.as_mut() else {
             return false;
         };
-        gs.hook_running = false;
         let asked = std::mem::take(&mut gs.launching);
         let failure = match result {
             Err(e) => Some(e),
@@ -1361,15 +1377,11 @@ impl State {
         };
         match failure {
             None => {
-                gs.backoff.reset();
-                gs.retry_at = None;
-                gs.last_error = None;
+                gs.hook_succeeded();
                 true
             }
             Some(e) => {
-                let delay = gs.backoff.next_delay();
-                gs.retry_at = Some(now + delay);
-                gs.last_error = Some(e.clone());
+                let delay = gs.hook_failed(now, &e);
                 let msg = format!(
                     "scale-out hook: {e}; retrying in {}",
                     humantime::format_duration(delay)
@@ -1386,24 +1398,15 @@ impl State {
         let Some(gs) = self.groups.get_mut(group).and_then(|g| g.scaling.as_mut()) else {
             return;
         };
-        gs.hook_running = false;
         match result {
             Ok(()) => {
                 gs.to_terminate.retain(|(b, _)| b != backend);
-                gs.backoff.reset();
-                gs.retry_at = None;
-                gs.last_error = None;
-                self.push_event(
-                    group,
-                    "terminated",
-                    format!("{backend} terminated"),
-                    BTreeMap::new(),
-                );
+                gs.hook_succeeded();
+                let msg = format!("{backend} terminated");
+                self.push_event(group, "terminated", msg, BTreeMap::new());
             }
             Err(e) => {
-                let delay = gs.backoff.next_delay();
-                gs.retry_at = Some(now + delay);
-                gs.last_error = Some(e.clone());
+                let delay = gs.hook_failed(now, &e);
                 let msg = format!(
                     "scale-in hook for {backend}: {e}; retrying in {}",
                     humantime::format_duration(delay)
