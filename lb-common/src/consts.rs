@@ -30,6 +30,27 @@ pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_NEXTHOPS: &str = "NEXTHOPS";
 pub const MAP_BACKEND_ADDRS: &str = "BACKEND_ADDRS";
 pub const MAP_PORTS: &str = "PORTS";
+pub const MAP_FRAGS: &str = "FRAGS";
+pub const MAP_TX_PORTS: &str = "TX_PORTS";
+pub const MAP_VLANS: &str = "VLANS";
+pub const MAP_ADDRS: &str = "ADDRS";
+/// Entries of `ADDRS`: every VIP and backend address (port and protocol zero).
+pub const MAX_ADDRS: u32 = 2 * MAX_BACKENDS;
+
+/// Entries of the `FRAGS` LRU: datagrams in flight as fragments (first fragment seen, later
+/// ones to follow).
+pub const FRAG_TABLE_SIZE: u32 = 16384;
+/// How long a `FRAGS` entry lets later fragments follow their first (ns).
+pub const FRAG_TTL_NS: u64 = 5_000_000_000;
+/// Interfaces the program may redirect to (`TX_PORTS` devmap) and VLAN devices it knows
+/// (`VLANS`).
+pub const MAX_TX_PORTS: u32 = 256;
+pub const MAX_VLANS: u32 = 1024;
+/// IPv6 extension headers walked to find TCP/UDP (hop-by-hop, routing, destination options,
+/// fragment); a longer chain is passed to the kernel.
+pub const MAX_EXT_HEADERS: usize = 6;
+/// Bytes of the offending packet quoted in an ICMP error xlb sends (from its IP header on).
+pub const ICMP_QUOTE_MAX: usize = 128;
 
 /// `PORTS` is two bitmaps of the 65536 ports, 64 ports a word: destination ports of services
 /// (words `0..1024`), then source ports of backends (words `1024..2048`). Packets whose ports
@@ -86,7 +107,39 @@ pub mod global {
     pub const REPLIES: u32 = 10;
     /// Redirects the kernel refused (packet dropped).
     pub const REDIRECT_FAILED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// ICMP errors about a balanced flow, translated and sent to its backend.
+    pub const ICMP_TO_BACKEND: u32 = 12;
+    /// ICMP errors about a balanced flow's client-to-backend leg (or sent by a backend),
+    /// translated and sent to the client from the VIP.
+    pub const ICMP_TO_CLIENT: u32 = 13;
+    /// Packets too big for the egress link that may not be fragmented: answered with ICMP
+    /// "fragmentation needed" / "packet too big" (dropped).
+    pub const TOO_BIG_ICMP: u32 = 14;
+    /// IPv4 packets too big for the egress link without DF: rewritten and handed to the
+    /// kernel, which fragments them.
+    pub const TOO_BIG_KERNEL: u32 = 15;
+    /// Later fragments that followed their first fragment's flow (forwarded or replied).
+    pub const FRAGS_FOLLOWED: u32 = 16;
+    /// Later fragments whose first fragment was not seen (or expired): dropped.
+    pub const FRAGS_ORPHAN: u32 = 17;
+    /// Packets to a service with TTL / hop limit ≤ 1: handed to the kernel untouched.
+    pub const TTL_EXCEEDED: u32 = 18;
+    /// Backend replies without a connection-table entry, from an address serving one
+    /// service: translated to the VIP and the entry re-created.
+    pub const STRAY_RECREATED: u32 = 19;
+    /// Backend replies without a usable entry that cannot be translated (shared address,
+    /// or the flow now belongs to another backend): dropped.
+    pub const STRAY_DROPPED: u32 = 20;
+    /// Rewritten packets whose egress interface is not in `TX_PORTS` (cannot take XDP
+    /// frames, or nested VLAN): handed to the kernel, which forwards them.
+    pub const EGRESS_KERNEL: u32 = 21;
+    /// IPv6 packets with more extension headers than are walked (or a routing header with
+    /// segments left): passed.
+    pub const EXT_HEADERS_PASSED: u32 = 22;
+    pub const COUNT: u32 = 23;
+    /// Size of the `GLOBAL_STATS` array: room for counters of later versions, so that a
+    /// restart adopts the pinned array.
+    pub const SLOTS: u32 = 64;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
@@ -101,6 +154,17 @@ pub mod global {
         "forwarded",
         "replies",
         "redirect_failed",
+        "icmp_to_backend",
+        "icmp_to_client",
+        "too_big_icmp",
+        "too_big_kernel",
+        "frags_followed",
+        "frags_orphan",
+        "ttl_exceeded",
+        "stray_recreated",
+        "stray_dropped",
+        "egress_kernel",
+        "ext_headers_passed",
     ];
 }
 
@@ -122,3 +186,15 @@ pub const BE_F_SHARED: u8 = 4;
 /// `BackendAddrValue::flags`: several services use this backend address: look replies up in
 /// `REVERSE`.
 pub const BA_F_SHARED: u32 = 1;
+
+/// `FragValue::flags`: the datagram goes client → backend (destination rewritten); without
+/// it, backend → client (source rewritten to the VIP).
+pub const FRAG_F_FORWARD: u32 = 1;
+/// `ADDRS` values: the address is a service's VIP / a backend's. Later fragments (which
+/// carry no ports) to a VIP or from a backend address are dropped when their first fragment
+/// was not seen.
+pub const ADDR_F_VIP: u32 = 1;
+pub const ADDR_F_BACKEND: u32 = 2;
+/// `NextHop::flags`: the egress interface cannot take redirected XDP frames (not in
+/// `TX_PORTS`): rewritten packets are handed to the kernel.
+pub const NH_F_KERNEL: u32 = 1;

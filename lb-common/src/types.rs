@@ -69,7 +69,7 @@ pub struct CtValue {
     /// The next hop of the backend's replies towards the client, cached.
     pub reply_nh: NextHop,
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 48);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 56);
 
 /// Key of `BACKEND_ADDRS`: a backend's address, port and protocol, as its replies carry them.
 /// The same layout as a service key (address, port, protocol, family), so that the data path
@@ -97,14 +97,68 @@ const _: () = assert!(core::mem::size_of::<BackendAddrValue>() == 32);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NextHop {
-    /// Egress interface; 0: nothing cached.
+    /// Egress interface (a VLAN device resolved to its parent); 0: nothing cached.
     pub ifindex: u32,
+    /// MTU of the route (the FIB's `mtu_result`).
+    pub mtu: u16,
+    /// VLAN id the frame must carry on `ifindex` (the FIB named a VLAN device); 0: untagged.
+    pub vlan: u16,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    /// `NH_F_*`
+    pub flags: u32,
     /// `CLOCK_MONOTONIC_COARSE` ns after which the entry must be looked up again.
     pub expires_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
+
+/// Key of the `FRAGS` LRU: a datagram in flight as fragments (IPv4 id, or the IPv6 fragment
+/// header's identification).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+
+/// Key of `ADDRS`: an address alone (a `ServiceKey` with port and protocol zero).
+pub type AddrKey = ServiceKey;
+
+/// Value of `FRAGS`: how the first fragment was rewritten, so that later ones follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragValue {
+    /// The address written into the later fragments (backend or VIP).
+    pub addr: [u8; 16],
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `FRAG_F_*`
+    pub flags: u32,
+    pub _pad: u32,
+    /// `CLOCK_MONOTONIC_COARSE` ns when the first fragment was seen.
+    pub created_ns: u64,
+    /// Next hop of the datagram, cached.
+    pub nh: NextHop,
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 72);
+
+/// Value of `VLANS`, keyed by a VLAN device's ifindex: where its frames really leave.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VlanInfo {
+    /// The parent (physical) interface.
+    pub parent_ifindex: u32,
+    /// VLAN id (host order).
+    pub vlan_id: u16,
+    /// `VLAN_F_*`: 0 for 802.1Q.
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<VlanInfo>() == 8);
 
 /// Value of `REVERSE`: what a backend's reply must be rewritten back to.
 #[repr(C)]
@@ -119,7 +173,7 @@ pub struct RevValue {
     /// The next hop towards the client, cached.
     pub nh: NextHop,
 }
-const _: () = assert!(core::mem::size_of::<RevValue>() == 56);
+const _: () = assert!(core::mem::size_of::<RevValue>() == 64);
 
 /// Per-CPU traffic counters of a service or a backend.
 #[repr(C)]
@@ -161,4 +215,7 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for BackendAddrValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for VlanInfo {}
 }

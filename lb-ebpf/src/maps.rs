@@ -4,12 +4,13 @@
 //! CONNTRACK/REVERSE at load time.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    BackendAddr, BackendAddrValue, BackendInfo, Counters, CtValue, FlowKey, NextHop, RevValue,
-    ServiceInfo, ServiceKey, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE,
-    MAX_BACKENDS, SLOTS_PER_SERVICE,
+    BackendAddr, BackendAddrValue, BackendInfo, Counters, CtValue, FlowKey, FragKey, FragValue,
+    NextHop, RevValue, ServiceInfo, ServiceKey, VlanInfo, DEFAULT_CONNTRACK_SIZE,
+    DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, FRAG_TABLE_SIZE, MAX_BACKENDS, MAX_TX_PORTS,
+    MAX_VLANS, SLOTS_PER_SERVICE,
 };
 
 /// Maglev table size (prime). Set by the loader.
@@ -80,7 +81,25 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(DEFAULT_MA
 pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
 #[map(name = "GLOBAL_STATS")]
-pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(lb_common::global::COUNT, 0);
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(lb_common::global::SLOTS, 0);
+
+/// Datagrams in flight as fragments: (source, destination, protocol, id) → how the first
+/// fragment was rewritten.
+#[map(name = "FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAG_TABLE_SIZE, 0);
+
+/// Interfaces that take redirected XDP frames (ifindex → ifindex), filled by the daemon with
+/// the interfaces it attaches to. A redirect to any other interface goes to the kernel.
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
+
+/// VLAN device ifindex → parent interface and VLAN id, learnt by the daemon over netlink.
+#[map(name = "VLANS")]
+pub static VLANS: HashMap<u32, VlanInfo> = HashMap::pinned(MAX_VLANS, 0);
+
+/// Every VIP and backend address (port and protocol zero) → `ADDR_F_*`.
+#[map(name = "ADDRS")]
+pub static ADDRS: HashMap<ServiceKey, u32> = HashMap::pinned(lb_common::MAX_ADDRS, 0);
 
 #[inline(always)]
 pub fn count(idx: u32) {

@@ -324,8 +324,11 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
 
 const NO_HOP: NextHop = NextHop {
     ifindex: 0,
+    mtu: 0,
+    vlan: 0,
     smac: [0; 6],
     dmac: [0; 6],
+    flags: 0,
     expires_ns: 0,
 };
 

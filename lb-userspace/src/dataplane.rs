@@ -5,7 +5,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -120,6 +120,14 @@ pub struct Dataplane {
     pub backend_addrs: HashMap<MapData, lb_common::BackendAddr, lb_common::BackendAddrValue>,
     /// Port bitmaps (service destination ports, backend source ports).
     pub ports: Array<MapData, u64>,
+    /// Datagrams in flight as fragments.
+    pub frags: HashMap<MapData, lb_common::FragKey, lb_common::FragValue>,
+    /// Interfaces the program may redirect to.
+    pub tx_ports: aya::maps::DevMapHash<MapData>,
+    /// VLAN device → parent and VLAN id.
+    pub vlans: HashMap<MapData, u32, lb_common::VlanInfo>,
+    /// Every VIP and backend address → `ADDR_F_*`.
+    pub addrs: HashMap<MapData, lb_common::AddrKey, u32>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
@@ -137,7 +145,7 @@ macro_rules! typed {
 
 impl Dataplane {
     /// Map name → (max_entries, value_size) for these options.
-    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 11] {
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 15] {
         use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
         [
@@ -148,7 +156,7 @@ impl Dataplane {
             (MAP_REVERSE, opts.conntrack_size, size_of::<RevValue>()),
             (MAP_SERVICE_STATS, opts.max_services, size_of::<Counters>()),
             (MAP_BACKEND_STATS, MAX_BACKENDS, size_of::<Counters>()),
-            (MAP_GLOBAL_STATS, global::COUNT, size_of::<u64>()),
+            (MAP_GLOBAL_STATS, global::SLOTS, size_of::<u64>()),
             (MAP_NEXTHOPS, MAX_BACKENDS, size_of::<NextHop>()),
             (
                 lb_common::MAP_BACKEND_ADDRS,
@@ -160,6 +168,22 @@ impl Dataplane {
                 2 * lb_common::PORT_WORDS,
                 size_of::<u64>(),
             ),
+            (
+                lb_common::MAP_FRAGS,
+                lb_common::FRAG_TABLE_SIZE,
+                size_of::<lb_common::FragValue>(),
+            ),
+            (
+                lb_common::MAP_TX_PORTS,
+                lb_common::MAX_TX_PORTS,
+                2 * size_of::<u32>(),
+            ),
+            (
+                lb_common::MAP_VLANS,
+                lb_common::MAX_VLANS,
+                size_of::<lb_common::VlanInfo>(),
+            ),
+            (lb_common::MAP_ADDRS, lb_common::MAX_ADDRS, size_of::<u32>()),
         ]
     }
 
@@ -260,6 +284,10 @@ impl Dataplane {
         let nexthops = typed!(Array, &mut ebpf, MAP_NEXTHOPS);
         let backend_addrs = typed!(HashMap, &mut ebpf, lb_common::MAP_BACKEND_ADDRS);
         let ports = typed!(Array, &mut ebpf, lb_common::MAP_PORTS);
+        let frags = typed!(HashMap, &mut ebpf, lb_common::MAP_FRAGS);
+        let tx_ports = typed!(DevMapHash, &mut ebpf, lb_common::MAP_TX_PORTS);
+        let vlans = typed!(HashMap, &mut ebpf, lb_common::MAP_VLANS);
+        let addrs = typed!(HashMap, &mut ebpf, lb_common::MAP_ADDRS);
         Ok(Self {
             opts,
             adopted,
@@ -276,6 +304,10 @@ impl Dataplane {
             nexthops,
             backend_addrs,
             ports,
+            frags,
+            tx_ports,
+            vlans,
+            addrs,
         })
     }
 
