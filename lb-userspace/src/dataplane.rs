@@ -311,6 +311,34 @@ impl Dataplane {
         })
     }
 
+    /// Make `TX_PORTS` hold exactly `ifindexes`: the interfaces the program may redirect
+    /// frames to (the ones xlb is attached to). Others get rewritten packets through the
+    /// kernel.
+    pub fn set_tx_ports(&mut self, ifindexes: &[u32]) -> Result<()> {
+        let map_err = |source: aya::maps::MapError| DataplaneError::Map {
+            name: lb_common::MAP_TX_PORTS,
+            source,
+        };
+        let old: Vec<u32> = self.tx_ports.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            if !ifindexes.contains(&k) {
+                self.tx_ports.remove(k).map_err(map_err)?;
+            }
+        }
+        for &i in ifindexes {
+            self.tx_ports
+                .insert(i, i, None, 0)
+                .map_err(|e| match e {
+                    aya::maps::xdp::XdpMapError::MapError(e) => e,
+                    other => aya::maps::MapError::InvalidName {
+                        name: other.to_string(),
+                    },
+                })
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     /// One of the loaded XDP programs (`xlb`, `xlb_pass`, `xlb_tx`).
     pub fn program(&self, name: &'static str) -> Result<&Xdp> {
         self.ebpf
