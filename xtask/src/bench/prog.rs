@@ -134,14 +134,18 @@ fn fixture() -> Result<Fixture> {
         b.active = true;
     }
     Reconciler::new().apply(&mut dp, &desired)?;
+    let (if_client, if_backends) = (if_client?, if_backends?);
+    // Redirects go through the TX_PORTS devmap, as the daemon fills it after attaching.
+    ns.enter(|| dp.set_tx_ports(&[if_client, if_backends]))
+        .context("filling TX_PORTS")?;
     let svc = desired.services.first().context("no service")?;
     Ok(Fixture {
         service_id: svc.id,
         backend_ids: svc.backends.clone(),
         ns,
         dp,
-        if_client: if_client?,
-        if_backends: if_backends?,
+        if_client,
+        if_backends,
     })
 }
 
