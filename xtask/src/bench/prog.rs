@@ -83,6 +83,9 @@ fn mac(m: [u8; 6]) -> String {
 }
 
 fn fixture() -> Result<Fixture> {
+    // The program's maps are pinned (ephemerally) under /sys/fs/bpf: a fresh machine may not
+    // have bpffs mounted yet.
+    xlb::daemon::ensure_bpffs()?;
     let ns = Netns::new(format!("xlbbfx-{}", std::process::id()))?;
     let sh = |cmd: &str| -> Result<()> { ns.exec(cmd.split_whitespace()).map(drop) };
     sh("ip link add veth-client address 02:00:00:00:01:01 type veth peer name peer-client")?;
