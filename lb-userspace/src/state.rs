@@ -224,9 +224,12 @@ pub struct Member {
     pub drain: Option<Drain>,
     /// Open flows pinned to it, from the last conntrack sweep.
     pub active_flows: u64,
-    /// Last metrics the backend reported (health check JSON body, metric_command), and when.
-    pub metrics: Option<serde_json::Map<String, serde_json::Value>>,
-    pub metrics_at: Option<Instant>,
+    /// The numbers the backend reported (health check JSON body, metric_command), each with
+    /// when it arrived: the two sources merge, the fresher value of a metric wins.
+    pub metrics: BTreeMap<String, (f64, Instant)>,
+    /// When it joined the group (configured, added or launched): it has the scaling grace
+    /// period from here before it counts as missing while unhealthy.
+    pub added_at: Instant,
     /// When it entered service (its first healthy check, or when added if unchecked): its
     /// load counts in the group's averages once the scaling warmup has passed.
     pub in_service_since: Instant,
@@ -255,8 +258,8 @@ impl Member {
             health,
             drain: None,
             active_flows: 0,
-            metrics: None,
-            metrics_at: None,
+            metrics: BTreeMap::new(),
+            added_at: now,
             in_service_since: now,
             launched_at: None,
             terminate_after_drain: false,
@@ -265,6 +268,23 @@ impl Member {
 }
 
 impl Member {
+    /// Take reported numbers (finite ones) that arrived at `at`; metrics not named keep their
+    /// last value and time.
+    fn report_metrics<'a>(&mut self, values: impl Iterator<Item = (&'a str, f64)>, at: Instant) {
+        for (k, x) in values {
+            if !x.is_finite() {
+                continue;
+            }
+            match self.metrics.get_mut(k) {
+                Some(e) if e.1 > at => {}
+                Some(e) => *e = (x, at),
+                None => {
+                    self.metrics.insert(k.to_string(), (x, at));
+                }
+            }
+        }
+    }
+
     pub fn state(&self) -> BackendState {
         if self.drain.is_some() {
             BackendState::Draining
@@ -715,8 +735,12 @@ impl State {
         let g = self.groups.get_mut(&token.0)?;
         let hc = g.cfg.health_check.clone()?;
         let m = g.members.iter_mut().find(|m| m.uid == token.1)?;
-        if outcome.metrics.is_some() {
-            m.metrics.clone_from(&outcome.metrics);
+        if let Some(body) = &outcome.metrics {
+            m.report_metrics(
+                body.iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), v.as_f64()?))),
+                now,
+            );
         }
         let (from, to) =
             m.health
@@ -1117,14 +1141,7 @@ impl State {
                 .filter(|m| m.drain.is_none())
                 .map(|m| {
                     let (nf, pk, by) = rates.get(&m.uid).copied().unwrap_or_default();
-                    let mut reported = BTreeMap::new();
-                    if let (Some(map), Some(at)) = (&m.metrics, m.metrics_at) {
-                        for (k, v) in map {
-                            if let Some(x) = v.as_f64() {
-                                reported.insert(k.clone(), (x, at));
-                            }
-                        }
-                    }
+                    let reported = m.metrics.clone();
                     crate::scaling::BackendSample {
                         uid: m.uid,
                         in_service_since: m.in_service_since,
@@ -1209,9 +1226,13 @@ impl State {
                 .iter()
                 .filter(|m| m.drain.is_none())
                 .filter(|m| match m.health.state() {
-                    BackendState::Unhealthy => m
-                        .launched_at
-                        .is_some_and(|t| now.saturating_duration_since(t) < grace),
+                    // Configured, added and launched backends alike get the grace period
+                    // from when they joined (a configured backend whose server is still
+                    // starting is not missing).
+                    BackendState::Unhealthy => {
+                        now.saturating_duration_since(m.launched_at.unwrap_or(m.added_at))
+                            < grace
+                    }
                     _ => true,
                 })
                 .count() as u32;
@@ -1436,17 +1457,13 @@ impl State {
             else {
                 continue;
             };
-            let map = m.metrics.get_or_insert_with(Default::default);
-            for kv in parts {
-                if let Some((k, v)) = kv.split_once('=') {
-                    if let Ok(x) = v.parse::<f64>() {
-                        if let Some(n) = serde_json::Number::from_f64(x) {
-                            map.insert(k.to_string(), serde_json::Value::Number(n));
-                        }
-                    }
-                }
-            }
-            m.metrics_at = Some(now);
+            m.report_metrics(
+                parts.filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k, v.parse::<f64>().ok()?))
+                }),
+                now,
+            );
         }
     }
 
@@ -1860,6 +1877,119 @@ unhealthy_threshold = 2
             4,
             "the runtime backend is back"
         );
+    }
+
+    /// One configured backend, HTTP checked, in a scaling group driven by a step policy on
+    /// backend_cpu (no hold, no warmup).
+    const SCALING: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "g"
+
+[[target_group]]
+name = "g"
+port = 8080
+backends = ["198.18.2.11"]
+
+[target_group.health_check]
+protocol = "http"
+interval = "1s"
+timeout = "500ms"
+healthy_threshold = 1
+unhealthy_threshold = 1
+
+[target_group.scaling]
+min = 1
+max = 3
+desired = 1
+scale_out_command = "/bin/true"
+warmup = "0s"
+grace_period = "120s"
+metric_command = "/bin/true"
+metric_interval = "15s"
+
+[[target_group.scaling.policy]]
+type = "step"
+metric = "backend_cpu"
+scale_out = { above = 0.7, for = "0s", add = 1 }
+"#;
+
+    fn body(ok: bool, json: serde_json::Value) -> CheckOutcome {
+        let mut o = outcome(ok);
+        o.metrics = json.as_object().cloned();
+        o
+    }
+
+    fn launches(jobs: &[HookJob]) -> Vec<u32> {
+        jobs.iter()
+            .filter_map(|j| match j {
+                HookJob::Launch { count, .. } => Some(*count),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn round(s: &mut State, at: Instant) -> Vec<HookJob> {
+        s.scaling_round(at, std::time::SystemTime::now(), &HashMap::new(), true)
+            .0
+    }
+
+    #[test]
+    fn health_body_metrics_drive_scaling() {
+        let mut s = state(SCALING);
+        let t = token(&s, "198.18.2.11");
+        s.observe(&t, &body(true, serde_json::json!({"cpu": 0.9})));
+        assert_eq!(s.groups["g"].members[0].state(), BackendState::Healthy);
+        let now = Instant::now();
+        let jobs = round(&mut s, now);
+        assert_eq!(
+            s.groups["g"].scaling.as_ref().unwrap().metrics.get("backend_cpu"),
+            Some(&0.9),
+            "the health body's cpu is the group's backend_cpu"
+        );
+        assert_eq!(s.groups["g"].scaling.as_ref().unwrap().scaler.desired(), 2);
+        assert_eq!(launches(&jobs), [1], "{jobs:?}");
+    }
+
+    #[test]
+    fn health_body_and_metric_command_merge() {
+        let mut s = state(SCALING);
+        let t = token(&s, "198.18.2.11");
+        s.observe(&t, &body(true, serde_json::json!({"ok": true})));
+        s.metrics_done("g", &["198.18.2.11:8080 cpu=0.95 queue=3".to_string()]);
+        // A later health body without cpu keeps metric_command's cpu; one with queue
+        // replaces the older queue.
+        s.observe(&t, &body(true, serde_json::json!({"ok": true, "queue": 7})));
+        let m = &s.groups["g"].members[0].metrics;
+        assert_eq!(m.get("cpu").map(|v| v.0), Some(0.95));
+        assert_eq!(m.get("queue").map(|v| v.0), Some(7.0), "the fresher value wins");
+        let jobs = round(&mut s, Instant::now());
+        assert_eq!(launches(&jobs), [1], "metric_command's cpu scales: {jobs:?}");
+        // And metric_command's newer value replaces the body's.
+        s.metrics_done("g", &["198.18.2.11 queue=1".to_string()]);
+        assert_eq!(s.groups["g"].members[0].metrics["queue"].0, 1.0);
+    }
+
+    #[test]
+    fn configured_backend_failing_its_first_check_is_not_replaced_within_grace() {
+        let mut s = state(&SCALING.replace("metric = \"backend_cpu\"", "metric = \"queue\""));
+        let t = token(&s, "198.18.2.11");
+        let tr = s.observe(&t, &outcome(false)).expect("initial → unhealthy");
+        assert_eq!(tr.to, BackendState::Unhealthy);
+        let now = Instant::now();
+        for i in 0..3 {
+            let jobs = round(&mut s, now + Duration::from_secs(i));
+            assert!(launches(&jobs).is_empty(), "no launch within grace: {jobs:?}");
+        }
+        // Past the grace period it counts as missing.
+        let jobs = round(&mut s, now + Duration::from_secs(121));
+        assert_eq!(launches(&jobs), [1], "{jobs:?}");
     }
 
     #[test]
