@@ -291,7 +291,9 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError
                 if end > MAX_HEAD {
                     return Err(too_big());
                 }
-                let status = resp.code.ok_or_else(|| HeadError("no status code".into()))?;
+                let status = resp
+                    .code
+                    .ok_or_else(|| HeadError("no status code".into()))?;
                 if (100..200).contains(&status) && status != 101 {
                     start = end;
                     continue;
@@ -1026,7 +1028,10 @@ mod tests {
         spec.timeout = Duration::from_secs(20);
         let o = check_once(&spec).await;
         assert!(!o.ok);
-        assert_eq!(o.reason, "bad HTTP response: response head larger than 16 KiB");
+        assert_eq!(
+            o.reason,
+            "bad HTTP response: response head larger than 16 KiB"
+        );
         assert!(
             sent.load(Ordering::Relaxed) < 4 << 20,
             "the check stopped reading early"

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
 pub mod health;
+pub mod instance;
 pub mod maglev;
 pub mod model;
 pub mod reconcile;

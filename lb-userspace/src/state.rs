@@ -1230,8 +1230,7 @@ impl State {
                     // from when they joined (a configured backend whose server is still
                     // starting is not missing).
                     BackendState::Unhealthy => {
-                        now.saturating_duration_since(m.launched_at.unwrap_or(m.added_at))
-                            < grace
+                        now.saturating_duration_since(m.launched_at.unwrap_or(m.added_at)) < grace
                     }
                     _ => true,
                 })
@@ -1531,9 +1530,15 @@ impl State {
             let mut restored = Vec::new();
             for pm in &pg.members {
                 let health = HealthTracker::restore(pm.state, &pm.reason, now);
-                let drain = pm.drain_left_secs.map(|left| Drain {
+                // Never panics, whatever the file holds (`Persisted::check` refuses such
+                // values before this).
+                let left = pm.drain_left_secs.map(|left| {
+                    Duration::try_from_secs_f64(left.clamp(0.0, MAX_SAVED_DRAIN_SECS))
+                        .unwrap_or_default()
+                });
+                let drain = left.map(|left| Drain {
                     started: now,
-                    deadline: now + Duration::from_secs_f64(left.max(0.0)),
+                    deadline: now.checked_add(left).unwrap_or(now),
                     reason: pm.drain_reason.clone().unwrap_or_else(|| "draining".into()),
                 });
                 if same || pm.source == BackendSource::Scaling {
@@ -1597,6 +1602,56 @@ pub struct Persisted {
     pub service_ids: Vec<(String, u32)>,
     pub backend_ids: Vec<(BackendKey, u32)>,
     pub groups: Vec<PersistedGroup>,
+}
+
+/// The longest drain a state file may hold (deregistration delays are at most an hour).
+const MAX_SAVED_DRAIN_SECS: f64 = 86_400.0;
+
+impl Persisted {
+    /// Values a restore cannot take (ids out of range or used twice, weights or ports out of
+    /// range, drains that are not a number of seconds within a day): the state file is not
+    /// one xlb wrote, and using it could panic or corrupt the maps.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = HashSet::new();
+        for (name, id) in &self.service_ids {
+            if !seen.insert(*id) {
+                return Err(format!("service id {id} ({name}) is used twice"));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (key, id) in &self.backend_ids {
+            if *id >= MAX_BACKENDS {
+                return Err(format!(
+                    "backend id {id} is out of range (< {MAX_BACKENDS})"
+                ));
+            }
+            if !seen.insert(*id) {
+                return Err(format!(
+                    "backend id {id} ({}) is used twice",
+                    key.maglev_key()
+                ));
+            }
+        }
+        for g in &self.groups {
+            for m in &g.members {
+                let who = format!("group {} backend {}", g.name, m.addr);
+                if m.weight == 0 || m.weight > crate::config::MAX_WEIGHT {
+                    return Err(format!("{who}: weight {} is out of range", m.weight));
+                }
+                if m.port == Some(0) {
+                    return Err(format!("{who}: port 0"));
+                }
+                if let Some(left) = m.drain_left_secs {
+                    if !(0.0..=MAX_SAVED_DRAIN_SECS).contains(&left) {
+                        return Err(format!(
+                            "{who}: drain time left {left} s is not within 0-{MAX_SAVED_DRAIN_SECS} s"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1949,7 +2004,12 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         let now = Instant::now();
         let jobs = round(&mut s, now);
         assert_eq!(
-            s.groups["g"].scaling.as_ref().unwrap().metrics.get("backend_cpu"),
+            s.groups["g"]
+                .scaling
+                .as_ref()
+                .unwrap()
+                .metrics
+                .get("backend_cpu"),
             Some(&0.9),
             "the health body's cpu is the group's backend_cpu"
         );
@@ -1968,9 +2028,17 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         s.observe(&t, &body(true, serde_json::json!({"ok": true, "queue": 7})));
         let m = &s.groups["g"].members[0].metrics;
         assert_eq!(m.get("cpu").map(|v| v.0), Some(0.95));
-        assert_eq!(m.get("queue").map(|v| v.0), Some(7.0), "the fresher value wins");
+        assert_eq!(
+            m.get("queue").map(|v| v.0),
+            Some(7.0),
+            "the fresher value wins"
+        );
         let jobs = round(&mut s, Instant::now());
-        assert_eq!(launches(&jobs), [1], "metric_command's cpu scales: {jobs:?}");
+        assert_eq!(
+            launches(&jobs),
+            [1],
+            "metric_command's cpu scales: {jobs:?}"
+        );
         // And metric_command's newer value replaces the body's.
         s.metrics_done("g", &["198.18.2.11 queue=1".to_string()]);
         assert_eq!(s.groups["g"].members[0].metrics["queue"].0, 1.0);
@@ -1985,11 +2053,26 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         let now = Instant::now();
         for i in 0..3 {
             let jobs = round(&mut s, now + Duration::from_secs(i));
-            assert!(launches(&jobs).is_empty(), "no launch within grace: {jobs:?}");
+            assert!(
+                launches(&jobs).is_empty(),
+                "no launch within grace: {jobs:?}"
+            );
         }
         // Past the grace period it counts as missing.
         let jobs = round(&mut s, now + Duration::from_secs(121));
         assert_eq!(launches(&jobs), [1], "{jobs:?}");
+    }
+
+    #[test]
+    fn restore_of_huge_drain_does_not_panic() {
+        let s = state(CFG);
+        let mut p = s.snapshot();
+        p.groups[0].members[0].drain_left_secs = Some(1e300);
+        assert!(p.check().is_err(), "refused when read");
+        // And restoring it anyway does not panic.
+        let mut r = state(CFG);
+        r.restore(p);
+        assert!(r.groups["g"].members[0].drain.is_some());
     }
 
     #[test]

@@ -508,6 +508,23 @@ fn kill_9_and_restart_keep_a_transfer_intact() {
     assert!(failed.is_empty(), "{failed:?}");
     assert!(seen.len() >= 2, "{seen:?}");
 
+    // A second daemon on the same state file is refused before it touches anything.
+    let second = std::process::Command::new(&s.xlb.bin)
+        .args(["run", "--config"])
+        .arg(&s.xlb.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second xlb exits: {err}");
+    assert!(err.contains("another xlb"), "with a clear message: {err}");
+    assert!(s.xlb.is_running(), "the first one runs on");
+    let (_, failed) = connections(&s.lab, 10);
+    assert!(failed.is_empty(), "traffic unaffected: {failed:?}");
+
+    // Something else pinned in pin_path is not xlb's to remove.
+    let foreign = s.xlb.pin_path.join("not-xlbs");
+    std::fs::create_dir(&foreign).unwrap();
+
     // `xlb stop --cleanup` stops the daemon, detaches XDP and removes the pins.
     let xdp_attached = |s: &Setup| {
         let out = s
@@ -530,7 +547,11 @@ fn kill_9_and_restart_keep_a_transfer_intact() {
     );
     assert!(!s.xlb.is_running(), "the daemon stopped");
     assert!(!xdp_attached(&s), "XDP is detached after the cleanup");
-    assert!(!s.xlb.pin_path.exists(), "the pins are gone");
+    let left: Vec<String> = std::fs::read_dir(&s.xlb.pin_path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["not-xlbs"], "xlb's pins are gone, nothing else");
     let vip = s
         .lab
         .client_ns()
