@@ -497,6 +497,9 @@ impl Daemon {
         let (jobs, changed) =
             self.state
                 .scaling_round(now, std::time::SystemTime::now(), &rates, fresh);
+        // A launch in progress is saved at once: a restart before it reports must not launch
+        // the same backends again.
+        let launching = jobs.iter().any(|j| matches!(j, HookJob::Launch { .. }));
         for job in jobs {
             spawn_hook(job, self.hook_tx.clone());
         }
@@ -504,6 +507,8 @@ impl Daemon {
             if let Err(e) = self.apply() {
                 error!(error = %e, "applying a scaling change failed");
             }
+        } else if launching {
+            self.persist();
         }
     }
 

@@ -340,6 +340,12 @@ pub struct GroupScaling {
     pub scaler: Scaler,
     /// Backends the running scale-out hook was asked for.
     pub launching: u32,
+    /// When the running scale-out hook started (wall clock: it is saved in the state file).
+    pub launch_started: Option<std::time::SystemTime>,
+    /// A scale-out hook was running when the previous xlb stopped: its `launching` count
+    /// stands until then (the hook's timeout plus the grace period from its start), so a
+    /// restart does not launch the same backends twice.
+    pub resumed_launch_until: Option<Instant>,
     /// A hook of this group is running (one at a time per group).
     pub hook_running: bool,
     pub backoff: Backoff,
@@ -360,6 +366,8 @@ impl GroupScaling {
         GroupScaling {
             scaler: Scaler::new(cfg, now),
             launching: 0,
+            launch_started: None,
+            resumed_launch_until: None,
             hook_running: false,
             backoff: Backoff::new(),
             retry_at: None,
@@ -373,6 +381,12 @@ impl GroupScaling {
 
     /// What the hook is doing, for status.
     pub fn hook_state(&self, now: Instant) -> String {
+        if self.resumed_launch_until.is_some_and(|t| t > now) {
+            return format!(
+                "awaiting {} backends of a scale-out hook that ran before a restart",
+                self.launching
+            );
+        }
         if self.hook_running {
             if self.launching > 0 {
                 return format!("launching {}", self.launching);
@@ -1134,6 +1148,19 @@ impl State {
                 continue;
             };
             let checked = g.cfg.health_check.is_some();
+            if gs.resumed_launch_until.is_some_and(|t| now >= t) {
+                gs.resumed_launch_until = None;
+                gs.launching = 0;
+                gs.launch_started = None;
+                events.push((
+                    name.clone(),
+                    "hook_failed".into(),
+                    "the scale-out hook that was running when xlb stopped never reported its \
+                     backends (timeout and grace period are over): launching again if needed"
+                        .into(),
+                    BTreeMap::new(),
+                ));
+            }
             // Measurements.
             let backends = g
                 .members
@@ -1247,6 +1274,7 @@ impl State {
                             .unwrap_or_else(|| format!("desired {desired}, {serving} serving"));
                         gs.hook_running = true;
                         gs.launching = count;
+                        gs.launch_started = Some(wall);
                         jobs.push(HookJob::Launch {
                             group: name.clone(),
                             command,
@@ -1356,6 +1384,7 @@ impl State {
             return false;
         };
         let asked = std::mem::take(&mut gs.launching);
+        gs.launch_started = None;
         let failure = match result {
             Err(e) => Some(e),
             Ok(out) => {
@@ -1507,6 +1536,17 @@ impl State {
                         })
                         .collect(),
                     desired: g.scaling.as_ref().map(|s| s.scaler.desired()),
+                    launch: g.scaling.as_ref().and_then(|s| {
+                        // A hook running now, or one of the previous instance still awaited.
+                        let started = s.launch_started?;
+                        (s.launching > 0).then(|| PersistedLaunch {
+                            count: s.launching,
+                            started_unix_secs: started
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap_or_default()
+                                .as_secs_f64(),
+                        })
+                    }),
                 })
                 .collect(),
         }
@@ -1559,6 +1599,30 @@ impl State {
             let g = self.groups.get_mut(&pg.name).expect("checked above");
             if let (Some(gs), Some(desired)) = (g.scaling.as_mut(), pg.desired) {
                 let _ = gs.scaler.set_desired(desired, now);
+            }
+            if let (Some(gs), Some(cfg), Some(l)) = (
+                g.scaling.as_mut(),
+                g.cfg.scaling.as_ref(),
+                pg.launch.as_ref(),
+            ) {
+                let started = std::time::UNIX_EPOCH
+                    + Duration::try_from_secs_f64(l.started_unix_secs).unwrap_or_default();
+                let since = std::time::SystemTime::now()
+                    .duration_since(started)
+                    .unwrap_or_default();
+                let window = (cfg.hook_timeout + cfg.grace_period).saturating_sub(since);
+                if !window.is_zero() && l.count > 0 {
+                    gs.launching = l.count.min(cfg.max);
+                    gs.launch_started = Some(started);
+                    gs.resumed_launch_until = now.checked_add(window);
+                    notes.push(format!(
+                        "target group {}: a scale-out hook for {} backends was running when \
+                         xlb stopped; no new launch for {}",
+                        pg.name,
+                        l.count,
+                        humantime::format_duration(Duration::from_secs(window.as_secs()))
+                    ));
+                }
             }
             if same {
                 g.members = restored;
@@ -1633,6 +1697,11 @@ impl Persisted {
             }
         }
         for g in &self.groups {
+            if let Some(l) = &g.launch {
+                if !(l.started_unix_secs.is_finite() && l.started_unix_secs >= 0.0) {
+                    return Err(format!("group {}: launch start is not a time", g.name));
+                }
+            }
             for m in &g.members {
                 let who = format!("group {} backend {}", g.name, m.addr);
                 if m.weight == 0 || m.weight > crate::config::MAX_WEIGHT {
@@ -1665,6 +1734,17 @@ pub struct PersistedGroup {
     /// The scaling group's desired capacity.
     #[serde(default)]
     pub desired: Option<u32>,
+    /// A scale-out hook running when the state was saved.
+    #[serde(default)]
+    pub launch: Option<PersistedLaunch>,
+}
+
+/// A scale-out hook in progress.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PersistedLaunch {
+    pub count: u32,
+    /// When it started, seconds since the Unix epoch.
+    pub started_unix_secs: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -2073,6 +2153,38 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         let mut r = state(CFG);
         r.restore(p);
         assert!(r.groups["g"].members[0].drain.is_some());
+    }
+
+    #[test]
+    fn a_restart_during_a_launch_does_not_launch_again() {
+        let cfg = SCALING.replace(
+            "min = 1\nmax = 3\ndesired = 1",
+            "min = 2\nmax = 3\ndesired = 2",
+        );
+        let mut s = state(&cfg);
+        let now = Instant::now();
+        let jobs = round(&mut s, now);
+        assert_eq!(launches(&jobs), [1], "one missing: {jobs:?}");
+        // xlb stops while the hook runs; the state file is written.
+        let saved = serde_json::to_string(&s.snapshot()).unwrap();
+
+        let mut r = state(&cfg);
+        let notes = r.restore(serde_json::from_str(&saved).unwrap());
+        assert!(
+            notes.iter().any(|n| n.contains("scale-out hook")),
+            "{notes:?}"
+        );
+        let now = Instant::now();
+        for i in [0, 1, 60, 179] {
+            let jobs = round(&mut r, now + Duration::from_secs(i));
+            assert!(
+                launches(&jobs).is_empty(),
+                "no second launch {i}s after the restart: {jobs:?}"
+            );
+        }
+        // Once the hook's timeout (60s) and the grace period (120s) are over, it launches.
+        let jobs = round(&mut r, now + Duration::from_secs(181));
+        assert_eq!(launches(&jobs), [1], "{jobs:?}");
     }
 
     #[test]
