@@ -437,43 +437,8 @@ impl Daemon {
     }
 
     fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
-        let done = |m: String| {
-            info!("{m}");
-            Ok(Reply::Done(ChangeResult { message: m }))
-        };
         match req {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
-            Request::Reload => {
-                let m = self.reload()?;
-                done(m)
-            }
-            Request::AddBackend { group, body } => {
-                let m = self.state.add_backend(
-                    &group,
-                    &body.address,
-                    body.weight,
-                    BackendSource::Api,
-                )?;
-                self.apply()?;
-                done(m)
-            }
-            Request::RemoveBackend { group, body } => {
-                let m = self.state.remove_backend(&group, &body.address)?;
-                self.apply()?;
-                done(m)
-            }
-            Request::DrainBackend { group, body } => {
-                let m = self
-                    .state
-                    .drain_backend(&group, &body.address, "drained by API")?;
-                self.apply()?;
-                done(m)
-            }
-            Request::Scale { group, body } => {
-                let m = self.state.scale(&group, body.desired)?;
-                self.scaling_round();
-                Ok(Reply::Done(ChangeResult { message: m }))
-            }
             Request::Events { group } => Ok(Reply::Events(
                 self.state
                     .events
@@ -482,10 +447,58 @@ impl Daemon {
                     .cloned()
                     .collect(),
             )),
+            req => {
+                // Every change asked for, accepted or rejected, leaves a trail: an event and
+                // a log line saying what changed (a scale records its own `manual` event).
+                let (group, what) = req.change().unwrap_or_default();
+                let scale = matches!(req, Request::Scale { .. });
+                let r = self.change(req);
+                if !(scale && r.is_ok()) {
+                    self.state.record_change(&group, "API", &what, &r);
+                }
+                r.map(|message| Reply::Done(ChangeResult { message }))
+            }
+        }
+    }
+
+    /// A change through the API; its result message.
+    fn change(&mut self, req: Request) -> Result<String, ApiError> {
+        match req {
+            Request::Status | Request::Events { .. } => {
+                Err(ApiError::Invalid("not a change".into()))
+            }
+            Request::Reload => self.reload(),
+            Request::AddBackend { group, body } => {
+                let m = self.state.add_backend(
+                    &group,
+                    &body.address,
+                    body.weight,
+                    BackendSource::Api,
+                )?;
+                self.apply()?;
+                Ok(m)
+            }
+            Request::RemoveBackend { group, body } => {
+                let m = self.state.remove_backend(&group, &body.address)?;
+                self.apply()?;
+                Ok(m)
+            }
+            Request::DrainBackend { group, body } => {
+                let m = self
+                    .state
+                    .drain_backend(&group, &body.address, "drained by API")?;
+                self.apply()?;
+                Ok(m)
+            }
+            Request::Scale { group, body } => {
+                let m = self.state.scale(&group, body.desired)?;
+                self.scaling_round();
+                Ok(m)
+            }
             Request::SetWeight { group, body } => {
                 let m = self.state.set_weight(&group, &body.address, body.weight)?;
                 self.apply()?;
-                done(m)
+                Ok(m)
             }
         }
     }
@@ -794,10 +807,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                match daemon.reload() {
-                    Ok(m) => info!("{m}"),
-                    Err(e) => error!("reload rejected, the running config stays in force: {e}"),
-                }
+                let r = daemon.reload();
+                daemon.state.record_change("", "SIGHUP", "reload", &r);
             }
             Some(env) = api_rx.recv() => {
                 let r = daemon.handle(env.request);

@@ -1107,6 +1107,31 @@ impl State {
         });
     }
 
+    /// The trail of changes: a change asked through the API or CLI (`origin`), accepted or
+    /// rejected, becomes an event (`change` or `rejected`) and a log line saying what changed
+    /// or why it was refused.
+    pub fn record_change(
+        &mut self,
+        group: &str,
+        origin: &str,
+        what: &str,
+        result: &Result<String, ApiError>,
+    ) {
+        match result {
+            Ok(m) => self.push_event(group, "change", format!("{origin}: {m}"), BTreeMap::new()),
+            Err(e) => {
+                let keeps = if what == "reload" {
+                    ", the running config stays in force"
+                } else {
+                    ""
+                };
+                tracing::warn!(group, origin, "{what} rejected{keeps}: {e}");
+                let msg = format!("{origin}: {what} rejected{keeps}: {e}");
+                self.push_event(group, "rejected", msg, BTreeMap::new());
+            }
+        }
+    }
+
     // ---- scaling ----
 
     /// `xlb scale GROUP --desired N`.
@@ -2185,6 +2210,75 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         // Once the hook's timeout (60s) and the grace period (120s) are over, it launches.
         let jobs = round(&mut r, now + Duration::from_secs(181));
         assert_eq!(launches(&jobs), [1], "{jobs:?}");
+    }
+
+    #[test]
+    fn changes_leave_a_trail_accepted_or_rejected() {
+        use crate::model::{AddBackend, BackendRef, Request};
+        let mut s = state(CFG);
+        let add = Request::AddBackend {
+            group: "g".into(),
+            body: AddBackend {
+                address: "198.18.2.14".into(),
+                weight: Some(2),
+            },
+        };
+        let (group, what) = add.change().expect("a change");
+        assert_eq!(
+            (group.as_str(), what.as_str()),
+            ("g", "add backend 198.18.2.14 with weight 2")
+        );
+        let r = s.add_backend("g", "198.18.2.14", Some(2), BackendSource::Api);
+        s.record_change(&group, "API", &what, &r);
+        let r = s.add_backend("g", "198.18.2.14", Some(2), BackendSource::Api);
+        assert!(r.is_err());
+        s.record_change(&group, "API", &what, &r);
+        let drain = Request::DrainBackend {
+            group: "g".into(),
+            body: BackendRef {
+                address: "198.18.9.9".into(),
+            },
+        };
+        let (group, what) = drain.change().unwrap();
+        let r = s.drain_backend(&group, "198.18.9.9", "drained by API");
+        s.record_change(&group, "API", &what, &r);
+        s.record_change(
+            "",
+            "SIGHUP",
+            "reload",
+            &Err(ApiError::Invalid(
+                "xlb.toml:4:1: daemon.bogus: unknown key".into(),
+            )),
+        );
+        assert!(Request::Status.change().is_none());
+        let trail: Vec<(String, String)> = s
+            .events
+            .iter()
+            .map(|e| (e.kind.clone(), e.message.clone()))
+            .collect();
+        assert_eq!(trail.len(), 4, "{trail:?}");
+        assert_eq!(trail[0].0, "change");
+        assert!(
+            trail[0].1.starts_with("API: g: 198.18.2.14 added"),
+            "{trail:?}"
+        );
+        assert_eq!(trail[1].0, "rejected");
+        assert!(
+            trail[1]
+                .1
+                .contains("add backend 198.18.2.14 with weight 2 rejected")
+                && trail[1].1.contains("already has"),
+            "{trail:?}"
+        );
+        assert!(
+            trail[2].1.contains("drain backend 198.18.9.9 rejected"),
+            "{trail:?}"
+        );
+        assert_eq!(
+            trail[3].1,
+            "SIGHUP: reload rejected, the running config stays in force: \
+             xlb.toml:4:1: daemon.bogus: unknown key"
+        );
     }
 
     #[test]

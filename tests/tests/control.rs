@@ -580,6 +580,21 @@ fn broken_reload_keeps_the_running_config() {
         err.contains("xlb.toml:4:1") && err.contains("daemon.bogus"),
         "the error names file, line, column and field: {err}"
     );
+    // The rejected reload leaves a trail: an event and a log line.
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&s.xlb.cli_ok(&["events", "--json"]).unwrap()).unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "rejected"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("reload rejected") && m.contains("daemon.bogus"))),
+        "{events:?}"
+    );
+    assert!(
+        s.xlb.log_text().contains("API: reload rejected"),
+        "{}",
+        s.xlb.log_text()
+    );
     let check = std::process::Command::new(&s.xlb.bin)
         .args(["check", "--config"])
         .arg(&s.xlb.config)
@@ -619,6 +634,15 @@ fn broken_reload_keeps_the_running_config() {
     std::fs::write(&s.xlb.config, fixed).unwrap();
     let out = s.xlb.cli_ok(&["reload"]).unwrap();
     assert!(out.contains("web-servers"), "{out}");
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&s.xlb.cli_ok(&["events", "--json"]).unwrap()).unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "change"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("config reloaded") && m.contains("web-servers"))),
+        "the accepted reload is in the trail with what changed: {events:?}"
+    );
     let (seen, failed) = connections(&s.lab, 40);
     assert!(failed.is_empty(), "{failed:?}");
     assert!(!seen.contains_key("b3"), "{seen:?}");
