@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
+pub mod endpoint;
 pub mod health;
 pub mod instance;
 pub mod maglev;

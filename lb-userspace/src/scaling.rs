@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +20,7 @@ use croner::Cron;
 use serde::Serialize;
 
 use crate::config::{parse_cron, Metric, PolicyConfig, ScalingConfig, ScheduleConfig, StepRule};
+use crate::endpoint::Endpoint;
 
 // ---------------------------------------------------------------------------------------------
 // Samples and metrics
@@ -1056,11 +1056,12 @@ pub async fn run_hook(
     Ok(HookOutput { lines, stderr })
 }
 
-/// Parses the backends a scale-out hook printed, one a line: `ADDR`, `ADDR:PORT` or
-/// `[V6]:PORT` (also `[V6]`). Blank lines and `#` comments (whole-line or after the address)
-/// are ignored. A line that is not a unicast address (port 1-65535) comes back in the second
-/// list, trimmed, for the log.
-pub fn parse_backends(lines: &[String]) -> (Vec<(IpAddr, Option<u16>)>, Vec<String>) {
+/// Parses the backends a scale-out hook printed, one [`Endpoint`] a line: `ADDR`,
+/// `ADDR:PORT` or `[V6]:PORT` (also `[V6]`). Blank lines and `#` comments (whole-line or after
+/// the address) are ignored. A line that is not a unicast address (port 1-65535) comes back in
+/// the second list, trimmed, for the log. (Adding them to the group then applies the checks
+/// of every backend: [`crate::endpoint::check_backend`].)
+pub fn parse_backends(lines: &[String]) -> (Vec<Endpoint>, Vec<String>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for line in lines {
@@ -1068,41 +1069,12 @@ pub fn parse_backends(lines: &[String]) -> (Vec<(IpAddr, Option<u16>)>, Vec<Stri
         if s.is_empty() {
             continue;
         }
-        match parse_addr_port(s) {
-            Some((ip, port)) if is_unicast(ip) => ok.push((ip, port)),
+        match s.parse::<Endpoint>() {
+            Ok(e) if crate::endpoint::check_unicast(e.addr).is_ok() => ok.push(e),
             _ => bad.push(line.trim().to_string()),
         }
     }
     (ok, bad)
-}
-
-fn parse_addr_port(s: &str) -> Option<(IpAddr, Option<u16>)> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some((ip, None));
-    }
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let ip: Ipv6Addr = host.parse().ok()?;
-        if after.is_empty() {
-            return Some((IpAddr::V6(ip), None));
-        }
-        let port = parse_port(after.strip_prefix(':')?)?;
-        return Some((IpAddr::V6(ip), Some(port)));
-    }
-    let (host, port) = s.rsplit_once(':')?;
-    let ip: Ipv4Addr = host.parse().ok()?;
-    Some((IpAddr::V4(ip), Some(parse_port(port)?)))
-}
-
-fn parse_port(s: &str) -> Option<u16> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse::<u16>().ok().filter(|&p| p != 0)
-}
-
-fn is_unicast(ip: IpAddr) -> bool {
-    !(ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST))
 }
 
 /// Retry delays for a failing hook: 1 s, 2 s, 4 s, … capped at 60 s; [`Backoff::reset`] after
@@ -1154,6 +1126,7 @@ impl Backoff {
 mod tests {
     use super::*;
     use chrono::NaiveDate;
+    use std::net::IpAddr;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -2064,6 +2037,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let (ok, bad) = parse_backends(&lines);
+        let ok: Vec<(IpAddr, Option<u16>)> = ok.iter().map(|e| (e.addr, e.port)).collect();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
             ok,

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{AllUnhealthy, Config, Protocol, TargetGroupConfig},
     dataplane::addr_bytes,
+    endpoint::Endpoint,
     health::{CheckKind, CheckOutcome, CheckSpec, HealthTracker},
     model::{ApiError, BackendSource, BackendState, Event},
     scaling::{Backoff, Decision, Scaler},
@@ -40,10 +41,7 @@ impl BackendKey {
 }
 
 pub fn fmt_addr_port(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
+    Endpoint::new(addr, Some(port)).to_string()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -303,10 +301,11 @@ impl Member {
 
     /// `ADDR` or `ADDR:PORT` as the user gave it.
     pub fn display(&self) -> String {
-        match self.port {
-            Some(p) => fmt_addr_port(self.addr, p),
-            None => self.addr.to_string(),
-        }
+        self.endpoint().to_string()
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.addr, self.port)
     }
 
     fn matches(&self, addr: IpAddr, port: Option<u16>, group_port: Option<u16>) -> bool {
@@ -508,7 +507,7 @@ impl Group {
             [] => Err(ApiError::NotFound(format!(
                 "target group {:?} has no backend {}",
                 self.cfg.name,
-                port.map_or(addr.to_string(), |p| fmt_addr_port(addr, p))
+                Endpoint::new(addr, port)
             ))),
             _ => Err(ApiError::Invalid(format!(
                 "{addr} matches several backends of {:?}: give the port",
@@ -552,23 +551,13 @@ fn initial_health(cfg: &TargetGroupConfig, now: Instant) -> HealthTracker {
     }
 }
 
-/// Parse `ADDR`, `ADDR:PORT` or `[V6]:PORT`.
+/// Parse `ADDR`, `ADDR:PORT` or `[V6]:PORT` (an [`Endpoint`]).
 pub fn parse_backend_ref(s: &str) -> Result<(IpAddr, Option<u16>), ApiError> {
-    let s = s.trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok((ip, None));
-    }
-    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        if sa.port() == 0 {
-            return Err(ApiError::Invalid(format!(
-                "{s}: port 0 is not a backend port"
-            )));
-        }
-        return Ok((sa.ip(), Some(sa.port())));
-    }
-    Err(ApiError::Invalid(format!(
-        "{s:?} is not ADDR, ADDR:PORT or [IPV6]:PORT"
-    )))
+    let e: Endpoint = s
+        .trim()
+        .parse()
+        .map_err(|e: crate::endpoint::EndpointError| ApiError::Invalid(e.0))?;
+    Ok((e.addr, e.port))
 }
 
 impl State {
@@ -858,18 +847,13 @@ impl State {
                 crate::config::MAX_WEIGHT
             )));
         }
-        let families: Vec<(String, IpAddr)> = self
-            .services_of(group)
-            .map(|s| (s.name.clone(), s.vip))
-            .collect();
-        if let Some((svc, vip)) = families
-            .iter()
-            .find(|(_, vip)| vip.is_ipv4() != addr.is_ipv4())
-        {
-            return Err(ApiError::Invalid(format!(
-                "{addr} cannot serve service {svc:?} whose VIP {vip} is of the other address family"
-            )));
-        }
+        // The checks of every backend, as for the config's (unicast, not a VIP, the VIPs'
+        // address family, Maglev slots per backend).
+        let serving = self.groups.get(group).map_or(0, |g| {
+            g.members.iter().filter(|m| m.drain.is_none()).count()
+        });
+        crate::endpoint::check_backend(&self.config, group, addr, serving + 1)
+            .map_err(|e| ApiError::Invalid(format!("{group}: {e}")))?;
         let total: usize = self.groups.values().map(|g| g.members.len()).sum();
         let now = Instant::now();
         let uid = self.uid();
@@ -1419,11 +1403,8 @@ impl State {
                     .iter()
                     .map(|l| format!("invalid line {l:?}"))
                     .collect();
-                for (addr, port) in addrs.into_iter().take(asked.max(1) as usize) {
-                    let text = match port {
-                        Some(p) => fmt_addr_port(addr, p),
-                        None => addr.to_string(),
-                    };
+                for e in addrs.into_iter().take(asked.max(1) as usize) {
+                    let text = e.to_string();
                     match self.add_backend(group, &text, None, BackendSource::Scaling) {
                         Ok(_) => added.push(text),
                         Err(e) => problems.push(e.to_string()),
@@ -2278,6 +2259,64 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
             trail[3].1,
             "SIGHUP: reload rejected, the running config stays in force: \
              xlb.toml:4:1: daemon.bogus: unknown key"
+        );
+    }
+
+    #[test]
+    fn api_and_hook_backends_pass_the_configs_checks() {
+        // 1021 Maglev slots hold at most 10 backends (100 slots each).
+        let cfg = SCALING.replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\nmaglev_table_size = 1021",
+        );
+        let mut s = state(&cfg);
+        for bad in ["198.18.100.1", "0.0.0.0", "224.0.0.1", "2001:db8::1"] {
+            assert!(
+                matches!(
+                    s.add_backend("g", bad, None, BackendSource::Api),
+                    Err(ApiError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
+        let e = s
+            .add_backend("g", "198.18.100.1:8080", None, BackendSource::Api)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be a VIP"), "{e}");
+        for i in 12..=20 {
+            s.add_backend("g", &format!("198.18.2.{i}"), None, BackendSource::Api)
+                .unwrap();
+        }
+        let e = s
+            .add_backend("g", "198.18.2.21", None, BackendSource::Api)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Maglev"), "the 11th backend: {e}");
+        // A scale-out hook printing a VIP: refused the same way, and said so.
+        let mut s = state(&cfg);
+        s.groups
+            .get_mut("g")
+            .unwrap()
+            .scaling
+            .as_mut()
+            .unwrap()
+            .launching = 1;
+        let added = s.launch_done(
+            "g",
+            Ok(crate::scaling::HookOutput {
+                lines: vec!["198.18.100.1".into()],
+                stderr: String::new(),
+            }),
+        );
+        assert!(!added);
+        assert_eq!(s.groups["g"].members.len(), 1);
+        assert!(
+            s.events
+                .iter()
+                .any(|e| e.message.contains("cannot be a VIP")),
+            "{:?}",
+            s.events
         );
     }
 
