@@ -125,11 +125,11 @@ fn packet_fixtures() {
             expected: Some(build6(l, c, vip6(), client6(), 53, 40003, L4::Udp)),
         },
         Case {
-            name: "reply without a flow from a shared backend address is dropped",
-            input: build4(b1, lbb, None, B4_1, CLIENT4, 8080, 40999, L4::Data),
+            name: "reply without a flow from an unshared backend: translated, re-pinned",
+            input: build4(b2, lbb, None, B4_2, CLIENT4, 5353, 40999, L4::Udp),
             ifindex: bi,
-            action: XDP_DROP,
-            expected: None,
+            action: XDP_REDIRECT,
+            expected: Some(build4(l, c, None, VIP4, CLIENT4, 53, 40999, L4::Udp)),
         },
         // ---- not for a service ----
         Case {
