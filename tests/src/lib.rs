@@ -13,6 +13,7 @@
 //! ```
 //! VIPs: [`lab::VIP_V4`] and [`lab::VIP_V6`], configured nowhere: xlb answers for them.
 
+pub mod capture;
 pub mod client;
 mod cmd;
 pub mod config;
