@@ -863,8 +863,11 @@ fn vlan_trunk_to_untagged_backends() {
         &format!("-6 addr add {CLIENT_V6}/64 dev {cv} nodad"),
     );
     ip(client, &format!("link set {cv} up"));
-    ip(client, &format!("route add default via {LB_CLIENT_V4}"));
-    ip(client, &format!("-6 route add default via {LB_CLIENT_V6}"));
+    ip(client, &format!("route replace default via {LB_CLIENT_V4}"));
+    ip(
+        client,
+        &format!("-6 route replace default via {LB_CLIENT_V6}"),
+    );
     client
         .exec(["ethtool", "-K", cv.as_str(), "tx", "off"])
         .expect("ethtool");
