@@ -38,8 +38,8 @@ use xlb_lab::{
 /// TCP service: `D n\n` downloads n pattern bytes, `U n\n` + n bytes uploads them.
 const BULK: u16 = 8000;
 const BULK_BACKEND: u16 = 9100;
-/// The same server on a port no service uses: a control through plain kernel routing, to
-/// tell a broken lab from a broken xlb.
+/// The same server on a port no service uses, for the controls through plain kernel routing
+/// that run before xlb starts (to tell a broken lab from a broken xlb).
 const BULK_DIRECT: u16 = 9200;
 /// UDP service whose backends echo every datagram.
 const ECHO: u16 = 5000;
@@ -413,7 +413,20 @@ struct Running {
 
 impl Running {
     fn start(lab: Lab, name: &str) -> Result<Running> {
+        Running::start_after_control(lab, name, || Ok(()))
+    }
+
+    /// Start the servers, run `control` from the client before xlb runs (plain kernel
+    /// routing on the lb: a failure there means the lab is broken, not xlb), then start xlb.
+    fn start_after_control(
+        lab: Lab,
+        name: &str,
+        control: impl FnOnce() -> Result<()> + Send,
+    ) -> Result<Running> {
         let servers = Servers::start(&lab)?;
+        lab.client_ns()
+            .enter(control)
+            .context("control through kernel routing, before xlb runs: the lab is broken")?;
         let xlb = Xlbd::start(&lab, name, &config(name)).context("starting xlb")?;
         Ok(Running { lab, xlb, servers })
     }
@@ -489,12 +502,13 @@ fn path_mtu_discovery_through_a_router() {
     let lab = Lab::with_router(name, 2).expect("lab");
     let router = lab.router_ns().expect("router");
     ip(router, &format!("link set {ROUTER_CLIENT_IFACE} mtu 1280"));
-    let mut r = Running::start(lab, name).expect("xlb");
+    let mut r = Running::start_after_control(lab, name, || {
+        download(direct(v4(0), BULK_DIRECT), MIB)?;
+        download(direct(v6(0), BULK_DIRECT), MIB)
+    })
+    .expect("xlb");
 
     for to in [v4(BULK), v6(BULK)] {
-        let control = direct(to, BULK_DIRECT);
-        r.in_client(|| download(control, MIB))
-            .unwrap_or_else(|e| panic!("control through kernel routing: the lab is broken: {e:#}"));
         let res = r.in_client(|| download(to, MIB));
         assert!(
             res.is_ok(),
@@ -528,12 +542,13 @@ fn upload_through_a_smaller_backend_side_mtu() {
         &format!("link set {LB_BACKENDS_IFACE} mtu 1280"),
     );
     ip(lab.sw_ns(), &format!("link set {SW_UPLINK_IFACE} mtu 1280"));
-    let mut r = Running::start(lab, name).expect("xlb");
+    let mut r = Running::start_after_control(lab, name, || {
+        upload(direct(v4(0), BULK_DIRECT), MIB)?;
+        upload(direct(v6(0), BULK_DIRECT), MIB)
+    })
+    .expect("xlb");
 
     for to in [v4(BULK), v6(BULK)] {
-        let control = direct(to, BULK_DIRECT);
-        r.in_client(|| upload(control, MIB))
-            .unwrap_or_else(|e| panic!("control through kernel routing: the lab is broken: {e:#}"));
         let res = r.in_client(|| upload(to, MIB));
         assert!(
             res.is_ok(),
@@ -560,15 +575,17 @@ fn large_udp_datagrams_arrive_whole_both_ways() {
         return;
     }
     let name = "xlbt-frag";
-    let r = Running::start(Lab::new(name, 2).expect("lab"), name).expect("xlb");
+    let r = Running::start_after_control(Lab::new(name, 2).expect("lab"), name, || {
+        for to in [direct(v4(0), ECHO_DIRECT), direct(v6(0), ECHO_DIRECT)] {
+            for size in [3000, 8000] {
+                udp_echo(to, size, &format!("control-{size}-{to}"))?;
+            }
+        }
+        Ok(())
+    })
+    .expect("xlb");
     for to in [v4(ECHO), v6(ECHO)] {
         for size in [3000, 8000] {
-            let control = direct(to, ECHO_DIRECT);
-            let ctag = format!("control-{size}-{to}");
-            r.in_client(|| udp_echo(control, size, &ctag))
-                .unwrap_or_else(|e| {
-                    panic!("control through kernel routing: the lab is broken: {e:#}")
-                });
             let tag = format!("frag-{size}-{to}");
             let res = r.in_client(|| udp_echo(to, size, &tag));
             assert!(res.is_ok(), "{:#}\n{}", res.unwrap_err(), r.report());
