@@ -111,6 +111,11 @@ pub static SCRATCH: PerCpuArray<crate::parse::Pkt> = PerCpuArray::with_max_entri
 pub static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Client flows to a backend's own address (not a VIP) passing through this host, under
+/// their replies' key: those replies are passed, not taken for stray replies.
+#[map(name = "DIRECT")]
+pub static DIRECT: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
 /// A next hop being resolved for a packet without a cached one, one per CPU.
 #[map(name = "NH_SCRATCH")]
 pub static NH_SCRATCH: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1, 0);

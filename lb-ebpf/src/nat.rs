@@ -218,19 +218,14 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
 /// stack frames must stay small).
 #[inline(always)]
 pub fn csum_replace16(check: u16, old: *const [u8; 16], new: *const [u8; 16]) -> u16 {
+    // The helper sums memory as native-endian words: work on the field as it is in memory.
+    let mem = u16::from_ne_bytes(check.to_be_bytes());
     // SAFETY: both point to 16 readable bytes (packet checked by `ptr_at`, or the stack).
-    let s = unsafe {
-        bpf_csum_diff(
-            old as *mut u32,
-            16,
-            new as *mut u32,
-            16,
-            (!check) as u32 & 0xffff,
-        )
-    } as u32;
+    let s =
+        unsafe { bpf_csum_diff(old as *mut u32, 16, new as *mut u32, 16, (!mem) as u32) } as u32;
     let mut s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
+    u16::from_be_bytes((!(s as u16)).to_ne_bytes())
 }
 
 /// `resolve` made the next hop valid.

@@ -17,8 +17,8 @@ use crate::{
     icmp,
     maps::{
         count, counters, hash_seed, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
-        BACKEND_STATS, CONNTRACK, FRAGS, MAGLEV, NEXTHOPS, NH_SCRATCH, REVERSE, SCRATCH, SERVICES,
-        SERVICE_STATS,
+        BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, MAGLEV, NEXTHOPS, NH_SCRATCH, REVERSE, SCRATCH,
+        SERVICES, SERVICE_STATS,
     },
     nat::{self, Rewrite, Target, NH_LOCAL, NH_OK},
     parse::*,
@@ -78,6 +78,17 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
                 return Ok(action);
             }
             return forward(ctx, p, svc);
+        }
+    }
+    // A client talking to a backend's own address through this host (not through a VIP):
+    // remembered, so that the backend's replies are not mistaken for stray replies of a
+    // balanced flow.
+    if port_in(PORTS_BACKEND, p.key.dport) {
+        key.addr = p.key.dst;
+        key.port = p.key.dport;
+        if BACKEND_ADDRS.get_ptr(&key).is_some() {
+            mark_direct(p);
+            return Ok(pass());
         }
     }
     if !port_in(PORTS_BACKEND, p.key.sport) {
@@ -448,6 +459,59 @@ fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop
     let _ = CONNTRACK.insert(&key, &ct, 0);
 }
 
+/// The backend the Maglev table of the service `ba` names picks for the client flow a reply
+/// `p` belongs to (`NO_BACKEND` if none).
+#[inline(never)]
+fn maglev_backend(p: &Pkt, ba: *const BackendAddrValue) -> u32 {
+    // SAFETY: a map value pointer checked for null by the caller.
+    let (vip, vport) = unsafe { ((*ba).vip, (*ba).vport) };
+    let skey = ServiceKey {
+        addr: vip,
+        port: vport,
+        proto: p.key.proto,
+        family: p.key.family,
+    };
+    let Some(svc) = SERVICES.get_ptr(&skey) else {
+        return NO_BACKEND;
+    };
+    // SAFETY: as above.
+    let (service_id, slot) = unsafe { ((*svc).id, (*svc).slot) };
+    let ring = ring_size();
+    let h = flow_hash(
+        &p.key.dst,
+        &vip,
+        p.key.dport,
+        vport,
+        p.key.proto,
+        hash_seed(),
+    );
+    let Some(pos) = h.checked_rem(ring) else {
+        return NO_BACKEND;
+    };
+    match MAGLEV.get_ptr((service_id * SLOTS_PER_SERVICE + slot) * ring + pos) {
+        // SAFETY: as above.
+        Some(id) => unsafe { *id },
+        None => NO_BACKEND,
+    }
+}
+
+/// Remember a client → backend-address flow (under its reply's key).
+#[inline(never)]
+fn mark_direct(p: &Pkt) {
+    let key = FlowKey {
+        src: p.key.dst,
+        dst: p.key.src,
+        sport: p.key.dport,
+        dport: p.key.sport,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    if DIRECT.get_ptr(&key).is_none() {
+        let _ = DIRECT.insert(&key, &0u8, 0);
+    }
+}
+
 /// `reply`: the flow has no connection-table entry.
 const STRAY: u32 = u32::MAX - 7;
 
@@ -463,6 +527,12 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> u32 {
             (*ba).flags,
         )
     };
+    // A reply of a client talking to the backend directly (through this host), or one the
+    // service's table would not have sent to this backend, is no balanced flow's: the
+    // kernel's.
+    if DIRECT.get_ptr(&p.key).is_some() || maglev_backend(p, ba) != backend_id {
+        return pass();
+    }
     let Some(nh) = NH_SCRATCH.get_ptr_mut(0) else {
         return stray_dropped();
     };
