@@ -83,6 +83,8 @@ pub struct Lab {
     lb: Netns,
     sw: Netns,
     backends: Vec<Netns>,
+    /// XDP programs on the lb's peers ([`Lab::attach_xdp_to_lb_peers`]).
+    xdp_pass: Vec<crate::xdp::XdpPass>,
 }
 
 impl Lab {
@@ -127,6 +129,7 @@ impl Lab {
             lb,
             sw,
             backends,
+            xdp_pass: Vec::new(),
         };
         lab.build()
             .with_context(|| format!("building lab {prefix}"))?;
@@ -312,6 +315,31 @@ impl Lab {
         for b in &self.backends {
             ping(b, LB_BACKENDS_V4.into())?;
             ping(b, LB_BACKENDS_V6.into())?;
+        }
+        Ok(())
+    }
+
+    /// Attach a `return XDP_PASS` program to the interfaces facing the lb (the client's
+    /// `eth0`, or the router's lb link, and the switch's uplink), so that frames xlb sends back
+    /// out of the interface they came in on (`XDP_TX`: "fragmentation needed" answers, hairpin
+    /// flows) are delivered: a veth passes those on only when its peer runs XDP (GRO is enough
+    /// for redirected frames, not for these). Not done by default: the program puts every
+    /// frame these interfaces receive through XDP, which the benchmarks' kernel baselines
+    /// should not pay. Detached when the lab is dropped.
+    pub fn attach_xdp_to_lb_peers(&mut self) -> Result<()> {
+        let mut peers = vec![(&self.sw, SW_UPLINK_IFACE)];
+        match &self.router {
+            Some(r) => peers.push((r, ROUTER_LB_IFACE)),
+            None => peers.push((&self.client, CLIENT_IFACE)),
+        }
+        for (ns, iface) in peers {
+            let p = ns
+                .enter(|| {
+                    let ifindex = nix::net::if_::if_nametoindex(iface)?;
+                    crate::xdp::attach_pass(ifindex)
+                })
+                .with_context(|| format!("{}: XDP on {iface}", ns.name()))?;
+            self.xdp_pass.push(p);
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod lab;
 pub mod netns;
 pub mod server;
+pub mod xdp;
 pub mod xlbd;
 
 use std::path::PathBuf;

@@ -419,14 +419,23 @@ impl Running {
     /// Start the servers, run `control` from the client before xlb runs (plain kernel
     /// routing on the lb: a failure there means the lab is broken, not xlb), then start xlb.
     fn start_after_control(
-        lab: Lab,
+        mut lab: Lab,
         name: &str,
         control: impl FnOnce() -> Result<()> + Send,
     ) -> Result<Running> {
+        // xlb answers too-big packets with XDP_TX: veth delivers those only to a peer that
+        // runs XDP.
+        lab.attach_xdp_to_lb_peers()?;
         let servers = Servers::start(&lab)?;
         lab.client_ns()
             .enter(control)
             .context("control through kernel routing, before xlb runs: the lab is broken")?;
+        // Forget the path MTUs the control taught the backends, so that xlb's traffic has to
+        // discover them again.
+        for b in lab.backend_nss() {
+            b.exec(["ip", "route", "flush", "cache"])?;
+            b.exec(["ip", "-6", "route", "flush", "cache"])?;
+        }
         let xlb = Xlbd::start(&lab, name, &config(name)).context("starting xlb")?;
         Ok(Running { lab, xlb, servers })
     }
