@@ -944,3 +944,89 @@ fn vlan_trunk_to_untagged_backends() {
         r.report()
     );
 }
+
+/// The daemon's own map writes on a real host: `TX_PORTS` holds exactly the interfaces xlb
+/// attached to, `ADDRS` every VIP and backend address, and an attached interface that is
+/// deleted and created again is followed to its new ifindex (link notifications over
+/// netlink).
+#[test]
+fn daemon_keeps_tx_ports_and_addrs() {
+    if skip() {
+        return;
+    }
+    let name = "xlbt-txports";
+    let r = Running::start(Lab::new(name, 2).expect("lab"), name).expect("xlb");
+    let lb = r.lab.lb_ns();
+    let ifindex = |iface: &'static str| {
+        lb.enter(move || nix::net::if_::if_nametoindex(iface))
+            .expect("ifindex")
+    };
+    let tx_ports = || -> Vec<u32> {
+        let Ok(map) = open_map(&r.xlb.pin_path, "TX_PORTS") else {
+            return Vec::new();
+        };
+        let Ok(m) = aya::maps::DevMapHash::try_from(map) else {
+            return Vec::new();
+        };
+        let mut k: Vec<u32> = m.keys().filter_map(|k| k.ok()).collect();
+        k.sort();
+        k
+    };
+    let mut want = vec![ifindex(LB_CLIENT_IFACE), ifindex(LB_BACKENDS_IFACE)];
+    want.sort();
+    assert_eq!(tx_ports(), want, "TX_PORTS = the attached interfaces");
+
+    let addrs = open_map(&r.xlb.pin_path, "ADDRS")
+        .and_then(|m| Ok(BpfHashMap::<MapData, lb_common::AddrKey, u32>::try_from(m)?))
+        .expect("ADDRS");
+    let got: BTreeMap<IpAddr, u32> = addrs
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|(k, v)| {
+            let ip = if k.family == lb_common::AF_INET {
+                IpAddr::from(<[u8; 4]>::try_from(&k.addr[..4]).unwrap())
+            } else {
+                IpAddr::from(k.addr)
+            };
+            (ip, v)
+        })
+        .collect();
+    let mut expected: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    expected.insert(IpAddr::V4(VIP_V4), lb_common::ADDR_F_VIP);
+    expected.insert(IpAddr::V6(VIP_V6), lb_common::ADDR_F_VIP);
+    for i in 1..=2 {
+        expected.insert(
+            IpAddr::V4(xlb_lab::lab::backend_v4(i)),
+            lb_common::ADDR_F_BACKEND,
+        );
+        expected.insert(
+            IpAddr::V6(xlb_lab::lab::backend_v6(i)),
+            lb_common::ADDR_F_BACKEND,
+        );
+    }
+    assert_eq!(got, expected, "ADDRS");
+
+    // The client link goes away and comes back under the same name with a new ifindex.
+    let old = ifindex(LB_CLIENT_IFACE);
+    ip(lb, &format!("link del {LB_CLIENT_IFACE}"));
+    ip(
+        lb,
+        &format!("link add {LB_CLIENT_IFACE} type veth peer name spare-peer"),
+    );
+    let new = ifindex(LB_CLIENT_IFACE);
+    assert_ne!(old, new);
+    let mut want = vec![new, ifindex(LB_BACKENDS_IFACE)];
+    want.sort();
+    let (got, _) = r
+        .xlb
+        .wait_for(
+            "TX_PORTS to follow the new ifindex",
+            Duration::from_secs(5),
+            || {
+                let now = tx_ports();
+                Ok((now == want).then_some(now))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\nTX_PORTS now {:?}", tx_ports()));
+    assert_eq!(got, want);
+}
