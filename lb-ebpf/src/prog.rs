@@ -2,8 +2,8 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::generated::bpf_ktime_get_coarse_ns,
-    macros::xdp,
-    programs::XdpContext,
+    macros::{tracepoint, xdp},
+    programs::{TracePointContext, XdpContext},
 };
 use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
@@ -17,8 +17,8 @@ use crate::{
     icmp,
     maps::{
         count, counters, hash_seed, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
-        BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, MAGLEV, NEXTHOPS, NH_SCRATCH, REVERSE, SCRATCH,
-        SERVICES, SERVICE_STATS,
+        BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
+        REVERSE, SCRATCH, SERVICES, SERVICE_STATS, TX_PORTS,
     },
     nat::{self, Rewrite, Target, NH_LOCAL, NH_OK},
     parse::*,
@@ -36,6 +36,27 @@ pub fn xlb(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// `xdp:xdp_devmap_xmit`: frames a redirect handed to an egress driver that it dropped,
+/// counted for frames that came in on an interface xlb drives.
+#[tracepoint]
+pub fn xlb_xmit(ctx: TracePointContext) -> u32 {
+    // Offsets from /sys/kernel/tracing/events/xdp/xdp_devmap_xmit/format.
+    // SAFETY: reads of the tracepoint's record, checked by the helper.
+    let (from, drops) = unsafe {
+        (
+            ctx.read_at::<i32>(8).unwrap_or(0),
+            ctx.read_at::<i32>(20).unwrap_or(0),
+        )
+    };
+    if drops > 0 && TX_PORTS.get(from as u32).is_some() {
+        if let Some(c) = GLOBAL_STATS.get_ptr_mut(global::XMIT_DROPS) {
+            // SAFETY: a per-CPU map value checked for null.
+            unsafe { *c += drops as u64 };
+        }
+    }
+    0
 }
 
 /// Returns `XDP_TX`: the benchmark floor for a forwarding program.

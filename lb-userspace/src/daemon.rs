@@ -712,6 +712,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         .reconciler
         .set_tx_ports(&mut daemon.dp, &attached)
         .map_err(|e| anyhow::anyhow!("setting TX_PORTS: {e}"))?;
+    if let Err(e) = daemon.dp.attach_xmit_counter() {
+        warn!("xmit_drops will stay 0: attaching the xdp_devmap_xmit tracepoint failed: {e}");
+    }
     daemon.persist();
 
     let _api = api::serve(&d.api_socket, api_tx)
