@@ -902,8 +902,7 @@ fn vlan_trunk_to_untagged_backends() {
         lb,
         &format!("link add link {LB_CLIENT_IFACE} name {lv} type vlan id 100"),
     );
-    lb.sysctl(&format!("net.ipv4.conf.{lv}.rp_filter"), "0")
-        .expect("sysctl");
+    // (rp_filter is off: the lab sets it to 0 for `default` before any device exists.)
     ip(lb, &format!("addr add {LB_CLIENT_V4}/24 dev {lv}"));
     ip(lb, &format!("-6 addr add {LB_CLIENT_V6}/64 dev {lv} nodad"));
     ip(lb, &format!("link set {lv} up"));
