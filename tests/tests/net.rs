@@ -56,6 +56,8 @@ const SHARED_BACKEND: u16 = 6101;
 const MIB: usize = 1 << 20;
 /// A transfer that makes no progress this long has stalled.
 const STALL: Duration = Duration::from_secs(10);
+/// No transfer takes longer than this in all.
+const TRANSFER_LIMIT: Duration = Duration::from_secs(60);
 
 fn skip() -> bool {
     if !xlb_lab::is_root() {
@@ -314,7 +316,12 @@ fn download(to: SocketAddr, n: usize) -> Result<()> {
     s.write_all(format!("D {n}\n").as_bytes())?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut pos = 0usize;
+    let start = std::time::Instant::now();
     loop {
+        ensure!(
+            start.elapsed() < TRANSFER_LIMIT,
+            "download from {to}: only {pos} of {n} bytes in {TRANSFER_LIMIT:?}"
+        );
         let got = match s.read(&mut buf) {
             Ok(0) => break,
             Ok(k) => k,
@@ -346,7 +353,12 @@ fn upload(to: SocketAddr, n: usize) -> Result<()> {
     s.write_all(format!("U {n}\n").as_bytes())?;
     let mut pos = 0usize;
     let mut chunk = vec![0u8; 64 * 1024];
+    let start = std::time::Instant::now();
     while pos < n {
+        ensure!(
+            start.elapsed() < TRANSFER_LIMIT,
+            "upload to {to}: only {pos} of {n} bytes in {TRANSFER_LIMIT:?}"
+        );
         let len = chunk.len().min(n - pos);
         for (k, c) in chunk[..len].iter_mut().enumerate() {
             *c = pattern_byte((pos + k) as u64);
