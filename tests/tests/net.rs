@@ -53,6 +53,11 @@ const SHARED_A: u16 = 6100;
 const SHARED_B: u16 = 6200;
 const SHARED_BACKEND: u16 = 6101;
 
+/// UDP service whose backend port has no listener: the backend answers with ICMP "port
+/// unreachable".
+const CLOSED: u16 = 5009;
+const CLOSED_BACKEND: u16 = 5010;
+
 const MIB: usize = 1 << 20;
 /// A transfer that makes no progress this long has stalled.
 const STALL: Duration = Duration::from_secs(10);
@@ -131,6 +136,30 @@ vip = "{VIP_V4}"
 port = {SHARED_B}
 protocol = "udp"
 target_group = "shared"
+
+[[service]]
+name = "closed"
+vip = "{VIP_V4}"
+port = {CLOSED}
+protocol = "udp"
+target_group = "closed"
+
+[[service]]
+name = "closed6"
+vip = "{VIP_V6}"
+port = {CLOSED}
+protocol = "udp"
+target_group = "closed6"
+
+[[target_group]]
+name = "closed"
+port = {CLOSED_BACKEND}
+backends = ["198.18.2.11"]
+
+[[target_group]]
+name = "closed6"
+port = {CLOSED_BACKEND}
+backends = ["2001:db8:2::11"]
 
 [[target_group]]
 name = "bulk"
@@ -850,6 +879,50 @@ fn stray_replies_never_leak_the_backend_address() {
     let n = r.counter("stray_dropped");
     assert!(n >= 1, "stray_dropped counted {n}\n{}", r.report());
     assert!(r.xlb.is_running());
+}
+
+/// An ICMP error a backend sends about a balanced flow (here "port unreachable": nothing
+/// listens on the backend port) reaches the client from the VIP, quoting the packet the client
+/// sent (to the VIP and service port), so the client's connected socket sees it
+/// (`ECONNREFUSED`); no packet from a backend address reaches the client.
+#[test]
+fn icmp_errors_from_a_backend_reach_the_client_from_the_vip() {
+    if skip() {
+        return;
+    }
+    let name = "xlbt-icmp";
+    let r = Running::start(Lab::new(name, 2).expect("lab"), name).expect("xlb");
+    let capture = Capture::start(r.lab.client_ns(), CLIENT_IFACE).expect("capture");
+    for vip in [v4(CLOSED), v6(CLOSED)] {
+        let got = r.in_client(|| -> Result<std::io::Result<usize>> {
+            let local: SocketAddr = if vip.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let c = UdpSocket::bind(local)?;
+            c.connect(vip)?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.send(b"anyone there?")?;
+            Ok(c.recv(&mut [0u8; 64]))
+        });
+        let got = got.expect("client socket");
+        let packets = capture.packets(Duration::from_millis(200));
+        let leaked = backend_sources(&packets, &r.lab);
+        assert!(
+            leaked.is_empty(),
+            "{vip}: the client saw backend addresses: {leaked:?}\n{}",
+            r.report()
+        );
+        assert!(
+            matches!(&got, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+            "{vip}: the backend's port unreachable reaches the client's socket as \
+             ECONNREFUSED, got {got:?}; captured {packets:?}\n{}",
+            r.report()
+        );
+    }
+    let n = r.counter("icmp_to_client");
+    assert!(n >= 2, "icmp_to_client counted {n}\n{}", r.report());
 }
 
 /// Why VLAN devices cannot be made here, if they cannot.
