@@ -453,12 +453,22 @@ impl Reconciler {
             if self.vlans.get(ifindex) != Some(v) {
                 dp.vlans.insert(ifindex, v, 0).map_err(map_err("VLANS"))?;
                 self.vlans.insert(*ifindex, *v);
-                info!(
-                    ifindex,
-                    parent = v.parent_ifindex,
-                    vlan = v.vlan_id,
-                    "VLAN device known to the data path"
-                );
+                if links.tx_ports.contains(&v.parent_ifindex) {
+                    info!(
+                        ifindex,
+                        parent = v.parent_ifindex,
+                        vlan = v.vlan_id,
+                        "VLAN device known to the data path"
+                    );
+                } else {
+                    info!(
+                        ifindex,
+                        parent = v.parent_ifindex,
+                        vlan = v.vlan_id,
+                        "VLAN device on an interface xlb is not attached to: packets routed \
+                         out of it go through the kernel"
+                    );
+                }
             }
         }
         let gone: Vec<u32> = self
