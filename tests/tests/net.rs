@@ -598,6 +598,53 @@ fn upload_through_a_smaller_backend_side_mtu() {
     })
     .expect("xlb");
 
+    // An IPv4 datagram without DF that does not fit the backend link goes through the
+    // kernel, which fragments it: the backend gets it whole. (Before the uploads, while the
+    // client has not learnt a smaller path MTU for the VIP.)
+    let tag = b"no-df-1400";
+    r.in_client(|| -> Result<()> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        // SAFETY: setsockopt with an int option value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                &dont as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "IP_MTU_DISCOVER: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut msg = vec![0x5a_u8; 1400];
+        msg[..tag.len()].copy_from_slice(tag);
+        s.send_to(&msg, v4(ECHO))?;
+        Ok(())
+    })
+    .expect("sending without DF");
+    let whole = r
+        .xlb
+        .wait_for("the datagram at a backend", Duration::from_secs(3), || {
+            Ok(r.servers
+                .udp_seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, p)| p.len() == 1400 && p.starts_with(tag))
+                .then_some(()))
+        });
+    assert!(
+        whole.is_ok(),
+        "a 1400-byte datagram without DF reaches a backend whole (fragmented by the kernel)\n{}",
+        r.report()
+    );
+    let n = r.counter("too_big_kernel");
+    assert!(n >= 1, "too_big_kernel counted {n}\n{}", r.report());
+
     for to in [v4(BULK), v6(BULK)] {
         let res = r.in_client(|| upload(to, MIB));
         assert!(
