@@ -18,11 +18,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::programs::{TestRun, TestRunOptions};
 use common::*;
+use gen::{Gen, Lookup};
 use lb_common::{
     global, BackendAddr, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     RevValue, ServiceInfo, ServiceKey, AF_INET, FRAG_F_FORWARD, MAX_BACKENDS,
 };
-use gen::{Gen, Lookup};
 use pkt::{hex, verify_checksums};
 use spec::{Expect, Out, Route, World};
 
@@ -52,8 +52,7 @@ impl<'a> FxWorld<'a> {
         let backends = (0..MAX_BACKENDS)
             .map(|i| fx.dp.backends.get(&i, 0).unwrap())
             .collect();
-        let backend_addrs: HashMap<_, _> =
-            fx.dp.backend_addrs.iter().map(|r| r.unwrap()).collect();
+        let backend_addrs: HashMap<_, _> = fx.dp.backend_addrs.iter().map(|r| r.unwrap()).collect();
         let vips = services.keys().map(|k| (k.addr, k.family)).collect();
         let backend_ips = backend_addrs.keys().map(|k| (k.addr, k.family)).collect();
         FxWorld {
@@ -121,7 +120,14 @@ impl World for FxWorld<'_> {
     fn backend_addr(&self, k: &BackendAddr) -> Option<BackendAddrValue> {
         self.backend_addrs.get(k).copied()
     }
-    fn frag(&self, src: &[u8; 16], dst: &[u8; 16], proto: u8, family: u8, id: u32) -> Option<FragValue> {
+    fn frag(
+        &self,
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        proto: u8,
+        family: u8,
+        id: u32,
+    ) -> Option<FragValue> {
         Self::frag_keys(src, dst, proto, family, id)
             .iter()
             .find_map(|k| self.fx.dp.frags.get(k, 0).ok())
@@ -146,7 +152,11 @@ impl World for FxWorld<'_> {
                 self.fx.ifindex_backends
             },
             mtu: 1500,
-            smac: if client { LB_CLIENT_MAC } else { LB_BACKENDS_MAC },
+            smac: if client {
+                LB_CLIENT_MAC
+            } else {
+                LB_BACKENDS_MAC
+            },
             dmac,
         };
         if family == AF_INET {
@@ -275,6 +285,15 @@ fn delta_diff(want: &[i64], before: &[u64], after: &[u64]) -> Option<String> {
     (!out.is_empty()).then(|| out.join(", "))
 }
 
+/// Hex of an output frame, the first 320 bytes (the byte diffs name any later difference).
+fn short_hex(b: &[u8]) -> String {
+    if b.len() <= 320 {
+        hex(b)
+    } else {
+        format!("{}… ({} bytes)", hex(&b[..320]), b.len())
+    }
+}
+
 fn action_name(a: u32) -> &'static str {
     match a {
         0 => "XDP_ABORTED",
@@ -305,13 +324,17 @@ fn byte_diffs(a: &[u8], b: &[u8]) -> String {
     d.join(" ")
 }
 
-
 /// Compare one result with the model; None when they agree.
 fn compare(e: &Expect, input: &[u8], rc: u32, out: &[u8]) -> Option<(String, String)> {
     let want = e.action?;
     if rc != want {
         return Some((
-            format!("{}: {} instead of {}", e.class, action_name(rc), action_name(want)),
+            format!(
+                "{}: {} instead of {}",
+                e.class,
+                action_name(rc),
+                action_name(want)
+            ),
             String::new(),
         ));
     }
@@ -320,8 +343,8 @@ fn compare(e: &Expect, input: &[u8], rc: u32, out: &[u8]) -> Option<(String, Str
             format!("{}: {what}", e.class),
             format!(
                 "  expected {}\n  got      {}\n  differs  {}",
-                hex(exp),
-                hex(out),
+                short_hex(exp),
+                short_hex(out),
                 byte_diffs(exp, out)
             ),
         ))
@@ -339,18 +362,17 @@ fn compare(e: &Expect, input: &[u8], rc: u32, out: &[u8]) -> Option<(String, Str
             if out != &exp[..] {
                 let equiv = out.len() == exp.len()
                     && verify_checksums(out).is_ok() == verify_checksums(exp).is_ok()
-                    && out
-                        .iter()
-                        .zip(exp.iter())
-                        .enumerate()
-                        .all(|(i, (a, b))| a == b || matches!((a, b), (0, 0xff) | (0xff, 0)) && {
-                            let j = i & !1;
-                            let w = |f: &[u8]| [f[j], f.get(j + 1).copied().unwrap_or(0)];
-                            matches!(
-                                (w(out), w(exp)),
-                                ([0, 0], [0xff, 0xff]) | ([0xff, 0xff], [0, 0])
-                            )
-                        });
+                    && out.iter().zip(exp.iter()).enumerate().all(|(i, (a, b))| {
+                        a == b
+                            || matches!((a, b), (0, 0xff) | (0xff, 0)) && {
+                                let j = i & !1;
+                                let w = |f: &[u8]| [f[j], f.get(j + 1).copied().unwrap_or(0)];
+                                matches!(
+                                    (w(out), w(exp)),
+                                    ([0, 0], [0xff, 0xff]) | ([0xff, 0xff], [0, 0])
+                                )
+                            }
+                    });
                 if !equiv {
                     return mismatch("output differs", exp);
                 }
@@ -499,7 +521,10 @@ fn xdp_program_agrees_with_the_model() {
                 Err(err) => {
                     st.run_errors += 1;
                     if st.run_errors <= 3 {
-                        println!("BPF_PROG_TEST_RUN refused a {}-byte frame: {err}", fr.bytes.len());
+                        println!(
+                            "BPF_PROG_TEST_RUN refused a {}-byte frame: {err}",
+                            fr.bytes.len()
+                        );
                     }
                     continue;
                 }
@@ -538,10 +563,21 @@ fn xdp_program_agrees_with_the_model() {
                     let after = counters(&fx);
                     if batch_exact {
                         if let Some(d) = delta_diff(&batch_want, &batch_before, &after) {
-                            let c = st.counter_mismatches.entry(d).or_insert((0, String::new()));
+                            // Keyed by which counters differ; the first batch is shown.
+                            let names: Vec<&str> =
+                                d.split(", ").filter_map(|s| s.split(' ').next()).collect();
+                            let c = st
+                                .counter_mismatches
+                                .entry(names.join(" "))
+                                .or_insert((0, String::new()));
                             c.0 += 1;
                             if c.1.is_empty() {
-                                c.1 = format!("frames {}..{} classes {:?}", i + 1 - BATCH, i + 1, batch_classes);
+                                c.1 = format!(
+                                    "frames {}..{}: {d}; classes {:?}",
+                                    i + 1 - BATCH,
+                                    i + 1,
+                                    batch_classes
+                                );
                             }
                         }
                     }
@@ -553,10 +589,14 @@ fn xdp_program_agrees_with_the_model() {
             }
             for (class, detail) in problems {
                 st.total_mismatches += 1;
-                let entry = st.mismatches.entry(class.clone()).or_insert((0, String::new()));
+                let entry = st
+                    .mismatches
+                    .entry(class.clone())
+                    .or_insert((0, String::new()));
                 entry.0 += 1;
                 if entry.0 as usize <= max_shown {
-                    let text = format!(
+                    let text =
+                        format!(
                         "MISMATCH #{} frame {i} ({}) ingress {}: {class}\n  input    {}\n{detail}",
                         entry.0,
                         fr.kind,
@@ -581,10 +621,13 @@ fn xdp_program_agrees_with_the_model() {
         println!("  {n:>8}  {c}");
     }
     if !st.unspecified.is_empty() {
-        println!("not compared (the README does not say): {:?}", st.unspecified);
+        println!(
+            "not compared (the README does not say): {:?}",
+            st.unspecified
+        );
     }
     for (d, (n, ex)) in &st.counter_mismatches {
-        println!("COUNTERS differ in {n} batches: {d}\n  first: {ex}");
+        println!("COUNTERS {d} differ in {n} batches of {BATCH} frames; first: {ex}");
     }
     if !st.mismatches.is_empty() {
         println!("disagreement classes (count, class):");

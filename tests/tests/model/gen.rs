@@ -30,6 +30,7 @@ struct PendingFrag {
     frame: Vec<u8>,
     ingress: u32,
     due: u64,
+    kind: &'static str,
 }
 
 /// Reads the connection table so that replies come from the backend a flow is pinned to.
@@ -124,7 +125,12 @@ impl Gen {
                 0..=84 => a4(c::CLIENT4),
                 85..=91 => a4([198, 18, 1, 7]),
                 92..=96 => a4([198, 18, 77, 9]),
-                _ => a4([self.rng.u8(1..224), self.rng.u8(..), self.rng.u8(..), self.rng.u8(1..255)]),
+                _ => a4([
+                    self.rng.u8(1..224),
+                    self.rng.u8(..),
+                    self.rng.u8(..),
+                    self.rng.u8(1..255),
+                ]),
             }
         }
     }
@@ -198,15 +204,19 @@ impl Gen {
             b.extend_from_slice(&self.rng.u32(..).to_be_bytes());
             b.extend_from_slice(&self.rng.u32(..).to_be_bytes());
             let flags = match self.rng.u8(0..10) {
-                0..=2 => 0x02,     // SYN
-                3 => 0x12,         // SYN ACK
-                4..=6 => 0x18,     // PSH ACK
-                7 => 0x11,         // FIN ACK
-                8 => 0x04,         // RST
-                _ => 0x10,         // ACK
+                0..=2 => 0x02, // SYN
+                3 => 0x12,     // SYN ACK
+                4..=6 => 0x18, // PSH ACK
+                7 => 0x11,     // FIN ACK
+                8 => 0x04,     // RST
+                _ => 0x10,     // ACK
             };
-            let opts = if self.rng.bool() { 0 } else { 4 * self.rng.usize(0..3) };
-            b.push(((20 + opts) / 4 << 4) as u8);
+            let opts = if self.rng.bool() {
+                0
+            } else {
+                4 * self.rng.usize(0..3)
+            };
+            b.push((((20 + opts) / 4) << 4) as u8);
             b.push(flags);
             b.extend_from_slice(&64240u16.to_be_bytes());
             b.extend_from_slice(&[0, 0, 0, 0]);
@@ -338,13 +348,27 @@ impl Gen {
 
     fn client_l2(&mut self, v6: bool, hairpin: bool) -> Vec<u8> {
         let tags = self.tags();
-        let smac = if hairpin { c::HAIRPIN_MAC } else { c::CLIENT_MAC };
-        self.eth(c::LB_CLIENT_MAC, smac, &tags, if v6 { ETH_P_IPV6 } else { ETH_P_IP })
+        let smac = if hairpin {
+            c::HAIRPIN_MAC
+        } else {
+            c::CLIENT_MAC
+        };
+        self.eth(
+            c::LB_CLIENT_MAC,
+            smac,
+            &tags,
+            if v6 { ETH_P_IPV6 } else { ETH_P_IP },
+        )
     }
 
     fn backend_l2(&mut self, v6: bool) -> Vec<u8> {
         let tags = self.tags();
-        self.eth(c::LB_BACKENDS_MAC, c::backend_mac(1), &tags, if v6 { ETH_P_IPV6 } else { ETH_P_IP })
+        self.eth(
+            c::LB_BACKENDS_MAC,
+            c::backend_mac(1),
+            &tags,
+            if v6 { ETH_P_IPV6 } else { ETH_P_IP },
+        )
     }
 
     /// The next frame.
@@ -352,32 +376,47 @@ impl Gen {
         self.n += 1;
         // Later fragments that are due go first.
         if let Some(i) = self.pending.iter().position(|p| p.due <= self.n) {
-            let p = self.pending.swap_remove(i);
+            let p = self.pending.remove(i);
             let mut fr = Frame {
                 bytes: p.frame,
                 ingress: p.ingress,
-                kind: "later fragment".into(),
+                kind: p.kind.into(),
             };
-            self.maybe_mutate(&mut fr);
+            if p.kind == "later fragment" {
+                self.maybe_mutate(&mut fr);
+            }
             return fr;
         }
         let r = self.rng.u8(0..100);
         let mut fr = match r {
-            0..=34 => self.to_service(l),
-            35..=54 => self.reply(l),
-            55..=64 => self.icmp_error(l),
-            65..=74 => self.fragments(l),
-            75..=79 => self.big(l),
-            80..=84 => self.other(),
+            0..=35 => self.client_packet(l),
+            36..=57 => self.reply(l),
+            58..=69 => self.icmp_error(l),
+            70..=79 => self.fragments(l),
+            80..=85 => self.big(l),
+            86..=91 => self.other(),
             _ => self.random_frame(),
         };
-        if r < 85 {
+        if r < 92 && self.rng.u16(0..1000) < 2 && self.pending.len() < 64 {
+            // Every truncation of this frame (headers byte by byte, then every 64th length)
+            // one after the other.
+            let len = fr.bytes.len();
+            let lengths = (14..len).filter(|&n| n < 160 || n % 64 == 0 || n + 8 > len);
+            for (k, n) in lengths.enumerate() {
+                self.pending.push(PendingFrag {
+                    frame: fr.bytes[..n].to_vec(),
+                    ingress: fr.ingress,
+                    due: self.n + 1 + k as u64,
+                    kind: "truncation sweep",
+                });
+            }
+        } else if r < 92 {
             self.maybe_mutate(&mut fr);
         }
         fr
     }
 
-    fn to_service(&mut self, _l: &dyn Lookup) -> Frame {
+    fn client_packet(&mut self, _l: &dyn Lookup) -> Frame {
         let f = self.pick_flow();
         let v6 = f.svc.v6;
         let payload = self.payload(1200);
@@ -388,7 +427,11 @@ impl Gen {
         let ip = self.ip(v6, &f.client, &f.svc.vip, f.svc.proto, ttl, df, &exts, &l4);
         let hairpin = f.client == a4(c::HAIRPIN4);
         let l2 = self.client_l2(v6, hairpin);
-        let ingress = if self.rng.u8(0..20) == 0 { self.ifb } else { self.ifc };
+        let ingress = if self.rng.u8(0..20) == 0 {
+            self.ifb
+        } else {
+            self.ifc
+        };
         Frame {
             bytes: self.frame(l2, &ip),
             ingress,
@@ -417,7 +460,11 @@ impl Gen {
         };
         let ip = self.ip(v6, &baddr, &dst, f.svc.proto, ttl, df, &exts, &l4);
         let l2 = self.backend_l2(v6);
-        let ingress = if baddr == a4(c::HAIRPIN4) { self.ifc } else { self.ifb };
+        let ingress = if baddr == a4(c::HAIRPIN4) {
+            self.ifc
+        } else {
+            self.ifb
+        };
         Frame {
             bytes: self.frame(l2, &ip),
             ingress,
@@ -525,7 +572,7 @@ impl Gen {
         fix_checksums(&mut full);
         let hl = if v6 { 40 } else { 20 };
         let data = full[14 + hl..].to_vec();
-        let chunk = 8 * self.rng.usize(2..=(1400 / 8));
+        let chunk = 8 * self.rng.usize(32..=(1400 / 8));
         let id = self.rng.u32(..);
         let ttl = if self.rng.u8(0..20) == 0 { 1 } else { 64 };
         let tags = self.tags();
@@ -554,7 +601,9 @@ impl Gen {
                 b.extend_from_slice(&[0x45, 0]);
                 b.extend_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
                 b.extend_from_slice(&(id as u16).to_be_bytes());
-                b.extend_from_slice(&(((off / 8) as u16) | if more { 0x2000 } else { 0 }).to_be_bytes());
+                b.extend_from_slice(
+                    &(((off / 8) as u16) | if more { 0x2000 } else { 0 }).to_be_bytes(),
+                );
                 b.extend_from_slice(&[ttl, f.svc.proto, 0, 0]);
                 b.extend_from_slice(&src[..4]);
                 b.extend_from_slice(&dst[..4]);
@@ -575,11 +624,12 @@ impl Gen {
                 frame: fr,
                 ingress,
                 due,
+                kind: "later fragment",
             });
         }
         if lose_first {
             // The later fragments arrive alone (orphans); this frame is something else.
-            return self.to_service(l);
+            return self.client_packet(l);
         }
         Frame {
             bytes: first,
@@ -591,7 +641,7 @@ impl Gen {
     /// Bigger than the links' MTU (1500), IPv4 with or without DF, IPv6.
     fn big(&mut self, l: &dyn Lookup) -> Frame {
         let mut fr = if self.rng.bool() {
-            self.to_service(l)
+            self.client_packet(l)
         } else {
             self.reply(l)
         };
@@ -637,7 +687,9 @@ impl Gen {
             let proto = [47u8, 50, 132, 59][self.rng.usize(..4)];
             let vip = if v6 { c::vip6() } else { a4(c::VIP4) };
             let client = self.client(v6);
-            let body: Vec<u8> = (0..self.rng.usize(0..64)).map(|_| self.rng.u8(..)).collect();
+            let body: Vec<u8> = (0..self.rng.usize(0..64))
+                .map(|_| self.rng.u8(..))
+                .collect();
             let ip = self.ip(v6, &client, &vip, proto, 64, false, &[], &body);
             let l2 = self.client_l2(v6, false);
             self.frame(l2, &ip)
@@ -667,12 +719,12 @@ impl Gen {
 
     fn maybe_mutate(&mut self, fr: &mut Frame) {
         let r = self.rng.u8(0..100);
-        if r < 55 {
+        if r < 60 {
             return;
         }
         let f = &mut fr.bytes;
         match r {
-            55..=69 => {
+            60..=67 => {
                 let n = self.rng.usize(14..=f.len().max(14));
                 f.truncate(n);
                 fr.kind.push_str(&format!(" truncated to {n}"));
@@ -689,7 +741,8 @@ impl Gen {
                 let what = self.mutate_field(f);
                 if self.rng.u8(0..10) < 7 {
                     fix_checksums(f);
-                    fr.kind.push_str(&format!(" field {what} (checksums fixed)"));
+                    fr.kind
+                        .push_str(&format!(" field {what} (checksums fixed)"));
                 } else {
                     fr.kind.push_str(&format!(" field {what}"));
                 }

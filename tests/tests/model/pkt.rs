@@ -233,7 +233,9 @@ pub fn fix_checksums(f: &mut [u8]) {
     if l.proto == 1 && !l.v6 && !l.fragment {
         fix_quoted_v4(f, l.l4, l.ip_end);
     }
-    let Some((off, _)) = l4_csum_off(&l) else { return };
+    let Some((off, _)) = l4_csum_off(&l) else {
+        return;
+    };
     if l.proto == 17 && be16(f, off) == 0 {
         return;
     }

@@ -10,8 +10,8 @@
 use lb_common::{
     hash::flow_hash, BackendAddr, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragValue,
     RevValue, ServiceInfo, ServiceKey, AF_INET, AF_INET6, BA_F_SHARED, BE_F_ACTIVE,
-    BE_F_ESTABLISHED_OK, FRAG_F_FORWARD, FRAG_TTL_NS, ICMP_QUOTE_MAX, MAX_EXT_HEADERS,
-    NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
+    BE_F_ESTABLISHED_OK, FRAG_F_FORWARD, FRAG_TTL_NS, ICMP_QUOTE_MAX, MAX_EXT_HEADERS, NO_BACKEND,
+    PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
 };
 
 use super::pkt::*;
@@ -50,8 +50,14 @@ pub trait World {
     fn reverse(&self, k: &FlowKey) -> Option<RevValue>;
     fn backend_addr(&self, k: &BackendAddr) -> Option<BackendAddrValue>;
     /// The `FRAGS` entry of a datagram (source, destination, protocol, id), if any.
-    fn frag(&self, src: &[u8; 16], dst: &[u8; 16], proto: u8, family: u8, id: u32)
-        -> Option<FragValue>;
+    fn frag(
+        &self,
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        proto: u8,
+        family: u8,
+        id: u32,
+    ) -> Option<FragValue>;
     fn now_ns(&self) -> u64;
     fn is_vip(&self, addr: &[u8; 16], family: u8) -> bool;
     fn is_backend(&self, addr: &[u8; 16], family: u8) -> bool;
@@ -254,53 +260,50 @@ fn parse(f: &[u8]) -> ParseResult {
             let mut l4 = ip + 40;
             let mut frag = Frag::None;
             let mut walked = 0;
-            loop {
-                match nh {
-                    0 | 43 | 60 | 44 => {
-                        if walked == MAX_EXT_HEADERS {
-                            return ParseResult::Pass(
-                                "ipv6 ext chain too long",
-                                Some("ext_headers_passed"),
-                            );
-                        }
-                        walked += 1;
-                        // AMBIGUOUS: "inside the frame" read as inside the IP payload.
-                        if l4 + 8 > end {
-                            return ParseResult::Malformed("ipv6 ext header truncated");
-                        }
-                        let len = if nh == 44 {
-                            8
-                        } else {
-                            (f[l4 + 1] as usize + 1) * 8
-                        };
-                        if l4 + len > end {
-                            return ParseResult::Malformed("ipv6 ext header truncated");
-                        }
-                        if nh == 43 && f[l4 + 3] != 0 {
-                            return ParseResult::Pass(
-                                "ipv6 routing header segments left",
-                                Some("ext_headers_passed"),
-                            );
-                        }
-                        let this = nh;
-                        nh = f[l4];
-                        if this == 44 {
-                            let fo = be16(f, l4 + 2);
-                            let id = u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap());
-                            l4 += 8;
-                            if fo & 0xfff8 != 0 {
-                                frag = Frag::Later(id);
-                                break;
-                            } else if fo & 1 != 0 {
-                                frag = Frag::First(id);
-                            }
-                            // AMBIGUOUS: offset 0 without M (an atomic fragment, RFC 6946)
-                            // is an ordinary packet.
-                        } else {
-                            l4 += len;
-                        }
+            while let 0 | 43 | 60 | 44 = nh {
+                {
+                    if walked == MAX_EXT_HEADERS {
+                        return ParseResult::Pass(
+                            "ipv6 ext chain too long",
+                            Some("ext_headers_passed"),
+                        );
                     }
-                    _ => break,
+                    walked += 1;
+                    // AMBIGUOUS: "inside the frame" read as inside the IP payload.
+                    if l4 + 8 > end {
+                        return ParseResult::Malformed("ipv6 ext header truncated");
+                    }
+                    let len = if nh == 44 {
+                        8
+                    } else {
+                        (f[l4 + 1] as usize + 1) * 8
+                    };
+                    if l4 + len > end {
+                        return ParseResult::Malformed("ipv6 ext header truncated");
+                    }
+                    if nh == 43 && f[l4 + 3] != 0 {
+                        return ParseResult::Pass(
+                            "ipv6 routing header segments left",
+                            Some("ext_headers_passed"),
+                        );
+                    }
+                    let this = nh;
+                    nh = f[l4];
+                    if this == 44 {
+                        let fo = be16(f, l4 + 2);
+                        let id = u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap());
+                        l4 += 8;
+                        if fo & 0xfff8 != 0 {
+                            frag = Frag::Later(id);
+                            break;
+                        } else if fo & 1 != 0 {
+                            frag = Frag::First(id);
+                        }
+                        // AMBIGUOUS: offset 0 without M (an atomic fragment, RFC 6946)
+                        // is an ordinary packet.
+                    } else {
+                        l4 += len;
+                    }
                 }
             }
             ParseResult::Ip(Parsed {
@@ -352,10 +355,7 @@ fn decide_inner(f: &[u8], ingress: u32, w: &dyn World) -> Expect {
 }
 
 fn ports(f: &[u8], p: &Parsed) -> ([u8; 2], [u8; 2]) {
-    (
-        [f[p.l4], f[p.l4 + 1]],
-        [f[p.l4 + 2], f[p.l4 + 3]],
-    )
+    ([f[p.l4], f[p.l4 + 1]], [f[p.l4 + 2], f[p.l4 + 3]])
 }
 
 /// The strict L4 checks of packets to a service or from a backend.
@@ -385,7 +385,14 @@ fn strict_l4(f: &[u8], p: &Parsed) -> Option<&'static str> {
     None
 }
 
-fn flow_key(src: [u8; 16], dst: [u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8, family: u8) -> FlowKey {
+fn flow_key(
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    proto: u8,
+    family: u8,
+) -> FlowKey {
     FlowKey {
         src,
         dst,
@@ -464,16 +471,7 @@ fn to_service(
     let mut out = f.to_vec();
     rewrite_addr(&mut out, p, false, &b.addr);
     rewrite_port(&mut out, p, false, b.port);
-    let mut e = route_and_send(
-        f,
-        out,
-        ingress,
-        w,
-        p,
-        &b.addr,
-        class,
-        "forwarded",
-    );
+    let mut e = route_and_send(f, out, ingress, w, p, &b.addr, class, "forwarded");
     if matches!(e.action, Some(XDP_TX | XDP_REDIRECT)) {
         e.pin = pin;
     }
@@ -591,7 +589,16 @@ fn later_fragment(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed, id: u32) ->
     let mut out = f.to_vec();
     rewrite_addr(&mut out, p, !forward, &v.addr);
     let target = if forward { v.addr } else { p.dst };
-    route_and_send(f, out, ingress, w, p, &target, "later fragment, followed", "frags_followed")
+    route_and_send(
+        f,
+        out,
+        ingress,
+        w,
+        p,
+        &target,
+        "later fragment, followed",
+        "frags_followed",
+    )
 }
 
 /// Rewrite the source (`src`) or destination address, fixing the IPv4 header checksum and
@@ -635,7 +642,7 @@ fn update_l4_csum(out: &mut [u8], p: &Parsed, d: &[(u16, u16)]) {
 
 fn rewrite_port(out: &mut [u8], p: &Parsed, src: bool, new: [u8; 2]) {
     let off = if src { p.l4 } else { p.l4 + 2 };
-    let d = diffs_of(&out[off..off + 2].to_vec(), &new);
+    let d = diffs_of(&out[off..off + 2], &new);
     out[off..off + 2].copy_from_slice(&new);
     update_l4_csum(out, p, &d);
 }
@@ -679,13 +686,23 @@ fn route_and_send(
         let fragment = p.frag != Frag::None;
         if !p.v6 && (!p.df || fragment) {
             // AMBIGUOUS: the kernel decrements the TTL when it forwards, so XDP does not.
-            return Expect::new(class_too_big_kernel(class), XDP_PASS, Out::Exact(out), Some("too_big_kernel"));
+            return Expect::new(
+                class_too_big_kernel(class),
+                XDP_PASS,
+                Out::Exact(out),
+                Some("too_big_kernel"),
+            );
         }
         return too_big_icmp(input, p, mtu);
     }
     let Some(dmac) = dmac else {
         // AMBIGUOUS: handed to the kernel with the ingress L2 header (tags) as it came.
-        return Expect::new("no neighbour", XDP_PASS, Out::Exact(out), Some("fib_no_neigh"));
+        return Expect::new(
+            "no neighbour",
+            XDP_PASS,
+            Out::Exact(out),
+            Some("fib_no_neigh"),
+        );
     };
     decrement_ttl(&mut out, p);
     let mut frame = Vec::with_capacity(out.len());
@@ -693,7 +710,11 @@ fn route_and_send(
     frame.extend_from_slice(&smac);
     frame.extend_from_slice(&(if p.v6 { ETH_P_IPV6 } else { ETH_P_IP }).to_be_bytes());
     frame.extend_from_slice(&out[p.ip..]);
-    let action = if ifindex == ingress { XDP_TX } else { XDP_REDIRECT };
+    let action = if ifindex == ingress {
+        XDP_TX
+    } else {
+        XDP_REDIRECT
+    };
     Expect::new(class, action, Out::Exact(frame), Some(counter))
 }
 
@@ -751,7 +772,12 @@ fn too_big_icmp(f: &[u8], p: &Parsed, mtu: u16) -> Expect {
         masked.push(ip + 4..ip + 9); // id, DF, TTL
         masked.push(ip + 10..ip + 12); // header checksum (recomputed and verified)
     }
-    let mut e = Expect::new("too big, icmp", XDP_TX, Out::Masked(o, masked), Some("too_big_icmp"));
+    let mut e = Expect::new(
+        "too big, icmp",
+        XDP_TX,
+        Out::Masked(o, masked),
+        Some("too_big_icmp"),
+    );
     e.check_csums = true;
     e
 }
@@ -809,7 +835,18 @@ fn icmp(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
         if let Some(ct) = w.conntrack(&key) {
             let b = w.backend(ct.backend_id);
             if b.family == p.family {
-                return icmp_translate(f, ingress, w, p, q, ql4, true, b.addr, b.port, "icmp_to_backend");
+                return icmp_translate(
+                    f,
+                    ingress,
+                    w,
+                    p,
+                    q,
+                    ql4,
+                    true,
+                    b.addr,
+                    b.port,
+                    "icmp_to_backend",
+                );
             }
         }
         return other();
@@ -832,7 +869,18 @@ fn icmp(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
             if let Some((vip, vport, bid)) = vip {
                 let key = flow_key(qsrc, vip, qsport, vport, qproto, p.family);
                 if w.conntrack(&key).is_some_and(|ct| ct.backend_id == bid) {
-                    return icmp_translate(f, ingress, w, p, q, ql4, false, vip, vport, "icmp_to_client");
+                    return icmp_translate(
+                        f,
+                        ingress,
+                        w,
+                        p,
+                        q,
+                        ql4,
+                        false,
+                        vip,
+                        vport,
+                        "icmp_to_client",
+                    );
                 }
             }
         }
@@ -891,7 +939,10 @@ fn icmp_translate(
         let c = incremental(be16(f, p.l4 + 2), &d);
         put16(&mut out, p.l4 + 2, c);
     } else {
-        let mut d = diffs_of(&f[outer_off..outer_off + 16], &out[outer_off..outer_off + 16]);
+        let mut d = diffs_of(
+            &f[outer_off..outer_off + 16],
+            &out[outer_off..outer_off + 16],
+        );
         d.extend(word_diffs(f, &out, p.l4, p.ip_end, p.l4 + 2));
         let c = incremental(be16(f, p.l4 + 2), &d);
         put16(&mut out, p.l4 + 2, c);
