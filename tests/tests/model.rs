@@ -443,6 +443,23 @@ fn post_checks(e: &Expect, world: &FxWorld) -> Option<(String, String)> {
     None
 }
 
+/// A health check result for a backend of "multi", as the daemon's checker reports it.
+fn set_health(fx: &mut Fixture, addr: &str, ok: bool) {
+    let uid = fx.state.groups["multi"]
+        .members
+        .iter()
+        .find(|m| m.addr.to_string() == addr)
+        .unwrap()
+        .uid;
+    let outcome = xlb::health::CheckOutcome {
+        ok,
+        reason: if ok { "connected" } else { "connect refused" }.into(),
+        latency: std::time::Duration::ZERO,
+        metrics: None,
+    };
+    fx.state.observe(&("multi".to_string(), uid), &outcome);
+}
+
 #[test]
 fn xdp_program_agrees_with_the_model() {
     if skip() {
@@ -470,10 +487,13 @@ fn xdp_program_agrees_with_the_model() {
     const PER_FRAME_COUNTERS: u64 = 20_000;
     const BATCH: u64 = 1000;
 
-    let fx = Fixture::new();
-    let world = FxWorld::new(&fx);
+    // The daemon changes the backends of "multi" every `CHURN` frames (health checks
+    // failing and passing), so that flows move, drains and empty tables are exercised.
+    const CHURN: u64 = 4000;
+    const HEALTH: [u8; 8] = [0b111, 0b011, 0b101, 0b110, 0b111, 0b001, 0b000, 0b111];
+
+    let mut fx = Fixture::new();
     let mut gen = Gen::new(seed, fx.ifindex_client, fx.ifindex_backends);
-    let prog = fx.dp.program(lb_common::PROG_XDP_LB).unwrap();
     let started = std::time::Instant::now();
 
     struct Stats {
@@ -495,123 +515,138 @@ fn xdp_program_agrees_with_the_model() {
 
     // One thread in the fixture namespace for the whole run (the FIB lookups of
     // BPF_PROG_TEST_RUN use the calling thread's namespace).
-    fx.ns.enter(|| {
-        let mut out = vec![0u8; 8192];
-        let mut batch_want = vec![0i64; global::COUNT as usize];
-        let mut batch_before = counters(&fx);
-        let mut batch_exact = true;
-        let mut batch_classes: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for i in 0..frames {
-            let fr = gen.next(&world);
-            let e = spec::decide(&fr.bytes, fr.ingress, &world);
-            let per_frame = i < PER_FRAME_COUNTERS;
-            // The counters after the previous frame are the ones before this one.
-            let before = per_frame.then(|| batch_before.clone());
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(fr.bytes.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&fr.ingress.to_ne_bytes());
-            let r = prog.test_run(TestRunOptions {
-                data_in: Some(&fr.bytes),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            });
-            let (rc, n) = match r {
-                Ok(r) => (r.return_value, r.data_size_out as usize),
-                Err(err) => {
-                    st.run_errors += 1;
-                    if st.run_errors <= 3 {
-                        println!(
-                            "BPF_PROG_TEST_RUN refused a {}-byte frame: {err}",
-                            fr.bytes.len()
-                        );
+    let mut done = 0u64;
+    let mut phase = 0usize;
+    while done < frames {
+        let healthy = HEALTH[phase % HEALTH.len()];
+        phase += 1;
+        for (bit, addr) in ["198.18.2.11", "198.18.2.12", "198.18.2.13"]
+            .iter()
+            .enumerate()
+        {
+            set_health(&mut fx, addr, healthy & (1 << bit) != 0);
+        }
+        fx.apply();
+        let world = FxWorld::new(&fx);
+        let prog = fx.dp.program(lb_common::PROG_XDP_LB).unwrap();
+        let chunk_end = (done + CHURN).min(frames);
+        fx.ns.enter(|| {
+            let mut out = vec![0u8; 8192];
+            let mut batch_want = vec![0i64; global::COUNT as usize];
+            let mut batch_before = counters(&fx);
+            let mut batch_exact = true;
+            let mut batch_classes: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for i in done..chunk_end {
+                let fr = gen.next(&world);
+                let e = spec::decide(&fr.bytes, fr.ingress, &world);
+                let per_frame = i < PER_FRAME_COUNTERS;
+                // The counters after the previous frame are the ones before this one.
+                let before = per_frame.then(|| batch_before.clone());
+                let mut ctx = [0u8; 24];
+                ctx[4..8].copy_from_slice(&(fr.bytes.len() as u32).to_ne_bytes());
+                ctx[12..16].copy_from_slice(&fr.ingress.to_ne_bytes());
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(&fr.bytes),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    repeat: 1,
+                    ..Default::default()
+                });
+                let (rc, n) = match r {
+                    Ok(r) => (r.return_value, r.data_size_out as usize),
+                    Err(err) => {
+                        st.run_errors += 1;
+                        if st.run_errors <= 3 {
+                            println!(
+                                "BPF_PROG_TEST_RUN refused a {}-byte frame: {err}",
+                                fr.bytes.len()
+                            );
+                        }
+                        continue;
                     }
-                    continue;
+                };
+                let got = &out[..n.min(out.len())];
+                *st.classes.entry(e.class.to_string()).or_default() += 1;
+                if e.action.is_none() {
+                    *st.unspecified.entry(e.class.to_string()).or_default() += 1;
                 }
-            };
-            let got = &out[..n.min(out.len())];
-            *st.classes.entry(e.class.to_string()).or_default() += 1;
-            if e.action.is_none() {
-                *st.unspecified.entry(e.class.to_string()).or_default() += 1;
-            }
-            let mut problems = Vec::new();
-            if let Some(m) = compare(&e, &fr.bytes, rc, got) {
-                problems.push(m);
-            }
-            if e.action.is_some() {
-                if let Some(m) = post_checks(&e, &world) {
+                let mut problems = Vec::new();
+                if let Some(m) = compare(&e, &fr.bytes, rc, got) {
                     problems.push(m);
                 }
-            }
-            // Counters.
-            let want = expected_delta(&e);
-            if let Some(before) = before {
-                let after = counters(&fx);
                 if e.action.is_some() {
-                    if let Some(d) = delta_diff(&want, &before, &after) {
-                        problems.push((format!("{}: counters {d}", e.class), String::new()));
+                    if let Some(m) = post_checks(&e, &world) {
+                        problems.push(m);
                     }
                 }
-                batch_before = after;
-            } else {
-                batch_exact &= e.action.is_some();
-                *batch_classes.entry(e.class).or_default() += 1;
-                for (a, b) in batch_want.iter_mut().zip(&want) {
-                    *a += b;
-                }
-                if (i + 1) % BATCH == 0 || i + 1 == frames {
+                // Counters.
+                let want = expected_delta(&e);
+                if let Some(before) = before {
                     let after = counters(&fx);
-                    if batch_exact {
-                        if let Some(d) = delta_diff(&batch_want, &batch_before, &after) {
-                            // Keyed by which counters differ; the first batch is shown.
-                            let names: Vec<&str> =
-                                d.split(", ").filter_map(|s| s.split(' ').next()).collect();
-                            let c = st
-                                .counter_mismatches
-                                .entry(names.join(" "))
-                                .or_insert((0, String::new()));
-                            c.0 += 1;
-                            if c.1.is_empty() {
-                                c.1 = format!(
-                                    "frames {}..{}: {d}; classes {:?}",
-                                    i + 1 - BATCH,
-                                    i + 1,
-                                    batch_classes
-                                );
-                            }
+                    if e.action.is_some() {
+                        if let Some(d) = delta_diff(&want, &before, &after) {
+                            problems.push((format!("{}: counters {d}", e.class), String::new()));
                         }
                     }
                     batch_before = after;
-                    batch_want.iter_mut().for_each(|v| *v = 0);
-                    batch_exact = true;
-                    batch_classes.clear();
+                } else {
+                    batch_exact &= e.action.is_some();
+                    *batch_classes.entry(e.class).or_default() += 1;
+                    for (a, b) in batch_want.iter_mut().zip(&want) {
+                        *a += b;
+                    }
+                    if (i + 1) % BATCH == 0 || i + 1 == chunk_end {
+                        let after = counters(&fx);
+                        if batch_exact {
+                            if let Some(d) = delta_diff(&batch_want, &batch_before, &after) {
+                                // Keyed by which counters differ; the first batch is shown.
+                                let names: Vec<&str> =
+                                    d.split(", ").filter_map(|s| s.split(' ').next()).collect();
+                                let c = st
+                                    .counter_mismatches
+                                    .entry(names.join(" "))
+                                    .or_insert((0, String::new()));
+                                c.0 += 1;
+                                if c.1.is_empty() {
+                                    c.1 = format!(
+                                        "frames ..{}: {d}; classes {:?}",
+                                        i + 1,
+                                        batch_classes
+                                    );
+                                }
+                            }
+                        }
+                        batch_before = after;
+                        batch_want.iter_mut().for_each(|v| *v = 0);
+                        batch_exact = true;
+                        batch_classes.clear();
+                    }
                 }
-            }
-            for (class, detail) in problems {
-                st.total_mismatches += 1;
-                let entry = st
-                    .mismatches
-                    .entry(class.clone())
-                    .or_insert((0, String::new()));
-                entry.0 += 1;
-                if entry.0 as usize <= max_shown {
-                    let text =
-                        format!(
+                for (class, detail) in problems {
+                    st.total_mismatches += 1;
+                    let entry = st
+                        .mismatches
+                        .entry(class.clone())
+                        .or_insert((0, String::new()));
+                    entry.0 += 1;
+                    if entry.0 as usize <= max_shown {
+                        let text = format!(
                         "MISMATCH #{} frame {i} ({}) ingress {}: {class}\n  input    {}\n{detail}",
                         entry.0,
                         fr.kind,
                         if fr.ingress == fx.ifindex_client { "client" } else { "backends" },
                         hex(&fr.bytes),
                     );
-                    println!("{text}");
-                    if entry.1.is_empty() {
-                        entry.1 = text;
+                        println!("{text}");
+                        if entry.1.is_empty() {
+                            entry.1 = text;
+                        }
                     }
                 }
             }
-        }
-    });
+        });
+        done = chunk_end;
+    }
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{frames} frames in {secs:.1} s ({:.0} frames/s), seed {seed}",
