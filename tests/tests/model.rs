@@ -24,7 +24,7 @@ use lb_common::{
     RevValue, ServiceInfo, ServiceKey, AF_INET, FRAG_F_FORWARD, MAX_BACKENDS,
 };
 use pkt::{hex, verify_checksums};
-use spec::{Expect, Out, Route, World};
+use spec::{DirectKey, Expect, Out, Route, World};
 
 struct FxWorld<'a> {
     fx: &'a Fixture,
@@ -34,11 +34,13 @@ struct FxWorld<'a> {
     backend_addrs: HashMap<BackendAddr, BackendAddrValue>,
     vips: HashSet<([u8; 16], u8)>,
     backend_ips: HashSet<([u8; 16], u8)>,
+    /// What `DIRECT` should hold, as the model said (the map is the program's own).
+    direct: std::sync::Mutex<HashSet<DirectKey>>,
 }
 
 impl<'a> FxWorld<'a> {
     /// Snapshot of what does not change during a run (the daemon writes nothing meanwhile).
-    fn new(fx: &'a Fixture) -> Self {
+    fn new(fx: &'a Fixture, direct: HashSet<DirectKey>) -> Self {
         let services: HashMap<_, _> = fx.dp.services.iter().map(|r| r.unwrap()).collect();
         let ring = fx.dp.opts.ring_size;
         let mut tables = HashMap::new();
@@ -63,6 +65,7 @@ impl<'a> FxWorld<'a> {
             backend_addrs,
             vips,
             backend_ips,
+            direct: std::sync::Mutex::new(direct),
         }
     }
 
@@ -202,6 +205,32 @@ impl World for FxWorld<'_> {
             }
             Route::Unreachable
         }
+    }
+    fn direct_seen(&self, k: &DirectKey) -> bool {
+        self.direct.lock().unwrap().contains(k)
+    }
+    fn services_with_backend(
+        &self,
+        addr: &[u8; 16],
+        port: [u8; 2],
+        proto: u8,
+        family: u8,
+    ) -> Vec<ServiceKey> {
+        // A service has the backend when its live table names it (tables hold every
+        // active member).
+        self.services
+            .iter()
+            .filter(|(k, _)| k.proto == proto && k.family == family)
+            .filter(|(_, info)| {
+                self.tables[&(info.id, info.slot)].iter().any(|&id| {
+                    id != lb_common::NO_BACKEND && {
+                        let b = self.backend(id);
+                        b.addr == *addr && b.port == port && b.family == family
+                    }
+                })
+            })
+            .map(|(k, _)| *k)
+            .collect()
     }
     fn ring_size(&self) -> u32 {
         self.fx.dp.opts.ring_size
@@ -517,6 +546,7 @@ fn xdp_program_agrees_with_the_model() {
     // BPF_PROG_TEST_RUN use the calling thread's namespace).
     let mut done = 0u64;
     let mut phase = 0usize;
+    let mut direct = HashSet::new();
     while done < frames {
         let healthy = HEALTH[phase % HEALTH.len()];
         phase += 1;
@@ -527,7 +557,7 @@ fn xdp_program_agrees_with_the_model() {
             set_health(&mut fx, addr, healthy & (1 << bit) != 0);
         }
         fx.apply();
-        let world = FxWorld::new(&fx);
+        let world = FxWorld::new(&fx, std::mem::take(&mut direct));
         let prog = fx.dp.program(lb_common::PROG_XDP_LB).unwrap();
         let chunk_end = (done + CHURN).min(frames);
         fx.ns.enter(|| {
@@ -571,15 +601,15 @@ fn xdp_program_agrees_with_the_model() {
                     *st.unspecified.entry(e.class.to_string()).or_default() += 1;
                 }
                 let mut problems = Vec::new();
-            // The model's own output must carry valid checksums too (a bug of the model).
-            if let (true, Out::Exact(exp) | Out::Masked(exp, _)) = (e.check_csums, &e.out) {
-                if let Err(why) = verify_checksums(exp) {
-                    problems.push((
-                        format!("MODEL BUG {}: expected frame has a bad checksum", e.class),
-                        format!("  {why}\n  expected {}", hex(exp)),
-                    ));
+                // The model's own output must carry valid checksums too (a bug of the model).
+                if let (true, Out::Exact(exp) | Out::Masked(exp, _)) = (e.check_csums, &e.out) {
+                    if let Err(why) = verify_checksums(exp) {
+                        problems.push((
+                            format!("MODEL BUG {}: expected frame has a bad checksum", e.class),
+                            format!("  {why}\n  expected {}", hex(exp)),
+                        ));
+                    }
                 }
-            }
                 if let Some(m) = compare(&e, &fr.bytes, rc, got) {
                     problems.push(m);
                 }
@@ -587,6 +617,9 @@ fn xdp_program_agrees_with_the_model() {
                     if let Some(m) = post_checks(&e, &world) {
                         problems.push(m);
                     }
+                }
+                if let (Some(k), spec::XDP_PASS) = (e.direct_rec, rc) {
+                    world.direct.lock().unwrap().insert(k);
                 }
                 // Counters.
                 let want = expected_delta(&e);
@@ -654,6 +687,7 @@ fn xdp_program_agrees_with_the_model() {
                 }
             }
         });
+        direct = world.direct.into_inner().unwrap();
         done = chunk_end;
     }
     let secs = started.elapsed().as_secs_f64();

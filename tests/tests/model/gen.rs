@@ -44,6 +44,8 @@ pub struct Gen {
     /// Backend (address, port, proto, v6).
     backends: Vec<([u8; 16], u16, u8, bool)>,
     flows: Vec<Flow>,
+    /// Clients talking to a backend's own address: (client, client port, backend).
+    direct: Vec<([u8; 16], u16, ([u8; 16], u16, u8, bool))>,
     pending: Vec<PendingFrag>,
     n: u64,
     pub ifc: u32,
@@ -99,6 +101,7 @@ impl Gen {
             services,
             backends,
             flows: Vec::new(),
+            direct: Vec::new(),
             pending: Vec::new(),
             n: 0,
             ifc,
@@ -389,7 +392,9 @@ impl Gen {
         }
         let r = self.rng.u8(0..100);
         let mut fr = match r {
-            0..=35 => self.client_packet(l),
+            0..=2 => self.direct_packet(false),
+            3..=5 => self.direct_packet(true),
+            6..=35 => self.client_packet(l),
             36..=57 => self.reply(l),
             58..=69 => self.icmp_error(l),
             70..=79 => self.fragments(l),
@@ -436,6 +441,43 @@ impl Gen {
             bytes: self.frame(l2, &ip),
             ingress,
             kind: format!("to service {:?}", f.svc.port),
+        }
+    }
+
+    /// A client talking to a backend's own address and port (an admin endpoint), or the
+    /// backend's answer.
+    fn direct_packet(&mut self, answer: bool) -> Frame {
+        if self.direct.is_empty() || (!answer && self.rng.u8(0..3) == 0) {
+            let b = self.backends[self.rng.usize(..self.backends.len())];
+            let client = self.client(b.3);
+            let d = (client, self.rng.u16(1024..), b);
+            if self.direct.len() < 64 {
+                self.direct.push(d);
+            } else {
+                let i = self.rng.usize(..64);
+                self.direct[i] = d;
+            }
+        }
+        let (client, cport, (baddr, bport, proto, v6)) =
+            self.direct[self.rng.usize(..self.direct.len())];
+        let payload = self.payload(300);
+        let (src, dst, sp, dp) = if answer {
+            (baddr, client, bport, cport)
+        } else {
+            (client, baddr, cport, bport)
+        };
+        let l4 = self.l4(proto, sp, dp, &payload);
+        let ttl = self.ttl();
+        let ip = self.ip(v6, &src, &dst, proto, ttl, true, &[], &l4);
+        let (l2, ingress) = if answer {
+            (self.backend_l2(v6), self.ifb)
+        } else {
+            (self.client_l2(v6, false), self.ifc)
+        };
+        Frame {
+            bytes: self.frame(l2, &ip),
+            ingress,
+            kind: format!("direct answer={answer}"),
         }
     }
 

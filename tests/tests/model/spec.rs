@@ -62,6 +62,18 @@ pub trait World {
     fn is_vip(&self, addr: &[u8; 16], family: u8) -> bool;
     fn is_backend(&self, addr: &[u8; 16], family: u8) -> bool;
     fn route(&self, addr: &[u8; 16], family: u8) -> Route;
+    /// Whether a client's packets to a backend's own address and port were seen (the
+    /// `DIRECT` LRU; the driver keeps what the model said should be remembered).
+    fn direct_seen(&self, k: &DirectKey) -> bool;
+    /// The services (VIP, port, protocol) whose target group has this backend address and
+    /// port.
+    fn services_with_backend(
+        &self,
+        addr: &[u8; 16],
+        port: [u8; 2],
+        proto: u8,
+        family: u8,
+    ) -> Vec<ServiceKey>;
     fn ring_size(&self) -> u32;
     fn hash_seed(&self) -> u32;
 }
@@ -97,8 +109,21 @@ pub struct Expect {
     /// A first fragment: `FRAGS` must hold (src, dst, proto, family, id) → (address written
     /// into later fragments, forward?) after the frame.
     pub frag_rec: Option<FragRec>,
+    /// A packet to a backend's own address: remembered in `DIRECT`.
+    pub direct_rec: Option<DirectKey>,
     /// Input checksums were all valid, so the output's must be too.
     pub check_csums: bool,
+}
+
+/// A client talking to a backend's own address and port (not through a VIP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DirectKey {
+    pub client: [u8; 16],
+    pub backend: [u8; 16],
+    pub cport: [u8; 2],
+    pub bport: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +147,7 @@ impl Expect {
             pin: None,
             no_pin: None,
             frag_rec: None,
+            direct_rec: None,
             check_csums: false,
         }
     }
@@ -424,7 +450,61 @@ fn l4_packet(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
     if let Some(ba) = w.backend_addr(&bkey) {
         return from_backend(f, ingress, w, p, ba, sport, dport);
     }
+    let dkey = BackendAddr {
+        addr: p.dst,
+        port: dport,
+        proto: p.proto,
+        family: p.family,
+    };
+    if w.backend_addr(&dkey).is_some() {
+        let mut e = Expect::pass("to a backend's own address", None);
+        e.direct_rec = Some(DirectKey {
+            client: p.src,
+            backend: p.dst,
+            cport: sport,
+            bport: dport,
+            proto: p.proto,
+            family: p.family,
+        });
+        return e;
+    }
     Expect::pass("no service, no backend", None)
+}
+
+/// Whether the Maglev table of a service that has this backend would send the client's
+/// flow (the reply's destination and port) to it.
+fn table_sends_here(
+    w: &dyn World,
+    p: &Parsed,
+    ba: &BackendAddrValue,
+    sport: [u8; 2],
+    dport: [u8; 2],
+) -> bool {
+    let keys = if ba.flags & BA_F_SHARED != 0 {
+        w.services_with_backend(&p.src, sport, p.proto, p.family)
+    } else {
+        vec![ServiceKey {
+            addr: ba.vip,
+            port: ba.vport,
+            proto: p.proto,
+            family: p.family,
+        }]
+    };
+    keys.iter().any(|k| {
+        let Some(svc) = w.service(k) else {
+            return false;
+        };
+        if svc.flags & SVC_F_EMPTY != 0 {
+            return false;
+        }
+        let h = flow_hash(&p.dst, &k.addr, dport, k.port, p.proto, w.hash_seed());
+        let id = w.maglev(svc.id, svc.slot % SLOTS_PER_SERVICE, h % w.ring_size());
+        if id == NO_BACKEND {
+            return false;
+        }
+        let b = w.backend(id);
+        b.family == p.family && b.addr == p.src && b.port == sport
+    })
 }
 
 fn to_service(
@@ -539,6 +619,20 @@ fn from_backend(
     let (vip, vport, class, counter, pin) = match found {
         Some((vip, vport)) => (vip, vport, "reply", "replies", None),
         None => {
+            let direct = DirectKey {
+                client: p.dst,
+                backend: p.src,
+                cport: dport,
+                bport: sport,
+                proto: p.proto,
+                family: p.family,
+            };
+            if w.direct_seen(&direct) {
+                return Expect::pass("reply to a client of the backend's own address", None);
+            }
+            if !table_sends_here(w, p, &ba, sport, dport) {
+                return Expect::pass("stray reply, the table sends the flow elsewhere", None);
+            }
             match route {
                 Route::Local => return Expect::pass("stray reply to this host", None),
                 Route::Special => return Expect::unspecified("stray reply to special address"),
