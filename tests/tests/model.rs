@@ -296,7 +296,7 @@ fn expected_delta(e: &Expect) -> Vec<i64> {
         Some(spec::XDP_DROP) => d[counter_index("dropped")] += 1,
         _ => {}
     }
-    if let Some(c) = e.counter {
+    for c in [e.counter, e.also].into_iter().flatten() {
         d[counter_index(c)] += 1;
     }
     d
@@ -565,7 +565,7 @@ fn xdp_program_agrees_with_the_model() {
             let mut batch_want = vec![0i64; global::COUNT as usize];
             let mut batch_before = counters(&fx);
             let mut batch_exact = true;
-            let mut batch_classes: BTreeMap<&'static str, u64> = BTreeMap::new();
+            let mut batch_classes: BTreeMap<String, u64> = BTreeMap::new();
             for i in done..chunk_end {
                 let fr = gen.next(&world);
                 let e = spec::decide(&fr.bytes, fr.ingress, &world);
@@ -596,9 +596,9 @@ fn xdp_program_agrees_with_the_model() {
                     }
                 };
                 let got = &out[..n.min(out.len())];
-                *st.classes.entry(e.class.to_string()).or_default() += 1;
+                *st.classes.entry(e.class.clone()).or_default() += 1;
                 if e.action.is_none() {
-                    *st.unspecified.entry(e.class.to_string()).or_default() += 1;
+                    *st.unspecified.entry(e.class.clone()).or_default() += 1;
                 }
                 let mut problems = Vec::new();
                 // The model's own output must carry valid checksums too (a bug of the model).
@@ -633,7 +633,7 @@ fn xdp_program_agrees_with_the_model() {
                     batch_before = after;
                 } else {
                     batch_exact &= e.action.is_some();
-                    *batch_classes.entry(e.class).or_default() += 1;
+                    *batch_classes.entry(e.class.clone()).or_default() += 1;
                     for (a, b) in batch_want.iter_mut().zip(&want) {
                         *a += b;
                     }

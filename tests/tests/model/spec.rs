@@ -96,12 +96,16 @@ pub enum Out {
 #[derive(Debug, Clone)]
 pub struct Expect {
     /// Case class, for statistics and reports.
-    pub class: &'static str,
+    pub class: String,
     /// None: the README does not say (the frame is counted, not compared).
     pub action: Option<u32>,
     pub out: Out,
     /// Global counter the case bumps (besides `passed` / `dropped`).
     pub counter: Option<&'static str>,
+    /// A second counter the case bumps: a later fragment that followed counts as
+    /// `forwarded` / `replies` too, a re-created stray reply as `replies`.
+    /// AMBIGUOUS: the README names only the specific counter; read as a sub-count.
+    pub also: Option<&'static str>,
     /// The connection table must hold this flow → backend id after the frame.
     pub pin: Option<(FlowKey, u32)>,
     /// The connection table must not have gained an entry for this flow.
@@ -138,12 +142,13 @@ pub struct FragRec {
 }
 
 impl Expect {
-    fn new(class: &'static str, action: u32, out: Out, counter: Option<&'static str>) -> Self {
+    fn new(class: impl Into<String>, action: u32, out: Out, counter: Option<&'static str>) -> Self {
         Expect {
-            class,
+            class: class.into(),
             action: Some(action),
             out,
             counter,
+            also: None,
             pin: None,
             no_pin: None,
             frag_rec: None,
@@ -552,7 +557,7 @@ fn to_service(
     rewrite_addr(&mut out, p, false, &b.addr);
     rewrite_port(&mut out, p, false, b.port);
     let mut e = route_and_send(f, out, ingress, w, p, &b.addr, class, "forwarded");
-    if matches!(e.action, Some(XDP_TX | XDP_REDIRECT)) {
+    if e.counter == Some("forwarded") {
         e.pin = pin;
     }
     if let Frag::First(id) = p.frag {
@@ -564,15 +569,17 @@ fn to_service(
 fn frag_rec(p: &Parsed, id: u32, addr: [u8; 16], forward: bool, e: &Expect) -> Option<FragRec> {
     // Only checked when the first fragment was forwarded: that is when the README says its
     // rewrite is kept for the later ones.
-    matches!(e.action, Some(XDP_TX | XDP_REDIRECT)).then_some(FragRec {
-        src: p.src,
-        dst: p.dst,
-        proto: p.proto,
-        family: p.family,
-        id,
-        addr,
-        forward,
-    })
+    (matches!(e.action, Some(XDP_TX | XDP_REDIRECT)) && !e.class.contains("too big")).then_some(
+        FragRec {
+            src: p.src,
+            dst: p.dst,
+            proto: p.proto,
+            family: p.family,
+            id,
+            addr,
+            forward,
+        },
+    )
 }
 
 fn from_backend(
@@ -656,8 +663,9 @@ fn from_backend(
     rewrite_port(&mut out, p, true, vport);
     let dst = p.dst;
     let mut e = route_and_send(f, out, ingress, w, p, &dst, class, counter);
-    if matches!(e.action, Some(XDP_TX | XDP_REDIRECT)) {
+    if e.counter == Some("stray_recreated") {
         e.pin = pin;
+        e.also = Some("replies");
     }
     if let Frag::First(id) = p.frag {
         e.frag_rec = frag_rec(p, id, vip, false, &e);
@@ -683,7 +691,7 @@ fn later_fragment(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed, id: u32) ->
     let mut out = f.to_vec();
     rewrite_addr(&mut out, p, !forward, &v.addr);
     let target = if forward { v.addr } else { p.dst };
-    route_and_send(
+    let mut e = route_and_send(
         f,
         out,
         ingress,
@@ -692,7 +700,11 @@ fn later_fragment(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed, id: u32) ->
         &target,
         "later fragment, followed",
         "frags_followed",
-    )
+    );
+    if e.counter == Some("frags_followed") {
+        e.also = Some(if forward { "forwarded" } else { "replies" });
+    }
+    e
 }
 
 /// Rewrite the source (`src`) or destination address, fixing the IPv4 header checksum and
@@ -766,7 +778,11 @@ fn route_and_send(
     counter: &'static str,
 ) -> Expect {
     let (ifindex, mtu, smac, dmac) = match w.route(target, p.family) {
-        Route::Unreachable => return Expect::drop("routing fails", "fib_failed"),
+        Route::Unreachable => {
+            let mut e = Expect::drop("", "fib_failed");
+            e.class = format!("{class} → routing fails");
+            return e;
+        }
         Route::Local | Route::Special => return Expect::unspecified("target is local or special"),
         Route::Via {
             ifindex,
@@ -781,18 +797,20 @@ fn route_and_send(
         if !p.v6 && (!p.df || fragment) {
             // AMBIGUOUS: the kernel decrements the TTL when it forwards, so XDP does not.
             return Expect::new(
-                class_too_big_kernel(class),
+                format!("{class} → too big, ipv4 without df"),
                 XDP_PASS,
                 Out::Exact(out),
                 Some("too_big_kernel"),
             );
         }
-        return too_big_icmp(input, p, mtu);
+        let mut e = too_big_icmp(input, p, mtu);
+        e.class = format!("{class} → too big, icmp");
+        return e;
     }
     let Some(dmac) = dmac else {
         // AMBIGUOUS: handed to the kernel with the ingress L2 header (tags) as it came.
         return Expect::new(
-            "no neighbour",
+            format!("{class} → no neighbour"),
             XDP_PASS,
             Out::Exact(out),
             Some("fib_no_neigh"),
@@ -810,10 +828,6 @@ fn route_and_send(
         XDP_REDIRECT
     };
     Expect::new(class, action, Out::Exact(frame), Some(counter))
-}
-
-fn class_too_big_kernel(_class: &'static str) -> &'static str {
-    "too big, ipv4 without df"
 }
 
 /// ICMP "fragmentation needed" / ICMPv6 "packet too big" back to the packet's source, from
