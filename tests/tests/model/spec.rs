@@ -463,6 +463,10 @@ fn l4_packet(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
     };
     if w.backend_addr(&dkey).is_some() {
         let mut e = Expect::pass("to a backend's own address", None);
+        // AMBIGUOUS: only well-formed packets (the strict L4 checks) are remembered.
+        if strict_l4(f, p).is_some() {
+            return e;
+        }
         e.direct_rec = Some(DirectKey {
             client: p.src,
             backend: p.dst,
@@ -940,7 +944,9 @@ fn icmp(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
         let key = flow_key(qdst, qsrc, qdport, qsport, qproto, p.family);
         if let Some(ct) = w.conntrack(&key) {
             let b = w.backend(ct.backend_id);
-            if b.family == p.family {
+            // AMBIGUOUS: the flow's entry counts only while its backend may take
+            // established flows (as for client packets).
+            if b.family == p.family && b.flags & BE_F_ESTABLISHED_OK != 0 {
                 return icmp_translate(
                     f,
                     ingress,
