@@ -145,7 +145,7 @@ impl Gen {
         let svc = self.services[self.rng.usize(..self.services.len())];
         let f = Flow {
             client: self.client(svc.v6),
-            cport: self.rng.u16(1024..),
+            cport: self.rng.u16(2048..),
             svc,
         };
         if self.flows.len() < 256 {
@@ -450,7 +450,8 @@ impl Gen {
         if self.direct.is_empty() || (!answer && self.rng.u8(0..3) == 0) {
             let b = self.backends[self.rng.usize(..self.backends.len())];
             let client = self.client(b.3);
-            let d = (client, self.rng.u16(1024..), b);
+            // Client ports of direct flows (1024–2047) are never those of VIP flows.
+            let d = (client, self.rng.u16(1024..2048), b);
             if self.direct.len() < 64 {
                 self.direct.push(d);
             } else {

@@ -923,6 +923,10 @@ fn icmp(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
         if ihl < 20 || p.ip_end < q + ihl + 8 {
             return other();
         }
+        // AMBIGUOUS: a quoted later fragment (offset ≠ 0) carries no ports: other ICMP.
+        if be16(f, q + 6) & 0x1fff != 0 {
+            return other();
+        }
         (addr4(&f[q + 12..]), addr4(&f[q + 16..]), f[q + 9], q + ihl)
     };
     if qproto != PROTO_TCP && qproto != PROTO_UDP {
