@@ -38,14 +38,17 @@ pub trait Lookup {
     fn backend_of(&self, k: &FlowKey) -> Option<([u8; 16], u16)>;
 }
 
+/// A backend: address, port, protocol, IPv6.
+type Backend = ([u8; 16], u16, u8, bool);
+
 pub struct Gen {
     pub rng: Rng,
     services: Vec<Svc>,
     /// Backend (address, port, proto, v6).
-    backends: Vec<([u8; 16], u16, u8, bool)>,
+    backends: Vec<Backend>,
     flows: Vec<Flow>,
     /// Clients talking to a backend's own address: (client, client port, backend).
-    direct: Vec<([u8; 16], u16, ([u8; 16], u16, u8, bool))>,
+    direct: Vec<([u8; 16], u16, Backend)>,
     pending: Vec<PendingFrag>,
     n: u64,
     pub ifc: u32,
