@@ -42,11 +42,13 @@ struct FxWorld<'a> {
     /// Which of `frag_keys` the program uses (per family, IPv6 / IPv4), learnt from the
     /// first fragments' entries; usize::MAX until known.
     frag_encoding: [AtomicUsize; 2],
+    /// What `TX_PORTS` holds during this chunk.
+    tx_ports: Vec<u32>,
 }
 
 impl<'a> FxWorld<'a> {
     /// Snapshot of what does not change during a run (the daemon writes nothing meanwhile).
-    fn new(fx: &'a Fixture, direct: HashSet<DirectKey>) -> Self {
+    fn new(fx: &'a Fixture, direct: HashSet<DirectKey>, tx_ports: Vec<u32>) -> Self {
         let services: HashMap<_, _> = fx.dp.services.iter().map(|r| r.unwrap()).collect();
         let ring = fx.dp.opts.ring_size;
         let mut tables = HashMap::new();
@@ -73,6 +75,7 @@ impl<'a> FxWorld<'a> {
             backend_ips,
             direct: std::sync::Mutex::new(direct),
             frag_encoding: [AtomicUsize::new(usize::MAX), AtomicUsize::new(usize::MAX)],
+            tx_ports,
         }
     }
 
@@ -170,6 +173,11 @@ impl World for FxWorld<'_> {
                 LB_BACKENDS_MAC
             },
             dmac,
+            kernel: !self.tx_ports.contains(&if client {
+                self.fx.ifindex_client
+            } else {
+                self.fx.ifindex_backends
+            }),
         };
         if family == AF_INET {
             let b = &a[..4];
@@ -580,7 +588,18 @@ fn xdp_program_agrees_with_the_model() {
             set_health(&mut fx, addr, healthy & (1 << bit) != 0);
         }
         fx.apply();
-        let world = FxWorld::new(&fx, std::mem::take(&mut direct));
+        // Every third chunk the backends' interface is not in TX_PORTS (it cannot take
+        // redirected frames): rewritten packets to it go through the kernel.
+        let tx_ports = if phase % 3 == 0 {
+            vec![fx.ifindex_client]
+        } else {
+            vec![fx.ifindex_client, fx.ifindex_backends]
+        };
+        {
+            let Fixture { ns, dp, .. } = &mut fx;
+            ns.enter(|| dp.set_tx_ports(&tx_ports)).expect("TX_PORTS");
+        }
+        let world = FxWorld::new(&fx, std::mem::take(&mut direct), tx_ports);
         let prog = fx.dp.program(lb_common::PROG_XDP_LB).unwrap();
         let chunk_end = (done + CHURN).min(frames);
         fx.ns.enter(|| {

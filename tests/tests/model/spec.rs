@@ -37,6 +37,8 @@ pub enum Route {
         smac: [u8; 6],
         /// None: no neighbour entry.
         dmac: Option<[u8; 6]>,
+        /// The egress interface is not in `TX_PORTS`.
+        kernel: bool,
     },
 }
 
@@ -778,7 +780,7 @@ fn route_and_send(
     class: &'static str,
     counter: &'static str,
 ) -> Expect {
-    let (ifindex, mtu, smac, dmac) = match w.route(target, p.family) {
+    let (ifindex, mtu, smac, dmac, kernel) = match w.route(target, p.family) {
         Route::Unreachable => {
             let mut e = Expect::drop("", "fib_failed");
             e.class = format!("{class} → routing fails");
@@ -790,7 +792,8 @@ fn route_and_send(
             mtu,
             smac,
             dmac,
-        } => (ifindex, mtu, smac, dmac),
+            kernel,
+        } => (ifindex, mtu, smac, dmac, kernel),
     };
     let ip_len = p.ip_end - p.ip;
     if ip_len > mtu as usize {
@@ -817,6 +820,16 @@ fn route_and_send(
             Some("fib_no_neigh"),
         );
     };
+    // AMBIGUOUS: an egress that is the ingress interface takes XDP_TX whether or not it
+    // is in TX_PORTS (the frame came in through XDP there).
+    if kernel && ifindex != ingress {
+        return Expect::new(
+            format!("{class} → egress not in TX_PORTS"),
+            XDP_PASS,
+            Out::Exact(out),
+            Some("egress_kernel"),
+        );
+    }
     decrement_ttl(&mut out, p);
     let mut frame = Vec::with_capacity(out.len());
     frame.extend_from_slice(&dmac);
