@@ -588,16 +588,20 @@ fn xdp_program_agrees_with_the_model() {
             set_health(&mut fx, addr, healthy & (1 << bit) != 0);
         }
         fx.apply();
-        // Every third chunk the backends' interface is not in TX_PORTS (it cannot take
-        // redirected frames): rewritten packets to it go through the kernel.
-        let tx_ports = if phase % 3 == 0 {
+        // In the third chunk the backends' interface is not in TX_PORTS (it cannot take
+        // redirected frames): rewritten packets to it go through the kernel. Next hops are
+        // cached for NEXTHOP_TTL_NS with what TX_PORTS said, so each change waits that long.
+        let tx_ports = if phase == 3 {
             vec![fx.ifindex_client]
         } else {
             vec![fx.ifindex_client, fx.ifindex_backends]
         };
-        {
+        if phase == 3 || phase == 4 {
             let Fixture { ns, dp, .. } = &mut fx;
             ns.enter(|| dp.set_tx_ports(&tx_ports)).expect("TX_PORTS");
+            std::thread::sleep(std::time::Duration::from_nanos(
+                lb_common::NEXTHOP_TTL_NS + 100_000_000,
+            ));
         }
         let world = FxWorld::new(&fx, std::mem::take(&mut direct), tx_ports);
         let prog = fx.dp.program(lb_common::PROG_XDP_LB).unwrap();

@@ -333,13 +333,23 @@ impl Gen {
                 b.extend_from_slice(&body);
             }
         } else {
-            b.extend_from_slice(&[0x45, 0]);
-            b.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            // Now and then IP options (NOPs, then end of options): IHL 6 or 7.
+            let opts = if self.rng.u8(0..10) == 0 {
+                4 * self.rng.usize(1..3)
+            } else {
+                0
+            };
+            b.extend_from_slice(&[0x45 + (opts / 4) as u8, 0]);
+            b.extend_from_slice(&((20 + opts + l4.len()) as u16).to_be_bytes());
             b.extend_from_slice(&self.rng.u16(..).to_be_bytes());
             b.extend_from_slice(&(if df { 0x4000u16 } else { 0 }).to_be_bytes());
             b.extend_from_slice(&[ttl, proto, 0, 0]);
             b.extend_from_slice(&src[..4]);
             b.extend_from_slice(&dst[..4]);
+            if opts > 0 {
+                b.extend(std::iter::repeat_n(1u8, opts - 1));
+                b.push(0);
+            }
         }
         b.extend_from_slice(l4);
         b
@@ -616,7 +626,7 @@ impl Gen {
         let mut full = self.eth([0; 6], [0; 6], &[], if v6 { ETH_P_IPV6 } else { ETH_P_IP });
         full.extend_from_slice(&ip_full);
         fix_checksums(&mut full);
-        let hl = if v6 { 40 } else { 20 };
+        let hl = if v6 { 40 } else { (full[14] & 15) as usize * 4 };
         let data = full[14 + hl..].to_vec();
         let chunk = 8 * self.rng.usize(32..=(1400 / 8));
         let id = self.rng.u32(..);

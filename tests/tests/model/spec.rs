@@ -820,9 +820,7 @@ fn route_and_send(
             Some("fib_no_neigh"),
         );
     };
-    // AMBIGUOUS: an egress that is the ingress interface takes XDP_TX whether or not it
-    // is in TX_PORTS (the frame came in through XDP there).
-    if kernel && ifindex != ingress {
+    if kernel {
         return Expect::new(
             format!("{class} → egress not in TX_PORTS"),
             XDP_PASS,
