@@ -76,7 +76,8 @@ pub struct Links {
 }
 
 /// `ADDRS` as `desired` wants it: every VIP (`ADDR_F_VIP`) and every backend address
-/// (`ADDR_F_BACKEND`), or'ed when an address is both; port and protocol zero.
+/// (`ADDR_F_BACKEND`), or'ed should an address be both (the config refuses that today); port and
+/// protocol zero.
 pub fn want_addrs(desired: &Desired) -> HashMap<AddrKey, u32> {
     let key = |ip| {
         let (addr, family) = crate::dataplane::addr_bytes(ip);
@@ -528,8 +529,8 @@ protocol = "udp"
 target_group = "g"
 
 [[service]]
-name = "hairpin"
-vip = "198.18.2.12"
+name = "other"
+vip = "198.18.100.2"
 port = 8443
 protocol = "tcp"
 target_group = "h"
@@ -572,8 +573,8 @@ backends = ["2001:db8:2::11"]
         let want = want_addrs(&s.desired().unwrap());
         let expected: HashMap<AddrKey, u32> = [
             ("198.18.100.1", ADDR_F_VIP),
-            // A VIP that is also a backend's address: both flags.
-            ("198.18.2.12", ADDR_F_VIP | ADDR_F_BACKEND),
+            ("198.18.100.2", ADDR_F_VIP),
+            ("198.18.2.12", ADDR_F_BACKEND),
             // In two groups and on two ports: one entry.
             ("198.18.2.11", ADDR_F_BACKEND),
             ("2001:db8:100::1", ADDR_F_VIP),
@@ -594,7 +595,7 @@ backends = ["2001:db8:2::11"]
         s.remove_backend("h", "198.18.2.11:9443").unwrap();
         let want = want_addrs(&s.desired().unwrap());
         assert_eq!(want.get(&key("198.18.2.11")), None);
-        assert_eq!(want.len(), 4);
+        assert_eq!(want.len(), 5);
     }
 
     #[test]
