@@ -76,8 +76,8 @@ pub struct Links {
 }
 
 /// `ADDRS` as `desired` wants it: every VIP (`ADDR_F_VIP`) and every backend address
-/// (`ADDR_F_BACKEND`), or'ed should an address be both (the config refuses that today); port and
-/// protocol zero.
+/// (`ADDR_F_BACKEND`), or'ed should an address be both (the config refuses that today);
+/// port and protocol zero.
 pub fn want_addrs(desired: &Desired) -> HashMap<AddrKey, u32> {
     let key = |ip| {
         let (addr, family) = crate::dataplane::addr_bytes(ip);
