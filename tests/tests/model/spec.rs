@@ -10,8 +10,8 @@
 use lb_common::{
     hash::flow_hash, BackendAddr, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragValue,
     RevValue, ServiceInfo, ServiceKey, AF_INET, AF_INET6, BA_F_SHARED, BE_F_ACTIVE,
-    BE_F_ESTABLISHED_OK, FRAG_F_FORWARD, FRAG_TTL_NS, ICMP_QUOTE_MAX, MAX_EXT_HEADERS, NO_BACKEND,
-    PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
+    BE_F_ESTABLISHED_OK, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, ICMP_QUOTE_MAX, MAX_EXT_HEADERS,
+    NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
 };
 
 use super::pkt::*;
@@ -640,16 +640,19 @@ fn from_backend(
             if w.direct_seen(&direct) {
                 return Expect::pass("reply to a client of the backend's own address", None);
             }
+            if ba.flags & BA_F_SHARED != 0 {
+                return Expect::drop("stray reply, shared address", "stray_dropped");
+            }
             if !table_sends_here(w, p, &ba, sport, dport) {
                 return Expect::pass("stray reply, the table sends the flow elsewhere", None);
             }
             match route {
-                Route::Local => return Expect::pass("stray reply to this host", None),
+                // The FIB's "not forwarded": a local destination or no route at all.
+                Route::Local | Route::Unreachable => {
+                    return Expect::pass("stray reply to this host or no route", None)
+                }
                 Route::Special => return Expect::unspecified("stray reply to special address"),
                 _ => {}
-            }
-            if ba.flags & BA_F_SHARED != 0 {
-                return Expect::drop("stray reply, shared address", "stray_dropped");
             }
             let ckey = flow_key(p.dst, ba.vip, dport, ba.vport, p.proto, p.family);
             (
@@ -669,6 +672,10 @@ fn from_backend(
     if e.counter == Some("stray_recreated") {
         e.pin = pin;
         e.also = Some("replies");
+    } else if counter == "stray_recreated" {
+        // The entry is re-created and counted whatever the egress then does (README).
+        e.pin = pin;
+        e.also = Some("stray_recreated");
     }
     if let Frag::First(id) = p.frag {
         e.frag_rec = frag_rec(p, id, vip, false, &e);
@@ -677,15 +684,29 @@ fn from_backend(
 }
 
 fn later_fragment(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed, id: u32) -> Expect {
-    let entry = w
-        .frag(&p.src, &p.dst, p.proto, p.family, id)
-        .filter(|v| w.now_ns().saturating_sub(v.created_ns) < FRAG_TTL_NS);
+    let raw = w.frag(&p.src, &p.dst, p.proto, p.family, id);
+    // The program reads the coarse clock: within a few ms of the entry's expiry either
+    // answer is right.
+    if let Some(v) = raw {
+        let age = w.now_ns().saturating_sub(v.created_ns);
+        if age.abs_diff(FRAG_TTL_NS) < 50_000_000 {
+            return Expect::unspecified("later fragment at its entry's expiry");
+        }
+    }
+    let entry = raw.filter(|v| w.now_ns().saturating_sub(v.created_ns) < FRAG_TTL_NS);
     let Some(v) = entry else {
-        if w.is_vip(&p.dst, p.family) || w.is_backend(&p.src, p.family) {
+        // Only TCP and UDP are balanced: later fragments of other protocols (a big ping to
+        // the VIP) are the kernel's.
+        let balanced = p.proto == 6 || p.proto == 17;
+        if balanced && (w.is_vip(&p.dst, p.family) || w.is_backend(&p.src, p.family)) {
             return Expect::drop("later fragment, orphan", "frags_orphan");
         }
         return Expect::pass("later fragment, not ours", None);
     };
+    // A first fragment that was passed (not balanced) lets its later ones pass too.
+    if v.flags & FRAG_F_PASS != 0 {
+        return Expect::pass("later fragment of a passed datagram", None);
+    }
     // AMBIGUOUS: TTL ≤ 1 is not forwarded for later fragments either.
     if p.ttl <= 1 {
         return Expect::pass("later fragment, ttl <= 1", Some("ttl_exceeded"));
@@ -706,6 +727,10 @@ fn later_fragment(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed, id: u32) ->
     );
     if e.counter == Some("frags_followed") {
         e.also = Some(if forward { "forwarded" } else { "replies" });
+    } else {
+        // `frags_followed` counts every later fragment that followed its first, whatever
+        // the egress then does with it (README).
+        e.also = Some("frags_followed");
     }
     e
 }
@@ -781,10 +806,15 @@ fn route_and_send(
     counter: &'static str,
 ) -> Expect {
     let (ifindex, mtu, smac, dmac, kernel) = match w.route(target, p.family) {
+        // The FIB answers "not forwarded" for no route as for a local address: the packet,
+        // rewritten (TTL untouched), is the kernel's.
         Route::Unreachable => {
-            let mut e = Expect::drop("", "fib_failed");
-            e.class = format!("{class} → routing fails");
-            return e;
+            return Expect::new(
+                format!("{class} → no route: the kernel's"),
+                XDP_PASS,
+                Out::Exact(out),
+                None,
+            );
         }
         Route::Local | Route::Special => return Expect::unspecified("target is local or special"),
         Route::Via {
