@@ -40,6 +40,20 @@
 //! unhealthy_threshold = 5      # 1..10 consecutive failures to become unhealthy
 //! success_codes = "200-399"    # http only: "200", "200-299", "200,204,300-399"
 //!
+//! # Optional (without it only the active checks judge the backends; needs a health_check):
+//! # what the data path sees of handshakes and answers marks backends down at once.
+//! [target_group.passive_health]
+//! refused_threshold = 3        # 1..1000 consecutive refused handshakes (RST / ICMP unreachable)
+//! unanswered_threshold = 3     # 1..1000 consecutive sampled SYNs without a SYN-ACK
+//! unanswered_timeout = "1s"    # 10ms..1m: a sampled SYN unanswered this long counts
+//! window = "10s"               # 100ms..1h: older refusals are forgotten; UDP is judged over it
+//! redispatch = false           # hold back a refusal from a backend marked down (SYN retried)
+//! udp_unanswered_share = 0.9   # (0,1]: UDP: share of new flows unanswered that ejects
+//! min_udp_flows = 20           # 1..1000000: UDP: flows in the window before judging
+//! base_ejection = "30s"        # 1s..1h: UDP: the n-th consecutive ejection lasts n times this
+//! max_ejection = "300s"        # base_ejection..1d: UDP: the longest ejection
+//! max_ejection_percent = 50    # 0..100: UDP: at most this share of the group ejected at once
+//!
 //! # Optional (without it the group does not scale): an auto scaling group behind the
 //! # [[target_group]] above. Also accepted inline (scaling = { max = 4, ... }) and as dotted keys.
 //! [target_group.scaling]
@@ -209,6 +223,26 @@ pub const MIN_SCALING_PERIOD: Duration = Duration::from_secs(1);
 pub const MAX_SCALING_PERIOD: Duration = Duration::from_secs(3600);
 /// Longest allowed `for` of a step rule (1 day).
 pub const MAX_STEP_HOLD: Duration = Duration::from_secs(24 * 3600);
+/// Default `passive_health.refused_threshold`.
+pub const DEFAULT_REFUSED_THRESHOLD: u32 = 3;
+/// Default `passive_health.unanswered_threshold`.
+pub const DEFAULT_UNANSWERED_THRESHOLD: u32 = 3;
+/// Largest `refused_threshold` / `unanswered_threshold`.
+pub const MAX_PASSIVE_THRESHOLD: u32 = 1000;
+/// Default `passive_health.unanswered_timeout`.
+pub const DEFAULT_UNANSWERED_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `passive_health.window`.
+pub const DEFAULT_PASSIVE_WINDOW: Duration = Duration::from_secs(10);
+/// Default `passive_health.udp_unanswered_share`.
+pub const DEFAULT_UDP_UNANSWERED_SHARE: f64 = 0.9;
+/// Default `passive_health.min_udp_flows`.
+pub const DEFAULT_MIN_UDP_FLOWS: u32 = 20;
+/// Default `passive_health.base_ejection`.
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+/// Default `passive_health.max_ejection`.
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+/// Default `passive_health.max_ejection_percent`.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
 /// Longest name of a metric the backends report (`[a-z][a-z0-9_]{0,63}`).
 pub const MAX_METRIC_NAME_LEN: usize = 64;
 
@@ -334,6 +368,59 @@ pub struct TargetGroupConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// `None`: the group does not scale.
     pub scaling: Option<ScalingConfig>,
+    /// `None`: no passive health (only the active checks judge the backends).
+    pub passive_health: Option<PassiveHealthConfig>,
+}
+
+/// `[target_group.passive_health]`: what the data path sees of the backends' handshakes and
+/// answers marks them down at once (TCP) or ejects them for a while (UDP).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PassiveHealthConfig {
+    /// Consecutive refused handshakes (RST or ICMP unreachable answering a SYN) that mark a
+    /// backend down (1-1000).
+    pub refused_threshold: u32,
+    /// Consecutive sampled SYNs left unanswered that mark a backend down (1-1000).
+    pub unanswered_threshold: u32,
+    /// A sampled SYN without a SYN-ACK within this is unanswered (10ms-1m).
+    #[serde(serialize_with = "serialize_duration")]
+    pub unanswered_timeout: Duration,
+    /// Refusals and unanswered SYNs older than this are forgotten; UDP flows are judged
+    /// over this (100ms-1h).
+    #[serde(serialize_with = "serialize_duration")]
+    pub window: Duration,
+    /// Hold back a refusal from a backend marked down, so that the client's SYN
+    /// retransmission goes to another backend.
+    pub redispatch: bool,
+    /// UDP: the share (0-1] of new flows in the window left unanswered that ejects a backend.
+    pub udp_unanswered_share: f64,
+    /// UDP: new flows in the window needed before a backend is judged (1-1000000).
+    pub min_udp_flows: u32,
+    /// UDP: the first ejection's length; the n-th consecutive lasts n times this (1s-1h).
+    #[serde(serialize_with = "serialize_duration")]
+    pub base_ejection: Duration,
+    /// UDP: the longest ejection (at least `base_ejection`, at most 1d).
+    #[serde(serialize_with = "serialize_duration")]
+    pub max_ejection: Duration,
+    /// UDP: at most this percentage of the group's backends is ejected at once (0-100).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for PassiveHealthConfig {
+    /// The values of an empty `[target_group.passive_health]`.
+    fn default() -> Self {
+        PassiveHealthConfig {
+            refused_threshold: DEFAULT_REFUSED_THRESHOLD,
+            unanswered_threshold: DEFAULT_UNANSWERED_THRESHOLD,
+            unanswered_timeout: DEFAULT_UNANSWERED_TIMEOUT,
+            window: DEFAULT_PASSIVE_WINDOW,
+            redispatch: false,
+            udp_unanswered_share: DEFAULT_UDP_UNANSWERED_SHARE,
+            min_udp_flows: DEFAULT_MIN_UDP_FLOWS,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+        }
+    }
 }
 
 /// `[target_group.scaling]`: an auto scaling group behind the target group.
@@ -832,10 +919,9 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut gpos = Vec::new();
     if let Some(list) = root.get("target_group") {
         if let Val::Table(entries) = &list.node.val {
-            if let Some(e) = entries
-                .iter()
-                .find(|e| e.key == "health_check" || e.key == "scaling")
-            {
+            if let Some(e) = entries.iter().find(|e| {
+                e.key == "health_check" || e.key == "scaling" || e.key == "passive_health"
+            }) {
                 return Err(list.err(
                     &cx,
                     format!(
@@ -1175,6 +1261,7 @@ fn parse_target_group(
             "all_unhealthy",
             "health_check",
             "scaling",
+            "passive_health",
         ],
     )?;
 
@@ -1222,6 +1309,21 @@ fn parse_target_group(
         Some(at) => Some(parse_scaling(cx, &at, backends.len())?),
     };
 
+    let passive_health = match t.get("passive_health") {
+        None => None,
+        Some(at) => {
+            let ph = parse_passive_health(cx, &at)?;
+            if health_check.is_none() {
+                return Err(at.err(
+                    cx,
+                    "passive health marks backends down and only the active checks bring them \
+                     back: add a [target_group.health_check] to this group",
+                ));
+            }
+            Some(ph)
+        }
+    };
+
     Ok((
         TargetGroupConfig {
             name,
@@ -1231,6 +1333,7 @@ fn parse_target_group(
             all_unhealthy,
             health_check,
             scaling,
+            passive_health,
         },
         GroupPos {
             table: t.pos,
@@ -1364,6 +1467,84 @@ fn parse_health_check(cx: &Cx<'_>, at: &At<'_>) -> Result<HealthCheckConfig, Con
     }
 
     Ok(hc)
+}
+
+/// `[target_group.passive_health]` or `passive_health = { ... }`.
+fn parse_passive_health(cx: &Cx<'_>, at: &At<'_>) -> Result<PassiveHealthConfig, ConfigError> {
+    let t = at.table(
+        cx,
+        "a table ([target_group.passive_health] after the [[target_group]], \
+         or passive_health = { ... })",
+    )?;
+    t.allow(
+        cx,
+        &[
+            "refused_threshold",
+            "unanswered_threshold",
+            "unanswered_timeout",
+            "window",
+            "redispatch",
+            "udp_unanswered_share",
+            "min_udp_flows",
+            "base_ejection",
+            "max_ejection",
+            "max_ejection_percent",
+        ],
+    )?;
+    let mut ph = PassiveHealthConfig::default();
+    for (key, slot) in [
+        ("refused_threshold", &mut ph.refused_threshold),
+        ("unanswered_threshold", &mut ph.unanswered_threshold),
+    ] {
+        if let Some(at) = t.get(key) {
+            *slot = at.int_in(cx, 1, i64::from(MAX_PASSIVE_THRESHOLD))? as u32;
+        }
+    }
+    if let Some(at) = t.get("unanswered_timeout") {
+        ph.unanswered_timeout =
+            at.duration_in(cx, Duration::from_millis(10), Duration::from_secs(60))?;
+    }
+    if let Some(at) = t.get("window") {
+        ph.window = at.duration_in(cx, Duration::from_millis(100), Duration::from_secs(3600))?;
+    }
+    if let Some(at) = t.get("redispatch") {
+        ph.redispatch = at.bool(cx)?;
+    }
+    if let Some(at) = t.get("udp_unanswered_share") {
+        let v = at.number(cx)?;
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(at.err(
+                cx,
+                format!("{v} is out of range (more than 0, at most 1: a share of the flows)"),
+            ));
+        }
+        ph.udp_unanswered_share = v;
+    }
+    if let Some(at) = t.get("min_udp_flows") {
+        ph.min_udp_flows = at.int_in(cx, 1, 1_000_000)? as u32;
+    }
+    if let Some(at) = t.get("base_ejection") {
+        ph.base_ejection = at.duration_in(cx, Duration::from_secs(1), Duration::from_secs(3600))?;
+    }
+    let max_at = t.get("max_ejection");
+    if let Some(at) = &max_at {
+        ph.max_ejection = at.duration_in(cx, Duration::from_secs(1), Duration::from_secs(86400))?;
+    }
+    if ph.max_ejection < ph.base_ejection {
+        let msg = format!(
+            "max_ejection ({}) must not be shorter than base_ejection ({})",
+            show_duration(ph.max_ejection),
+            show_duration(ph.base_ejection)
+        );
+        return Err(match max_at.or_else(|| t.get("base_ejection")) {
+            Some(at) => at.err(cx, msg),
+            None => t.err_here(cx, msg),
+        });
+    }
+    if let Some(at) = t.get("max_ejection_percent") {
+        ph.max_ejection_percent = at.int_in(cx, 0, 100)? as u32;
+    }
+    Ok(ph)
 }
 
 /// `[target_group.scaling]` or `scaling = { ... }`, with its `[[target_group.scaling.policy]]`
@@ -2838,6 +3019,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     all_unhealthy: AllUnhealthy::Drop,
                     health_check: None,
                     scaling: None,
+                    passive_health: None,
                 },
                 TargetGroupConfig {
                     name: "dns-servers".into(),
@@ -2850,6 +3032,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     all_unhealthy: AllUnhealthy::Drop,
                     health_check: None,
                     scaling: None,
+                    passive_health: None,
                 },
                 TargetGroupConfig {
                     name: "web-servers-v6".into(),
@@ -2862,6 +3045,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     all_unhealthy: AllUnhealthy::Drop,
                     health_check: None,
                     scaling: None,
+                    passive_health: None,
                 },
             ]
         );
@@ -5059,5 +5243,132 @@ desired = 6
         assert_eq!((s.min, s.max, s.desired), (2, 10, 2));
         assert_eq!(s.policies.len(), 2);
         assert_eq!(s.schedules.len(), 1);
+    }
+
+    // ---- passive health ----
+
+    /// `MINIMAL` + `GROUP` + a tcp check (line 6-7) + `[target_group.passive_health]`
+    /// (line 8) + `body` (from line 9).
+    fn with_passive(body: &str) -> String {
+        format!(
+            "{MINIMAL}{GROUP}[target_group.health_check]\nprotocol = \"tcp\"\n\
+             [target_group.passive_health]\n{body}"
+        )
+    }
+
+    #[test]
+    fn passive_health_defaults_and_values() {
+        let c = parse(&with_check("protocol = \"tcp\"\n"), "x").unwrap();
+        assert_eq!(c.target_groups[0].passive_health, None, "off when absent");
+        let c = parse(&with_passive(""), "x").unwrap();
+        let ph = c.target_groups[0].passive_health.clone().unwrap();
+        assert_eq!(ph, PassiveHealthConfig::default());
+        assert_eq!(
+            (ph.refused_threshold, ph.unanswered_threshold),
+            (3, 3),
+            "the issue's defaults"
+        );
+        assert_eq!(ph.unanswered_timeout, Duration::from_secs(1));
+        assert_eq!(ph.window, Duration::from_secs(10));
+        assert!(!ph.redispatch);
+        assert_eq!(ph.base_ejection, Duration::from_secs(30));
+        assert_eq!(ph.max_ejection_percent, 50);
+        let c = parse(
+            &with_passive(
+                "refused_threshold = 5\nunanswered_threshold = 2\nunanswered_timeout = \"250ms\"\n\
+                 window = \"2s\"\nredispatch = true\nudp_unanswered_share = 1\n\
+                 min_udp_flows = 7\nbase_ejection = \"5s\"\nmax_ejection = \"1m\"\n\
+                 max_ejection_percent = 34\n",
+            ),
+            "x",
+        )
+        .unwrap();
+        let ph = c.target_groups[0].passive_health.clone().unwrap();
+        assert_eq!(
+            ph,
+            PassiveHealthConfig {
+                refused_threshold: 5,
+                unanswered_threshold: 2,
+                unanswered_timeout: Duration::from_millis(250),
+                window: Duration::from_secs(2),
+                redispatch: true,
+                udp_unanswered_share: 1.0,
+                min_udp_flows: 7,
+                base_ejection: Duration::from_secs(5),
+                max_ejection: Duration::from_secs(60),
+                max_ejection_percent: 34,
+            }
+        );
+        // Inline too.
+        let c = parse(
+            &format!(
+                "{MINIMAL}{GROUP}health_check = {{ protocol = \"tcp\" }}\n\
+                 passive_health = {{ redispatch = true }}\n"
+            ),
+            "x",
+        )
+        .unwrap();
+        assert!(
+            c.target_groups[0]
+                .passive_health
+                .as_ref()
+                .unwrap()
+                .redispatch
+        );
+    }
+
+    #[test]
+    fn passive_health_errors() {
+        let (line, col, field, msg) = fail(&with_passive("refused_treshold = 3\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (9, 1, "target_group[0].passive_health.refused_treshold")
+        );
+        assert!(
+            msg.contains("refused_threshold, unanswered_threshold"),
+            "{msg}"
+        );
+        let (line, _, field, msg) = fail(&with_passive("refused_threshold = 0\n"));
+        assert_eq!(
+            (line, field.as_str()),
+            (9, "target_group[0].passive_health.refused_threshold")
+        );
+        assert!(msg.contains("out of range (1-1000)"), "{msg}");
+        let (_, _, field, msg) = fail(&with_passive("unanswered_timeout = 1\n"));
+        assert_eq!(field, "target_group[0].passive_health.unanswered_timeout");
+        assert!(msg.contains("\"1s\""), "{msg}");
+        let (_, _, field, msg) = fail(&with_passive("udp_unanswered_share = 0\n"));
+        assert_eq!(field, "target_group[0].passive_health.udp_unanswered_share");
+        assert!(msg.contains("out of range"), "{msg}");
+        let (_, _, _, msg) = fail(&with_passive("udp_unanswered_share = 1.5\n"));
+        assert!(msg.contains("at most 1"), "{msg}");
+        let (_, _, field, msg) = fail(&with_passive("redispatch = \"yes\"\n"));
+        assert_eq!(field, "target_group[0].passive_health.redispatch");
+        assert!(msg.contains("boolean"), "{msg}");
+        let (line, _, field, msg) = fail(&with_passive("base_ejection = \"10m\"\n"));
+        assert_eq!(
+            (line, field.as_str()),
+            (9, "target_group[0].passive_health.base_ejection")
+        );
+        assert!(
+            msg.contains("must not be shorter than base_ejection"),
+            "{msg}"
+        );
+        let (_, _, _, msg) = fail(&with_passive("max_ejection_percent = 101\n"));
+        assert!(msg.contains("out of range (0-100)"), "{msg}");
+        // Without active checks nothing would bring a backend back.
+        let (line, _, field, msg) = fail(&format!(
+            "{MINIMAL}{GROUP}[target_group.passive_health]\nredispatch = true\n"
+        ));
+        assert_eq!(
+            (line, field.as_str()),
+            (6, "target_group[0].passive_health")
+        );
+        assert!(msg.contains("add a [target_group.health_check]"), "{msg}");
+        // Before any [[target_group]].
+        let (_, _, _, msg) = fail(&format!(
+            "{MINIMAL}[target_group.passive_health]\nredispatch = true\n"
+        ));
+        assert!(msg.contains("there is none"), "{msg}");
     }
 }

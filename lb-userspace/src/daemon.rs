@@ -29,6 +29,7 @@ use crate::{
         ApiError, BackendSource, BackendStatus, ChangeResult, Envelope, GroupStatus,
         InterfaceStatus, Reply, Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
     },
+    passive,
     reconcile::{Links, Reconciler},
     scaling,
     state::{CheckToken, Desired, HookJob, Persisted, State},
@@ -367,6 +368,8 @@ struct Daemon {
     started: Instant,
     hook_tx: mpsc::Sender<HookResult>,
     rates: Rates,
+    /// Passive health per (backend id, member uid): the last counters read and the window.
+    passive: HashMap<(u32, u64), (lb_common::PassiveCounters, passive::Window)>,
 }
 
 impl Daemon {
@@ -523,6 +526,73 @@ impl Daemon {
             }
         } else if launching {
             self.persist();
+        }
+    }
+
+    /// Read the passive-health counters of the backends of groups with passive health, judge
+    /// each backend's window, and act on the verdicts; end ejections that are over.
+    fn passive_poll(&mut self) {
+        let now = Instant::now();
+        let mut changed = false;
+        for (group, msg) in self.state.end_ejections(now) {
+            self.state
+                .push_event(&group, "passive", msg, Default::default());
+            changed = true;
+        }
+        let groups: HashMap<u64, String> = self
+            .state
+            .passive_members()
+            .into_iter()
+            .map(|(g, uid)| (uid, g))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut verdicts = Vec::new();
+        for b in self.desired.backends.values() {
+            let Some(group) = groups.get(&b.member) else {
+                continue;
+            };
+            let Some(cfg) = self
+                .state
+                .groups
+                .get(group)
+                .and_then(|g| g.cfg.passive_health.as_ref())
+            else {
+                continue;
+            };
+            let cur = self.dp.passive_counters(b.id);
+            let key = (b.id, b.member);
+            seen.insert(key);
+            match self.passive.entry(key) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    // The first reading is the baseline (the id may have served before).
+                    e.insert((cur, passive::Window::default()));
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let (last, window) = e.get_mut();
+                    let d = passive::delta(last, &cur);
+                    *last = cur;
+                    window.push(now, d, cfg.window);
+                    if let Some(v) = passive::judge(cfg, window) {
+                        // Acted on or not (already down, ejection capped), the evidence is
+                        // used up: a backend the checks bring back starts afresh.
+                        window.clear();
+                        verdicts.push((group.clone(), b.member, v));
+                    }
+                }
+            }
+        }
+        self.passive.retain(|k, _| seen.contains(k));
+        for (group, uid, v) in verdicts {
+            if let Some(msg) = self.state.passive_verdict(&group, uid, &v, now) {
+                self.state
+                    .push_event(&group, "passive", msg, Default::default());
+                changed = true;
+            }
+        }
+        if changed {
+            if let Err(e) = self.apply() {
+                error!(error = %e, "applying a passive health change failed");
+            }
         }
     }
 
@@ -765,6 +835,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         started: Instant::now(),
         hook_tx,
         rates: Rates::default(),
+        passive: HashMap::new(),
         dp,
     };
     daemon
@@ -828,6 +899,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut passive_tick = tokio::time::interval(passive::POLL_EVERY);
+    passive_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -858,6 +931,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                 }
             }
+            _ = passive_tick.tick() => daemon.passive_poll(),
             Some(sweep) = sweep_rx.recv() => {
                 let desired = daemon.desired.clone();
                 daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);

@@ -533,6 +533,25 @@ impl HealthTracker {
         self.fail_streak
     }
 
+    /// Passive health saw the backend fail: Unhealthy at once with `reason`, and the success
+    /// streak starts over, so the active checks need `healthy_threshold` successes to bring
+    /// it back. Returns `Some((from, to))` when the state changed (not when it was Unhealthy).
+    pub fn mark_down(
+        &mut self,
+        reason: &str,
+        now: Instant,
+    ) -> Option<(BackendState, BackendState)> {
+        self.ok_streak = 0;
+        let from = self.state;
+        if from == BackendState::Unhealthy {
+            return None;
+        }
+        self.state = BackendState::Unhealthy;
+        self.reason = reason.to_string();
+        self.since = now;
+        Some((from, BackendState::Unhealthy))
+    }
+
     /// Feeds one outcome; returns `Some((from, to))` when the state changed.
     pub fn observe(
         &mut self,

@@ -17,6 +17,7 @@ pub mod instance;
 pub mod links;
 pub mod maglev;
 pub mod model;
+pub mod passive;
 pub mod reconcile;
 pub mod scaling;
 pub mod state;

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lb_common::{
-    AddrKey, BackendAddr, BackendAddrValue, BackendInfo, NextHop, ServiceInfo, ServiceKey,
-    VlanInfo, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED, NO_BACKEND, SVC_F_EMPTY,
+    AddrKey, BackendAddr, BackendAddrValue, BackendInfo, NextHop, PassiveConf, ServiceInfo,
+    ServiceKey, VlanInfo, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED, NO_BACKEND, SVC_F_EMPTY,
 };
 use tracing::{debug, info};
 
@@ -63,6 +63,8 @@ pub struct Reconciler {
     vlans: HashMap<u32, VlanInfo>,
     /// What `TX_PORTS` holds, sorted (None: not written by this process yet).
     tx_ports: Option<Vec<u32>>,
+    /// What `PASSIVE_CONF` holds other than zeros, by backend id.
+    passive: HashMap<u32, PassiveConf>,
 }
 
 /// What the link watcher saw: the VLAN devices of the namespace and the ifindex of each
@@ -194,6 +196,15 @@ impl Reconciler {
                 r.backends.insert(id, info);
             }
         }
+        for id in 0..lb_common::MAX_BACKENDS {
+            let conf = dp
+                .passive_conf
+                .get(&id, 0)
+                .map_err(map_err("PASSIVE_CONF"))?;
+            if conf != PassiveConf::default() {
+                r.passive.insert(id, conf);
+            }
+        }
         for item in dp.backend_addrs.iter() {
             let (k, v) = item.map_err(map_err("BACKEND_ADDRS"))?;
             r.addrs.insert(k, v);
@@ -262,6 +273,22 @@ impl Reconciler {
         // entry until the tables that no longer name it are live (step 2b): a packet that
         // read the old table just before the swap must still find the backend it names
         // usable, or a new flow would be dropped as `no_backend`.
+        // Passive health's SYN sampling per backend, before the backend's flags.
+        for (id, b) in &desired.backends {
+            let conf = PassiveConf {
+                syn_timeout_ns: b.syn_timeout_ns,
+            };
+            if self.passive.get(id).copied().unwrap_or_default() != conf {
+                dp.passive_conf
+                    .set(*id, conf, 0)
+                    .map_err(map_err("PASSIVE_CONF"))?;
+                if conf == PassiveConf::default() {
+                    self.passive.remove(id);
+                } else {
+                    self.passive.insert(*id, conf);
+                }
+            }
+        }
         let mut after_tables: Vec<(u32, BackendInfo)> = Vec::new();
         for (id, b) in &desired.backends {
             let info = b.info();
@@ -458,6 +485,18 @@ impl Reconciler {
                 .map_err(map_err("BACKENDS"))?;
             self.backends.remove(&id);
             report.backends_removed += 1;
+        }
+        let gone: Vec<u32> = self
+            .passive
+            .keys()
+            .copied()
+            .filter(|id| !desired.backends.contains_key(id))
+            .collect();
+        for id in gone {
+            dp.passive_conf
+                .set(id, PassiveConf::default(), 0)
+                .map_err(map_err("PASSIVE_CONF"))?;
+            self.passive.remove(&id);
         }
         if report != ApplyReport::default() {
             info!(?report, "data path updated");

@@ -58,6 +58,10 @@ pub struct DesiredBackend {
     /// Its address, port and protocol also serve another service: its flows keep a reverse
     /// entry each for their replies.
     pub shared: bool,
+    /// Passive health's `redispatch` (`BE_F_REDISPATCH`).
+    pub redispatch: bool,
+    /// Passive health's SYN answer timeout (`PASSIVE_CONF`); 0: no SYN sampling.
+    pub syn_timeout_ns: u64,
 }
 
 impl DesiredBackend {
@@ -83,6 +87,9 @@ impl DesiredBackend {
         }
         if self.shared {
             flags |= lb_common::BE_F_SHARED;
+        }
+        if self.redispatch {
+            flags |= lb_common::BE_F_REDISPATCH;
         }
         BackendInfo {
             addr,
@@ -235,6 +242,20 @@ pub struct Member {
     pub launched_at: Option<Instant>,
     /// Run the scale-in hook for it once its drain is over.
     pub terminate_after_drain: bool,
+    /// Passive health ejected it (UDP outlier): no new flows until then.
+    pub ejection: Option<Ejection>,
+    /// Consecutive ejections so far (the next one lasts one more `base_ejection`).
+    pub ejections: u32,
+    /// When its last ejection ended: a backend not ejected again for `max_ejection` after
+    /// that starts over from the first ejection.
+    pub ejection_ended: Option<Instant>,
+}
+
+/// A passive-health ejection.
+#[derive(Clone, Debug)]
+pub struct Ejection {
+    pub until: Instant,
+    pub reason: String,
 }
 
 impl Member {
@@ -261,6 +282,9 @@ impl Member {
             in_service_since: now,
             launched_at: None,
             terminate_after_drain: false,
+            ejection: None,
+            ejections: 0,
+            ejection_ended: None,
         }
     }
 }
@@ -293,9 +317,10 @@ impl Member {
 
     /// The reason shown beside the state.
     pub fn reason(&self) -> String {
-        match &self.drain {
-            Some(d) => format!("{} (health: {})", d.reason, self.health.reason()),
-            None => self.health.reason().to_string(),
+        match (&self.drain, &self.ejection) {
+            (Some(d), _) => format!("{} (health: {})", d.reason, self.health.reason()),
+            (None, Some(e)) => format!("{} (health: {})", e.reason, self.health.reason()),
+            (None, None) => self.health.reason().to_string(),
         }
     }
 
@@ -459,7 +484,7 @@ impl Group {
         let live = || self.members.iter().filter(|m| m.drain.is_none());
         let pick = |s: BackendState| -> HashSet<u64> {
             live()
-                .filter(|m| m.health.state() == s)
+                .filter(|m| m.health.state() == s && m.ejection.is_none())
                 .map(|m| m.uid)
                 .collect()
         };
@@ -645,6 +670,7 @@ impl State {
                     let active = eligible.uids.contains(&m.uid);
                     let established_ok = m.health.state() != BackendState::Unhealthy
                         || (eligible.failing_open && m.drain.is_none());
+                    let passive = group.cfg.passive_health.as_ref();
                     out.backends.entry(bid).or_insert(DesiredBackend {
                         id: bid,
                         key,
@@ -653,6 +679,10 @@ impl State {
                         established_ok,
                         member: m.uid,
                         shared: false,
+                        redispatch: passive.is_some_and(|p| p.redispatch),
+                        syn_timeout_ns: passive.map_or(0, |p| {
+                            u64::try_from(p.unanswered_timeout.as_nanos()).unwrap_or(u64::MAX)
+                        }),
                     });
                     ids.push(bid);
                 }
@@ -755,6 +785,89 @@ impl State {
             to,
             reason: m.health.reason().to_string(),
         })
+    }
+
+    // ---- passive health ----
+
+    /// Act on a passive-health verdict about member `uid` of `group`: a TCP verdict marks it
+    /// down (until the active checks bring it back), a UDP one ejects it for a time growing
+    /// with each consecutive ejection, unless `max_ejection_percent` of the group already
+    /// is. Returns the event message when something changed (the caller records it and
+    /// applies the change).
+    pub fn passive_verdict(
+        &mut self,
+        group: &str,
+        uid: u64,
+        verdict: &crate::passive::Verdict,
+        now: Instant,
+    ) -> Option<String> {
+        let g = self.groups.get_mut(group)?;
+        let ph = g.cfg.passive_health.clone()?;
+        let reason = verdict.reason();
+        if verdict.marks_down() {
+            let m = g.members.iter_mut().find(|m| m.uid == uid)?;
+            let (from, to) = m.health.mark_down(&reason, now)?;
+            return Some(format!("{} {from} → {to} ({reason})", m.display()));
+        }
+        let members = g.members.iter().filter(|m| m.drain.is_none()).count();
+        let ejected = g.members.iter().filter(|m| m.ejection.is_some()).count();
+        let m = g.members.iter().find(|m| m.uid == uid)?;
+        if m.ejection.is_some() || m.drain.is_some() {
+            return None;
+        }
+        if !crate::passive::may_eject(members, ejected, ph.max_ejection_percent) {
+            tracing::debug!(group, backend = %m.display(), "{reason}: not ejected (max_ejection_percent)");
+            return None;
+        }
+        let m = g.members.iter_mut().find(|m| m.uid == uid)?;
+        if m.ejection_ended
+            .is_some_and(|t| now.saturating_duration_since(t) > ph.max_ejection)
+        {
+            m.ejections = 0;
+        }
+        m.ejections = m.ejections.saturating_add(1);
+        let time = crate::passive::ejection_time(ph.base_ejection, ph.max_ejection, m.ejections);
+        m.ejection = Some(Ejection {
+            until: now + time,
+            reason: format!(
+                "{reason}: ejected for {} (ejection {})",
+                humantime::format_duration(time),
+                m.ejections
+            ),
+        });
+        Some(format!(
+            "{} ejected for {} ({reason}; ejection {})",
+            m.display(),
+            humantime::format_duration(time),
+            m.ejections
+        ))
+    }
+
+    /// End the ejections that are over: (group, event message) for each.
+    pub fn end_ejections(&mut self, now: Instant) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, g) in &mut self.groups {
+            for m in &mut g.members {
+                if m.ejection.as_ref().is_some_and(|e| e.until <= now) {
+                    m.ejection = None;
+                    m.ejection_ended = Some(now);
+                    out.push((
+                        name.clone(),
+                        format!("{} ejection over: back in the table", m.display()),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Groups with passive health, and the members each has: (group, uid).
+    pub fn passive_members(&self) -> Vec<(String, u64)> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.cfg.passive_health.is_some())
+            .flat_map(|(n, g)| g.members.iter().map(move |m| (n.clone(), m.uid)))
+            .collect()
     }
 
     // ---- flows and drains ----
@@ -2337,5 +2450,132 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         assert_eq!(parse_backend_ref("2001:db8::1").unwrap().1, None);
         assert!(parse_backend_ref("nope").is_err());
         assert!(parse_backend_ref("1.2.3.4:0").is_err());
+    }
+
+    fn uid_of(s: &State, addr: &str) -> u64 {
+        token(s, addr).1
+    }
+
+    #[test]
+    fn passive_marks_down_at_once_and_the_checks_bring_it_back() {
+        use crate::passive::Verdict;
+        let text = format!(
+            "{CFG}\n[target_group.passive_health]\nredispatch = true\nunanswered_timeout = \"300ms\"\n"
+        );
+        let mut s = state(&text);
+        for a in ["198.18.2.11", "198.18.2.12", "198.18.2.13"] {
+            let t = token(&s, a);
+            s.observe(&t, &outcome(true));
+            s.observe(&t, &outcome(true));
+        }
+        let d = s.desired().unwrap();
+        for b in d.backends.values() {
+            assert_eq!(b.syn_timeout_ns, 300_000_000);
+            assert!(b.info().flags & lb_common::BE_F_REDISPATCH != 0);
+        }
+        let uid = uid_of(&s, "198.18.2.12");
+        let now = Instant::now();
+        let msg = s
+            .passive_verdict("g", uid, &Verdict::Refused(3), now)
+            .expect("a transition");
+        assert_eq!(
+            msg,
+            "198.18.2.12 healthy → unhealthy (passive: 3 refused handshakes)"
+        );
+        let d = s.desired().unwrap();
+        assert_eq!(active(&d), ["198.18.2.11", "198.18.2.13"]);
+        let b2 = d
+            .backends
+            .values()
+            .find(|b| b.key.addr.to_string() == "198.18.2.12")
+            .unwrap();
+        assert_eq!(
+            b2.info().flags,
+            lb_common::BE_F_REDISPATCH,
+            "down, still redispatching"
+        );
+        assert_eq!(
+            s.groups["g"].members[1].reason(),
+            "passive: 3 refused handshakes"
+        );
+        // Again while down: nothing new.
+        assert!(s
+            .passive_verdict("g", uid, &Verdict::Unanswered(3), now)
+            .is_none());
+        // The active checks bring it back, after healthy_threshold (2) successes.
+        let t = token(&s, "198.18.2.12");
+        assert!(s.observe(&t, &outcome(true)).is_none(), "one is not enough");
+        let tr = s.observe(&t, &outcome(true)).expect("back");
+        assert_eq!(tr.to, BackendState::Healthy);
+        assert_eq!(active(&s.desired().unwrap()).len(), 3);
+        // A group without passive health ignores verdicts.
+        let mut plain = state(CFG);
+        let uid = uid_of(&plain, "198.18.2.11");
+        assert!(plain
+            .passive_verdict("g", uid, &Verdict::Refused(9), now)
+            .is_none());
+        let d = plain.desired().unwrap();
+        assert!(d
+            .backends
+            .values()
+            .all(|b| b.syn_timeout_ns == 0 && !b.redispatch));
+    }
+
+    #[test]
+    fn udp_ejections_grow_end_and_are_capped_by_the_group_share() {
+        use crate::passive::Verdict;
+        let text = format!(
+            "{CFG}\n[target_group.passive_health]\nbase_ejection = \"10s\"\nmax_ejection = \"25s\"\n\
+             max_ejection_percent = 50\n"
+        );
+        let mut s = state(&text);
+        let v = Verdict::UdpOutlier {
+            flows: 20,
+            unanswered: 20,
+        };
+        let (u1, u2) = (uid_of(&s, "198.18.2.11"), uid_of(&s, "198.18.2.12"));
+        let t0 = Instant::now();
+        let msg = s.passive_verdict("g", u1, &v, t0).expect("ejected");
+        assert!(
+            msg.contains("ejected for 10s") && msg.contains("ejection 1"),
+            "{msg}"
+        );
+        assert_eq!(
+            active(&s.desired().unwrap()),
+            ["198.18.2.12", "198.18.2.13"]
+        );
+        let d = s.desired().unwrap();
+        let b1 = d
+            .backends
+            .values()
+            .find(|b| b.key.addr.to_string() == "198.18.2.11")
+            .unwrap();
+        assert!(
+            b1.established_ok,
+            "its flows stay; only new ones go elsewhere"
+        );
+        assert!(s.groups["g"].members[0]
+            .reason()
+            .contains("20 of 20 new UDP flows"));
+        // 1 of 3 ejected: a second would be more than 50 %.
+        assert!(s.passive_verdict("g", u2, &v, t0).is_none());
+        // Not over yet, then over.
+        assert!(s.end_ejections(t0 + Duration::from_secs(9)).is_empty());
+        let ended = s.end_ejections(t0 + Duration::from_secs(10));
+        assert_eq!(ended.len(), 1);
+        assert_eq!(active(&s.desired().unwrap()).len(), 3);
+        // Ejected again soon: twice as long; a third time: capped at 25 s.
+        let t1 = t0 + Duration::from_secs(11);
+        let msg = s.passive_verdict("g", u1, &v, t1).unwrap();
+        assert!(msg.contains("ejected for 20s"), "{msg}");
+        s.end_ejections(t1 + Duration::from_secs(20));
+        let t2 = t1 + Duration::from_secs(21);
+        let msg = s.passive_verdict("g", u1, &v, t2).unwrap();
+        assert!(msg.contains("ejected for 25s"), "{msg}");
+        s.end_ejections(t2 + Duration::from_secs(25));
+        // Quiet for longer than max_ejection: starts over.
+        let t3 = t2 + Duration::from_secs(100);
+        let msg = s.passive_verdict("g", u1, &v, t3).unwrap();
+        assert!(msg.contains("ejected for 10s"), "{msg}");
     }
 }
