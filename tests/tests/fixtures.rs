@@ -35,65 +35,116 @@ fn packet_fixtures() {
             input: build4(c, l, None, CLIENT4, VIP4, 40000, 80, L4::Syn),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(build4(lbb, b1, None, CLIENT4, B4_1, 40000, 8080, L4::Syn)),
+            expected: Some(dec_ttl(build4(
+                lbb,
+                b1,
+                None,
+                CLIENT4,
+                B4_1,
+                40000,
+                8080,
+                L4::Syn,
+            ))),
         },
         Case {
             name: "v4 tcp data on the same flow",
             input: build4(c, l, None, CLIENT4, VIP4, 40000, 80, L4::Data),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(build4(lbb, b1, None, CLIENT4, B4_1, 40000, 8080, L4::Data)),
+            expected: Some(dec_ttl(build4(
+                lbb,
+                b1,
+                None,
+                CLIENT4,
+                B4_1,
+                40000,
+                8080,
+                L4::Data,
+            ))),
         },
         Case {
             name: "v4 udp to VIP",
             input: build4(c, l, None, CLIENT4, VIP4, 40001, 53, L4::Udp),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(build4(lbb, b2, None, CLIENT4, B4_2, 40001, 5353, L4::Udp)),
+            expected: Some(dec_ttl(build4(
+                lbb,
+                b2,
+                None,
+                CLIENT4,
+                B4_2,
+                40001,
+                5353,
+                L4::Udp,
+            ))),
         },
         Case {
             name: "v6 tcp syn to VIP",
             input: build6(c, l, client6(), vip6(), 40002, 80, L4::Syn),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(build6(lbb, b1, client6(), b6(1), 40002, 8080, L4::Syn)),
+            expected: Some(dec_ttl(build6(
+                lbb,
+                b1,
+                client6(),
+                b6(1),
+                40002,
+                8080,
+                L4::Syn,
+            ))),
         },
         Case {
             name: "v6 tcp data to VIP",
             input: build6(c, l, client6(), vip6(), 40002, 80, L4::Data),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(build6(lbb, b1, client6(), b6(1), 40002, 8080, L4::Data)),
+            expected: Some(dec_ttl(build6(
+                lbb,
+                b1,
+                client6(),
+                b6(1),
+                40002,
+                8080,
+                L4::Data,
+            ))),
         },
         Case {
             name: "v6 udp to VIP",
             input: build6(c, l, client6(), vip6(), 40003, 53, L4::Udp),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(build6(lbb, b2, client6(), b6(2), 40003, 5353, L4::Udp)),
+            expected: Some(dec_ttl(build6(
+                lbb,
+                b2,
+                client6(),
+                b6(2),
+                40003,
+                5353,
+                L4::Udp,
+            ))),
         },
         Case {
-            name: "v4 tcp in an 802.1Q tag keeps the tag",
+            name: "v4 tcp in an 802.1Q tag leaves untagged (plain egress)",
             input: build4(c, l, Some(42), CLIENT4, VIP4, 40004, 80, L4::Syn),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(build4(
+            expected: Some(dec_ttl(build4(
                 lbb,
                 b1,
-                Some(42),
+                None,
                 CLIENT4,
                 B4_1,
                 40004,
                 8080,
                 L4::Syn,
-            )),
+            ))),
         },
         Case {
             name: "backend behind the ingress interface: XDP_TX",
             input: build4(c, l, None, CLIENT4, VIP4_HAIRPIN, 40020, 80, L4::Syn),
             ifindex: ci,
             action: XDP_TX,
-            expected: Some(build4(
+            expected: Some(dec_ttl(build4(
                 l,
                 HAIRPIN_MAC,
                 None,
@@ -102,7 +153,7 @@ fn packet_fixtures() {
                 40020,
                 8080,
                 L4::Syn,
-            )),
+            ))),
         },
         // ---- backend → client (the flows above exist now) ----
         Case {
@@ -110,34 +161,60 @@ fn packet_fixtures() {
             input: build4(b1, lbb, None, B4_1, CLIENT4, 8080, 40000, L4::Data),
             ifindex: bi,
             action: XDP_REDIRECT,
-            expected: Some(build4(l, c, None, VIP4, CLIENT4, 80, 40000, L4::Data)),
+            expected: Some(dec_ttl(build4(
+                l,
+                c,
+                None,
+                VIP4,
+                CLIENT4,
+                80,
+                40000,
+                L4::Data,
+            ))),
         },
         Case {
             name: "v4 udp reply",
             input: build4(b2, lbb, None, B4_2, CLIENT4, 5353, 40001, L4::Udp),
             ifindex: bi,
             action: XDP_REDIRECT,
-            expected: Some(build4(l, c, None, VIP4, CLIENT4, 53, 40001, L4::Udp)),
+            expected: Some(dec_ttl(build4(
+                l,
+                c,
+                None,
+                VIP4,
+                CLIENT4,
+                53,
+                40001,
+                L4::Udp,
+            ))),
         },
         Case {
             name: "v6 tcp reply",
             input: build6(b1, lbb, b6(1), client6(), 8080, 40002, L4::Data),
             ifindex: bi,
             action: XDP_REDIRECT,
-            expected: Some(build6(l, c, vip6(), client6(), 80, 40002, L4::Data)),
+            expected: Some(dec_ttl(build6(
+                l,
+                c,
+                vip6(),
+                client6(),
+                80,
+                40002,
+                L4::Data,
+            ))),
         },
         Case {
             name: "v6 udp reply",
             input: build6(b2, lbb, b6(2), client6(), 5353, 40003, L4::Udp),
             ifindex: bi,
             action: XDP_REDIRECT,
-            expected: Some(build6(l, c, vip6(), client6(), 53, 40003, L4::Udp)),
+            expected: Some(dec_ttl(build6(l, c, vip6(), client6(), 53, 40003, L4::Udp))),
         },
         Case {
-            name: "backend traffic that is no reply passes",
+            name: "stray from a shared backend address (no flow) drops",
             input: build4(b1, lbb, None, B4_1, CLIENT4, 8080, 40999, L4::Data),
             ifindex: bi,
-            action: XDP_PASS,
+            action: XDP_DROP,
             expected: None,
         },
         // ---- not for a service ----
@@ -237,9 +314,9 @@ fn packet_fixtures() {
         action: XDP_PASS,
         expected: None,
     });
-    // IPv6 with a hop-by-hop extension header before TCP: passed to the kernel.
-    let v6_ext = {
-        let mut f = build6(c, l, client6(), vip6(), 40011, 80, L4::Syn);
+    // IPv6 with a hop-by-hop extension header before TCP: walked, forwarded.
+    let v6_ext = |f: Vec<u8>| {
+        let mut f = f;
         // next header 0 (hop-by-hop), then an 8-byte HBH header carrying TCP (6) + PadN.
         let l3 = 14;
         let payload_len = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) + 8;
@@ -251,31 +328,60 @@ fn packet_fixtures() {
     };
     cases.push(Case {
         name: "v6 extension header to VIP",
-        input: v6_ext,
+        input: v6_ext(build6(c, l, client6(), vip6(), 40011, 80, L4::Syn)),
         ifindex: ci,
-        action: XDP_PASS,
-        expected: None,
+        action: XDP_REDIRECT,
+        expected: Some(dec_ttl(v6_ext(build6(
+            lbb,
+            b1,
+            client6(),
+            b6(1),
+            40011,
+            8080,
+            L4::Syn,
+        )))),
     });
-    // IPv4 fragments: first (MF) and a later one.
-    let frag = |flags_off: u16| {
-        let mut f = build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data);
+    // IPv4 fragments: first (MF) and a later one of the same datagram (id 0): both follow
+    // the flow to its backend; the later one carries no L4 header (only its addresses change).
+    let frag = |f: Vec<u8>, flags_off: u16| {
+        let mut f = f;
         f[14 + 6..14 + 8].copy_from_slice(&flags_off.to_be_bytes());
         fix_ipv4_checksum(&mut f, 14);
         f
     };
+    let later_out = {
+        let mut f = frag(
+            build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data),
+            0x0010,
+        );
+        f[0..6].copy_from_slice(&b1);
+        f[6..12].copy_from_slice(&lbb);
+        f[30..34].copy_from_slice(&B4_1);
+        fix_ipv4_checksum(&mut f, 14);
+        dec_ttl(f)
+    };
     cases.push(Case {
         name: "v4 first fragment to VIP",
-        input: frag(0x2000),
+        input: frag(
+            build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data),
+            0x2000,
+        ),
         ifindex: ci,
-        action: XDP_PASS,
-        expected: None,
+        action: XDP_REDIRECT,
+        expected: Some(dec_ttl(frag(
+            build4(lbb, b1, None, CLIENT4, B4_1, 40012, 8080, L4::Data),
+            0x2000,
+        ))),
     });
     cases.push(Case {
         name: "v4 later fragment to VIP",
-        input: frag(0x0010),
+        input: frag(
+            build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data),
+            0x0010,
+        ),
         ifindex: ci,
-        action: XDP_PASS,
-        expected: None,
+        action: XDP_REDIRECT,
+        expected: Some(later_out),
     });
     // IPv4 options are forwarded intact.
     let with_opts = |src, dst, sport, dport, smac, dmac| {
@@ -295,7 +401,7 @@ fn packet_fixtures() {
         input: with_opts(CLIENT4, VIP4, 40013, 80, c, l),
         ifindex: ci,
         action: XDP_REDIRECT,
-        expected: Some(with_opts(CLIENT4, B4_1, 40013, 8080, lbb, b1)),
+        expected: Some(dec_ttl(with_opts(CLIENT4, B4_1, 40013, 8080, lbb, b1))),
     });
 
     // ---- malformed: dropped on purpose ----
@@ -400,6 +506,7 @@ fn udp_zero_checksum_stays_zero() {
         L4::Udp,
     );
     expected[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let expected = dec_ttl(expected);
     let (rc, out) = fx.run(&input, fx.ifindex_client);
     assert_eq!(rc, XDP_REDIRECT, "{:?}", fx.dp.global_counters());
     assert_eq!(out, expected);
@@ -725,7 +832,7 @@ fn reverse_entries_only_for_shared_backend_addresses() {
     assert_eq!(rc, XDP_REDIRECT, "the reply is found through CONNTRACK");
     assert_eq!(
         out,
-        build4(
+        dec_ttl(build4(
             LB_CLIENT_MAC,
             CLIENT_MAC,
             None,
@@ -734,7 +841,7 @@ fn reverse_entries_only_for_shared_backend_addresses() {
             53,
             46000,
             L4::Udp
-        )
+        ))
     );
     // web: 198.18.2.11:8080 is shared with `multi`.
     let (rc, _) = fx.run(

@@ -513,3 +513,16 @@ pub fn skip() -> bool {
     }
     false
 }
+
+/// `frame` with its TTL / hop limit one lower (IPv4 header checksum fixed): how a forwarded
+/// packet leaves.
+pub fn dec_ttl(mut frame: Vec<u8>) -> Vec<u8> {
+    let (l3, _) = net::l3_of(&frame).expect("frame");
+    if frame[l3] >> 4 == 4 {
+        frame[l3 + 8] -= 1;
+        net::fix_ip4_checksum(&mut frame[l3..]);
+    } else {
+        frame[l3 + 7] -= 1;
+    }
+    frame
+}
