@@ -198,7 +198,7 @@ fn icmp_errors_both_ways() {
 
     // Errors arriving for the VIP about a reply xlb sent (VIP:port → client): to the backend.
     // (name, flow, type, code, rest of header, quote length: None = the whole packet)
-    let to_backend: [(&str, usize, u8, u8, [u8; 4], Option<usize>); 12] = [
+    let to_backend = [
         (
             "v4 dest unreachable (host) about a tcp reply",
             0,
@@ -314,7 +314,7 @@ fn icmp_errors_both_ways() {
 
     // Errors about the client → backend leg, from a backend or a router behind xlb, to the
     // client: sent from the VIP.
-    let to_client: [(&str, usize, bool, u8, u8, [u8; 4]); 11] = [
+    let to_client = [
         (
             "v4 port unreachable from the udp backend",
             1,
@@ -831,6 +831,7 @@ fn too_big_for_the_egress_link() {
 /// The IP packets of one datagram (`l4`, TCP or UDP with its checksum over the whole of it)
 /// cut at `cuts` (multiples of 8). IPv6 packets carry `pre` extension headers before the
 /// fragment header.
+#[allow(clippy::too_many_arguments)]
 fn fragments(
     src: IpAddr,
     dst: IpAddr,

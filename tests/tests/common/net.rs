@@ -473,6 +473,9 @@ fn l4_check(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8]) -> Result<(), String
     }
 }
 
+/// A check of an output frame.
+pub type OutCheck = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
 /// What a case expects besides the action.
 pub enum Exp {
     /// The frame leaves untouched.
@@ -482,7 +485,7 @@ pub enum Exp {
     /// Exactly this frame (and its checksums must verify).
     Frame(Vec<u8>),
     /// A check of the output (checksums verified as well).
-    Check(Box<dyn Fn(&[u8]) -> Result<(), String>>),
+    Check(OutCheck),
 }
 
 /// Runs cases against one fixture in order (state carries over: flows, fragments) and
