@@ -35,116 +35,56 @@ fn packet_fixtures() {
             input: build4(c, l, None, CLIENT4, VIP4, 40000, 80, L4::Syn),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build4(
-                lbb,
-                b1,
-                None,
-                CLIENT4,
-                B4_1,
-                40000,
-                8080,
-                L4::Syn,
-            ))),
+            expected: Some(build4(lbb, b1, None, CLIENT4, B4_1, 40000, 8080, L4::Syn)),
         },
         Case {
             name: "v4 tcp data on the same flow",
             input: build4(c, l, None, CLIENT4, VIP4, 40000, 80, L4::Data),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build4(
-                lbb,
-                b1,
-                None,
-                CLIENT4,
-                B4_1,
-                40000,
-                8080,
-                L4::Data,
-            ))),
+            expected: Some(build4(lbb, b1, None, CLIENT4, B4_1, 40000, 8080, L4::Data)),
         },
         Case {
             name: "v4 udp to VIP",
             input: build4(c, l, None, CLIENT4, VIP4, 40001, 53, L4::Udp),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build4(
-                lbb,
-                b2,
-                None,
-                CLIENT4,
-                B4_2,
-                40001,
-                5353,
-                L4::Udp,
-            ))),
+            expected: Some(build4(lbb, b2, None, CLIENT4, B4_2, 40001, 5353, L4::Udp)),
         },
         Case {
             name: "v6 tcp syn to VIP",
             input: build6(c, l, client6(), vip6(), 40002, 80, L4::Syn),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build6(
-                lbb,
-                b1,
-                client6(),
-                b6(1),
-                40002,
-                8080,
-                L4::Syn,
-            ))),
+            expected: Some(build6(lbb, b1, client6(), b6(1), 40002, 8080, L4::Syn)),
         },
         Case {
             name: "v6 tcp data to VIP",
             input: build6(c, l, client6(), vip6(), 40002, 80, L4::Data),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build6(
-                lbb,
-                b1,
-                client6(),
-                b6(1),
-                40002,
-                8080,
-                L4::Data,
-            ))),
+            expected: Some(build6(lbb, b1, client6(), b6(1), 40002, 8080, L4::Data)),
         },
         Case {
             name: "v6 udp to VIP",
             input: build6(c, l, client6(), vip6(), 40003, 53, L4::Udp),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build6(
-                lbb,
-                b2,
-                client6(),
-                b6(2),
-                40003,
-                5353,
-                L4::Udp,
-            ))),
+            expected: Some(build6(lbb, b2, client6(), b6(2), 40003, 5353, L4::Udp)),
         },
         Case {
-            name: "v4 tcp in an 802.1Q tag leaves untagged (plain egress)",
+            name: "v4 tcp in an 802.1Q tag leaves untagged (the egress has no VLAN)",
             input: build4(c, l, Some(42), CLIENT4, VIP4, 40004, 80, L4::Syn),
             ifindex: ci,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build4(
-                lbb,
-                b1,
-                None,
-                CLIENT4,
-                B4_1,
-                40004,
-                8080,
-                L4::Syn,
-            ))),
+            expected: Some(build4(lbb, b1, None, CLIENT4, B4_1, 40004, 8080, L4::Syn)),
         },
         Case {
             name: "backend behind the ingress interface: XDP_TX",
             input: build4(c, l, None, CLIENT4, VIP4_HAIRPIN, 40020, 80, L4::Syn),
             ifindex: ci,
             action: XDP_TX,
-            expected: Some(dec_ttl(build4(
+            expected: Some(build4(
                 l,
                 HAIRPIN_MAC,
                 None,
@@ -153,7 +93,7 @@ fn packet_fixtures() {
                 40020,
                 8080,
                 L4::Syn,
-            ))),
+            )),
         },
         // ---- backend → client (the flows above exist now) ----
         Case {
@@ -161,61 +101,35 @@ fn packet_fixtures() {
             input: build4(b1, lbb, None, B4_1, CLIENT4, 8080, 40000, L4::Data),
             ifindex: bi,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build4(
-                l,
-                c,
-                None,
-                VIP4,
-                CLIENT4,
-                80,
-                40000,
-                L4::Data,
-            ))),
+            expected: Some(build4(l, c, None, VIP4, CLIENT4, 80, 40000, L4::Data)),
         },
         Case {
             name: "v4 udp reply",
             input: build4(b2, lbb, None, B4_2, CLIENT4, 5353, 40001, L4::Udp),
             ifindex: bi,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build4(
-                l,
-                c,
-                None,
-                VIP4,
-                CLIENT4,
-                53,
-                40001,
-                L4::Udp,
-            ))),
+            expected: Some(build4(l, c, None, VIP4, CLIENT4, 53, 40001, L4::Udp)),
         },
         Case {
             name: "v6 tcp reply",
             input: build6(b1, lbb, b6(1), client6(), 8080, 40002, L4::Data),
             ifindex: bi,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build6(
-                l,
-                c,
-                vip6(),
-                client6(),
-                80,
-                40002,
-                L4::Data,
-            ))),
+            expected: Some(build6(l, c, vip6(), client6(), 80, 40002, L4::Data)),
         },
         Case {
             name: "v6 udp reply",
             input: build6(b2, lbb, b6(2), client6(), 5353, 40003, L4::Udp),
             ifindex: bi,
             action: XDP_REDIRECT,
-            expected: Some(dec_ttl(build6(l, c, vip6(), client6(), 53, 40003, L4::Udp))),
+            expected: Some(build6(l, c, vip6(), client6(), 53, 40003, L4::Udp)),
         },
         Case {
-            name: "stray from a shared backend address (no flow) drops",
-            input: build4(b1, lbb, None, B4_1, CLIENT4, 8080, 40999, L4::Data),
+            name: "reply without a flow from an unshared backend: translated, re-pinned",
+            input: build4(b2, lbb, None, B4_2, CLIENT4, 5353, 40999, L4::Udp),
             ifindex: bi,
-            action: XDP_DROP,
-            expected: None,
+            action: XDP_REDIRECT,
+            expected: Some(build4(l, c, None, VIP4, CLIENT4, 53, 40999, L4::Udp)),
         },
         // ---- not for a service ----
         Case {
@@ -314,9 +228,9 @@ fn packet_fixtures() {
         action: XDP_PASS,
         expected: None,
     });
-    // IPv6 with a hop-by-hop extension header before TCP: walked, forwarded.
-    let v6_ext = |f: Vec<u8>| {
-        let mut f = f;
+    // IPv6 with a hop-by-hop extension header before TCP: passed to the kernel.
+    let v6_ext = {
+        let mut f = build6(c, l, client6(), vip6(), 40011, 80, L4::Syn);
         // next header 0 (hop-by-hop), then an 8-byte HBH header carrying TCP (6) + PadN.
         let l3 = 14;
         let payload_len = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) + 8;
@@ -326,59 +240,55 @@ fn packet_fixtures() {
         f.splice(l3 + 40..l3 + 40, hbh);
         f
     };
+    let v6_ext_out = {
+        let mut f = build6(lbb, b1, client6(), b6(1), 40011, 8080, L4::Syn);
+        let l3 = 14;
+        let payload_len = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) + 8;
+        f[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
+        f[l3 + 6] = 0;
+        f.splice(l3 + 40..l3 + 40, [6u8, 0, 1, 4, 0, 0, 0, 0]);
+        f
+    };
     cases.push(Case {
-        name: "v6 extension header to VIP",
-        input: v6_ext(build6(c, l, client6(), vip6(), 40011, 80, L4::Syn)),
+        name: "v6 hop-by-hop extension header to VIP: balanced",
+        input: v6_ext,
         ifindex: ci,
         action: XDP_REDIRECT,
-        expected: Some(dec_ttl(v6_ext(build6(
-            lbb,
-            b1,
-            client6(),
-            b6(1),
-            40011,
-            8080,
-            L4::Syn,
-        )))),
+        expected: Some(v6_ext_out),
     });
-    // IPv4 fragments: first (MF) and a later one of the same datagram (id 0): both follow
-    // the flow to its backend; the later one carries no L4 header (only its addresses change).
-    let frag = |f: Vec<u8>, flags_off: u16| {
-        let mut f = f;
+    // IPv4 fragments: first (MF) and a later one.
+    let frag = |flags_off: u16| {
+        let mut f = build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data);
         f[14 + 6..14 + 8].copy_from_slice(&flags_off.to_be_bytes());
         fix_ipv4_checksum(&mut f, 14);
         f
     };
-    let later_out = {
-        let mut f = frag(
-            build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data),
-            0x0010,
-        );
-        f[0..6].copy_from_slice(&b1);
-        f[6..12].copy_from_slice(&lbb);
-        f[30..34].copy_from_slice(&B4_1);
+    let frag_out = |flags_off: u16| {
+        let mut f = build4(lbb, b1, None, CLIENT4, B4_1, 40012, 8080, L4::Data);
+        f[14 + 6..14 + 8].copy_from_slice(&flags_off.to_be_bytes());
         fix_ipv4_checksum(&mut f, 14);
-        dec_ttl(f)
+        f
     };
     cases.push(Case {
-        name: "v4 first fragment to VIP",
-        input: frag(
-            build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data),
-            0x2000,
-        ),
+        name: "v4 first fragment to VIP: balanced",
+        input: frag(0x2000),
         ifindex: ci,
         action: XDP_REDIRECT,
-        expected: Some(dec_ttl(frag(
-            build4(lbb, b1, None, CLIENT4, B4_1, 40012, 8080, L4::Data),
-            0x2000,
-        ))),
+        expected: Some(frag_out(0x2000)),
     });
+    // A later fragment carries no ports: only the address is rewritten (the checksum it
+    // carries in its payload bytes is the first fragment's business).
+    let later_out = {
+        let mut f = frag(0x0010);
+        f[0..6].copy_from_slice(&b1);
+        f[6..12].copy_from_slice(&lbb);
+        f[14 + 16..14 + 20].copy_from_slice(&B4_1);
+        fix_ipv4_checksum(&mut f, 14);
+        f
+    };
     cases.push(Case {
-        name: "v4 later fragment to VIP",
-        input: frag(
-            build4(c, l, None, CLIENT4, VIP4, 40012, 80, L4::Data),
-            0x0010,
-        ),
+        name: "v4 later fragment to VIP follows its first",
+        input: frag(0x0010),
         ifindex: ci,
         action: XDP_REDIRECT,
         expected: Some(later_out),
@@ -401,7 +311,7 @@ fn packet_fixtures() {
         input: with_opts(CLIENT4, VIP4, 40013, 80, c, l),
         ifindex: ci,
         action: XDP_REDIRECT,
-        expected: Some(dec_ttl(with_opts(CLIENT4, B4_1, 40013, 8080, lbb, b1))),
+        expected: Some(with_opts(CLIENT4, B4_1, 40013, 8080, lbb, b1)),
     });
 
     // ---- malformed: dropped on purpose ----
@@ -464,6 +374,14 @@ fn packet_fixtures() {
 
     let malformed_before = fx.global("malformed");
     let no_backend_before = fx.global("no_backend");
+    // Forwarded frames leave with the TTL / hop limit decremented.
+    for c in &mut cases {
+        if c.action == XDP_REDIRECT || c.action == XDP_TX {
+            if let Some(e) = &mut c.expected {
+                dec_ttl(e);
+            }
+        }
+    }
     run_cases(&fx, cases);
     assert_eq!(
         fx.global("malformed") - malformed_before,
@@ -506,7 +424,7 @@ fn udp_zero_checksum_stays_zero() {
         L4::Udp,
     );
     expected[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
-    let expected = dec_ttl(expected);
+    dec_ttl(&mut expected);
     let (rc, out) = fx.run(&input, fx.ifindex_client);
     assert_eq!(rc, XDP_REDIRECT, "{:?}", fx.dp.global_counters());
     assert_eq!(out, expected);
@@ -830,19 +748,18 @@ fn reverse_entries_only_for_shared_backend_addresses() {
         fx.ifindex_backends,
     );
     assert_eq!(rc, XDP_REDIRECT, "the reply is found through CONNTRACK");
-    assert_eq!(
-        out,
-        dec_ttl(build4(
-            LB_CLIENT_MAC,
-            CLIENT_MAC,
-            None,
-            VIP4,
-            CLIENT4,
-            53,
-            46000,
-            L4::Udp
-        ))
+    let mut want = build4(
+        LB_CLIENT_MAC,
+        CLIENT_MAC,
+        None,
+        VIP4,
+        CLIENT4,
+        53,
+        46000,
+        L4::Udp,
     );
+    dec_ttl(&mut want);
+    assert_eq!(out, want);
     // web: 198.18.2.11:8080 is shared with `multi`.
     let (rc, _) = fx.run(
         &build4(
@@ -863,4 +780,16 @@ fn reverse_entries_only_for_shared_backend_addresses() {
         1,
         "a REVERSE entry for a shared backend"
     );
+}
+
+/// Decrement the TTL / hop limit of an Ethernet frame (no VLAN tag) as forwarding does, fixing
+/// the IPv4 header checksum.
+fn dec_ttl(f: &mut [u8]) {
+    let l3 = 14;
+    if f[12..14] == [0x08, 0x00] {
+        f[l3 + 8] -= 1;
+        fix_ipv4_checksum(f, l3);
+    } else {
+        f[l3 + 7] -= 1;
+    }
 }
