@@ -874,6 +874,24 @@ fn fragments(
 
 const FRAG_DATA: &[u8] = &[0x42; 56];
 
+/// The `ADDRS` key of an address (port and protocol zero).
+fn addr_key(a: IpAddr) -> lb_common::AddrKey {
+    let (addr, family) = match a {
+        IpAddr::V4(v) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v.octets());
+            (b, lb_common::AF_INET)
+        }
+        IpAddr::V6(v) => (v.octets(), lb_common::AF_INET6),
+    };
+    lb_common::AddrKey {
+        addr,
+        port: [0; 2],
+        proto: 0,
+        family,
+    }
+}
+
 /// One datagram as fragments from `src:sport` to `dst:dport`, and the same datagram as it
 /// must leave (`nsrc:nsport` → `ndst:ndport`, TTL − 1).
 #[allow(clippy::too_many_arguments)]
@@ -913,6 +931,23 @@ fn fragments_both_ways() {
     }
     let mut r = Runner::new(Fixture::new());
     let (ci, bi) = (r.fx.ifindex_client, r.fx.ifindex_backends);
+
+    // Orphan later fragments are recognised through `ADDRS` (every VIP and backend address),
+    // which the daemon's reconciler fills.
+    for (a, flag, what) in [
+        (VIP, lb_common::ADDR_F_VIP, "VIP 198.18.100.1"),
+        (VIP6, lb_common::ADDR_F_VIP, "VIP 2001:db8:100::1"),
+        (B2, lb_common::ADDR_F_BACKEND, "backend 198.18.2.12"),
+        (B62, lb_common::ADDR_F_BACKEND, "backend 2001:db8:2::12"),
+    ] {
+        let key = addr_key(a);
+        let got = r.fx.dp.addrs.get(&key, 0).unwrap_or(0);
+        r.expect(
+            "frag: ADDRS filled by the daemon",
+            got & flag != 0,
+            &format!("ADDRS has no entry for the {what} (value {got})"),
+        );
+    }
 
     // (label, family client/vip/backend..., tcp, id, cuts, leading ext headers, backend mac)
     struct F {
@@ -1684,35 +1719,43 @@ fn ttl_and_strict_l4_checks() {
 
 // ---- stray replies ----
 
-/// Client ports of the `multi` service whose flows Maglev sends to 198.18.2.13 (probed on a
-/// fixture of their own: the same config and seed give the same table).
-fn multi_ports_to_b3(n: usize) -> Vec<u16> {
+/// Client ports (from 56000) of the `multi` service whose flows Maglev sends to 198.18.2.`last`
+/// (probed on a fixture of their own: the same config and seed give the same table).
+fn multi_ports_to(last: u8, n: usize) -> Vec<u16> {
     let fx = Fixture::new();
     let mut out = Vec::new();
     for p in 56000..57000u16 {
         let (rc, o) = fx.run(&cin(syn(C4, VIPM, p, 80, 64)), fx.ifindex_client);
         assert_eq!(rc, XDP_REDIRECT, "probe of multi");
         let (l3, _) = l3_of(&o).unwrap();
-        if o[l3 + 16..l3 + 20] == [198, 18, 2, 13] {
+        if o[l3 + 16..l3 + 20] == [198, 18, 2, last] {
             out.push(p);
             if out.len() == n {
                 return out;
             }
         }
     }
-    panic!("no multi flows to 198.18.2.13");
+    panic!("no multi flows to 198.18.2.{last}");
 }
 
+/// Backend packets without a connection-table entry: translated without state where the
+/// address serves one service and the service's table sends the client there; passed where
+/// the table sends the client elsewhere, the client talks to the backend address directly, or
+/// the destination is this host; dropped where the address is shared or the flow is pinned
+/// to another backend.
 #[test]
 fn stray_replies() {
     if skip() {
         return;
     }
-    let ports = multi_ports_to_b3(2);
+    let to_b1 = multi_ports_to(11, 2);
+    let to_b2 = multi_ports_to(12, 1);
+    let to_b3 = multi_ports_to(13, 2);
     let mut r = Runner::new(Fixture::new());
     let (ci, bi) = (r.fx.ifindex_client, r.fx.ifindex_backends);
 
-    // Unshared backend addresses: translated without state, the entry re-created.
+    // Unshared backend addresses whose table sends the client there: translated, the entry
+    // re-created.
     r.case(
         "stray: v4 udp from dns's backend (unshared): to the VIP",
         bin(2, u(B2, C4, 5353, 55000, 64)),
@@ -1732,10 +1775,10 @@ fn stray_replies() {
         Exp::Frame(tob(2, u(C4, B2, 55000, 5353, 63))),
         Some("forwarded"),
     );
-    let p = ports[0];
+    let p = to_b2[0];
     r.case(
         name(format!(
-            "stray: v4 tcp from multi's 198.18.2.12 (unshared) to client port {p}: to the VIP"
+            "stray: v4 tcp from multi's 198.18.2.12 (unshared, Maglev sends {p} there): to the VIP"
         )),
         bin(2, t(B2, C4, 8080, p, 64)),
         bi,
@@ -1743,8 +1786,14 @@ fn stray_replies() {
         Exp::Frame(toc(t(VIPM, C4, 80, p, 63))),
         Some("stray_recreated"),
     );
+    let has = r.fx.has_flow(&flow_key(C4, VIPM, p, 80, PROTO_TCP));
+    r.expect(
+        "stray: v4 tcp multi entry re-created",
+        has,
+        "no CONNTRACK entry",
+    );
     r.case(
-        "stray: v4 tcp, the client's next segment stays on 198.18.2.12 (Maglev says .13)",
+        "stray: v4 tcp, the client's next segment to 198.18.2.12",
         cin(t(C4, VIPM, p, 80, 64)),
         ci,
         XDP_REDIRECT,
@@ -1770,28 +1819,69 @@ fn stray_replies() {
         Some("stray_recreated"),
     );
 
-    // Shared address (198.18.2.11:8080 serves web and multi): dropped.
+    // The table sends the client elsewhere: not a balanced flow's reply, passed.
+    let q = to_b3[0];
     r.case(
-        "stray: v4 tcp from the shared 198.18.2.11:8080: dropped",
-        bin(1, t(B1, C4, 8080, 55001, 64)),
+        name(format!(
+            "stray: v4 tcp from 198.18.2.12 to client port {q} (Maglev sends it to .13): passed"
+        )),
+        bin(2, t(B2, C4, 8080, q, 64)),
+        bi,
+        XDP_PASS,
+        Exp::Same,
+        None,
+    );
+    let has = r.fx.has_flow(&flow_key(C4, VIPM, q, 80, PROTO_TCP));
+    r.expect(
+        "stray: passed stray makes no entry",
+        !has,
+        "a CONNTRACK entry was made",
+    );
+
+    // The client talks to the backend's own address through this host (DIRECT).
+    r.case(
+        "stray: v4 udp from the client straight to the backend address (not a service): passed",
+        cin(u(C4, B2, 55030, 5353, 64)),
+        ci,
+        XDP_PASS,
+        Exp::Same,
+        None,
+    );
+    r.case(
+        "stray: v4 udp reply of that direct conversation: passed untranslated",
+        bin(2, u(B2, C4, 5353, 55030, 64)),
+        bi,
+        XDP_PASS,
+        Exp::Same,
+        None,
+    );
+
+    // Shared address (198.18.2.11:8080 serves web and multi; both tables send these client
+    // ports there): dropped.
+    let s1 = to_b1[0];
+    r.case(
+        name(format!(
+            "stray: v4 tcp from the shared 198.18.2.11:8080 to client port {s1}: dropped"
+        )),
+        bin(1, t(B1, C4, 8080, s1, 64)),
         bi,
         XDP_DROP,
         Exp::Dropped,
         Some("stray_dropped"),
     );
     // The client's flow is pinned to another backend.
-    let q = ports[1];
+    let q2 = to_b3[1];
     r.case(
-        name(format!("stray: multi flow {q} pinned to 198.18.2.13")),
-        cin(syn(C4, VIPM, q, 80, 64)),
+        name(format!("stray: multi flow {q2} pinned to 198.18.2.13")),
+        cin(syn(C4, VIPM, q2, 80, 64)),
         ci,
         XDP_REDIRECT,
-        Exp::Frame(tob(3, syn(C4, B3, q, 8080, 63))),
+        Exp::Frame(tob(3, syn(C4, B3, q2, 8080, 63))),
         Some("forwarded"),
     );
     r.case(
         "stray: v4 tcp from 198.18.2.12 for a flow pinned to .13: dropped",
-        bin(2, t(B2, C4, 8080, q, 64)),
+        bin(2, t(B2, C4, 8080, q2, 64)),
         bi,
         XDP_DROP,
         Exp::Dropped,
@@ -1847,34 +1937,37 @@ fn stray_replies() {
     );
     let has = r.fx.has_flow(&k);
     r.expect("stray: deleted entry re-created", has, "no CONNTRACK entry");
+    let s2 = to_b1[1];
     r.case(
-        "stray: v4 tcp flow 55021 to web (shared backend address)",
-        cin(syn(C4, VIP, 55021, 80, 64)),
+        name(format!(
+            "stray: v4 tcp flow {s2} to web (shared backend address)"
+        )),
+        cin(syn(C4, VIP, s2, 80, 64)),
         ci,
         XDP_REDIRECT,
-        Exp::Frame(tob(1, syn(C4, B1, 55021, 8080, 63))),
+        Exp::Frame(tob(1, syn(C4, B1, s2, 8080, 63))),
         Some("forwarded"),
     );
-    r.fx.delete_flow(&flow_key(C4, VIP, 55021, 80, PROTO_TCP));
+    r.fx.delete_flow(&flow_key(C4, VIP, s2, 80, PROTO_TCP));
     let rev: Vec<_> =
         r.fx.dp
             .reverse
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.sport == 55021u16.to_be_bytes() || k.dport == 55021u16.to_be_bytes())
+            .filter(|k| k.sport == s2.to_be_bytes() || k.dport == s2.to_be_bytes())
             .collect();
     for k in rev {
         let _ = r.fx.dp.reverse.remove(&k);
     }
     r.case(
         "stray: v4 tcp reply from the shared address after its entries were deleted: dropped",
-        bin(1, t(B1, C4, 8080, 55021, 64)),
+        bin(1, t(B1, C4, 8080, s2, 64)),
         bi,
         XDP_DROP,
         Exp::Dropped,
         Some("stray_dropped"),
     );
-    r.finish("stray replies", 16);
+    r.finish("stray replies", 18);
 }
 
 // ---- VLANs ----
