@@ -711,6 +711,16 @@ fn too_big_for_the_egress_link() {
         Some("too_big_icmp"),
     );
 
+    let l3 = sized(C6, VIP6, 50107, 80, true, 1400, df);
+    r.case(
+        "too big: v6 tcp 1400 in QinQ → ICMPv6 keeps both tags",
+        cin_tagged(&QINQ, l3.clone()),
+        ci,
+        XDP_TX,
+        too_big(l3, VIP6, C6, LB_CLIENT_MAC, CLIENT_MAC, QINQ.to_vec(), 1280),
+        Some("too_big_icmp"),
+    );
+
     // Exactly the MTU: forwarded.
     r.case(
         "too big: v4 tcp 1280 DF fits",
@@ -823,7 +833,26 @@ fn too_big_for_the_egress_link() {
         ))),
         None,
     );
-    r.finish("too big", 16);
+    // A first IPv6 fragment too big for the link: answered with "packet too big" (README,
+    // Fragments: "IPv6 fragments too big: ICMPv6 packet too big"; and "any IPv6" above).
+    let dgram = udp(C6, VIP6, 50115, 53, &[0x5au8; 1500]);
+    let l3 = ip6(
+        C6,
+        VIP6,
+        64,
+        &[(EXT_FRAG, frag6(0x7002, 0, true))],
+        PROTO_UDP,
+        &dgram[..1352],
+    );
+    r.case(
+        "too big: v6 first fragment 1400 → ICMPv6 to the client",
+        cin(l3.clone()),
+        ci,
+        XDP_TX,
+        too_big(l3, VIP6, C6, LB_CLIENT_MAC, CLIENT_MAC, vec![], 1280),
+        Some("too_big_icmp"),
+    );
+    r.finish("too big", 18);
 }
 
 // ---- fragments ----
@@ -2030,6 +2059,19 @@ fn vlan_tags_into_plain_egresses() {
         Some("replies"),
     );
     r.case(
+        "vlan: v6 udp reply in QinQ: leaves untagged",
+        eth(
+            backend_mac(2),
+            LB_BACKENDS_MAC,
+            &QINQ,
+            &u(B62, C6, 5353, 57003, 64),
+        ),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(u(VIP6, C6, 53, 57003, 63))),
+        Some("replies"),
+    );
+    r.case(
         "vlan: ICMP error in QinQ about a tcp reply: to the backend untagged",
         cin_tagged(
             &QINQ,
@@ -2080,7 +2122,7 @@ fn vlan_tags_into_plain_egresses() {
         Exp::Dropped,
         Some("malformed"),
     );
-    r.finish("vlan (plain egress)", 9);
+    r.finish("vlan (plain egress)", 10);
 }
 
 /// `VLANS[veth-backends] = {veth-backends, 20}`: frames towards the backends leave tagged 20
@@ -2163,6 +2205,73 @@ fn vlan_tags_pushed_rewritten_popped() {
         Some("replies"),
     );
     r.finish("vlan (VLAN device egress)", 7);
+}
+
+/// Routing outcomes other than a resolved next hop: no neighbour entry yet (198.18.2.13's is
+/// deleted: rewritten, handed to the kernel with TTL and MACs as they came), no route
+/// (2001:db8:2::/64 unreachable: dropped).
+#[test]
+fn no_neighbour_and_no_route() {
+    if skip() {
+        return;
+    }
+    let to_b3 = multi_ports_to(13, 1);
+    let fx = Fixture::new();
+    fx.sh("ip neigh del 198.18.2.13 dev veth-backends");
+    fx.sh("ip -6 route del 2001:db8:2::/64 dev veth-backends");
+    fx.sh("ip -6 route add unreachable 2001:db8:2::/64");
+    let mut r = Runner::new(fx);
+    let ci = r.fx.ifindex_client;
+    let p = to_b3[0];
+    r.case(
+        name(format!(
+            "routing: multi flow {p} to 198.18.2.13 without a neighbour entry → kernel"
+        )),
+        cin(syn(C4, VIPM, p, 80, 64)),
+        ci,
+        XDP_PASS,
+        Exp::Frame(cin(syn(C4, B3, p, 8080, 64))),
+        Some("fib_no_neigh"),
+    );
+    r.case(
+        "routing: v4 tcp to web (neighbour known) still forwarded",
+        cin(syn(C4, VIP, 58001, 80, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, syn(C4, B1, 58001, 8080, 63))),
+        Some("forwarded"),
+    );
+    r.case(
+        "routing: v6 tcp to web6, route unreachable: dropped",
+        cin(syn(C6, VIP6, 58002, 80, 64)),
+        ci,
+        XDP_DROP,
+        Exp::Dropped,
+        Some("fib_failed"),
+    );
+    r.finish("routing", 3);
+}
+
+/// No route at all towards the backends (their prefix deleted, no default route): "routing
+/// fails" (README), dropped and counted `fib_failed`.
+#[test]
+fn no_route_at_all() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::new();
+    fx.sh("ip -6 route del 2001:db8:2::/64 dev veth-backends");
+    let mut r = Runner::new(fx);
+    let ci = r.fx.ifindex_client;
+    r.case(
+        "routing: v6 tcp to web6, no route: dropped",
+        cin(syn(C6, VIP6, 58003, 80, 64)),
+        ci,
+        XDP_DROP,
+        Exp::Dropped,
+        Some("fib_failed"),
+    );
+    r.finish("no route", 1);
 }
 
 /// Egresses the program cannot transmit on: a VLAN device whose parent is not in TX_PORTS,
