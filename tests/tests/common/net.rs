@@ -518,6 +518,7 @@ impl Runner {
     ) -> Vec<u8> {
         self.cases += 1;
         let before = counter.map(|c| self.fx.global(c));
+        let all_before = self.fx.dp.global_counters();
         let (rc, out) = self.fx.run(&input, ifindex);
         let mut errs = Vec::new();
         if rc != action {
@@ -563,7 +564,20 @@ impl Runner {
             }
         }
         if !errs.is_empty() {
-            self.failures.push(format!("[{name}] {}", errs.join("; ")));
+            let changed: Vec<String> = self
+                .fx
+                .dp
+                .global_counters()
+                .into_iter()
+                .zip(all_before)
+                .filter(|((_, a), (_, b))| a != b)
+                .map(|((n, a), (_, b))| format!("{n} +{}", a.wrapping_sub(b)))
+                .collect();
+            self.failures.push(format!(
+                "[{name}] {} (counters: {})",
+                errs.join("; "),
+                changed.join(", ")
+            ));
         }
         out
     }
