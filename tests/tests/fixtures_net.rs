@@ -432,6 +432,110 @@ fn icmp_errors_both_ways() {
         );
     }
 
+    // A quoted IPv4 header with options (IHL 6): the quoted ports follow the options.
+    let with_opts = |src: IpAddr, dst: IpAddr, sport: u16, dport: u16| {
+        let l4 = tcp(src, dst, sport, dport, false, DATA);
+        let mut h = etherparse::Ipv4Header::new(
+            l4.len() as u16,
+            61,
+            etherparse::IpNumber::TCP,
+            match src {
+                IpAddr::V4(a) => a.octets(),
+                _ => unreachable!(),
+            },
+            match dst {
+                IpAddr::V4(a) => a.octets(),
+                _ => unreachable!(),
+            },
+        )
+        .unwrap();
+        h.options = etherparse::Ipv4Options::try_from(&[1u8, 1, 1, 0][..]).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let mut out = h.to_bytes().to_vec();
+        out.extend_from_slice(&l4);
+        out
+    };
+    let quote = with_opts(VIP, C4, 80, 50000);
+    r.case(
+        "icmp to backend: v4 time exceeded quoting a reply with IP options",
+        cin(icmp_err(R4C, VIP, 64, 11, 0, [0; 4], &quote)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(
+            1,
+            icmp_err(R4C, B1, 63, 11, 0, [0; 4], &requote(&quote, true, B1, 8080)),
+        )),
+        Some("icmp_to_backend"),
+    );
+    let quote = with_opts(C4, B1, 50000, 8080);
+    r.case(
+        "icmp to client: v4 host unreachable quoting a packet with IP options",
+        bin(1, icmp_err(R4B, C4, 64, 3, 1, [0; 4], &quote)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(icmp_err(
+            VIP,
+            C4,
+            63,
+            3,
+            1,
+            [0; 4],
+            &requote(&quote, false, VIP, 80),
+        ))),
+        Some("icmp_to_client"),
+    );
+    // An ICMPv6 error behind a hop-by-hop header.
+    let quote = t(VIP6, C6, 80, 50002, 61);
+    let hbh = [(EXT_HBH, ext(EXT_HBH, 0))];
+    r.case(
+        "icmp to backend: v6 time exceeded behind a hop-by-hop header",
+        cin(ip6(
+            R6C,
+            VIP6,
+            64,
+            &hbh,
+            PROTO_ICMPV6,
+            &icmp6_msg(R6C, VIP6, 3, 0, [0; 4], &quote),
+        )),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(
+            1,
+            ip6(
+                R6C,
+                B61,
+                63,
+                &hbh,
+                PROTO_ICMPV6,
+                &icmp6_msg(R6C, B61, 3, 0, [0; 4], &requote(&quote, true, B61, 8080)),
+            ),
+        )),
+        Some("icmp_to_backend"),
+    );
+    // QinQ from the backend side: the client's egress is plain.
+    let quote = u(C4, B2, 50001, 5353, 62);
+    r.case(
+        "icmp to client: v4 port unreachable in QinQ from the udp backend",
+        eth(
+            backend_mac(2),
+            LB_BACKENDS_MAC,
+            &QINQ,
+            &icmp_err(B2, C4, 64, 3, 3, [0; 4], &quote),
+        ),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(icmp_err(
+            VIP,
+            C4,
+            63,
+            3,
+            3,
+            [0; 4],
+            &requote(&quote, false, VIP, 53),
+        ))),
+        Some("icmp_to_client"),
+    );
+
     // Everything else passes, counted `icmp`.
     let pass: Vec<(&str, Vec<u8>, u32)> = vec![
         (
@@ -551,7 +655,7 @@ fn icmp_errors_both_ways() {
             Some("icmp"),
         );
     }
-    r.finish("icmp", 36);
+    r.finish("icmp", 40);
 }
 
 // ---- too big for the egress link ----
