@@ -187,6 +187,22 @@ impl Dataplane {
         ]
     }
 
+    /// The names of the maps xlb pins (in the pin directory).
+    pub fn map_names() -> Vec<&'static str> {
+        let opts = LoadOptions {
+            ring_size: 0,
+            conntrack_size: 0,
+            max_services: 0,
+            hash_seed: 0,
+        };
+        Self::expected_maps(&opts).iter().map(|m| m.0).collect()
+    }
+
+    /// The name under which the XDP link of `iface` is pinned (in the pin directory).
+    pub fn link_pin_name(iface: &str) -> String {
+        format!("link_{iface}")
+    }
+
     /// Whether `dir` holds maps of a previous instance.
     pub fn has_pinned_maps(dir: &Path) -> bool {
         dir.join(MAP_CONNTRACK).exists()
@@ -389,7 +405,7 @@ impl Dataplane {
         let link_pin = self
             .pin_dir
             .as_ref()
-            .map(|d| d.join(format!("link_{iface}")));
+            .map(|d| d.join(Self::link_pin_name(iface)));
         let prog = self.program_mut(program)?;
         let attach_err = |mode: &'static str| {
             let iface = iface.to_string();
@@ -461,23 +477,6 @@ impl Dataplane {
             iface: iface.to_string(),
             mode: label,
         })
-    }
-
-    /// Remove everything a daemon left pinned in `dir`: links (which detaches XDP) and maps.
-    pub fn cleanup(dir: &Path) -> std::io::Result<Vec<String>> {
-        let mut removed = Vec::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            std::fs::remove_file(entry.path())?;
-            removed.push(entry.file_name().to_string_lossy().into_owned());
-        }
-        std::fs::remove_dir(dir)?;
-        Ok(removed)
     }
 
     /// The CONNTRACK map's pin path (for a sweeper with its own handle).
