@@ -1850,6 +1850,68 @@ fn ttl_and_strict_l4_checks() {
     r.finish("ttl and strict checks", 27);
 }
 
+// ---- parsing edges ----
+
+/// Parsing rows of the table not covered by `fixtures.rs`.
+#[test]
+fn parsing_edges() {
+    if skip() {
+        return;
+    }
+    let mut r = Runner::new(Fixture::new());
+    let ci = r.fx.ifindex_client;
+    let mut short_total = syn(C4, VIP, 59000, 80, 64);
+    short_total[2..4].copy_from_slice(&16u16.to_be_bytes());
+    fix_ip4_checksum(&mut short_total);
+    let mut tcp_outside = t(C4, VIP, 59001, 80, 64);
+    tcp_outside[2..4].copy_from_slice(&30u16.to_be_bytes());
+    fix_ip4_checksum(&mut tcp_outside);
+    let mut udp_outside = u(C6, VIP6, 59002, 53, 64);
+    udp_outside[4..6].copy_from_slice(&4u16.to_be_bytes());
+    let mut v6_bad_version = syn(C6, VIP6, 59003, 80, 64);
+    v6_bad_version[0] = 0x40;
+    for (n, frame) in [
+        ("ipv4 total length < IHL", cin(short_total)),
+        (
+            "ipv4 total length ends inside the TCP header (frame longer)",
+            cin(tcp_outside),
+        ),
+        (
+            "ipv6 payload length ends inside the UDP header (frame longer)",
+            cin(udp_outside),
+        ),
+        ("ipv6 with version 4", cin(v6_bad_version)),
+    ] {
+        r.case(
+            name(format!("parse: {n}: dropped")),
+            frame,
+            ci,
+            XDP_DROP,
+            Exp::Dropped,
+            Some("malformed"),
+        );
+    }
+    for (n, proto) in [("GRE", 47u8), ("ESP", 50), ("SCTP", 132)] {
+        r.case(
+            name(format!("parse: {n} to the VIP: passed")),
+            cin(ip4(C4, VIP, proto, V4::default(), &[0u8; 24])),
+            ci,
+            XDP_PASS,
+            Exp::Same,
+            None,
+        );
+    }
+    r.case(
+        "parse: SCTP to the IPv6 VIP: passed",
+        cin(ip6(C6, VIP6, 64, &[], 132, &[0u8; 24])),
+        ci,
+        XDP_PASS,
+        Exp::Same,
+        None,
+    );
+    r.finish("parsing", 8);
+}
+
 // ---- stray replies ----
 
 /// Client ports (from 56000) of the `multi` service whose flows Maglev sends to 198.18.2.`last`
