@@ -3,7 +3,8 @@
 //! - [`config`]: the TOML file, validated with positions in errors;
 //! - [`maglev`]: the lookup table;
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
-//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`.
+//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
+//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink.
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod ebpf;
 pub mod endpoint;
 pub mod health;
 pub mod instance;
+pub mod links;
 pub mod maglev;
 pub mod model;
 pub mod reconcile;
