@@ -1338,6 +1338,67 @@ fn fragments_both_ways() {
         );
     }
 
+    // A first fragment that is not balanced (a port no service has): passed, and so are its
+    // later fragments (not orphans).
+    for (label, c, vip, id) in [("v4", C4, VIP, 0x1040u32), ("v6", C6, VIP6, 0x3040)] {
+        let (ins, _) = frag_pair(
+            (c, vip, 52050, 9999),
+            (c, vip, 52050, 9999),
+            false,
+            id,
+            &[32],
+            &[],
+        );
+        r.case(
+            name(format!(
+                "frag: {label} first fragment to an unserved port of the VIP: passed"
+            )),
+            cin(ins[0].clone()),
+            ci,
+            XDP_PASS,
+            Exp::Same,
+            None,
+        );
+        r.case(
+            name(format!("frag: {label} its later fragment: passed")),
+            cin(ins[1].clone()),
+            ci,
+            XDP_PASS,
+            Exp::Same,
+            None,
+        );
+    }
+    // A later fragment of a fragmented ping to the VIP (other protocol): the kernel's.
+    r.case(
+        "frag: v4 later fragment of an ICMP echo to the VIP: passed",
+        cin(ip4(
+            C4,
+            VIP,
+            PROTO_ICMP,
+            V4::frag(0x1050, 64, false),
+            &[0x61u8; 40],
+        )),
+        ci,
+        XDP_PASS,
+        Exp::Same,
+        None,
+    );
+    r.case(
+        "frag: v6 later fragment of an ICMPv6 echo to the VIP: passed",
+        cin(ip6(
+            C6,
+            VIP6,
+            64,
+            &[(EXT_FRAG, frag6(0x3050, 64, false))],
+            PROTO_ICMPV6,
+            &[0x61u8; 40],
+        )),
+        ci,
+        XDP_PASS,
+        Exp::Same,
+        None,
+    );
+
     // A first fragment whose UDP length is < 8 is malformed.
     let mut l4 = udp(C4, VIP, 52030, 53, FRAG_DATA);
     l4[4..6].copy_from_slice(&4u16.to_be_bytes());
@@ -1405,7 +1466,7 @@ fn fragments_both_ways() {
         ok,
         "the forwarded fragments do not reassemble into a datagram to 198.18.2.12:5353 with a valid UDP checksum",
     );
-    r.finish("fragments", 40);
+    r.finish("fragments", 50);
 }
 
 // ---- IPv6 extension headers ----
@@ -2083,13 +2144,10 @@ fn stray_replies() {
         Some("stray_dropped"),
     );
 
-    // To this host (health checks): passed untouched.
+    // To this host (health checks): an unshared address's packets pass untouched; a shared
+    // address's are dropped unless the client's conversation is a DIRECT one (README: the
+    // "not forwarded" row names unshared addresses only).
     for (n, mi, l3) in [
-        (
-            "v4 tcp from the shared backend address to the balancer",
-            1,
-            t(B1, LBB, 8080, 55010, 64),
-        ),
         (
             "v4 udp from an unshared backend address to the balancer",
             2,
@@ -2110,6 +2168,14 @@ fn stray_replies() {
             None,
         );
     }
+    r.case(
+        "stray: v4 tcp from the shared backend address to the balancer: dropped",
+        bin(1, t(B1, LBB, 8080, 55010, 64)),
+        bi,
+        XDP_DROP,
+        Exp::Dropped,
+        Some("stray_dropped"),
+    );
 
     // Entries evicted or swept: deleted here by hand.
     r.case(
@@ -2418,8 +2484,9 @@ fn no_neighbour_and_no_route() {
     r.finish("routing", 3);
 }
 
-/// No route at all towards the backends (their prefix deleted, no default route): "routing
-/// fails" (README), dropped and counted `fib_failed`.
+/// No route at all towards the backends (their prefix deleted, no default route): the FIB
+/// answers "not forwarded"; rewritten (TTL not decremented) and handed to the kernel, which
+/// answers "unreachable".
 #[test]
 fn no_route_at_all() {
     if skip() {
@@ -2430,12 +2497,12 @@ fn no_route_at_all() {
     let mut r = Runner::new(fx);
     let ci = r.fx.ifindex_client;
     r.case(
-        "routing: v6 tcp to web6, no route: dropped",
+        "routing: v6 tcp to web6, no route: rewritten, to the kernel",
         cin(syn(C6, VIP6, 58003, 80, 64)),
         ci,
-        XDP_DROP,
-        Exp::Dropped,
-        Some("fib_failed"),
+        XDP_PASS,
+        Exp::Frame(cin(syn(C6, B61, 58003, 8080, 64))),
+        None,
     );
     r.finish("no route", 1);
 }
