@@ -947,6 +947,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                 }
                 daemon.scaling_round();
+                if let Err(e) = daemon.reconciler.prepare_idle_slots(&mut daemon.dp) {
+                    warn!(error = %e, "preparing the idle table slots failed");
+                }
             }
         }
     }
