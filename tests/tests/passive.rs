@@ -172,6 +172,29 @@ struct Figures {
     marked_down_after: Option<Duration>,
 }
 
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| {
+                format!("{:.0} ms", d.as_secs_f64() * 1e3)
+            })
+        };
+        write!(
+            f,
+            "{:.0} new connections/s; after the kill {} requests, {} failed ({:.2} %), {} delayed \
+             by a SYN retransmission; refused for {} from the first refusal; marked down {} \
+             after it",
+            self.rate,
+            self.after_kill,
+            self.failed_after_kill,
+            100.0 * self.failed_after_kill as f64 / self.after_kill.max(1) as f64,
+            self.delayed,
+            ms(self.stop),
+            ms(self.marked_down_after)
+        )
+    }
+}
+
 fn run(name: &str, redispatch: bool) -> Figures {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     cleanup_stale_pins(name);
@@ -253,7 +276,7 @@ fn run(name: &str, redispatch: bool) -> Figures {
         marked_down_after,
     };
     eprintln!(
-        "{name} (redispatch = {redispatch}): {} requests, {} before the kill at {killed:?}; {figures:?}",
+        "{name} (redispatch = {redispatch}): {} requests, {} before the kill at {killed:?}; {figures}",
         requests.len(),
         before.len()
     );
