@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 
 use super::maglev::median;
-use super::results::{ControlResults, Measured, Phase};
+use super::results::{ControlResults, Failover, Measured, Phase};
 use super::topo::{self, BenchLab};
 use super::xlbd::{self, Xlbd};
 use super::{check_stop, Params};
@@ -156,10 +156,55 @@ pub fn run(lab: &mut BenchLab, p: &Params, dir: &Path) -> Result<ControlResults>
         let policy = or_failed(scaling(lab, p, dir, &hooks, Trigger::Policy))?;
         (manual, policy)
     };
+    // Does this xlb know passive health? (`[target_group.passive_health]` accepted.)
+    let passive_cfg = dir.join("probe-passive.toml");
+    std::fs::write(
+        &passive_cfg,
+        format!(
+            "[daemon]\n{}\n{}",
+            topo::xlb_daemon(),
+            body_with_failover(Some(false))
+        ),
+    )?;
+    let passive = xlbd::check(&lab.bins.xlb, &passive_cfg)?.is_ok();
+    let mut failover = Vec::new();
+    if health.is_ok() {
+        for (mode, ph) in [
+            ("active checks only", None),
+            ("passive", Some(false)),
+            ("passive + redispatch", Some(true)),
+        ] {
+            check_stop()?;
+            if ph.is_some() && !passive {
+                failover.push(Failover {
+                    mode: mode.into(),
+                    status: "pending (needs passive health, issue 11)".into(),
+                    ..Default::default()
+                });
+                continue;
+            }
+            let f = match failover_run(lab, dir, ph) {
+                Ok(f) => f,
+                Err(e) => {
+                    check_stop()?;
+                    eprintln!("bench:   failover ({mode}) failed: {e:#}");
+                    Failover {
+                        status: format!("failed: {e:#}"),
+                        ..Default::default()
+                    }
+                }
+            };
+            failover.push(Failover {
+                mode: mode.into(),
+                ..f
+            });
+        }
+    }
     Ok(ControlResults {
         backend_death,
         scaling,
         scaling_policy,
+        failover,
     })
 }
 
@@ -267,6 +312,154 @@ fn backend_death(lab: &mut BenchLab, p: &Params, dir: &Path) -> Result<Measured>
         samples_ms: samples,
         ..Default::default()
     })
+}
+
+// ---- failover ----
+
+/// The failover runs' load: new connections a second, for how long, and the kill.
+const FAILOVER_RATE: u32 = 600;
+const FAILOVER_LOAD: Duration = Duration::from_secs(5);
+const FAILOVER_KILL_AT: Duration = Duration::from_millis(1500);
+const FAILOVER_WORKERS: u32 = 12;
+
+/// The bench body for a failover run: TCP checks every 1 s, unhealthy after 2 (as the issue
+/// measured); with `[target_group.passive_health]` if `passive` (its `redispatch` the value).
+fn body_with_failover(passive: Option<bool>) -> String {
+    let mut extra = "\n[target_group.health_check]\nprotocol = \"tcp\"\ninterval = \"1s\"\n\
+                     timeout = \"500ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n"
+        .to_string();
+    if let Some(redispatch) = passive {
+        extra.push_str(&format!(
+            "\n[target_group.passive_health]\nredispatch = {redispatch}\n"
+        ));
+    }
+    with_web_group(None, &extra)
+}
+
+/// One connection to `vip`, `GET /`, within 3 s (a SYN retransmission fits): Ok(backend
+/// name) or Err.
+fn request_slow(vip: SocketAddr) -> std::result::Result<String, ()> {
+    use std::io::{Read, Write};
+    let t = Duration::from_secs(3);
+    let mut s = TcpStream::connect_timeout(&vip, t).map_err(drop)?;
+    s.set_read_timeout(Some(t)).map_err(drop)?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .map_err(drop)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(drop)?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split("\r\n\r\n")
+        .nth(1)
+        .map(|b| b.trim().to_owned())
+        .ok_or(())
+}
+
+/// One failover run: a daemon with `body_with_failover(passive)`, a paced load, b3's server
+/// killed during it, then restarted.
+fn failover_run(lab: &mut BenchLab, dir: &Path, passive: Option<bool>) -> Result<Failover> {
+    let x = Xlbd::start(
+        &lab.bins.xlb,
+        lab.lab.lb_ns(),
+        dir,
+        "xlbbench-failover",
+        &topo::xlb_daemon(),
+        &body_with_failover(passive),
+        Some(topo::LB_CPU),
+        Duration::from_secs(30),
+    )?;
+    lab.pin_napi()?;
+    let vip = SocketAddr::from((xlb_lab::lab::VIP_V4, topo::VIP_HTTP_PORT));
+    let victim = topo::BACKENDS;
+    let victim_name = xlb_lab::lab::backend_name(victim);
+    let result = (|| -> Result<Failover> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while lab.lab.client_ns().enter(|| request(vip)).ok().as_deref()
+            != Some(victim_name.as_str())
+        {
+            if Instant::now() > deadline {
+                bail!("{victim_name} never served through xlb");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let total = FAILOVER_RATE * FAILOVER_LOAD.as_secs() as u32;
+        let gap = Duration::from_secs(1) / FAILOVER_RATE;
+        let t0 = Instant::now() + Duration::from_millis(100);
+        let end = t0 + FAILOVER_LOAD + Duration::from_secs(6);
+        let client = lab.lab.client_ns();
+        let pid = nix::unistd::Pid::from_raw(lab.server_pid(victim) as i32);
+        let (mut reqs, killed) = std::thread::scope(|s| -> Result<_> {
+            let h = s.spawn(|| {
+                client.enter(|| {
+                    std::thread::scope(|s| {
+                        let ws: Vec<_> = (0..FAILOVER_WORKERS)
+                            .map(|w| {
+                                s.spawn(move || {
+                                    let mut out = Vec::new();
+                                    let mut k = w;
+                                    while k < total && Instant::now() < end {
+                                        let due = t0 + gap * k;
+                                        if let Some(d) = due.checked_duration_since(Instant::now())
+                                        {
+                                            std::thread::sleep(d);
+                                        }
+                                        let start = Instant::now();
+                                        let ok = request_slow(vip).is_ok();
+                                        out.push((start - t0, start.elapsed(), ok));
+                                        k += FAILOVER_WORKERS;
+                                    }
+                                    out
+                                })
+                            })
+                            .collect();
+                        ws.into_iter()
+                            .flat_map(|h| h.join().unwrap_or_default())
+                            .collect::<Vec<_>>()
+                    })
+                })
+            });
+            std::thread::sleep((t0 + FAILOVER_KILL_AT).saturating_duration_since(Instant::now()));
+            let killed = t0.elapsed();
+            let k = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let reqs = h.join().map_err(|_| anyhow::anyhow!("the load panicked"))?;
+            k.context("killing the victim's servers")?;
+            Ok((reqs, killed))
+        })?;
+        // Reaps it.
+        lab.kill_servers(victim)?;
+        reqs.sort_by_key(|r| r.0);
+        let after: Vec<_> = reqs.iter().filter(|r| r.0 >= killed).collect();
+        let failed = after.iter().filter(|r| !r.2).count();
+        let delayed = after
+            .iter()
+            .filter(|r| r.2 && r.1 > Duration::from_millis(800))
+            .count();
+        let last = after
+            .iter()
+            .filter(|r| !r.2 || r.1 > Duration::from_millis(800))
+            .map(|r| r.0)
+            .max();
+        let span = reqs.last().map_or(1.0, |r| r.0.as_secs_f64().max(1e-3));
+        let f = Failover {
+            mode: String::new(),
+            status: "measured".into(),
+            rate: reqs.len() as f64 / span,
+            requests_after_kill: after.len(),
+            failed,
+            delayed,
+            time_to_stop_ms: last.map(|l| (l - killed).as_secs_f64() * 1e3),
+        };
+        eprintln!(
+            "bench:   failover (passive {passive:?}): stop {:?} ms, {failed} of {} failed, {delayed} delayed",
+            f.time_to_stop_ms,
+            after.len()
+        );
+        Ok(f)
+    })();
+    let restarted = lab.restart_servers(victim);
+    drop(x);
+    lab.pin_napi()?;
+    restarted?;
+    result
 }
 
 // ---- scaling ----

@@ -239,6 +239,27 @@ pub struct ControlResults {
     pub scaling: Measured,
     /// Scaling triggered by a target_tracking policy (a load step across its target).
     pub scaling_policy: Measured,
+    /// A backend's server killed under 600 new connections a second: active checks only,
+    /// passive health, passive health with redispatch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<Failover>,
+}
+
+/// One failover run (see [`ControlResults::failover`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Failover {
+    pub mode: String,
+    /// `measured`, `failed: ...` or `pending (...)`.
+    pub status: String,
+    /// Achieved new connections per second.
+    pub rate: f64,
+    pub requests_after_kill: usize,
+    pub failed: usize,
+    /// Answered, but after a SYN retransmission (over 800 ms).
+    pub delayed: usize,
+    /// From the kill to the start of the last request the dead backend got (failed or
+    /// delayed).
+    pub time_to_stop_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -957,6 +978,29 @@ pub fn markdown(r: &Results, charts: &ChartFiles) -> String {
             let _ = writeln!(m, "| {name} | {} | {result} |", x.status);
         }
         m.push('\n');
+        if !c.failover.is_empty() {
+            let _ = writeln!(
+                m,
+                "Failover: 600 new TCP connections a second (5 s) to three backends with TCP \
+                 checks every 1 s, unhealthy after 2; b3's server killed after 1.5 s. Time to \
+                 stop: from the kill to the last new connection that reached b3 (refused, or \
+                 delayed by a withheld refusal); failed: share of the requests started after \
+                 the kill.\n\n| mode | status | time to stop | failed | delayed | rate |\n\
+                 |---|---|---|---|---|---|"
+            );
+            for f in &c.failover {
+                let stop = f
+                    .time_to_stop_ms
+                    .map_or("-".to_string(), |v| format!("{v:.0} ms"));
+                let share = 100.0 * f.failed as f64 / f.requests_after_kill.max(1) as f64;
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {stop} | {} of {} ({share:.2} %) | {} | {:.0}/s |",
+                    f.mode, f.status, f.failed, f.requests_after_kill, f.delayed, f.rate
+                );
+            }
+            m.push('\n');
+        }
     }
 
     if let Some(mem) = &r.memory {

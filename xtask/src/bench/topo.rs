@@ -337,6 +337,11 @@ impl BenchLab {
     }
 
     /// Kills backend `i`'s lab servers (SIGKILL: the backend dies, nothing answers).
+    /// The pid of backend `i`'s lab servers (1-based).
+    pub fn server_pid(&self, i: usize) -> u32 {
+        self.servers[i - 1].id()
+    }
+
     pub fn kill_servers(&mut self, i: usize) -> Result<()> {
         self.servers[i - 1].signal(nix::sys::signal::Signal::SIGKILL)?;
         self.servers[i - 1].wait_timeout(Duration::from_secs(5))?;
