@@ -539,16 +539,16 @@ impl Daemon {
                 .push_event(&group, "passive", msg, Default::default());
             changed = true;
         }
-        let groups: HashMap<u64, String> = self
+        let groups: HashMap<u64, (String, bool)> = self
             .state
             .passive_members()
             .into_iter()
-            .map(|(g, uid)| (uid, g))
+            .map(|(g, uid, judged)| (uid, (g, judged)))
             .collect();
         let mut seen = std::collections::HashSet::new();
         let mut verdicts = Vec::new();
         for b in self.desired.backends.values() {
-            let Some(group) = groups.get(&b.member) else {
+            let Some((group, judged)) = groups.get(&b.member) else {
                 continue;
             };
             let Some(cfg) = self
@@ -572,7 +572,9 @@ impl Daemon {
                     let d = passive::delta(last, &cur);
                     *last = cur;
                     window.push(now, d, cfg.window);
-                    if let Some(v) = passive::judge(cfg, window) {
+                    if !judged {
+                        window.clear();
+                    } else if let Some(v) = passive::judge(cfg, window) {
                         // Acted on or not (already down, ejection capped), the evidence is
                         // used up: a backend the checks bring back starts afresh.
                         window.clear();

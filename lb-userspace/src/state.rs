@@ -861,12 +861,22 @@ impl State {
         out
     }
 
-    /// Groups with passive health, and the members each has: (group, uid).
-    pub fn passive_members(&self) -> Vec<(String, u64)> {
+    /// Groups with passive health, and the members each has: (group, uid, judged). A member
+    /// is judged while it may be marked down or ejected: not unhealthy, ejected or draining
+    /// (the evidence gathered meanwhile, e.g. withheld refusals of a backend marked down, is
+    /// dropped, so a backend the checks bring back starts afresh).
+    pub fn passive_members(&self) -> Vec<(String, u64, bool)> {
         self.groups
             .iter()
             .filter(|(_, g)| g.cfg.passive_health.is_some())
-            .flat_map(|(n, g)| g.members.iter().map(move |m| (n.clone(), m.uid)))
+            .flat_map(|(n, g)| {
+                g.members.iter().map(move |m| {
+                    let judged = m.health.state() != BackendState::Unhealthy
+                        && m.ejection.is_none()
+                        && m.drain.is_none();
+                    (n.clone(), m.uid, judged)
+                })
+            })
             .collect()
     }
 
