@@ -2508,6 +2508,14 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
             s.groups["g"].members[1].reason(),
             "passive: 3 refused handshakes"
         );
+        // While down it is not judged (its evidence is dropped), the others are.
+        let judged: Vec<(u64, bool)> = s
+            .passive_members()
+            .into_iter()
+            .map(|(_, u, j)| (u, j))
+            .collect();
+        assert!(judged.contains(&(uid, false)), "{judged:?}");
+        assert_eq!(judged.iter().filter(|(_, j)| *j).count(), 2);
         // Again while down: nothing new.
         assert!(s
             .passive_verdict("g", uid, &Verdict::Unanswered(3), now)

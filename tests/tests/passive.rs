@@ -386,3 +386,130 @@ fn redispatch_turns_refusals_into_delays() {
         "with redispatch no request fails (a SYN retransmission delay is allowed): {f:?}"
     );
 }
+
+/// A UDP service whose backends all pass their TCP checks, but one stops answering UDP: it is
+/// ejected (outlier detection), its new flows go to the others meanwhile, and it returns
+/// when the ejection ends.
+#[test]
+fn a_backend_that_answers_no_udp_is_ejected_for_a_while() {
+    if skip() {
+        return;
+    }
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let name = "xlbt-pasu";
+    cleanup_stale_pins(name);
+    let lab = Lab::new(name, 3).expect("lab");
+    let mut servers = lab
+        .start_backend_servers(&xlb_lab::lab_bin().unwrap(), &[8080], &[5353], &[])
+        .expect("servers");
+    let config = format!(
+        r#"[daemon]
+interfaces = ["veth-client", "veth-backends"]
+conntrack_size = 65536
+{paths}
+[[service]]
+name = "dns"
+vip = "198.18.100.1"
+port = 53
+protocol = "udp"
+target_group = "dns-servers"
+
+[[target_group]]
+name = "dns-servers"
+port = 5353
+backends = ["198.18.2.11", "198.18.2.12", "198.18.2.13"]
+
+[target_group.health_check]
+protocol = "tcp"
+port = 8080
+interval = "1s"
+timeout = "500ms"
+healthy_threshold = 2
+unhealthy_threshold = 2
+
+[target_group.passive_health]
+window = "2s"
+min_udp_flows = 10
+udp_unanswered_share = 0.9
+base_ejection = "2s"
+max_ejection = "10s"
+max_ejection_percent = 50
+"#,
+        paths = Xlbd::daemon_paths(name)
+    );
+    let xlb = Xlbd::start(&lab, name, &config).expect("xlb");
+    for i in 1..=3 {
+        let a = format!("198.18.2.{}", 10 + i);
+        xlb.wait_for(&format!("{a} healthy"), Duration::from_secs(10), || {
+            Ok(xlb
+                .backend("dns-servers", &a)?
+                .filter(|b| b["state"] == "healthy")
+                .map(|_| ()))
+        })
+        .unwrap();
+    }
+    let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 53);
+    // Every backend answers at first.
+    let answered = |n: usize| {
+        lab.client_ns().enter(|| {
+            (0..n)
+                .filter_map(|_| client::udp_request(vip, Duration::from_millis(300)).ok())
+                .collect::<Vec<String>>()
+        })
+    };
+    let first = answered(30);
+    assert_eq!(first.len(), 30, "all answered before: {first:?}");
+    // The victim's UDP server stops; its HTTP port (the check's) keeps accepting.
+    servers[VICTIM - 1].stop().unwrap();
+    let name_v = lab_name(VICTIM);
+    let _http_only = lab
+        .backend_ns(VICTIM)
+        .spawn(
+            xlb_lab::lab_bin().unwrap(),
+            ["serve", "--name", name_v.as_str(), "--http", "8080"],
+        )
+        .unwrap();
+    // New flows (fresh source ports), 100 a second, not waiting for answers: bounded at 5 s.
+    let ejected = lab.client_ns().enter(|| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut socks = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") {
+                let _ = s.connect(vip).and_then(|_| s.send(b"xlb-lab\n"));
+                socks.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            if socks.len() % 20 == 0 {
+                let b = xlb.backend("dns-servers", VICTIM_ADDR).ok().flatten();
+                if let Some(b) = b.filter(|b| !b["receiving_new_flows"].as_bool().unwrap_or(true)) {
+                    return Some(b);
+                }
+            }
+        }
+        None
+    });
+    let b = ejected.expect("the victim was ejected within 5 s");
+    let reason = b["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("new UDP flows unanswered") && reason.contains("ejected for 2s"),
+        "{reason}"
+    );
+    assert_eq!(b["state"], "healthy", "its checks still pass");
+    let events = xlb.cli_ok(&["events"]).unwrap();
+    assert!(
+        events.contains("passive") && events.contains("ejected for 2s"),
+        "{events}"
+    );
+    // Meanwhile every new flow is answered by the others.
+    let during = answered(30);
+    assert_eq!(during.len(), 30, "answered while ejected: {during:?}");
+    assert!(during.iter().all(|n| *n != name_v), "{during:?}");
+    // The ejection ends by itself.
+    xlb.wait_for("the ejection over", Duration::from_secs(10), || {
+        Ok(xlb
+            .cli_ok(&["events", "--json"])?
+            .contains("ejection over")
+            .then_some(()))
+    })
+    .unwrap();
+}
