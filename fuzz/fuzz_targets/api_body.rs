@@ -115,7 +115,8 @@ fuzz_target!(|data: &[u8]| {
             Ok(request) => request,
             Err(message) => {
                 assert!(
-                    message.starts_with("missing JSON body") || message.starts_with("invalid JSON body"),
+                    message.starts_with("missing JSON body")
+                        || message.starts_with("invalid JSON body"),
                     "{message}"
                 );
                 continue;

@@ -21,8 +21,14 @@ fuzz_target!(|data: &[u8]| {
             assert!(shown.starts_with("fuzz.toml:"), "{shown}");
             if let xlb::config::ConfigError::Invalid { line, column, .. } = e {
                 let lines = text.split('\n').count();
-                assert!(line >= 1 && line <= lines, "line {line} of {lines}: {shown}");
-                let width = text.split('\n').nth(line - 1).map_or(0, |l| l.chars().count());
+                assert!(
+                    line >= 1 && line <= lines,
+                    "line {line} of {lines}: {shown}"
+                );
+                let width = text
+                    .split('\n')
+                    .nth(line - 1)
+                    .map_or(0, |l| l.chars().count());
                 assert!(
                     column >= 1 && column <= width + 1,
                     "column {column} of a line of {width} characters: {shown}"

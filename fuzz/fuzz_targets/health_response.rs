@@ -24,6 +24,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if response.len() < 4096 {
         let pieces: Vec<&[u8]> = response.chunks(usize::from(piece) + 1).collect();
-        assert_eq!(parse_http_response(&pieces), whole, "piece size {}", piece + 1);
+        assert_eq!(
+            parse_http_response(&pieces),
+            whole,
+            "piece size {}",
+            piece + 1
+        );
     }
 });
