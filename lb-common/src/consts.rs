@@ -79,6 +79,8 @@ pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 pub const PROG_XDP_LB: &str = "xlb";
 pub const PROG_XDP_PASS: &str = "xlb_pass";
 pub const PROG_XDP_TX: &str = "xlb_tx";
+/// Tracepoint program counting frames the egress of a redirect dropped.
+pub const PROG_XMIT: &str = "xlb_xmit";
 
 /// Indexes into the `GLOBAL_STATS` per-CPU array.
 pub mod global {
@@ -136,7 +138,11 @@ pub mod global {
     /// IPv6 packets with more extension headers than are walked (or a routing header with
     /// segments left): passed.
     pub const EXT_HEADERS_PASSED: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// Redirected frames the egress dropped after the program returned (the kernel's
+    /// `xdp:xdp_devmap_xmit` tracepoint, counted by `xlb_xmit` for frames from interfaces in
+    /// `TX_PORTS`): `forwarded` counts them too, this says how many did not leave.
+    pub const XMIT_DROPS: u32 = 23;
+    pub const COUNT: u32 = 24;
     /// Size of the `GLOBAL_STATS` array: room for counters of later versions, so that a
     /// restart adopts the pinned array.
     pub const SLOTS: u32 = 64;
@@ -165,6 +171,7 @@ pub mod global {
         "stray_dropped",
         "egress_kernel",
         "ext_headers_passed",
+        "xmit_drops",
     ];
 }
 

@@ -21,6 +21,18 @@ fn sum16<const N: usize>(b: &[u8; N]) -> u32 {
     s
 }
 
+/// Fold a 32-bit sum of 16-bit words and complement it: the checksum field's value.
+#[inline(always)]
+pub fn finish(sum: u32) -> u16 {
+    !fold(sum)
+}
+
+/// Add a byte string's big-endian 16-bit words (even length) to `sum`.
+#[inline(always)]
+pub fn add<const N: usize>(sum: u32, b: &[u8; N]) -> u32 {
+    fold(sum + sum16(b)) as u32
+}
+
 /// Update checksum `check` for `old` bytes replaced by `new` bytes.
 #[inline(always)]
 pub fn replace<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> u16 {

@@ -6,16 +6,17 @@
 //! rewritten back to the VIP. `xlb_pass` and `xlb_tx` are one-line programs used to enable
 //! veth NAPI in labs and as the floor in benchmarks.
 //!
-//! Deliberate choices for traffic that is not plainly TCP/UDP over IPv4/IPv6 (see README):
-//! - not IPv4/IPv6 (ARP, LLDP, …), ICMP/ICMPv6, IPv6 extension headers, other L4 protocols,
-//!   and IPv4 fragments: `XDP_PASS`, untouched (the kernel owns them);
-//! - truncated or malformed Ethernet/VLAN/IP/TCP/UDP headers: `XDP_DROP`, counted `malformed`
-//!   (the kernel would drop them too; nothing half-parsed is ever rewritten);
-//! - IPv4 options are parsed over (the L4 header is found with IHL) and forwarded intact;
-//! - one 802.1Q/802.1ad tag is parsed and kept unchanged on the forwarded frame.
+//! What it does with every kind of packet (ICMP errors, fragments, TTL, path MTU, stray
+//! replies, VLANs, malformed headers) is specified by README's "What the data path does with
+//! each packet"; the modules: `parse` (bounds checks, Ethernet/VLAN, IPv4, IPv6 extension
+//! headers, TCP/UDP checks), `prog` (classification, connection table, Maglev, fragments,
+//! replies), `nat` (rewrites, next hops, transmission), `icmp` (error translation and the
+//! "too big" errors xlb sends), `maps`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod icmp;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -101,6 +101,25 @@ pub static VLANS: HashMap<u32, VlanInfo> = HashMap::pinned(MAX_VLANS, 0);
 #[map(name = "ADDRS")]
 pub static ADDRS: HashMap<ServiceKey, u32> = HashMap::pinned(lb_common::MAX_ADDRS, 0);
 
+/// The packet being classified (see `parse::Pkt`), one per CPU.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<crate::parse::Pkt> = PerCpuArray::with_max_entries(1, 0);
+
+/// The FIB lookup's parameter block, one per CPU (off the stack: the verifier adds up the
+/// stack frames of a call chain, 512 bytes in all).
+#[map(name = "FIB_SCRATCH")]
+pub static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Client flows to a backend's own address (not a VIP) passing through this host, under
+/// their replies' key: those replies are passed, not taken for stray replies.
+#[map(name = "DIRECT")]
+pub static DIRECT: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// A next hop being resolved for a packet without a cached one, one per CPU.
+#[map(name = "NH_SCRATCH")]
+pub static NH_SCRATCH: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = GLOBAL_STATS.get_ptr_mut(idx) {

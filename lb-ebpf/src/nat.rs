@@ -1,67 +1,33 @@
-//! Address/port rewriting with incremental checksums, and FIB-based forwarding.
+//! Address/port rewriting with incremental checksums and TTL decrement, next-hop resolution
+//! (cache, FIB, VLAN devices, MTU), and transmission (MACs, VLAN tags, `XDP_TX` or a devmap
+//! redirect).
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams,
-        xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        xdp_action::{XDP_DROP, XDP_REDIRECT, XDP_TX},
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::generated::{
+        bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head,
+    },
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::{csum, global, FlowKey, NextHop, AF_INET, NEXTHOP_TTL_NS, PROTO_TCP};
+use lb_common::{csum, global, NextHop, AF_INET, NEXTHOP_TTL_NS, NH_F_KERNEL, PROTO_TCP};
 use network_types::{
-    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
 
-use crate::{maps::count, parse::ptr_at};
+use crate::{
+    icmp,
+    maps::{count, FIB_SCRATCH, TX_PORTS, VLANS},
+    parse::{malformed, pass, ptr_at, Pkt, ETH_P_8021Q, KIND_LATER_FRAGMENT},
+};
 
 const AF_INET_KERNEL: u8 = 2;
 const AF_INET6_KERNEL: u8 = 10;
-
-/// A parsed TCP/UDP packet: its 5-tuple and header offsets.
-pub struct Pkt {
-    /// The packet's own 5-tuple, as received.
-    pub key: FlowKey,
-    pub l3: usize,
-    pub l4: usize,
-    /// TCP flags (0 for UDP).
-    pub tcp_flags: u8,
-}
-
-impl Pkt {
-    /// `ports` is the first 4 bytes of the TCP/UDP header (source, destination).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        src: [u8; 16],
-        dst: [u8; 16],
-        ports: [u8; 4],
-        proto: u8,
-        family: u8,
-        l3: usize,
-        l4: usize,
-        tcp_flags: u8,
-    ) -> Pkt {
-        Pkt {
-            key: FlowKey {
-                src,
-                dst,
-                sport: [ports[0], ports[1]],
-                dport: [ports[2], ports[3]],
-                proto,
-                family,
-                _pad: [0; 2],
-            },
-            l3,
-            l4,
-            tcp_flags,
-        }
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Rewrite {
@@ -71,29 +37,25 @@ pub enum Rewrite {
     Src,
 }
 
-#[inline(always)]
-fn drop_malformed() -> u32 {
-    count(global::MALFORMED);
-    count(global::DROPPED);
-    XDP_DROP
-}
+/// [`rewrite`] succeeded.
+pub const DONE: u32 = u32::MAX;
 
-/// Rewrite one address and port of `p`, updating the IPv4 header checksum and the TCP/UDP
-/// checksum incrementally. An IPv4 UDP datagram without checksum (0) keeps none.
+/// Rewrite one address (and, when the packet has its L4 header, the port) of `p`, updating
+/// the IPv4 header checksum and the TCP/UDP checksum incrementally, and decrement the TTL /
+/// hop limit when `dec_ttl`. An IPv4 UDP datagram without checksum (0) keeps none.
 ///
-/// Not inlined, to keep the callers' stack frames small (the verifier adds up the frames of a
-/// call chain); answers [`DONE`] or the action to take instead (a plain integer: a `Result`
-/// would be returned through a sixth, stack-passed argument).
+/// Answers [`DONE`] or the action to take instead (a plain integer: a `Result` would be
+/// returned through a sixth, stack-passed argument).
+///
+/// Not inlined, to keep the callers' stack frames small (the verifier adds up the frames of
+/// a call chain).
 #[inline(never)]
-pub fn rewrite(ctx: &XdpContext, p: &Pkt, which: Rewrite, addr: &[u8; 16], port: [u8; 2]) -> u32 {
-    match rewrite_headers(ctx, p, which, addr, port) {
+pub fn rewrite(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, dec_ttl: bool) -> u32 {
+    match rewrite_headers(ctx, p, which, &t.addr, t.port, dec_ttl) {
         Ok(()) => DONE,
         Err(action) => action,
     }
 }
-
-/// [`rewrite`] succeeded.
-pub const DONE: u32 = u32::MAX;
 
 #[inline(always)]
 fn rewrite_headers(
@@ -102,6 +64,7 @@ fn rewrite_headers(
     which: Rewrite,
     addr: &[u8; 16],
     port: [u8; 2],
+    dec_ttl: bool,
 ) -> Result<(), u32> {
     let old_port = if which == Rewrite::Dst {
         p.key.dport
@@ -109,7 +72,8 @@ fn rewrite_headers(
         p.key.sport
     };
     if p.key.family == AF_INET {
-        let ip: *mut Ipv4Hdr = ptr_at(ctx, p.l3).map_err(|_| drop_malformed())?;
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, p.l3).map_err(|_| malformed())?;
+        // SAFETY: bounds checked by `ptr_at`.
         let ip = unsafe { &mut *ip };
         let new = [addr[0], addr[1], addr[2], addr[3]];
         let old = if which == Rewrite::Dst {
@@ -117,16 +81,25 @@ fn rewrite_headers(
         } else {
             ip.src_addr
         };
-        let check = csum::replace(u16::from_be_bytes(ip.check), &old, &new);
+        let mut check = csum::replace(u16::from_be_bytes(ip.check), &old, &new);
+        if dec_ttl {
+            let ttl = ip.ttl;
+            check = csum::replace(check, &[ttl, ip.proto], &[ttl - 1, ip.proto]);
+            ip.ttl = ttl - 1;
+        }
         ip.check = check.to_be_bytes();
         if which == Rewrite::Dst {
             ip.dst_addr = new;
         } else {
             ip.src_addr = new;
         }
+        if p.kind == KIND_LATER_FRAGMENT {
+            return Ok(());
+        }
         rewrite_l4(ctx, p, which, &old, &new, old_port, port, true)
     } else {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, p.l3).map_err(|_| drop_malformed())?;
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, p.l3).map_err(|_| malformed())?;
+        // SAFETY: bounds checked by `ptr_at`.
         let ip = unsafe { &mut *ip };
         let old = if which == Rewrite::Dst {
             ip.dst_addr
@@ -138,8 +111,51 @@ fn rewrite_headers(
         } else {
             ip.src_addr = *addr;
         }
-        rewrite_l4(ctx, p, which, &old, addr, old_port, port, false)
+        if dec_ttl {
+            ip.hop_limit -= 1;
+        }
+        if p.kind == KIND_LATER_FRAGMENT {
+            return Ok(());
+        }
+        rewrite_l4_v6(ctx, p, which, &old, addr, old_port, port)
     }
+}
+
+/// The TCP/UDP checksum and port of an IPv6 packet whose address `old` became `new`: the
+/// address part through `bpf_csum_diff` (an unrolled 16-byte sum needs more stack than the
+/// call chain can spare).
+#[inline(always)]
+fn rewrite_l4_v6(
+    ctx: &XdpContext,
+    p: &Pkt,
+    which: Rewrite,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    old_port: [u8; 2],
+    port: [u8; 2],
+) -> Result<(), u32> {
+    let l4 = p.l4 & 0xffff;
+    let off = if p.key.proto == PROTO_TCP { 16 } else { 6 };
+    let ck: *mut [u8; 2] = ptr_at(ctx, l4 + off).map_err(|_| malformed())?;
+    let ports: *mut [u8; 4] = ptr_at(ctx, l4).map_err(|_| malformed())?;
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe {
+        let mut c = csum_replace16(u16::from_be_bytes(*ck), old, new);
+        c = csum::replace(c, &old_port, &port);
+        if c == 0 && p.key.proto != PROTO_TCP {
+            c = 0xffff;
+        }
+        *ck = c.to_be_bytes();
+        let ports = &mut *ports;
+        if which == Rewrite::Dst {
+            ports[2] = port[0];
+            ports[3] = port[1];
+        } else {
+            ports[0] = port[0];
+            ports[1] = port[1];
+        }
+    }
+    Ok(())
 }
 
 #[inline(always)]
@@ -154,8 +170,10 @@ fn rewrite_l4<const N: usize>(
     port: [u8; 2],
     v4: bool,
 ) -> Result<(), u32> {
+    let l4 = p.l4 & 0xffff;
     if p.key.proto == PROTO_TCP {
-        let th: *mut TcpHdr = ptr_at(ctx, p.l4).map_err(|_| drop_malformed())?;
+        let th: *mut TcpHdr = ptr_at(ctx, l4).map_err(|_| malformed())?;
+        // SAFETY: bounds checked by `ptr_at`.
         let th = unsafe { &mut *th };
         let c = csum::replace2(u16::from_be_bytes(th.check), old, new, old_port, port);
         th.check = c.to_be_bytes();
@@ -165,7 +183,8 @@ fn rewrite_l4<const N: usize>(
             th.source = port;
         }
     } else {
-        let uh: *mut UdpHdr = ptr_at(ctx, p.l4).map_err(|_| drop_malformed())?;
+        let uh: *mut UdpHdr = ptr_at(ctx, l4).map_err(|_| malformed())?;
+        // SAFETY: bounds checked by `ptr_at`.
         let uh = unsafe { &mut *uh };
         let c = u16::from_be_bytes(uh.check);
         if !(v4 && c == 0) {
@@ -194,64 +213,61 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// Send the packet rewritten by [`rewrite`] (`which` address now `addr`): through the next hop
-/// cached in `cache`
-/// while it is fresh, else through the kernel FIB (and cache what it says). Sets the MACs and
-/// returns `XDP_TX` out of the ingress interface, otherwise a redirect. Without a neighbour
-/// entry the packet goes to the kernel, which resolves it and forwards this one packet.
-#[inline(never)]
-pub fn fib_forward(
-    ctx: &XdpContext,
-    p: &Pkt,
-    which: Rewrite,
-    addr: &[u8; 16],
-    cache: &mut NextHop,
-) -> u32 {
-    let (src, dst, ok_counter) = match which {
-        Rewrite::Dst => (&p.key.src, addr, global::FORWARDED),
-        Rewrite::Src => (addr, &p.key.dst, global::REPLIES),
-    };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let ingress = ctx.ingress_ifindex() as u32;
-    if cache.ifindex == 0 || cache.expires_ns <= now {
-        let action = fib_lookup(ctx, p, src, dst, cache);
-        if action != FIB_OK {
-            return action;
-        }
-        cache.expires_ns = now + NEXTHOP_TTL_NS;
-    }
-    let (ifindex, smac, dmac) = (cache.ifindex, cache.smac, cache.dmac);
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return drop_malformed();
-    };
-    unsafe {
-        (*eth).dst_addr = dmac;
-        (*eth).src_addr = smac;
-    }
-    if ifindex == ingress {
-        count(ok_counter);
-        return XDP_TX;
-    }
-    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
-    if action == XDP_REDIRECT {
-        count(ok_counter);
-    } else {
-        count(global::REDIRECT_FAILED);
-        count(global::DROPPED);
-    }
-    action
+/// Update checksum `check` for the 16 bytes at `old` replaced by `new`, with the
+/// `bpf_csum_diff` helper (one call instead of an unrolled sum: for the cold paths, whose
+/// stack frames must stay small).
+#[inline(always)]
+pub fn csum_replace16(check: u16, old: *const [u8; 16], new: *const [u8; 16]) -> u16 {
+    // The helper sums memory as native-endian words: work on the field as it is in memory.
+    let mem = u16::from_ne_bytes(check.to_be_bytes());
+    // SAFETY: both point to 16 readable bytes (packet checked by `ptr_at`, or the stack).
+    let s =
+        unsafe { bpf_csum_diff(old as *mut u32, 16, new as *mut u32, 16, (!mem) as u32) } as u32;
+    let mut s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    u16::from_be_bytes((!(s as u16)).to_ne_bytes())
 }
 
-/// `fib_lookup` found a next hop.
-const FIB_OK: u32 = u32::MAX;
+/// `resolve` made the next hop valid.
+pub const NH_OK: u32 = u32::MAX;
+/// `resolve`: the destination is this host (the FIB does not forward it).
+pub const NH_LOCAL: u32 = u32::MAX - 1;
+/// `resolve`: no neighbour entry yet.
+pub const NH_NO_NEIGH: u32 = u32::MAX - 2;
 
-/// Ask the kernel FIB for the next hop: fills `out` (egress ifindex, source and destination
-/// MAC) and answers [`FIB_OK`], or the action to take when there is none. Not inlined: its 64-byte parameter block lives in its own
-/// frame only while it runs (the verifier adds up the frames of a call chain).
+/// Make `nh` a valid next hop from `src` to `dst` (as the packet will carry them): the cached
+/// one while it is fresh, else the kernel FIB's answer (egress, MACs, MTU; a VLAN device
+/// resolved to its parent and tag; an egress that cannot take XDP frames marked
+/// `NH_F_KERNEL`). Answers [`NH_OK`], [`NH_LOCAL`], [`NH_NO_NEIGH`], or `XDP_DROP` (counted).
+#[inline(always)]
+pub fn resolve(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], nh: &mut NextHop) -> u32 {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if nh.ifindex != 0 && nh.expires_ns > now {
+        return NH_OK;
+    }
+    let rc = fib_lookup(ctx, p, src, dst, nh);
+    if rc == NH_OK {
+        nh.expires_ns = now + NEXTHOP_TTL_NS;
+    }
+    rc
+}
+
+/// Ask the kernel FIB for the next hop and fill `out`. Not inlined: its 64-byte parameter
+/// block lives in its own frame only while it runs (the verifier adds up the frames of a call
+/// chain), and it runs about once a second per backend.
 #[inline(never)]
 fn fib_lookup(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], out: &mut NextHop) -> u32 {
     let ingress = ctx.ingress_ifindex() as u32;
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return XDP_DROP;
+    };
+    // SAFETY: a per-CPU map value checked for null; a plain C struct whose all-zero value
+    // means "no input".
+    let fib = unsafe {
+        *fib = core::mem::zeroed();
+        &mut *fib
+    };
     fib.l4_protocol = p.key.proto;
     fib.ifindex = ingress;
     if p.key.family == AF_INET {
@@ -263,25 +279,176 @@ fn fib_lookup(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], out: &m
         fib.__bindgen_anon_3.ipv6_src = words(src);
         fib.__bindgen_anon_4.ipv6_dst = words(dst);
     }
+    // SAFETY: `fib` is a valid parameter block of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
+            fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        out.ifindex = fib.ifindex;
+        let mut ifindex = fib.ifindex;
+        let mut vlan = 0u16;
+        if let Some(v) = VLANS.get_ptr(&ifindex) {
+            // SAFETY: a map value pointer the verifier checked for null.
+            unsafe {
+                ifindex = (*v).parent_ifindex;
+                vlan = (*v).vlan_id & 0x0fff;
+            }
+        }
+        out.ifindex = ifindex;
+        out.vlan = vlan;
+        // SAFETY: the kernel wrote `mtu_result` (the union's output member).
+        out.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
         out.smac = fib.smac;
         out.dmac = fib.dmac;
-        return FIB_OK;
+        out.flags = 0;
+        if ifindex != ingress && TX_PORTS.get(ifindex).is_none() {
+            out.flags = NH_F_KERNEL;
+        }
+        return NH_OK;
     }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        count(global::FIB_NO_NEIGH);
-        return XDP_PASS;
+        return NH_NO_NEIGH;
+    }
+    if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+        return NH_LOCAL;
     }
     count(global::FIB_FAILED);
     count(global::DROPPED);
     XDP_DROP
+}
+
+/// An address and port a packet is rewritten to.
+pub struct Target {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+}
+
+/// Rewrite `p` (`which` address and port to `t`'s) and send it through `nh`, resolved
+/// first: the MTU rule (ICMP "too big" back to the sender, or the kernel to fragment), the
+/// kernel for egresses that cannot take XDP frames, else TTL decremented, MACs and VLAN tags
+/// set, `XDP_TX` or a devmap redirect; counted `forwarded` / `replies` on success.
+#[inline(never)]
+pub fn send(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, nh: &mut NextHop) -> u32 {
+    let addr = &t.addr;
+    let ok_counter = match which {
+        Rewrite::Dst => global::FORWARDED,
+        Rewrite::Src => global::REPLIES,
+    };
+    let (src, dst) = match which {
+        Rewrite::Dst => (&p.key.src, addr),
+        Rewrite::Src => (addr, &p.key.dst),
+    };
+    let rc = resolve(ctx, p, src, dst, nh);
+    if rc != NH_OK {
+        if rc == NH_NO_NEIGH || rc == NH_LOCAL {
+            // The kernel resolves the neighbour (or delivers) and forwards this packet.
+            let r = rewrite(ctx, p, which, t, false);
+            if r != DONE {
+                return r;
+            }
+            if rc == NH_NO_NEIGH {
+                count(global::FIB_NO_NEIGH);
+            }
+            return pass();
+        }
+        return rc;
+    }
+    if nh.mtu != 0 && p.ip_len > nh.mtu as usize {
+        if p.key.family == AF_INET && !p.df {
+            let r = rewrite(ctx, p, which, t, false);
+            if r != DONE {
+                return r;
+            }
+            count(global::TOO_BIG_KERNEL);
+            return pass();
+        }
+        return icmp::too_big(ctx, p, nh.mtu);
+    }
+    if nh.flags & NH_F_KERNEL != 0 {
+        let r = rewrite(ctx, p, which, t, false);
+        if r != DONE {
+            return r;
+        }
+        count(global::EGRESS_KERNEL);
+        return pass();
+    }
+    let r = rewrite(ctx, p, which, t, true);
+    if r != DONE {
+        return r;
+    }
+    transmit(ctx, p.tags, nh, ok_counter)
+}
+
+/// Set the MACs and the VLAN tags the egress needs (removing, rewriting or pushing tags) and
+/// send the frame: `XDP_TX` out of the ingress interface, else through the `TX_PORTS` devmap.
+#[inline(always)]
+pub fn transmit(ctx: &XdpContext, tags: u8, nh: &NextHop, ok_counter: u32) -> u32 {
+    let r = set_l2(ctx, tags, nh);
+    if r != DONE {
+        return r;
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    if nh.ifindex == ingress {
+        count(ok_counter);
+        return XDP_TX;
+    }
+    let action = match TX_PORTS.redirect(nh.ifindex, XDP_DROP as u64) {
+        Ok(a) | Err(a) => a,
+    };
+    if action == XDP_REDIRECT {
+        count(ok_counter);
+    } else {
+        count(global::REDIRECT_FAILED);
+        count(global::DROPPED);
+    }
+    action
+}
+
+/// Write the L2 header for `nh`: MACs, and one 802.1Q tag with `nh.vlan` or none, whatever
+/// the frame came with (`tags` tags). Answers [`DONE`] or the action to take.
+#[inline(never)]
+fn set_l2(ctx: &XdpContext, tags: u8, nh: &NextHop) -> u32 {
+    let want: u8 = if nh.vlan != 0 { 1 } else { 0 };
+    if tags < want {
+        // Push: the new 4 bytes go in front; the old ethertype ends up in place.
+        // SAFETY: a helper taking the context.
+        if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -4) } != 0 {
+            count(global::DROPPED);
+            return XDP_DROP;
+        }
+    }
+    // Start of the new L2 header within the current frame.
+    let start: usize = if tags > want {
+        ((tags - want) as usize) << 2
+    } else {
+        0
+    };
+    let Ok(h) = ptr_at::<[u8; 16]>(ctx, start & 0xf) else {
+        return malformed();
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    let h = unsafe { &mut *h };
+    h[..6].copy_from_slice(&nh.dmac);
+    h[6..12].copy_from_slice(&nh.smac);
+    if want == 1 {
+        let tpid = ETH_P_8021Q.to_be_bytes();
+        let tci = nh.vlan.to_be_bytes();
+        h[12] = tpid[0];
+        h[13] = tpid[1];
+        h[14] = tci[0];
+        h[15] = tci[1];
+    }
+    if start != 0 {
+        // SAFETY: a helper taking the context; shrinking the head by at most 8 bytes of a
+        // frame that has them.
+        if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, start as i32) } != 0 {
+            count(global::DROPPED);
+            return XDP_DROP;
+        }
+    }
+    DONE
 }

@@ -2,28 +2,25 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::generated::bpf_ktime_get_coarse_ns,
-    macros::xdp,
-    programs::XdpContext,
+    macros::{tracepoint, xdp},
+    programs::{TracePointContext, XdpContext},
 };
 use lb_common::{
-    global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, NextHop, RevValue,
-    ServiceInfo, ServiceKey, AF_INET, AF_INET6, BA_F_SHARED, BE_F_ACTIVE, BE_F_ESTABLISHED_OK,
-    BE_F_SHARED, CT_F_CLOSING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE,
-    PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_FIN, TCP_RST,
-};
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
+    global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
+    NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
+    BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_SHARED, CT_F_CLOSING, FRAG_F_FORWARD, FRAG_TTL_NS,
+    LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE, SLOTS_PER_SERVICE,
+    SVC_F_EMPTY, TCP_FIN, TCP_RST,
 };
 
 use crate::{
+    icmp,
     maps::{
-        count, counters, hash_seed, port_in, ring_size, BACKENDS, BACKEND_ADDRS, BACKEND_STATS,
-        CONNTRACK, MAGLEV, NEXTHOPS, REVERSE, SERVICES, SERVICE_STATS,
+        count, counters, hash_seed, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
+        BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
+        REVERSE, SCRATCH, SERVICES, SERVICE_STATS, TX_PORTS,
     },
-    nat::{self, Pkt, Rewrite},
+    nat::{self, Rewrite, Target, NH_LOCAL, NH_OK},
     parse::*,
 };
 
@@ -41,6 +38,27 @@ pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// `xdp:xdp_devmap_xmit`: frames a redirect handed to an egress driver that it dropped,
+/// counted for frames that came in on an interface xlb drives.
+#[tracepoint]
+pub fn xlb_xmit(ctx: TracePointContext) -> u32 {
+    // Offsets from /sys/kernel/tracing/events/xdp/xdp_devmap_xmit/format.
+    // SAFETY: reads of the tracepoint's record, checked by the helper.
+    let (from, drops) = unsafe {
+        (
+            ctx.read_at::<i32>(8).unwrap_or(0),
+            ctx.read_at::<i32>(20).unwrap_or(0),
+        )
+    };
+    if drops > 0 && TX_PORTS.get(from as u32).is_some() {
+        if let Some(c) = GLOBAL_STATS.get_ptr_mut(global::XMIT_DROPS) {
+            // SAFETY: a per-CPU map value checked for null.
+            unsafe { *c += drops as u64 };
+        }
+    }
+    0
+}
+
 /// Returns `XDP_TX`: the benchmark floor for a forwarding program.
 #[xdp]
 pub fn xlb_tx(_ctx: XdpContext) -> u32 {
@@ -48,35 +66,24 @@ pub fn xlb_tx(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn pass() -> u32 {
-    count(global::PASSED);
-    XDP_PASS
-}
-
-#[inline(always)]
-fn malformed() -> u32 {
-    count(global::MALFORMED);
-    count(global::DROPPED);
-    XDP_DROP
-}
-
-#[inline(always)]
 fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| malformed())?;
-    let mut ethertype =
-        u16::from_be(unsafe { core::ptr::addr_of!((*eth).ether_type).read_unaligned() });
-    let mut l3 = EthHdr::LEN;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag: *const [u8; 4] = ptr_at(ctx, l3).map_err(|_| malformed())?;
-        let tag = unsafe { *tag };
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 += 4;
-    }
-    let p = match ethertype {
-        ETH_P_IPV4 => parse_v4(ctx, l3)?,
-        ETH_P_IPV6 => parse_v6(ctx, l3)?,
-        _ => return Ok(pass()),
+    let (ethertype, l3, tags) = parse_eth(ctx)?;
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Ok(pass());
     };
+    // SAFETY: a per-CPU map value checked for null; XDP runs to completion on its CPU.
+    let pm = unsafe { &mut *scratch };
+    match ethertype {
+        ETH_P_IPV4 => parse_v4(ctx, l3, tags, pm)?,
+        ETH_P_IPV6 => parse_v6(ctx, l3, tags, pm)?,
+        _ => return Ok(pass()),
+    }
+    let p: &Pkt = pm;
+    match p.kind {
+        KIND_L4 => {}
+        KIND_ICMP => return Ok(icmp::handle(ctx, p)),
+        _ => return Ok(later_fragment(ctx, p)),
+    }
 
     // One key on the stack: the destination for services, then the source for backends.
     // The port bitmaps spare most other traffic both hash lookups.
@@ -88,7 +95,21 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
     };
     if port_in(PORTS_SERVICE, p.key.dport) {
         if let Some(svc) = SERVICES.get_ptr(&key) {
-            return forward(ctx, &p, svc);
+            if let Some(action) = screen(p) {
+                return Ok(action);
+            }
+            return forward(ctx, p, svc);
+        }
+    }
+    // A client talking to a backend's own address through this host (not through a VIP):
+    // remembered, so that the backend's replies are not mistaken for stray replies of a
+    // balanced flow.
+    if port_in(PORTS_BACKEND, p.key.dport) {
+        key.addr = p.key.dst;
+        key.port = p.key.dport;
+        if BACKEND_ADDRS.get_ptr(&key).is_some() {
+            mark_direct(p);
+            return Ok(pass());
         }
     }
     if !port_in(PORTS_BACKEND, p.key.sport) {
@@ -97,101 +118,38 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
     key.addr = p.key.src;
     key.port = p.key.sport;
     if let Some(ba) = BACKEND_ADDRS.get_ptr(&key) {
+        if let Some(action) = screen(p) {
+            return Ok(action);
+        }
+        // SAFETY: a map value pointer checked for null.
         if unsafe { (*ba).flags } & BA_F_SHARED != 0 {
             if let Some(rv) = REVERSE.get_ptr_mut(&p.key) {
-                return shared_reply(ctx, &p, rv);
+                return shared_reply(ctx, p, rv);
             }
             // A flow pinned before the address became shared has no REVERSE entry: try the
             // service the entry names, as for an unshared address.
         }
-        return reply(ctx, &p, ba);
+        let r = reply(ctx, p, ba)?;
+        if r == STRAY {
+            return Ok(stray_reply(ctx, p, ba));
+        }
+        return Ok(r);
     }
     Ok(pass())
 }
 
+/// The checks for packets to a service or from a backend: strict L4 headers (malformed
+/// otherwise) and a TTL that allows forwarding (the kernel's otherwise).
 #[inline(always)]
-fn l4_ok(ctx: &XdpContext, proto: u8, l4: usize, l4_len: usize) -> Result<([u8; 4], u8), u32> {
-    // The ports are the first 4 bytes of both headers.
-    let mut flags = 0;
-    if proto == PROTO_TCP {
-        let th: *const [u8; 20] = ptr_at(ctx, l4).map_err(|_| malformed())?;
-        if l4_len < TcpHdr::LEN {
-            return Err(malformed());
-        }
-        flags = unsafe { (*th)[13] };
-    } else {
-        let _: *const UdpHdr = ptr_at(ctx, l4).map_err(|_| malformed())?;
-        if l4_len < UdpHdr::LEN {
-            return Err(malformed());
-        }
+fn screen(p: &Pkt) -> Option<u32> {
+    if p.l4_bad {
+        return Some(malformed());
     }
-    let ports: *const [u8; 4] = ptr_at(ctx, l4).map_err(|_| malformed())?;
-    Ok((unsafe { *ports }, flags))
-}
-
-#[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, l3).map_err(|_| malformed())?;
-    let ip = unsafe { &*ip };
-    let vihl = ip.vihl;
-    let ihl = ((vihl & 0x0f) as usize) << 2;
-    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return Err(malformed());
+    if p.ttl <= 1 {
+        count(global::TTL_EXCEEDED);
+        return Some(pass());
     }
-    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    let frame_len = ctx.data_end() - ctx.data();
-    if tot_len < ihl || l3 + tot_len > frame_len {
-        return Err(malformed());
-    }
-    if u16::from_be_bytes(ip.frags) & IP_MF_OFFSET != 0 {
-        count(global::FRAGMENTS);
-        return Err(pass());
-    }
-    let proto = ip.proto;
-    if proto == IPPROTO_ICMP {
-        count(global::ICMP);
-        return Err(pass());
-    }
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err(pass());
-    }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&ip.src_addr);
-    dst[..4].copy_from_slice(&ip.dst_addr);
-    let l4 = l3 + ihl;
-    let (ports, tcp_flags) = l4_ok(ctx, proto, l4, tot_len - ihl)?;
-    Ok(Pkt::new(src, dst, ports, proto, AF_INET, l3, l4, tcp_flags))
-}
-
-#[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Pkt, u32> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, l3).map_err(|_| malformed())?;
-    let ip = unsafe { &*ip };
-    if ip.vcf[0] >> 4 != 6 {
-        return Err(malformed());
-    }
-    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    let frame_len = ctx.data_end() - ctx.data();
-    if l3 + Ipv6Hdr::LEN + payload_len > frame_len {
-        return Err(malformed());
-    }
-    let proto = ip.next_hdr;
-    if proto == IPPROTO_ICMPV6 {
-        count(global::ICMP);
-        return Err(pass());
-    }
-    // Extension headers and other protocols belong to the kernel.
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err(pass());
-    }
-    let src = ip.src_addr;
-    let dst = ip.dst_addr;
-    let l4 = l3 + Ipv6Hdr::LEN;
-    let (ports, tcp_flags) = l4_ok(ctx, proto, l4, payload_len)?;
-    Ok(Pkt::new(
-        src, dst, ports, proto, AF_INET6, l3, l4, tcp_flags,
-    ))
+    None
 }
 
 #[inline(always)]
@@ -268,17 +226,122 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         c.new_flows += nf;
     }
 
-    let r = nat::rewrite(ctx, p, Rewrite::Dst, addr, port);
-    if r != nat::DONE {
-        return Err(r);
+    if p.first_fragment {
+        remember_fragments(p, addr, ids(service_id, backend_id), FRAG_F_FORWARD);
     }
     // Backend ids are below MAX_BACKENDS, the size of NEXTHOPS: the lookup cannot fail.
     let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
         return Ok(no_backend(service_id));
     };
-    Ok(nat::fib_forward(ctx, p, Rewrite::Dst, addr, unsafe {
-        &mut *nh
-    }))
+    // SAFETY: a map value pointer checked for null.
+    let nh = unsafe { &mut *nh };
+    let t = Target { addr: *addr, port };
+    Ok(nat::send(ctx, p, Rewrite::Dst, &t, nh))
+}
+
+/// A first fragment was balanced: let the later ones of its datagram follow it (`addr`
+/// written into them; `ids`: service id << 32 | backend id).
+#[inline(never)]
+fn remember_fragments(p: &Pkt, addr: &[u8; 16], ids: u64, flags: u32) {
+    let key = FragKey {
+        src: p.key.src,
+        dst: p.key.dst,
+        id: p.frag_id,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let v = FragValue {
+        addr: *addr,
+        service_id: (ids >> 32) as u32,
+        backend_id: ids as u32,
+        flags,
+        _pad: 0,
+        // SAFETY: a helper without arguments.
+        created_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        nh: NO_HOP,
+    };
+    let _ = FRAGS.insert(&key, &v, 0);
+}
+
+#[inline(always)]
+fn ids(service_id: u32, backend_id: u32) -> u64 {
+    ((service_id as u64) << 32) | backend_id as u64
+}
+
+/// A later fragment: it follows its first fragment's rewrite, if that was seen lately.
+#[inline(never)]
+fn later_fragment(ctx: &XdpContext, p: &Pkt) -> u32 {
+    let key = FragKey {
+        src: p.key.src,
+        dst: p.key.dst,
+        id: p.frag_id,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let fv = match FRAGS.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer checked for null.
+        Some(fv) if now.wrapping_sub(unsafe { (*fv).created_ns }) <= FRAG_TTL_NS => fv,
+        _ => return orphan_fragment(p),
+    };
+    if p.ttl <= 1 {
+        count(global::TTL_EXCEEDED);
+        return pass();
+    }
+    // SAFETY: as above.
+    let (addr, service_id, backend_id, flags) =
+        unsafe { ((*fv).addr, (*fv).service_id, (*fv).backend_id, (*fv).flags) };
+    // SAFETY: as above.
+    let nh = unsafe { &mut (*fv).nh };
+    count(global::FRAGS_FOLLOWED);
+    if flags & FRAG_F_FORWARD != 0 {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        if let Some(c) = counters(&SERVICE_STATS, service_id) {
+            c.packets += 1;
+            c.bytes += len;
+        }
+        if let Some(c) = counters(&BACKEND_STATS, backend_id) {
+            c.packets += 1;
+            c.bytes += len;
+        }
+        nat::send(ctx, p, Rewrite::Dst, &Target { addr, port: [0; 2] }, nh)
+    } else {
+        count_reply(ctx, service_id, backend_id);
+        nat::send(ctx, p, Rewrite::Src, &Target { addr, port: [0; 2] }, nh)
+    }
+}
+
+/// A later fragment without its first: dropped when it is to a VIP or from a backend
+/// address (it cannot be balanced), else the kernel's.
+#[inline(never)]
+fn orphan_fragment(p: &Pkt) -> u32 {
+    let mut key = ServiceKey {
+        addr: p.key.dst,
+        port: [0; 2],
+        proto: 0,
+        family: p.key.family,
+    };
+    let ours = match ADDRS.get_ptr(&key) {
+        // SAFETY: a map value pointer checked for null.
+        Some(f) => (unsafe { *f } & ADDR_F_VIP) != 0,
+        None => false,
+    } || {
+        key.addr = p.key.src;
+        match ADDRS.get_ptr(&key) {
+            // SAFETY: as above.
+            Some(f) => (unsafe { *f } & ADDR_F_BACKEND) != 0,
+            None => false,
+        }
+    };
+    if ours {
+        count(global::FRAGS_ORPHAN);
+        count(global::DROPPED);
+        return XDP_DROP;
+    }
+    pass()
 }
 
 /// Remember a new flow's backend (and, for a backend address several services share, how to
@@ -333,9 +396,13 @@ const NO_HOP: NextHop = NextHop {
 };
 
 /// Backend → client: restore the VIP as the source. The flow is found in `CONNTRACK` under
-/// the client's key, rebuilt from the service the backend address serves.
+/// the client's key, rebuilt from the service the backend address serves. A reply without an
+/// entry (evicted, swept) is translated all the same and its entry re-created, unless it is
+/// addressed to this host (health checks) or the address is shared; a reply of a flow now
+/// pinned to another backend is dropped. Nothing leaves with the backend's own address.
 #[inline(never)]
 fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, u32> {
+    // SAFETY: a map value pointer checked for null by the caller.
     let (vip, vport, service_id, backend_id) =
         unsafe { ((*ba).vip, (*ba).vport, (*ba).service_id, (*ba).backend_id) };
     let key = FlowKey {
@@ -347,23 +414,184 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
         family: p.key.family,
         _pad: [0; 2],
     };
-    let Some(ct) = CONNTRACK.get_ptr_mut(&key) else {
-        return Ok(pass());
+    let ct = match CONNTRACK.get_ptr_mut(&key) {
+        Some(ct) => ct,
+        None => return Ok(STRAY),
     };
-    // Not a flow of ours to this backend (e.g. moved to another one): the kernel's.
+    // SAFETY: as above.
     if unsafe { (*ct).backend_id } != backend_id {
-        return Ok(pass());
+        return Ok(stray_dropped());
     }
     count_reply(ctx, service_id, backend_id);
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // SAFETY: as above.
         unsafe { (*ct).flags |= CT_F_CLOSING };
     }
-    let r = nat::rewrite(ctx, p, Rewrite::Src, &vip, vport);
-    if r != nat::DONE {
-        return Err(r);
+    if p.first_fragment {
+        remember_fragments(p, &vip, ids(service_id, backend_id), 0);
     }
+    // SAFETY: as above.
     let nh = unsafe { &mut (*ct).reply_nh };
-    Ok(nat::fib_forward(ctx, p, Rewrite::Src, &vip, nh))
+    Ok(nat::send(
+        ctx,
+        p,
+        Rewrite::Src,
+        &Target {
+            addr: vip,
+            port: vport,
+        },
+        nh,
+    ))
+}
+
+#[inline(always)]
+fn stray_dropped() -> u32 {
+    count(global::STRAY_DROPPED);
+    count(global::DROPPED);
+    XDP_DROP
+}
+
+/// A backend's reply with no connection-table entry (see [`reply`]).
+/// Pin a flow again from its reply (`ids`: service id << 32 | backend id).
+#[inline(never)]
+fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop) {
+    let key = FlowKey {
+        src: p.key.dst,
+        dst: *vip,
+        sport: p.key.dport,
+        dport: vport,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let ct = CtValue {
+        backend_id: ids as u32,
+        service_id: (ids >> 32) as u32,
+        // SAFETY: a helper without arguments.
+        last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            CT_F_CLOSING
+        } else {
+            0
+        },
+        _pad: 0,
+        reply_nh: *nh,
+    };
+    let _ = CONNTRACK.insert(&key, &ct, 0);
+}
+
+/// The backend the Maglev table of the service `ba` names picks for the client flow a reply
+/// `p` belongs to (`NO_BACKEND` if none).
+#[inline(never)]
+fn maglev_backend(p: &Pkt, ba: *const BackendAddrValue) -> u32 {
+    // SAFETY: a map value pointer checked for null by the caller.
+    let (vip, vport) = unsafe { ((*ba).vip, (*ba).vport) };
+    let skey = ServiceKey {
+        addr: vip,
+        port: vport,
+        proto: p.key.proto,
+        family: p.key.family,
+    };
+    let Some(svc) = SERVICES.get_ptr(&skey) else {
+        return NO_BACKEND;
+    };
+    // SAFETY: as above.
+    let (service_id, slot) = unsafe { ((*svc).id, (*svc).slot) };
+    let ring = ring_size();
+    let h = flow_hash(
+        &p.key.dst,
+        &vip,
+        p.key.dport,
+        vport,
+        p.key.proto,
+        hash_seed(),
+    );
+    let Some(pos) = h.checked_rem(ring) else {
+        return NO_BACKEND;
+    };
+    match MAGLEV.get_ptr((service_id * SLOTS_PER_SERVICE + slot) * ring + pos) {
+        // SAFETY: as above.
+        Some(id) => unsafe { *id },
+        None => NO_BACKEND,
+    }
+}
+
+/// Remember a client → backend-address flow (under its reply's key).
+#[inline(never)]
+fn mark_direct(p: &Pkt) {
+    let key = FlowKey {
+        src: p.key.dst,
+        dst: p.key.src,
+        sport: p.key.dport,
+        dport: p.key.sport,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    if DIRECT.get_ptr(&key).is_none() {
+        let _ = DIRECT.insert(&key, &0u8, 0);
+    }
+}
+
+/// `reply`: the flow has no connection-table entry.
+const STRAY: u32 = u32::MAX - 7;
+
+#[inline(never)]
+fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> u32 {
+    // SAFETY: a map value pointer checked for null by the caller.
+    let (vip, vport, service_id, backend_id, baflags) = unsafe {
+        (
+            (*ba).vip,
+            (*ba).vport,
+            (*ba).service_id,
+            (*ba).backend_id,
+            (*ba).flags,
+        )
+    };
+    // A reply of a client talking to the backend directly (through this host), or one the
+    // service's table would not have sent to this backend, is no balanced flow's: the
+    // kernel's.
+    if DIRECT.get_ptr(&p.key).is_some() || maglev_backend(p, ba) != backend_id {
+        return pass();
+    }
+    let Some(nh) = NH_SCRATCH.get_ptr_mut(0) else {
+        return stray_dropped();
+    };
+    // SAFETY: a per-CPU map value checked for null.
+    let nh = unsafe { &mut *nh };
+    *nh = NO_HOP;
+    match nat::resolve(ctx, p, &vip, &p.key.dst, nh) {
+        // To this host: a health check or another local connection to the backend.
+        NH_LOCAL => return pass(),
+        NH_OK => {}
+        // No neighbour yet: the next packet re-creates the entry.
+        nat::NH_NO_NEIGH => return stray_dropped(),
+        other => return other,
+    }
+    if baflags & BA_F_SHARED != 0 {
+        return stray_dropped();
+    }
+    match BACKENDS.get_ptr(backend_id) {
+        // SAFETY: a map value pointer checked for null.
+        Some(b) if unsafe { (*b).flags } & BE_F_ESTABLISHED_OK != 0 => {}
+        _ => return stray_dropped(),
+    }
+    recreate_flow(p, &vip, vport, ids(service_id, backend_id), nh);
+    count(global::STRAY_RECREATED);
+    count_reply(ctx, service_id, backend_id);
+    if p.first_fragment {
+        remember_fragments(p, &vip, ids(service_id, backend_id), 0);
+    }
+    nat::send(
+        ctx,
+        p,
+        Rewrite::Src,
+        &Target {
+            addr: vip,
+            port: vport,
+        },
+        nh,
+    )
 }
 
 #[inline(always)]
@@ -390,12 +618,21 @@ fn shared_reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         mark_closing(p, &vip, vport);
     }
-    let r = nat::rewrite(ctx, p, Rewrite::Src, &vip, vport);
-    if r != nat::DONE {
-        return Err(r);
+    if p.first_fragment {
+        remember_fragments(p, &vip, ids(service_id, backend_id), 0);
     }
+    // SAFETY: a map value pointer checked for null by the caller.
     let nh = unsafe { &mut (*rv).nh };
-    Ok(nat::fib_forward(ctx, p, Rewrite::Src, &vip, nh))
+    Ok(nat::send(
+        ctx,
+        p,
+        Rewrite::Src,
+        &Target {
+            addr: vip,
+            port: vport,
+        },
+        nh,
+    ))
 }
 
 #[inline(never)]

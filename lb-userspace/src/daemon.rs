@@ -697,6 +697,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         daemon.attachments.push(a);
     }
     dataplane::log_attachments(&daemon.attachments);
+    if let Err(e) = daemon.dp.attach_xmit_counter() {
+        warn!("xmit_drops will stay 0: attaching the xdp_devmap_xmit tracepoint failed: {e}");
+    }
     daemon.persist();
 
     let _api = api::serve(&d.api_socket, api_tx)

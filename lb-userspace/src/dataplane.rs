@@ -339,6 +339,23 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attach the `xlb_xmit` tracepoint program, which counts frames the egress of a
+    /// redirect dropped (`xmit_drops`). The link lives as long as this process.
+    pub fn attach_xmit_counter(&mut self) -> Result<()> {
+        let name = lb_common::PROG_XMIT;
+        let prog: &mut aya::programs::TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        prog.attach("xdp", "xdp_devmap_xmit")
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        Ok(())
+    }
+
     /// One of the loaded XDP programs (`xlb`, `xlb_pass`, `xlb_tx`).
     pub fn program(&self, name: &'static str) -> Result<&Xdp> {
         self.ebpf

@@ -1,0 +1,461 @@
+//! ICMP: errors about balanced flows translated in both directions, and the "fragmentation
+//! needed" / "packet too big" errors xlb sends itself.
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{
+    csum, global, FlowKey, NextHop, ServiceKey, AF_INET, BA_F_SHARED, BE_F_ESTABLISHED_OK,
+    ICMP_QUOTE_MAX, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    maps::{count, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS, REVERSE, SERVICES},
+    nat::{csum_replace16, resolve, transmit, Target, DONE, NH_OK},
+    parse::{malformed, pass, ptr_at, Pkt, IPPROTO_ICMP, IPPROTO_ICMPV6},
+};
+
+/// Read `N` bytes at `off`.
+#[inline(always)]
+fn get<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], u32> {
+    let p: *const [u8; N] = ptr_at(ctx, off).map_err(|_| pass())?;
+    // SAFETY: bounds checked by `ptr_at`.
+    Ok(unsafe { *p })
+}
+
+/// Write `N` bytes at `off`.
+#[inline(always)]
+fn put<const N: usize>(ctx: &XdpContext, off: usize, v: &[u8; N]) -> Result<(), u32> {
+    let p: *mut [u8; N] = ptr_at(ctx, off).map_err(|_| malformed())?;
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe { *p = *v };
+    Ok(())
+}
+
+/// An ICMP / ICMPv6 packet: translate it when it is an error about a balanced flow, else
+/// pass it.
+#[inline(never)]
+pub fn handle(ctx: &XdpContext, p: &Pkt) -> u32 {
+    match try_handle(ctx, p) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+#[inline(always)]
+fn other_icmp() -> u32 {
+    count(global::ICMP);
+    pass()
+}
+
+#[inline(always)]
+fn try_handle(ctx: &XdpContext, p: &Pkt) -> Result<u32, u32> {
+    let v4 = p.key.family == AF_INET;
+    let l4 = p.l4 & 0xffff;
+    let hdr: [u8; 4] = get(ctx, l4).map_err(|_| other_icmp())?;
+    let t = hdr[0];
+    let is_error = if v4 {
+        t == 3 || t == 11 || t == 12
+    } else {
+        (1..=4).contains(&t)
+    };
+    if !is_error {
+        return Ok(other_icmp());
+    }
+    // The quoted packet: its IP header and at least 8 bytes of TCP/UDP header.
+    let e3 = l4 + 8;
+    let mut q = Quote {
+        esrc: [0; 16],
+        edst: [0; 16],
+        e3,
+        e4: 0,
+        esport: [0; 2],
+        edport: [0; 2],
+        proto: 0,
+        v4,
+    };
+    if v4 {
+        let h: *const [u8; 20] = ptr_at(ctx, e3).map_err(|_| other_icmp())?;
+        // SAFETY: bounds checked by `ptr_at`.
+        let h = unsafe { &*h };
+        let eihl = ((h[0] & 0x0f) as usize) << 2;
+        if h[0] >> 4 != 4 || eihl < 20 {
+            return Ok(other_icmp());
+        }
+        // A quoted later fragment has no ports.
+        if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+            return Ok(other_icmp());
+        }
+        q.proto = h[9];
+        q.esrc[..4].copy_from_slice(&h[12..16]);
+        q.edst[..4].copy_from_slice(&h[16..20]);
+        q.e4 = e3 + (eihl & 0x3c);
+    } else {
+        let h: *const [u8; 40] = ptr_at(ctx, e3).map_err(|_| other_icmp())?;
+        // SAFETY: bounds checked by `ptr_at`.
+        let h = unsafe { &*h };
+        if h[0] >> 4 != 6 {
+            return Ok(other_icmp());
+        }
+        q.proto = h[6];
+        q.esrc.copy_from_slice(&h[8..24]);
+        q.edst.copy_from_slice(&h[24..40]);
+        q.e4 = e3 + 40;
+    }
+    if q.proto != PROTO_TCP && q.proto != PROTO_UDP {
+        return Ok(other_icmp());
+    }
+    let ports: [u8; 8] = get(ctx, q.e4 & 0xffff).map_err(|_| other_icmp())?;
+    q.esport = [ports[0], ports[1]];
+    q.edport = [ports[2], ports[3]];
+    if p.key.dst != q.esrc {
+        return Ok(other_icmp());
+    }
+    if p.ttl <= 1 {
+        count(global::TTL_EXCEEDED);
+        return Ok(pass());
+    }
+    if port_in(PORTS_SERVICE, q.esport) {
+        let r = to_backend(ctx, p, &q);
+        if r != NOT_OURS {
+            return Ok(r);
+        }
+    }
+    if port_in(PORTS_BACKEND, q.edport) {
+        let r = to_client(ctx, p, &q);
+        if r != NOT_OURS {
+            return Ok(r);
+        }
+    }
+    Ok(other_icmp())
+}
+
+/// `to_backend` / `to_client`: the error is about no flow of theirs.
+const NOT_OURS: u32 = u32::MAX;
+
+/// An error about a reply xlb sent (VIP → client): to the flow's backend.
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
+    let skey = ServiceKey {
+        addr: q.esrc,
+        port: q.esport,
+        proto: q.proto,
+        family: p.key.family,
+    };
+    if SERVICES.get_ptr(&skey).is_none() {
+        return NOT_OURS;
+    }
+    let key = FlowKey {
+        src: q.edst,
+        dst: q.esrc,
+        sport: q.edport,
+        dport: q.esport,
+        proto: q.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let Some(ct) = CONNTRACK.get_ptr(&key) else {
+        return NOT_OURS;
+    };
+    // SAFETY: map value pointers checked for null.
+    let id = unsafe { (*ct).backend_id };
+    let Some(be) = BACKENDS.get_ptr(id) else {
+        return NOT_OURS;
+    };
+    // SAFETY: as above.
+    let t = unsafe {
+        if (*be).flags & BE_F_ESTABLISHED_OK == 0 {
+            return NOT_OURS;
+        }
+        Target {
+            addr: (*be).addr,
+            port: (*be).port,
+        }
+    };
+    let Some(nh) = NEXTHOPS.get_ptr_mut(id) else {
+        return NOT_OURS;
+    };
+    // SAFETY: as above.
+    let nh = unsafe { &mut *nh };
+    if resolve(ctx, p, &p.key.src, &t.addr, nh) != NH_OK {
+        return NOT_OURS;
+    }
+    let r = translate(ctx, p, q, true, &t);
+    if r != DONE {
+        return r;
+    }
+    transmit(ctx, p.tags, nh, global::ICMP_TO_BACKEND)
+}
+
+/// An error about the client → backend leg (or from the backend): to the client, from the
+/// VIP.
+#[inline(never)]
+fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
+    let bkey = ServiceKey {
+        addr: q.edst,
+        port: q.edport,
+        proto: q.proto,
+        family: p.key.family,
+    };
+    let Some(ba) = BACKEND_ADDRS.get_ptr(&bkey) else {
+        return NOT_OURS;
+    };
+    // SAFETY: map value pointers checked for null.
+    let (backend_id, baflags) = unsafe { ((*ba).backend_id, (*ba).flags) };
+    // SAFETY: as above.
+    let mut t = unsafe {
+        Target {
+            addr: (*ba).vip,
+            port: (*ba).vport,
+        }
+    };
+    let nh: *mut NextHop;
+    let rkey = FlowKey {
+        src: q.edst,
+        dst: q.esrc,
+        sport: q.edport,
+        dport: q.esport,
+        proto: q.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let shared = if baflags & BA_F_SHARED != 0 {
+        REVERSE.get_ptr_mut(&rkey)
+    } else {
+        None
+    };
+    if let Some(rv) = shared {
+        // SAFETY: as above.
+        unsafe {
+            t.addr = (*rv).vip;
+            t.port = (*rv).vport;
+            nh = &mut (*rv).nh;
+        }
+    } else {
+        let key = FlowKey {
+            src: q.esrc,
+            dst: t.addr,
+            sport: q.esport,
+            dport: t.port,
+            proto: q.proto,
+            family: p.key.family,
+            _pad: [0; 2],
+        };
+        let Some(ct) = CONNTRACK.get_ptr_mut(&key) else {
+            return NOT_OURS;
+        };
+        // SAFETY: as above.
+        unsafe {
+            if (*ct).backend_id != backend_id {
+                return NOT_OURS;
+            }
+            nh = &mut (*ct).reply_nh;
+        }
+    }
+    // SAFETY: a pointer into a map value checked for null.
+    let nh = unsafe { &mut *nh };
+    if resolve(ctx, p, &t.addr, &p.key.dst, nh) != NH_OK {
+        return NOT_OURS;
+    }
+    let r = translate(ctx, p, q, false, &t);
+    if r != DONE {
+        return r;
+    }
+    transmit(ctx, p.tags, nh, global::ICMP_TO_CLIENT)
+}
+
+/// The quoted packet of an ICMP error.
+struct Quote {
+    esrc: [u8; 16],
+    edst: [u8; 16],
+    /// Offsets of its IP and TCP/UDP headers.
+    e3: usize,
+    e4: usize,
+    esport: [u8; 2],
+    edport: [u8; 2],
+    proto: u8,
+    v4: bool,
+}
+
+/// Rewrite an ICMP error: `to_backend`: outer destination and quoted source become `t`'s
+/// address, the quoted source port `t`'s port; else outer source and quoted destination and
+/// destination port. Fixes the outer IPv4 checksum, the quoted IPv4 header checksum and the
+/// ICMP checksum, and decrements the TTL. The quoted TCP/UDP checksum is left alone.
+#[inline(never)]
+fn translate(ctx: &XdpContext, p: &Pkt, q: &Quote, to_backend: bool, t: &Target) -> u32 {
+    let r = if to_backend {
+        try_translate::<true>(ctx, p, q, t)
+    } else {
+        try_translate::<false>(ctx, p, q, t)
+    };
+    match r {
+        Ok(()) => DONE,
+        Err(a) => a,
+    }
+}
+
+#[inline(always)]
+fn try_translate<const TO_BACKEND: bool>(
+    ctx: &XdpContext,
+    p: &Pkt,
+    q: &Quote,
+    t: &Target,
+) -> Result<(), u32> {
+    let l3 = p.l3 & 0xff;
+    let l4 = p.l4 & 0xffff;
+    let e3 = q.e3 & 0xffff;
+    let e4 = q.e4 & 0xffff;
+    // One pointer per header field: the verifier tracks the bounds of each pointer it
+    // checked; constant offsets keep everything in registers.
+    let ick: *mut [u8; 2] = ptr_at(ctx, l4 + 2).map_err(|_| malformed())?;
+    let port: *mut [u8; 2] =
+        ptr_at(ctx, if TO_BACKEND { e4 } else { e4 + 2 }).map_err(|_| malformed())?;
+    // SAFETY: bounds checked by `ptr_at` (here and below).
+    unsafe {
+        let mut ck = csum::replace(u16::from_be_bytes(*ick), &*port, &t.port);
+        *port = t.port;
+        if q.v4 {
+            let new: &[u8; 4] = &*(t.addr.as_ptr() as *const [u8; 4]);
+            let ttl: *mut [u8; 12] = ptr_at(ctx, l3 + 8).map_err(|_| malformed())?;
+            // Outer IPv4 header: TTL, checksum, source/destination.
+            let outer = if TO_BACKEND { 16 } else { 12 };
+            let oa: *mut [u8; 4] = ptr_at(ctx, l3 + outer).map_err(|_| malformed())?;
+            let h = &mut *ttl;
+            let old_tp = [h[0], h[1]];
+            let new_tp = [h[0] - 1, h[1]];
+            let mut c = csum::replace(u16::from_be_bytes([h[2], h[3]]), &old_tp, &new_tp);
+            c = csum::replace(c, &*oa, new);
+            h[0] = new_tp[0];
+            let c = c.to_be_bytes();
+            h[2] = c[0];
+            h[3] = c[1];
+            *oa = *new;
+            // Quoted IPv4 header: address and its checksum, both covered by the ICMP
+            // checksum.
+            let inner = if TO_BACKEND { 12 } else { 16 };
+            let qc: *mut [u8; 2] = ptr_at(ctx, e3 + 10).map_err(|_| malformed())?;
+            let qa: *mut [u8; 4] = ptr_at(ctx, e3 + inner).map_err(|_| malformed())?;
+            let old_qc = *qc;
+            let new_qc = csum::replace(u16::from_be_bytes(old_qc), &*qa, new).to_be_bytes();
+            ck = csum::replace(ck, &*qa, new);
+            ck = csum::replace(ck, &old_qc, &new_qc);
+            *qa = *new;
+            *qc = new_qc;
+        } else {
+            // Outer IPv6 header: hop limit, and the address (in the ICMPv6 pseudo-header).
+            let hl: *mut u8 = ptr_at(ctx, l3 + 7).map_err(|_| malformed())?;
+            *hl -= 1;
+            let outer = if TO_BACKEND { 24 } else { 8 };
+            let oa: *mut [u8; 16] = ptr_at(ctx, l3 + outer).map_err(|_| malformed())?;
+            ck = csum_replace16(ck, oa, &t.addr);
+            *oa = t.addr;
+            let inner = if TO_BACKEND { 8 } else { 24 };
+            let qa: *mut [u8; 16] = ptr_at(ctx, e3 + inner).map_err(|_| malformed())?;
+            ck = csum_replace16(ck, qa, &t.addr);
+            *qa = t.addr;
+        }
+        *ick = ck.to_be_bytes();
+    }
+    Ok(())
+}
+
+/// Answer `p` (too big for a link of `mtu` bytes, not to be fragmented) with ICMP
+/// "fragmentation needed" / ICMPv6 "packet too big", from its destination to its source,
+/// quoting its first bytes, out of the ingress interface.
+#[inline(never)]
+pub fn too_big(ctx: &XdpContext, p: &Pkt, mtu: u16) -> u32 {
+    match try_too_big(ctx, p, mtu) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+#[inline(always)]
+fn try_too_big(ctx: &XdpContext, p: &Pkt, mtu: u16) -> Result<u32, u32> {
+    let v4 = p.key.family == AF_INET;
+    let l2 = p.l3 & 0x1f;
+    let iph: usize = if v4 { 20 } else { 40 };
+    let grow = iph + 8;
+    let mut quote = p.ip_len;
+    if quote > ICMP_QUOTE_MAX {
+        quote = ICMP_QUOTE_MAX;
+    }
+    quote &= !1;
+    // The old L2 header (at most 22 bytes; the frame is longer, an IP header follows).
+    let old_l2: [u8; 22] = get(ctx, 0).map_err(|_| malformed())?;
+    // SAFETY: a helper taking the context.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -(grow as i32)) } != 0 {
+        count(global::DROPPED);
+        return Err(XDP_DROP);
+    }
+    let len = ctx.data_end() - ctx.data();
+    let want = l2 + grow + quote;
+    if want < len {
+        // SAFETY: a helper taking the context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, (want as i32) - (len as i32)) } != 0
+        {
+            count(global::DROPPED);
+            return Err(XDP_DROP);
+        }
+    }
+    // L2: MACs swapped, tags and ethertype kept.
+    let mut h = old_l2;
+    h[..6].copy_from_slice(&old_l2[6..12]);
+    h[6..12].copy_from_slice(&old_l2[..6]);
+    put(ctx, 0, &h)?;
+    let l3 = l2;
+    let l4 = l3 + iph;
+    let mut sum: u32;
+    if v4 {
+        let tot = ((iph + 8 + quote) as u16).to_be_bytes();
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2] = tot[0];
+        ip[3] = tot[1];
+        ip[8] = 64;
+        ip[9] = IPPROTO_ICMP;
+        ip[12..16].copy_from_slice(&p.key.dst[..4]);
+        ip[16..20].copy_from_slice(&p.key.src[..4]);
+        let c = csum::finish(csum::add(0, &ip)).to_be_bytes();
+        ip[10] = c[0];
+        ip[11] = c[1];
+        put(ctx, l3, &ip)?;
+        let m = mtu.to_be_bytes();
+        let icmp = [3u8, 4, 0, 0, 0, 0, m[0], m[1]];
+        sum = csum::add(0, &icmp);
+        put(ctx, l4, &icmp)?;
+    } else {
+        let plen = ((8 + quote) as u16).to_be_bytes();
+        let mut ip = [0u8; 40];
+        ip[0] = 0x60;
+        ip[4] = plen[0];
+        ip[5] = plen[1];
+        ip[6] = IPPROTO_ICMPV6;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&p.key.dst);
+        ip[24..40].copy_from_slice(&p.key.src);
+        put(ctx, l3, &ip)?;
+        let m = (mtu as u32).to_be_bytes();
+        let icmp = [2u8, 0, 0, 0, m[0], m[1], m[2], m[3]];
+        put(ctx, l4, &icmp)?;
+        // Pseudo-header: addresses, upper-layer length, next header.
+        sum = csum::add(0, &p.key.dst);
+        sum = csum::add(sum, &p.key.src);
+        sum = csum::add(sum, &[0, 0, plen[0], plen[1], 0, 0, 0, IPPROTO_ICMPV6]);
+        sum = csum::add(sum, &icmp);
+    }
+    // The quote: the first bytes of the original packet, already in place after the ICMP header.
+    let qoff = l4 + 8;
+    let mut i = 0usize;
+    while i < ICMP_QUOTE_MAX / 2 {
+        if 2 * i >= quote {
+            break;
+        }
+        let w: [u8; 2] = get(ctx, (qoff + 2 * i) & 0xfff).map_err(|_| malformed())?;
+        sum = csum::add(sum, &w);
+        i += 1;
+    }
+    put(ctx, l4 + 2, &csum::finish(sum).to_be_bytes())?;
+    count(global::TOO_BIG_ICMP);
+    Ok(XDP_TX)
+}
