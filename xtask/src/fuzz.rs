@@ -245,11 +245,14 @@ fn run_target(target: &str, budget: Budget, asan: bool) -> Result<Outcome> {
         if let Some((_, path)) = line.split_once("Test unit written to ") {
             saved.push(path.trim().to_string());
         }
-        // Progress without the flood: no NEW/REDUCE lines, no recommended dictionary.
+        // Progress without the flood: no NEW/REDUCE/NEW_FUNC lines, no recommended dictionary.
         if line.starts_with("###### Recommended dictionary") {
             in_dictionary = true;
         }
-        let noisy = line.contains("\tNEW ") || line.contains("\tREDUCE ") || in_dictionary;
+        let noisy = line.contains("\tNEW ")
+            || line.contains("\tREDUCE ")
+            || line.trim_start().starts_with("NEW_FUNC")
+            || in_dictionary;
         if line.starts_with("###### End of recommended dictionary") {
             in_dictionary = false;
         }
