@@ -93,7 +93,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -102,12 +102,15 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use croner::errors::CronError;
 use croner::parser::{CronParser, Seconds, Year};
+
 use croner::Cron;
 use lb_common::consts::{
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, MAX_BACKENDS, PROTO_TCP,
     PROTO_UDP, SLOTS_PER_SERVICE,
 };
 use serde::{Serialize, Serializer};
+
+use crate::endpoint::check_unicast;
 
 use crate::maglev::is_prime;
 
@@ -1857,56 +1860,12 @@ fn parse_backend(cx: &Cx<'_>, at: &At<'_>) -> Result<BackendConfig, ConfigError>
     }
 }
 
-/// `"198.18.2.11"`, `"198.18.2.11:8080"`, `"2001:db8::1"` or `"[2001:db8::1]:8080"`.
+/// `"198.18.2.11"`, `"198.18.2.11:8080"`, `"2001:db8::1"` or `"[2001:db8::1]:8080"`: an
+/// [`Endpoint`](crate::endpoint::Endpoint), as the API, CLI and hooks take it.
 fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok((ip, None));
-    }
-    let bad = || {
-        format!(
-            "\"{s}\" is not an IP address or address:port \
-             (IPv6 with a port: \"[2001:db8::1]:8080\")"
-        )
-    };
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-        let ip: Ipv6Addr = host
-            .parse()
-            .map_err(|_| format!("\"{host}\" is not an IPv6 address"))?;
-        if after.is_empty() {
-            return Ok((IpAddr::V6(ip), None));
-        }
-        let port = after.strip_prefix(':').ok_or_else(bad)?;
-        return Ok((IpAddr::V6(ip), Some(parse_port(port)?)));
-    }
-    if let Some((host, port)) = s.rsplit_once(':') {
-        if let Ok(ip) = host.parse::<Ipv4Addr>() {
-            return Ok((IpAddr::V4(ip), Some(parse_port(port)?)));
-        }
-    }
-    Err(bad())
-}
-
-fn parse_port(s: &str) -> Result<u16, String> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("\"{s}\" is not a port number"));
-    }
-    match s.parse::<u64>() {
-        Ok(p @ 1..=65535) => Ok(p as u16),
-        _ => Err(format!("port {s} is out of range (1-65535)")),
-    }
-}
-
-fn check_unicast(ip: IpAddr) -> Result<(), String> {
-    if ip.is_unspecified() {
-        Err(format!("{ip} is the unspecified address"))
-    } else if ip.is_multicast() {
-        Err(format!("{ip} is a multicast address"))
-    } else if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
-        Err(format!("{ip} is the broadcast address"))
-    } else {
-        Ok(())
-    }
+    s.parse::<crate::endpoint::Endpoint>()
+        .map(|e| (e.addr, e.port))
+        .map_err(|e| e.0)
 }
 
 fn family(ip: IpAddr) -> &'static str {
@@ -2052,6 +2011,22 @@ fn validate(
                     gpos[gi].backends[bi],
                     format!("target_group[{gi}].backends[{bi}]"),
                     format!("more than {MAX_BACKENDS} backends in total across all target groups"),
+                ));
+            }
+        }
+    }
+
+    // No backend is the VIP of a service (its traffic would come back to the balancer).
+    for (gi, g) in groups.iter().enumerate() {
+        for (bi, b) in g.backends.iter().enumerate() {
+            if let Some(s) = services.iter().find(|s| s.vip == b.address) {
+                return Err(cx.err(
+                    gpos[gi].backends[bi],
+                    format!("target_group[{gi}].backends[{bi}]"),
+                    format!(
+                        "{} is the vip of service \"{}\": a backend cannot be a VIP",
+                        b.address, s.name
+                    ),
                 ));
             }
         }
@@ -4014,6 +3989,20 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
             );
             assert_eq!(msg, format!("{v} is out of range (1-65535)"));
         }
+    }
+
+    #[test]
+    fn error_backend_is_a_vip() {
+        let text = format!(
+            "{MINIMAL}[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\n\
+             protocol = \"tcp\"\ntarget_group = \"g\"\n{GROUP}"
+        );
+        let (line, _, field, msg) = fail(&text);
+        assert_eq!((line, field.as_str()), (11, "target_group[0].backends[0]"));
+        assert_eq!(
+            msg,
+            "10.0.0.1 is the vip of service \"web\": a backend cannot be a VIP"
+        );
     }
 
     #[test]

@@ -23,17 +23,18 @@ use crate::{
     api, config,
     dataplane::{self, Attachment, Dataplane, LoadOptions, Pinning},
     health::{self, CheckOutcome, CheckerHandle},
+    instance::{self, InstanceLock, PinManifest},
+    links,
     model::{
         ApiError, BackendSource, BackendStatus, ChangeResult, Envelope, GroupStatus,
         InterfaceStatus, Reply, Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
     },
-    reconcile::Reconciler,
+    reconcile::{Links, Reconciler},
     scaling,
     state::{CheckToken, Desired, HookJob, Persisted, State},
 };
 
 const BPFFS: &str = "/sys/fs/bpf";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// How often open flows are counted (and drains can finish).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A TCP flow that saw a FIN or RST counts as ended once it has been quiet this long.
@@ -42,10 +43,8 @@ const CLOSING_GRACE: Duration = Duration::from_secs(2);
 /// Mount bpffs at /sys/fs/bpf unless it is there already.
 pub fn ensure_bpffs() -> Result<()> {
     let path = Path::new(BPFFS);
-    if let Ok(st) = nix::sys::statfs::statfs(path) {
-        if st.filesystem_type().0 == BPF_FS_MAGIC {
-            return Ok(());
-        }
+    if instance::is_bpffs(path) {
+        return Ok(());
     }
     std::fs::create_dir_all(path).ok();
     nix::mount::mount(
@@ -84,25 +83,79 @@ pub struct StateFile {
     pub state: Persisted,
 }
 
+/// Why a state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("reading {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a state file of this version: {source}", .path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: {what}", .path.display())]
+    Invalid { path: PathBuf, what: String },
+}
+
 impl StateFile {
-    pub fn read(path: &Path) -> Option<StateFile> {
-        let text = std::fs::read_to_string(path).ok()?;
-        match serde_json::from_str(&text) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!(file = %path.display(), error = %e, "ignoring an unreadable state file");
-                None
+    /// The state file at `path`: None when there is none; an error when it cannot be read,
+    /// is not one, or holds values out of range.
+    pub fn read(path: &Path) -> Result<Option<StateFile>, StateFileError> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateFileError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
             }
-        }
+        };
+        let s: StateFile =
+            serde_json::from_slice(&text).map_err(|source| StateFileError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        s.state.check().map_err(|what| StateFileError::Invalid {
+            path: path.to_path_buf(),
+            what,
+        })?;
+        Ok(Some(s))
     }
 
+    /// Replace the file atomically (mode 0600, fsynced; see [`instance::write_private`]).
     fn write(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        instance::write_private(path, &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// The state a starting daemon takes over. An unreadable state file is refused while pinned
+/// maps exist (`adopting`): their connection-tracking entries point at the backend ids it
+/// records, and ids assigned afresh would send established flows to other backends.
+pub fn saved_state(
+    state_file: &Path,
+    pin_path: &Path,
+    adopting: bool,
+) -> Result<Option<StateFile>> {
+    match StateFile::read(state_file) {
+        Ok(s) => Ok(s),
+        Err(e) if adopting => anyhow::bail!(
+            "{e}\nthe pinned maps in {pin} hold connection-tracking entries that point at the \
+             backend ids this file records: starting without it would assign ids afresh and \
+             move established flows to other backends, so xlb does not start. To recover: \
+             restore or repair {file}; or move it away to start anyway (established flows may \
+             move to other backends); or run `xlb stop --cleanup` to detach XDP and remove \
+             the pinned maps (established flows are dropped) and start afresh",
+            pin = pin_path.display(),
+            file = state_file.display()
+        ),
+        Err(e) => {
+            warn!(error = %e, "ignoring an unreadable state file (no pinned maps to adopt)");
+            Ok(None)
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(tmp, path)
     }
 }
 
@@ -385,43 +438,8 @@ impl Daemon {
     }
 
     fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
-        let done = |m: String| {
-            info!("{m}");
-            Ok(Reply::Done(ChangeResult { message: m }))
-        };
         match req {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
-            Request::Reload => {
-                let m = self.reload()?;
-                done(m)
-            }
-            Request::AddBackend { group, body } => {
-                let m = self.state.add_backend(
-                    &group,
-                    &body.address,
-                    body.weight,
-                    BackendSource::Api,
-                )?;
-                self.apply()?;
-                done(m)
-            }
-            Request::RemoveBackend { group, body } => {
-                let m = self.state.remove_backend(&group, &body.address)?;
-                self.apply()?;
-                done(m)
-            }
-            Request::DrainBackend { group, body } => {
-                let m = self
-                    .state
-                    .drain_backend(&group, &body.address, "drained by API")?;
-                self.apply()?;
-                done(m)
-            }
-            Request::Scale { group, body } => {
-                let m = self.state.scale(&group, body.desired)?;
-                self.scaling_round();
-                Ok(Reply::Done(ChangeResult { message: m }))
-            }
             Request::Events { group } => Ok(Reply::Events(
                 self.state
                     .events
@@ -430,10 +448,58 @@ impl Daemon {
                     .cloned()
                     .collect(),
             )),
+            req => {
+                // Every change asked for, accepted or rejected, leaves a trail: an event and
+                // a log line saying what changed (a scale records its own `manual` event).
+                let (group, what) = req.change().unwrap_or_default();
+                let scale = matches!(req, Request::Scale { .. });
+                let r = self.change(req);
+                if !(scale && r.is_ok()) {
+                    self.state.record_change(&group, "API", &what, &r);
+                }
+                r.map(|message| Reply::Done(ChangeResult { message }))
+            }
+        }
+    }
+
+    /// A change through the API; its result message.
+    fn change(&mut self, req: Request) -> Result<String, ApiError> {
+        match req {
+            Request::Status | Request::Events { .. } => {
+                Err(ApiError::Invalid("not a change".into()))
+            }
+            Request::Reload => self.reload(),
+            Request::AddBackend { group, body } => {
+                let m = self.state.add_backend(
+                    &group,
+                    &body.address,
+                    body.weight,
+                    BackendSource::Api,
+                )?;
+                self.apply()?;
+                Ok(m)
+            }
+            Request::RemoveBackend { group, body } => {
+                let m = self.state.remove_backend(&group, &body.address)?;
+                self.apply()?;
+                Ok(m)
+            }
+            Request::DrainBackend { group, body } => {
+                let m = self
+                    .state
+                    .drain_backend(&group, &body.address, "drained by API")?;
+                self.apply()?;
+                Ok(m)
+            }
+            Request::Scale { group, body } => {
+                let m = self.state.scale(&group, body.desired)?;
+                self.scaling_round();
+                Ok(m)
+            }
             Request::SetWeight { group, body } => {
                 let m = self.state.set_weight(&group, &body.address, body.weight)?;
                 self.apply()?;
-                done(m)
+                Ok(m)
             }
         }
     }
@@ -445,6 +511,9 @@ impl Daemon {
         let (jobs, changed) =
             self.state
                 .scaling_round(now, std::time::SystemTime::now(), &rates, fresh);
+        // A launch in progress is saved at once: a restart before it reports must not launch
+        // the same backends again.
+        let launching = jobs.iter().any(|j| matches!(j, HookJob::Launch { .. }));
         for job in jobs {
             spawn_hook(job, self.hook_tx.clone());
         }
@@ -452,6 +521,8 @@ impl Daemon {
             if let Err(e) = self.apply() {
                 error!(error = %e, "applying a scaling change failed");
             }
+        } else if launching {
+            self.persist();
         }
     }
 
@@ -614,20 +685,29 @@ impl Daemon {
 
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let cfg = config::load(&config_path)?;
-    ensure_bpffs()?;
     let d = cfg.daemon.clone();
+    // One daemon per state file: before touching anything.
+    let _lock = InstanceLock::acquire(&d.state_file)?;
+    ensure_bpffs()?;
+    instance::check_bpffs(&d.pin_path)?;
 
-    let saved = StateFile::read(&d.state_file);
-    if let Some(s) = &saved {
-        if s.pid != std::process::id() && alive(s.pid) && api_answers(&d.api_socket).await {
-            anyhow::bail!(
-                "another xlb (pid {}) is running with state file {}",
-                s.pid,
-                d.state_file.display()
-            );
-        }
-    }
     let adopting = Dataplane::has_pinned_maps(&d.pin_path);
+    let saved = saved_state(&d.state_file, &d.pin_path, adopting)?;
+    // What this instance pins, recorded before pinning: all `xlb stop --cleanup` removes.
+    PinManifest::record(
+        &d.state_file,
+        &d.pin_path,
+        Dataplane::map_names()
+            .into_iter()
+            .map(String::from)
+            .chain(d.interfaces.iter().map(|i| Dataplane::link_pin_name(i))),
+    )
+    .with_context(|| {
+        format!(
+            "writing the pin manifest {}",
+            instance::manifest_path(&d.state_file).display()
+        )
+    })?;
     let mut opts = LoadOptions {
         ring_size: d.maglev_table_size,
         conntrack_size: d.conntrack_size,
@@ -670,6 +750,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (api_tx, mut api_rx) = mpsc::channel::<Envelope>(64);
     let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
     let (hook_tx, mut hook_rx) = mpsc::channel::<HookResult>(64);
+    let (links_tx, mut links_rx) = mpsc::channel::<Links>(4);
     let live_ids = Arc::new(Mutex::new(std::collections::HashSet::new()));
 
     let mut daemon = Daemon {
@@ -697,6 +778,19 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         daemon.attachments.push(a);
     }
     dataplane::log_attachments(&daemon.attachments);
+    // The program may redirect to the interfaces it is attached to; VLAN devices and
+    // interfaces that come back with a new ifindex are followed by the link watcher below.
+    let attached: Vec<u32> = d
+        .interfaces
+        .iter()
+        .map(|i| {
+            nix::net::if_::if_nametoindex(i.as_str()).with_context(|| format!("ifindex of {i}"))
+        })
+        .collect::<Result<_>>()?;
+    daemon
+        .reconciler
+        .set_tx_ports(&mut daemon.dp, &attached)
+        .map_err(|e| anyhow::anyhow!("setting TX_PORTS: {e}"))?;
     if let Err(e) = daemon.dp.attach_xmit_counter() {
         warn!("xmit_drops will stay 0: attaching the xdp_devmap_xmit tracepoint failed: {e}");
     }
@@ -713,6 +807,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             d.udp_idle_timeout,
             sweep_tx,
         )?;
+    }
+    match links::spawn_watcher(d.interfaces.clone(), links_tx) {
+        Ok(_) => {}
+        Err(e) => warn!(
+            error = %e,
+            "cannot watch links: VLAN devices stay unknown to the data path (their traffic goes \
+             through the kernel)"
+        ),
     }
     info!(
         services = daemon.desired.services.len(),
@@ -731,10 +833,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                match daemon.reload() {
-                    Ok(m) => info!("{m}"),
-                    Err(e) => error!("reload rejected, the running config stays in force: {e}"),
-                }
+                let r = daemon.reload();
+                daemon.state.record_change("", "SIGHUP", "reload", &r);
             }
             Some(env) = api_rx.recv() => {
                 let r = daemon.handle(env.request);
@@ -744,6 +844,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let _ = env.reply.send(r);
             }
             Some(r) = hook_rx.recv() => daemon.hook_done(r),
+            Some(l) = links_rx.recv() => {
+                if let Err(e) = daemon.reconciler.apply_links(&mut daemon.dp, &l) {
+                    error!(error = %e, "writing VLANS / TX_PORTS failed");
+                }
+            }
             Some((token, outcome)) = check_rx.recv() => {
                 if let Some(t) = daemon.state.observe(&token, &outcome) {
                     let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
@@ -779,52 +884,164 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Whether an xlb API answers on `socket`.
-async fn api_answers(socket: &Path) -> bool {
-    tokio::net::UnixStream::connect(socket).await.is_ok()
-}
-
-/// `xlb stop`: stop the daemon named by the state file; with `cleanup`, detach XDP and remove
-/// the pinned maps and the state file.
+/// `xlb stop`: stop the daemon of this config's state file (the holder of its lock); with
+/// `cleanup`, also detach XDP and remove what xlb pinned (as its pin manifest records) and
+/// the state file.
 pub fn stop(config_path: &Path, cleanup: bool) -> Result<()> {
     let cfg = config::load(config_path)?;
     let d = &cfg.daemon;
-    if let Some(s) = StateFile::read(&d.state_file) {
-        if s.pid != std::process::id() && alive(s.pid) {
-            let pid = nix::unistd::Pid::from_raw(s.pid as i32);
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-                .with_context(|| format!("signalling xlb (pid {})", s.pid))?;
+    match InstanceLock::acquire(&d.state_file) {
+        Ok(_free) => println!("xlb is not running"),
+        Err(instance::InstanceError::Held { pid: Some(pid), .. })
+            if pid != std::process::id() && alive(pid) =>
+        {
+            let p = nix::unistd::Pid::from_raw(pid as i32);
+            nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM)
+                .with_context(|| format!("signalling xlb (pid {pid})"))?;
             let deadline = Instant::now() + Duration::from_secs(15);
-            while alive(s.pid) && Instant::now() < deadline {
+            while alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if alive(s.pid) {
-                anyhow::bail!("xlb (pid {}) did not stop within 15 s", s.pid);
+            if alive(pid) {
+                anyhow::bail!("xlb (pid {pid}) did not stop within 15 s");
             }
-            println!("stopped xlb (pid {})", s.pid);
-        } else {
-            println!("xlb is not running");
+            println!("stopped xlb (pid {pid})");
         }
-    } else {
-        println!(
-            "xlb is not running (no state file at {})",
-            d.state_file.display()
-        );
+        Err(e) => return Err(e.into()),
     }
     if cleanup {
+        // No daemon may start meanwhile.
+        let _lock = InstanceLock::acquire(&d.state_file)?;
         ensure_bpffs()?;
-        let removed = Dataplane::cleanup(&d.pin_path)
-            .with_context(|| format!("removing {}", d.pin_path.display()))?;
-        match std::fs::remove_file(&d.state_file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).context("removing the state file"),
+        instance::check_bpffs(&d.pin_path)?;
+        let names = match PinManifest::read(&d.state_file) {
+            Ok(Some(m)) if m.pin_path == d.pin_path => m.names,
+            other => {
+                if let Err(e) = other {
+                    warn!(error = %e, "the pin manifest cannot be read");
+                }
+                println!(
+                    "no pin manifest for {} at {}: removing only xlb's map names and the links \
+                     of the configured interfaces",
+                    d.pin_path.display(),
+                    instance::manifest_path(&d.state_file).display()
+                );
+                Dataplane::map_names()
+                    .into_iter()
+                    .map(String::from)
+                    .chain(d.interfaces.iter().map(|i| Dataplane::link_pin_name(i)))
+                    .collect()
+            }
+        };
+        let r = instance::remove_pins(&d.pin_path, &names)
+            .with_context(|| format!("removing pinned objects from {}", d.pin_path.display()))?;
+        for f in [d.state_file.clone(), instance::manifest_path(&d.state_file)] {
+            match std::fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
+            }
         }
         println!(
             "detached XDP and removed {} pinned objects from {}",
-            removed.len(),
+            r.removed.len(),
             d.pin_path.display()
         );
+        if !r.foreign.is_empty() {
+            println!(
+                "left {} objects xlb did not pin (and the directory): {}",
+                r.foreign.len(),
+                r.foreign.join(", ")
+            );
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(state: Persisted) -> StateFile {
+        StateFile {
+            pid: 1,
+            load: LoadOptions {
+                ring_size: 1021,
+                conntrack_size: 1024,
+                max_services: 4,
+                hash_seed: 7,
+            },
+            pin_path: "/sys/fs/bpf/xlb-t".into(),
+            interfaces: vec![],
+            state,
+        }
+    }
+
+    fn persisted(drain_left_secs: Option<f64>) -> Persisted {
+        serde_json::from_value(serde_json::json!({
+            "service_ids": [["web", 0]],
+            "backend_ids": [[{"group": "g", "addr": "198.18.2.11", "port": 80}, 0]],
+            "groups": [{
+                "name": "g", "cfg": "{}", "runtime_changed": false,
+                "members": [{
+                    "addr": "198.18.2.11", "port": null, "weight": 1, "source": "config",
+                    "state": "healthy", "reason": "ok",
+                    "drain_left_secs": drain_left_secs, "drain_reason": null
+                }]
+            }]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn state_file_round_trip_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        file(persisted(Some(5.0))).write(&path).unwrap();
+        let back = StateFile::read(&path).unwrap().expect("a state file");
+        assert_eq!(back.load.hash_seed, 7);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "it holds the hash seed: {mode:o}");
+    }
+
+    #[test]
+    fn unreadable_state_file_is_refused_while_pinned_maps_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let pins = Path::new("/sys/fs/bpf/xlb-t");
+        // None at all: a fresh start either way.
+        assert!(saved_state(&path, pins, true).unwrap().is_none());
+        std::fs::write(&path, b"{ not json").unwrap();
+        let e = saved_state(&path, pins, true)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("xlb stop --cleanup") && e.contains("move it away"),
+            "says how to recover: {e}"
+        );
+        // Without pinned maps nothing depends on it: ignored.
+        assert!(saved_state(&path, pins, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn state_values_that_would_panic_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for bad in [1e300, f64::MAX, -1.0] {
+            file(persisted(Some(bad))).write(&path).unwrap();
+            let e = StateFile::read(&path).expect_err("out of range");
+            assert!(matches!(e, StateFileError::Invalid { .. }), "{bad}: {e}");
+            assert!(saved_state(&path, Path::new("/x"), true).is_err());
+        }
+        // NaN and infinities do not even survive JSON (serde writes null): a parse error.
+        std::fs::write(
+            &path,
+            serde_json::to_string(&file(persisted(Some(1.0))))
+                .unwrap()
+                .replace("\"drain_left_secs\":1.0", "\"drain_left_secs\":1e999"),
+        )
+        .unwrap();
+        assert!(StateFile::read(&path).is_err());
+    }
 }

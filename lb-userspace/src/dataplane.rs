@@ -128,6 +128,12 @@ pub struct Dataplane {
     pub vlans: HashMap<MapData, u32, lb_common::VlanInfo>,
     /// Every VIP and backend address → `ADDR_F_*`.
     pub addrs: HashMap<MapData, lb_common::AddrKey, u32>,
+    /// Passive health: per-CPU counters per backend id.
+    pub passive_stats: PerCpuArray<MapData, lb_common::PassiveCounters>,
+    /// Passive health: the sampled SYN per backend id (written by the program).
+    pub syn_samples: Array<MapData, lb_common::SynSample>,
+    /// Passive health: per-backend settings (written by the daemon).
+    pub passive_conf: Array<MapData, lb_common::PassiveConf>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
@@ -145,7 +151,7 @@ macro_rules! typed {
 
 impl Dataplane {
     /// Map name → (max_entries, value_size) for these options.
-    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 15] {
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 18] {
         use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
         [
@@ -184,7 +190,38 @@ impl Dataplane {
                 size_of::<lb_common::VlanInfo>(),
             ),
             (lb_common::MAP_ADDRS, lb_common::MAX_ADDRS, size_of::<u32>()),
+            (
+                lb_common::MAP_PASSIVE_STATS,
+                MAX_BACKENDS,
+                size_of::<lb_common::PassiveCounters>(),
+            ),
+            (
+                lb_common::MAP_SYN_SAMPLES,
+                MAX_BACKENDS,
+                size_of::<lb_common::SynSample>(),
+            ),
+            (
+                lb_common::MAP_PASSIVE_CONF,
+                MAX_BACKENDS,
+                size_of::<lb_common::PassiveConf>(),
+            ),
         ]
+    }
+
+    /// The names of the maps xlb pins (in the pin directory).
+    pub fn map_names() -> Vec<&'static str> {
+        let opts = LoadOptions {
+            ring_size: 0,
+            conntrack_size: 0,
+            max_services: 0,
+            hash_seed: 0,
+        };
+        Self::expected_maps(&opts).iter().map(|m| m.0).collect()
+    }
+
+    /// The name under which the XDP link of `iface` is pinned (in the pin directory).
+    pub fn link_pin_name(iface: &str) -> String {
+        format!("link_{iface}")
     }
 
     /// Whether `dir` holds maps of a previous instance.
@@ -200,6 +237,10 @@ impl Dataplane {
         };
         for (name, entries, value_size) in Self::expected_maps(opts) {
             let path = dir.join(name);
+            // A map this version adds is created (and pinned) by the loader.
+            if name != MAP_CONNTRACK && !path.exists() {
+                continue;
+            }
             let info = aya::maps::MapInfo::from_pin(&path)
                 .map_err(|e| incompatible(format!("{name} cannot be opened ({e})")))?;
             if info.max_entries() != entries {
@@ -288,6 +329,9 @@ impl Dataplane {
         let tx_ports = typed!(DevMapHash, &mut ebpf, lb_common::MAP_TX_PORTS);
         let vlans = typed!(HashMap, &mut ebpf, lb_common::MAP_VLANS);
         let addrs = typed!(HashMap, &mut ebpf, lb_common::MAP_ADDRS);
+        let passive_stats = typed!(PerCpuArray, &mut ebpf, lb_common::MAP_PASSIVE_STATS);
+        let syn_samples = typed!(Array, &mut ebpf, lb_common::MAP_SYN_SAMPLES);
+        let passive_conf = typed!(Array, &mut ebpf, lb_common::MAP_PASSIVE_CONF);
         Ok(Self {
             opts,
             adopted,
@@ -308,6 +352,9 @@ impl Dataplane {
             tx_ports,
             vlans,
             addrs,
+            passive_stats,
+            syn_samples,
+            passive_conf,
         })
     }
 
@@ -389,7 +436,7 @@ impl Dataplane {
         let link_pin = self
             .pin_dir
             .as_ref()
-            .map(|d| d.join(format!("link_{iface}")));
+            .map(|d| d.join(Self::link_pin_name(iface)));
         let prog = self.program_mut(program)?;
         let attach_err = |mode: &'static str| {
             let iface = iface.to_string();
@@ -463,23 +510,6 @@ impl Dataplane {
         })
     }
 
-    /// Remove everything a daemon left pinned in `dir`: links (which detaches XDP) and maps.
-    pub fn cleanup(dir: &Path) -> std::io::Result<Vec<String>> {
-        let mut removed = Vec::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            std::fs::remove_file(entry.path())?;
-            removed.push(entry.file_name().to_string_lossy().into_owned());
-        }
-        std::fs::remove_dir(dir)?;
-        Ok(removed)
-    }
-
     /// The CONNTRACK map's pin path (for a sweeper with its own handle).
     pub fn conntrack_pin(&self) -> Option<PathBuf> {
         self.pin_dir.as_ref().map(|d| d.join(MAP_CONNTRACK))
@@ -493,6 +523,17 @@ impl Dataplane {
     /// Sum of a per-CPU counters element.
     pub fn service_counters(&self, id: u32) -> Counters {
         sum_counters(&self.service_stats, id)
+    }
+
+    /// A backend's passive-health counters, summed over the CPUs.
+    pub fn passive_counters(&self, id: u32) -> lb_common::PassiveCounters {
+        let mut total = lb_common::PassiveCounters::default();
+        if let Ok(vals) = self.passive_stats.get(&id, 0) {
+            for v in vals.iter() {
+                total.add(v);
+            }
+        }
+        total
     }
 
     pub fn backend_counters(&self, id: u32) -> Counters {

@@ -8,7 +8,9 @@
 //! The HTTP check is a small hand-written HTTP/1.1 client: one `GET` with `Connection: close`
 //! on a fresh connection. The response head and chunk sizes are parsed by `httparse` (the
 //! parser hyper uses); the body framing (`Content-Length`, `chunked`, or until close) is done
-//! here, reading at most [`MAX_BODY`] bytes of body. A health check needs a status code and at
+//! here, reading at most [`MAX_BODY`] bytes of body. Everything before the body, 1xx interim
+//! responses included, is bounded by [`MAX_HEAD`] ([`parse_response_head`], a pure function
+//! of the bytes that fuzzing can call). A health check needs a status code and at
 //! most a small JSON body, so a full client stack would buy nothing but dependencies, and
 //! owning the exchange keeps the failure reasons short and predictable.
 use std::{
@@ -216,38 +218,21 @@ async fn read_response<S: AsyncRead + Unpin>(stream: S) -> Result<Probe, Failure
         buf: Vec::with_capacity(4096),
     };
 
-    // The head; 1xx interim responses (other than 101) are skipped.
-    let mut start = 0;
-    let (status, framing, body_start) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&r.buf[start..]) {
-            Ok(httparse::Status::Complete(n)) => {
-                let status = resp.code.ok_or_else(|| bad("no status code"))?;
-                if (100..200).contains(&status) && status != 101 {
-                    start += n;
-                    continue;
-                }
-                let framing = if matches!(status, 101 | 204 | 304) {
-                    Framing::None
-                } else {
-                    framing(resp.headers)?
-                };
-                break (status, framing, start + n);
-            }
-            Ok(httparse::Status::Partial) => {
-                if r.buf.len() - start > MAX_HEAD {
-                    return Err(bad("response head larger than 16 KiB"));
-                }
-                if !r.fill().await? {
-                    return Err(bad(if r.buf.len() == start {
-                        "connection closed without a response"
-                    } else {
-                        "connection closed inside the response head"
-                    }));
-                }
-            }
-            Err(e) => return Err(bad(e.to_string())),
+    // The head, after any 1xx interim responses; all of it within MAX_HEAD bytes.
+    let ResponseHead {
+        status,
+        framing,
+        body_start,
+    } = loop {
+        if let Some(head) = parse_response_head(&r.buf).map_err(|e| bad(e.0))? {
+            break head;
+        }
+        if !r.fill().await? {
+            return Err(bad(if r.buf.is_empty() {
+                "connection closed without a response"
+            } else {
+                "connection closed inside the response head"
+            }));
         }
     };
 
@@ -264,14 +249,84 @@ async fn read_response<S: AsyncRead + Unpin>(stream: S) -> Result<Probe, Failure
 }
 
 /// How the body is delimited.
-enum Framing {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (101, 204, 304).
     None,
+    /// `Content-Length`.
     Length(u64),
+    /// `Transfer-Encoding: chunked`.
     Chunked,
+    /// Until the connection closes.
     Close,
 }
 
-fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, Failure> {
+/// The final response head found by [`parse_response_head`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub framing: Framing,
+    /// Where the body starts in the buffer (after every interim response and the head).
+    pub body_start: usize,
+}
+
+/// Why a response head was refused (the text of the check's reason).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HeadError(pub String);
+
+/// Parses the start of an HTTP/1.x response held in `buf` (parsing by `httparse`): skips 1xx
+/// interim responses other than 101, then reads the final status line and headers and how
+/// the body is framed. `Ok(None)`: more bytes are needed. A pure function of the bytes, so
+/// it can be fuzzed.
+///
+/// Everything before the body, interim responses included, must fit in [`MAX_HEAD`] bytes:
+/// a buffer longer than that without a complete final head is an error, so a caller that
+/// reads until this returns something other than `Ok(None)` never holds more than
+/// `MAX_HEAD` plus one read (a backend streaming `100 Continue` forever is cut off).
+pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError> {
+    let too_big = || HeadError(format!("response head larger than {} KiB", MAX_HEAD / 1024));
+    let mut start = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf[start..]) {
+            Ok(httparse::Status::Complete(n)) => {
+                let end = start + n;
+                if end > MAX_HEAD {
+                    return Err(too_big());
+                }
+                let status = resp
+                    .code
+                    .ok_or_else(|| HeadError("no status code".into()))?;
+                if (100..200).contains(&status) && status != 101 {
+                    start = end;
+                    continue;
+                }
+                let framing = if matches!(status, 101 | 204 | 304) {
+                    Framing::None
+                } else {
+                    framing(resp.headers)?
+                };
+                return Ok(Some(ResponseHead {
+                    status,
+                    framing,
+                    body_start: end,
+                }));
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD {
+                    return Err(too_big());
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(HeadError(e.to_string())),
+        }
+    }
+}
+
+fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HeadError> {
+    let bad = |s: &str| HeadError(s.to_string());
     let mut length: Option<u64> = None;
     let mut chunked = None;
     for h in headers {
@@ -1004,6 +1059,72 @@ mod tests {
         let o = check_once(&http(addr, "/a b\r\nX: y", vec![200..=200])).await;
         assert!(!o.ok);
         assert_eq!(o.reason, "invalid health check path");
+    }
+
+    #[tokio::test]
+    async fn http_endless_interim_responses_are_cut_off() {
+        // A backend that streams `100 Continue` forever: the check gives up once the head
+        // passes MAX_HEAD, well before its timeout, instead of buffering without end.
+        let listener = TcpListener::bind(LOCAL).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = std::sync::Arc::new(AtomicU64::new(0));
+        let sent2 = sent.clone();
+        tokio::spawn(async move {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let line = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(64);
+            // Bounded: at most 64 MiB, then close.
+            for _ in 0..(64 << 20) / line.len() {
+                if sock.write_all(&line).await.is_err() {
+                    return;
+                }
+                sent2.fetch_add(line.len() as u64, Ordering::Relaxed);
+            }
+        });
+        let mut spec = http(addr, "/", vec![200..=200]);
+        spec.timeout = Duration::from_secs(20);
+        let o = check_once(&spec).await;
+        assert!(!o.ok);
+        assert_eq!(
+            o.reason,
+            "bad HTTP response: response head larger than 16 KiB"
+        );
+        assert!(
+            sent.load(Ordering::Relaxed) < 4 << 20,
+            "the check stopped reading early"
+        );
+    }
+
+    #[test]
+    fn head_parser_bounds_interim_responses() {
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let fin = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        // A few interim responses, then the final one.
+        let mut buf = interim.repeat(3);
+        buf.extend_from_slice(fin);
+        let head = parse_response_head(&buf).unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.framing, Framing::Length(2));
+        assert_eq!(&buf[head.body_start..], b"ok");
+        // Incomplete: more bytes needed.
+        assert_eq!(parse_response_head(&buf[..buf.len() - 10]).unwrap(), None);
+        assert_eq!(parse_response_head(b"").unwrap(), None);
+        // Interim responses alone, past MAX_HEAD: refused whether or not the last is whole.
+        let many = interim.repeat(MAX_HEAD / interim.len() + 1);
+        assert!(parse_response_head(&many).is_err());
+        assert!(parse_response_head(&many[..many.len() - 3]).is_err());
+        // Interim responses that fit, then a final head crossing MAX_HEAD: refused.
+        let mut long = interim.repeat(MAX_HEAD / interim.len() - 1);
+        long.extend_from_slice(fin);
+        assert!(long.len() > MAX_HEAD);
+        assert!(parse_response_head(&long).is_err());
+        // Within MAX_HEAD: fine.
+        let mut fits = interim.repeat(MAX_HEAD / interim.len() - 3);
+        fits.extend_from_slice(fin);
+        assert_eq!(parse_response_head(&fits).unwrap().unwrap().status, 200);
+        // Garbage is an error, not a panic.
+        assert!(parse_response_head(b"\x00\xffgarbage\r\n\r\n").is_err());
     }
 
     // ---- state machine

@@ -3,14 +3,18 @@
 //! - [`config`]: the TOML file, validated with positions in errors;
 //! - [`maglev`]: the lookup table;
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
-//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`.
+//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
+//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink.
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
+pub mod endpoint;
 pub mod health;
+pub mod instance;
+pub mod links;
 pub mod maglev;
 pub mod model;
 pub mod reconcile;

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use xlb::cli::Action;
+use xlb::{cli::Action, endpoint::Endpoint};
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "An XDP layer-4 load balancer")]
@@ -34,9 +34,10 @@ enum Command {
         #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
         config: PathBuf,
     },
-    /// Stop the daemon named by the state file. XDP stays attached and keeps forwarding with
-    /// the last state unless `--cleanup` is given, which also detaches XDP and removes the
-    /// pinned maps and the state file (established flows are then lost).
+    /// Stop the daemon holding the state file's lock. XDP stays attached and keeps forwarding
+    /// with the last state unless `--cleanup` is given, which also detaches XDP and removes
+    /// what xlb pinned (as its pin manifest records) and the state file (established flows
+    /// are then lost).
     Stop {
         #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
         config: PathBuf,
@@ -98,7 +99,7 @@ enum BackendCommand {
         group: String,
         /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
         #[arg(value_name = "ADDR[:PORT]")]
-        address: String,
+        address: Endpoint,
         /// Its weight (xlb's default when omitted)
         #[arg(long, value_name = "N")]
         weight: Option<u32>,
@@ -111,7 +112,7 @@ enum BackendCommand {
         group: String,
         /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
         #[arg(value_name = "ADDR[:PORT]")]
-        address: String,
+        address: Endpoint,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -121,7 +122,7 @@ enum BackendCommand {
         group: String,
         /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
         #[arg(value_name = "ADDR[:PORT]")]
-        address: String,
+        address: Endpoint,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -131,7 +132,7 @@ enum BackendCommand {
         group: String,
         /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
         #[arg(value_name = "ADDR[:PORT]")]
-        address: String,
+        address: Endpoint,
         /// The new weight
         #[arg(value_name = "N")]
         weight: u32,
@@ -202,7 +203,7 @@ fn main() -> ExitCode {
                 args,
                 Action::AddBackend {
                     group,
-                    address,
+                    address: address.to_string(),
                     weight,
                 },
             ),
@@ -210,12 +211,26 @@ fn main() -> ExitCode {
                 group,
                 address,
                 client: args,
-            } => client(cli.socket, args, Action::RemoveBackend { group, address }),
+            } => client(
+                cli.socket,
+                args,
+                Action::RemoveBackend {
+                    group,
+                    address: address.to_string(),
+                },
+            ),
             BackendCommand::Drain {
                 group,
                 address,
                 client: args,
-            } => client(cli.socket, args, Action::DrainBackend { group, address }),
+            } => client(
+                cli.socket,
+                args,
+                Action::DrainBackend {
+                    group,
+                    address: address.to_string(),
+                },
+            ),
             BackendCommand::Weight {
                 group,
                 address,
@@ -226,7 +241,7 @@ fn main() -> ExitCode {
                 args,
                 Action::SetWeight {
                     group,
-                    address,
+                    address: address.to_string(),
                     weight,
                 },
             ),

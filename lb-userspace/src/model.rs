@@ -128,7 +128,8 @@ pub struct Event {
     pub time: f64,
     pub group: String,
     /// `scale_out`, `scale_in`, `schedule`, `manual`, `replace`, `launched`, `terminated`,
-    /// `hook_failed`, `health`.
+    /// `hook_failed`, `health`, `change` (a change through the API or SIGHUP, accepted),
+    /// `rejected` (one refused). Reload events have an empty group.
     pub kind: String,
     pub message: String,
     #[serde(default)]
@@ -232,6 +233,37 @@ pub enum Request {
     Events {
         group: Option<String>,
     },
+}
+
+impl Request {
+    /// For a request that changes something: its target group (empty for a reload) and what
+    /// it asks for, for the trail of changes. None for reads.
+    pub fn change(&self) -> Option<(String, String)> {
+        Some(match self {
+            Self::Status | Self::Events { .. } => return None,
+            Self::Reload => (String::new(), "reload".into()),
+            Self::AddBackend { group, body } => (
+                group.clone(),
+                match body.weight {
+                    Some(w) => format!("add backend {} with weight {w}", body.address),
+                    None => format!("add backend {}", body.address),
+                },
+            ),
+            Self::RemoveBackend { group, body } => {
+                (group.clone(), format!("remove backend {}", body.address))
+            }
+            Self::DrainBackend { group, body } => {
+                (group.clone(), format!("drain backend {}", body.address))
+            }
+            Self::SetWeight { group, body } => (
+                group.clone(),
+                format!("set the weight of {} to {}", body.address, body.weight),
+            ),
+            Self::Scale { group, body } => {
+                (group.clone(), format!("scale to desired {}", body.desired))
+            }
+        })
+    }
 }
 
 /// Why a request failed, with the HTTP status the API answers with.

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +20,7 @@ use croner::Cron;
 use serde::Serialize;
 
 use crate::config::{parse_cron, Metric, PolicyConfig, ScalingConfig, ScheduleConfig, StepRule};
+use crate::endpoint::Endpoint;
 
 // ---------------------------------------------------------------------------------------------
 // Samples and metrics
@@ -917,7 +917,36 @@ fn take(buf: &Mutex<(Vec<u8>, bool)>) -> (Vec<u8>, bool) {
     std::mem::take(&mut *buf.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// Runs `/bin/sh -c COMMAND` with `env` added to this process's environment, stdin
+/// Variables a hook gets from the daemon's environment (besides `XLB_*`); nothing else of it.
+pub const HOOK_ENV_PASSED: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+
+/// `PATH` for a hook when the daemon has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A hook's whole environment: from `daemon_env`, only [`HOOK_ENV_PASSED`] and `XLB_*`
+/// variables (`PATH` defaulting to [`DEFAULT_PATH`]); then `env`, the hook's own `XLB_*`
+/// values, which win.
+pub fn hook_env(
+    daemon_env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    env: &[(&str, String)],
+) -> BTreeMap<std::ffi::OsString, std::ffi::OsString> {
+    let mut out: BTreeMap<std::ffi::OsString, std::ffi::OsString> = daemon_env
+        .into_iter()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            HOOK_ENV_PASSED.contains(&k.as_ref()) || k.starts_with("XLB_")
+        })
+        .collect();
+    out.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
+    for (k, v) in env {
+        out.insert(k.into(), v.into());
+    }
+    out
+}
+
+/// Runs `/bin/sh -c COMMAND` in the environment [`hook_env`] makes of this process's and
+/// `env` (not this process's whole environment), stdin
 /// `/dev/null`, stdout and stderr captured (at most [`HOOK_OUTPUT_LIMIT`] each: stdout's
 /// start, stderr's end), in a process group of its own. Async (tokio::process): never blocks
 /// the runtime thread.
@@ -930,6 +959,7 @@ fn take(buf: &Mutex<(Vec<u8>, bool)>) -> (Vec<u8>, bool) {
 ///
 /// Processes the hook leaves running in the background after the shell exits are not
 /// killed; its pipes are read for at most 500 ms more after the shell exits, then closed.
+/// A process that leaves the hook's process group (`setsid`, `setpgid`) escapes the kill.
 pub async fn run_hook(
     command: &str,
     env: &[(&str, String)],
@@ -943,9 +973,7 @@ pub async fn run_hook(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    cmd.env_clear().envs(hook_env(std::env::vars_os(), env));
     let mut child = cmd.spawn().map_err(|e| HookError::Spawn(e.to_string()))?;
     // Declared after `child`, so dropped before it: the group is killed before the shell can
     // be reaped, while its pid (= the group id) cannot have been reused.
@@ -1028,11 +1056,12 @@ pub async fn run_hook(
     Ok(HookOutput { lines, stderr })
 }
 
-/// Parses the backends a scale-out hook printed, one a line: `ADDR`, `ADDR:PORT` or
-/// `[V6]:PORT` (also `[V6]`). Blank lines and `#` comments (whole-line or after the address)
-/// are ignored. A line that is not a unicast address (port 1-65535) comes back in the second
-/// list, trimmed, for the log.
-pub fn parse_backends(lines: &[String]) -> (Vec<(IpAddr, Option<u16>)>, Vec<String>) {
+/// Parses the backends a scale-out hook printed, one [`Endpoint`] a line: `ADDR`,
+/// `ADDR:PORT` or `[V6]:PORT` (also `[V6]`). Blank lines and `#` comments (whole-line or after
+/// the address) are ignored. A line that is not a unicast address (port 1-65535) comes back in
+/// the second list, trimmed, for the log. (Adding them to the group then applies the checks
+/// of every backend: [`crate::endpoint::check_backend`].)
+pub fn parse_backends(lines: &[String]) -> (Vec<Endpoint>, Vec<String>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for line in lines {
@@ -1040,41 +1069,12 @@ pub fn parse_backends(lines: &[String]) -> (Vec<(IpAddr, Option<u16>)>, Vec<Stri
         if s.is_empty() {
             continue;
         }
-        match parse_addr_port(s) {
-            Some((ip, port)) if is_unicast(ip) => ok.push((ip, port)),
+        match s.parse::<Endpoint>() {
+            Ok(e) if crate::endpoint::check_unicast(e.addr).is_ok() => ok.push(e),
             _ => bad.push(line.trim().to_string()),
         }
     }
     (ok, bad)
-}
-
-fn parse_addr_port(s: &str) -> Option<(IpAddr, Option<u16>)> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some((ip, None));
-    }
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let ip: Ipv6Addr = host.parse().ok()?;
-        if after.is_empty() {
-            return Some((IpAddr::V6(ip), None));
-        }
-        let port = parse_port(after.strip_prefix(':')?)?;
-        return Some((IpAddr::V6(ip), Some(port)));
-    }
-    let (host, port) = s.rsplit_once(':')?;
-    let ip: Ipv4Addr = host.parse().ok()?;
-    Some((IpAddr::V4(ip), Some(parse_port(port)?)))
-}
-
-fn parse_port(s: &str) -> Option<u16> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse::<u16>().ok().filter(|&p| p != 0)
-}
-
-fn is_unicast(ip: IpAddr) -> bool {
-    !(ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST))
 }
 
 /// Retry delays for a failing hook: 1 s, 2 s, 4 s, … capped at 60 s; [`Backoff::reset`] after
@@ -1126,6 +1126,7 @@ impl Backoff {
 mod tests {
     use super::*;
     use chrono::NaiveDate;
+    use std::net::IpAddr;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -2036,6 +2037,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let (ok, bad) = parse_backends(&lines);
+        let ok: Vec<(IpAddr, Option<u16>)> = ok.iter().map(|e| (e.addr, e.port)).collect();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
             ok,
@@ -2120,6 +2122,73 @@ mod tests {
         assert_eq!(
             out.lines,
             vec!["web|2|step backend_cpu > 0.7 for 5m → +1", "path"]
+        );
+    }
+
+    #[test]
+    fn hook_env_is_defined_not_inherited() {
+        let daemon = [
+            ("PATH", "/opt/bin"),
+            ("HOME", "/root"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("XLB_LOG", "debug"),
+            ("XLB_HOOK_REGION", "eu"),
+            ("XLB_TARGET_GROUP", "from-the-daemon"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let env = hook_env(daemon, &[("XLB_TARGET_GROUP", "web".to_string())]);
+        let get = |k: &str| {
+            env.get(std::ffi::OsStr::new(k))
+                .map(|v| v.to_str().unwrap())
+        };
+        assert_eq!(get("PATH"), Some("/opt/bin"));
+        assert_eq!(get("HOME"), Some("/root"));
+        assert_eq!(get("XLB_HOOK_REGION"), Some("eu"));
+        assert_eq!(
+            get("XLB_TARGET_GROUP"),
+            Some("web"),
+            "the hook's own value wins"
+        );
+        assert_eq!(
+            get("AWS_SECRET_ACCESS_KEY"),
+            None,
+            "nothing else of the daemon's"
+        );
+        let none = hook_env(std::iter::empty(), &[]);
+        assert_eq!(
+            none.get(std::ffi::OsStr::new("PATH")).unwrap(),
+            DEFAULT_PATH,
+            "PATH has a default"
+        );
+    }
+
+    #[tokio::test]
+    async fn hook_gets_only_its_environment() {
+        // Whatever this test process has (cargo sets many CARGO_* variables), the hook sees
+        // only the defined set (and what /bin/sh itself sets).
+        let out = run_hook("env", &[("XLB_COUNT", "1".to_string())], 5 * S)
+            .await
+            .unwrap();
+        let names: Vec<&str> = out
+            .lines
+            .iter()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        assert!(
+            names.contains(&"XLB_COUNT") && names.contains(&"PATH"),
+            "{names:?}"
+        );
+        let stray: Vec<&&str> = names
+            .iter()
+            .filter(|k| {
+                !(HOOK_ENV_PASSED.contains(k)
+                    || k.starts_with("XLB_")
+                    || ["PWD", "OLDPWD", "SHLVL", "_"].contains(k))
+            })
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "the daemon's environment leaked: {stray:?}"
         );
     }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{AllUnhealthy, Config, Protocol, TargetGroupConfig},
     dataplane::addr_bytes,
+    endpoint::Endpoint,
     health::{CheckKind, CheckOutcome, CheckSpec, HealthTracker},
     model::{ApiError, BackendSource, BackendState, Event},
     scaling::{Backoff, Decision, Scaler},
@@ -40,10 +41,7 @@ impl BackendKey {
 }
 
 pub fn fmt_addr_port(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
+    Endpoint::new(addr, Some(port)).to_string()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -224,9 +222,12 @@ pub struct Member {
     pub drain: Option<Drain>,
     /// Open flows pinned to it, from the last conntrack sweep.
     pub active_flows: u64,
-    /// Last metrics the backend reported (health check JSON body, metric_command), and when.
-    pub metrics: Option<serde_json::Map<String, serde_json::Value>>,
-    pub metrics_at: Option<Instant>,
+    /// The numbers the backend reported (health check JSON body, metric_command), each with
+    /// when it arrived: the two sources merge, the fresher value of a metric wins.
+    pub metrics: BTreeMap<String, (f64, Instant)>,
+    /// When it joined the group (configured, added or launched): it has the scaling grace
+    /// period from here before it counts as missing while unhealthy.
+    pub added_at: Instant,
     /// When it entered service (its first healthy check, or when added if unchecked): its
     /// load counts in the group's averages once the scaling warmup has passed.
     pub in_service_since: Instant,
@@ -255,8 +256,8 @@ impl Member {
             health,
             drain: None,
             active_flows: 0,
-            metrics: None,
-            metrics_at: None,
+            metrics: BTreeMap::new(),
+            added_at: now,
             in_service_since: now,
             launched_at: None,
             terminate_after_drain: false,
@@ -265,6 +266,23 @@ impl Member {
 }
 
 impl Member {
+    /// Take reported numbers (finite ones) that arrived at `at`; metrics not named keep their
+    /// last value and time.
+    fn report_metrics<'a>(&mut self, values: impl Iterator<Item = (&'a str, f64)>, at: Instant) {
+        for (k, x) in values {
+            if !x.is_finite() {
+                continue;
+            }
+            match self.metrics.get_mut(k) {
+                Some(e) if e.1 > at => {}
+                Some(e) => *e = (x, at),
+                None => {
+                    self.metrics.insert(k.to_string(), (x, at));
+                }
+            }
+        }
+    }
+
     pub fn state(&self) -> BackendState {
         if self.drain.is_some() {
             BackendState::Draining
@@ -283,10 +301,11 @@ impl Member {
 
     /// `ADDR` or `ADDR:PORT` as the user gave it.
     pub fn display(&self) -> String {
-        match self.port {
-            Some(p) => fmt_addr_port(self.addr, p),
-            None => self.addr.to_string(),
-        }
+        self.endpoint().to_string()
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.addr, self.port)
     }
 
     fn matches(&self, addr: IpAddr, port: Option<u16>, group_port: Option<u16>) -> bool {
@@ -320,6 +339,12 @@ pub struct GroupScaling {
     pub scaler: Scaler,
     /// Backends the running scale-out hook was asked for.
     pub launching: u32,
+    /// When the running scale-out hook started (wall clock: it is saved in the state file).
+    pub launch_started: Option<std::time::SystemTime>,
+    /// A scale-out hook was running when the previous xlb stopped: its `launching` count
+    /// stands until then (the hook's timeout plus the grace period from its start), so a
+    /// restart does not launch the same backends twice.
+    pub resumed_launch_until: Option<Instant>,
     /// A hook of this group is running (one at a time per group).
     pub hook_running: bool,
     pub backoff: Backoff,
@@ -340,6 +365,8 @@ impl GroupScaling {
         GroupScaling {
             scaler: Scaler::new(cfg, now),
             launching: 0,
+            launch_started: None,
+            resumed_launch_until: None,
             hook_running: false,
             backoff: Backoff::new(),
             retry_at: None,
@@ -353,6 +380,12 @@ impl GroupScaling {
 
     /// What the hook is doing, for status.
     pub fn hook_state(&self, now: Instant) -> String {
+        if self.resumed_launch_until.is_some_and(|t| t > now) {
+            return format!(
+                "awaiting {} backends of a scale-out hook that ran before a restart",
+                self.launching
+            );
+        }
         if self.hook_running {
             if self.launching > 0 {
                 return format!("launching {}", self.launching);
@@ -474,7 +507,7 @@ impl Group {
             [] => Err(ApiError::NotFound(format!(
                 "target group {:?} has no backend {}",
                 self.cfg.name,
-                port.map_or(addr.to_string(), |p| fmt_addr_port(addr, p))
+                Endpoint::new(addr, port)
             ))),
             _ => Err(ApiError::Invalid(format!(
                 "{addr} matches several backends of {:?}: give the port",
@@ -518,23 +551,13 @@ fn initial_health(cfg: &TargetGroupConfig, now: Instant) -> HealthTracker {
     }
 }
 
-/// Parse `ADDR`, `ADDR:PORT` or `[V6]:PORT`.
+/// Parse `ADDR`, `ADDR:PORT` or `[V6]:PORT` (an [`Endpoint`]).
 pub fn parse_backend_ref(s: &str) -> Result<(IpAddr, Option<u16>), ApiError> {
-    let s = s.trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok((ip, None));
-    }
-    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        if sa.port() == 0 {
-            return Err(ApiError::Invalid(format!(
-                "{s}: port 0 is not a backend port"
-            )));
-        }
-        return Ok((sa.ip(), Some(sa.port())));
-    }
-    Err(ApiError::Invalid(format!(
-        "{s:?} is not ADDR, ADDR:PORT or [IPV6]:PORT"
-    )))
+    let e: Endpoint = s
+        .trim()
+        .parse()
+        .map_err(|e: crate::endpoint::EndpointError| ApiError::Invalid(e.0))?;
+    Ok((e.addr, e.port))
 }
 
 impl State {
@@ -715,8 +738,12 @@ impl State {
         let g = self.groups.get_mut(&token.0)?;
         let hc = g.cfg.health_check.clone()?;
         let m = g.members.iter_mut().find(|m| m.uid == token.1)?;
-        if outcome.metrics.is_some() {
-            m.metrics.clone_from(&outcome.metrics);
+        if let Some(body) = &outcome.metrics {
+            m.report_metrics(
+                body.iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), v.as_f64()?))),
+                now,
+            );
         }
         let (from, to) =
             m.health
@@ -820,18 +847,13 @@ impl State {
                 crate::config::MAX_WEIGHT
             )));
         }
-        let families: Vec<(String, IpAddr)> = self
-            .services_of(group)
-            .map(|s| (s.name.clone(), s.vip))
-            .collect();
-        if let Some((svc, vip)) = families
-            .iter()
-            .find(|(_, vip)| vip.is_ipv4() != addr.is_ipv4())
-        {
-            return Err(ApiError::Invalid(format!(
-                "{addr} cannot serve service {svc:?} whose VIP {vip} is of the other address family"
-            )));
-        }
+        // The checks of every backend, as for the config's (unicast, not a VIP, the VIPs'
+        // address family, Maglev slots per backend).
+        let serving = self.groups.get(group).map_or(0, |g| {
+            g.members.iter().filter(|m| m.drain.is_none()).count()
+        });
+        crate::endpoint::check_backend(&self.config, group, addr, serving + 1)
+            .map_err(|e| ApiError::Invalid(format!("{group}: {e}")))?;
         let total: usize = self.groups.values().map(|g| g.members.len()).sum();
         let now = Instant::now();
         let uid = self.uid();
@@ -1078,6 +1100,31 @@ impl State {
         });
     }
 
+    /// The trail of changes: a change asked through the API or CLI (`origin`), accepted or
+    /// rejected, becomes an event (`change` or `rejected`) and a log line saying what changed
+    /// or why it was refused.
+    pub fn record_change(
+        &mut self,
+        group: &str,
+        origin: &str,
+        what: &str,
+        result: &Result<String, ApiError>,
+    ) {
+        match result {
+            Ok(m) => self.push_event(group, "change", format!("{origin}: {m}"), BTreeMap::new()),
+            Err(e) => {
+                let keeps = if what == "reload" {
+                    ", the running config stays in force"
+                } else {
+                    ""
+                };
+                tracing::warn!(group, origin, "{what} rejected{keeps}: {e}");
+                let msg = format!("{origin}: {what} rejected{keeps}: {e}");
+                self.push_event(group, "rejected", msg, BTreeMap::new());
+            }
+        }
+    }
+
     // ---- scaling ----
 
     /// `xlb scale GROUP --desired N`.
@@ -1119,6 +1166,19 @@ impl State {
                 continue;
             };
             let checked = g.cfg.health_check.is_some();
+            if gs.resumed_launch_until.is_some_and(|t| now >= t) {
+                gs.resumed_launch_until = None;
+                gs.launching = 0;
+                gs.launch_started = None;
+                events.push((
+                    name.clone(),
+                    "hook_failed".into(),
+                    "the scale-out hook that was running when xlb stopped never reported its \
+                     backends (timeout and grace period are over): launching again if needed"
+                        .into(),
+                    BTreeMap::new(),
+                ));
+            }
             // Measurements.
             let backends = g
                 .members
@@ -1126,14 +1186,7 @@ impl State {
                 .filter(|m| m.drain.is_none())
                 .map(|m| {
                     let (nf, pk, by) = rates.get(&m.uid).copied().unwrap_or_default();
-                    let mut reported = BTreeMap::new();
-                    if let (Some(map), Some(at)) = (&m.metrics, m.metrics_at) {
-                        for (k, v) in map {
-                            if let Some(x) = v.as_f64() {
-                                reported.insert(k.clone(), (x, at));
-                            }
-                        }
-                    }
+                    let reported = m.metrics.clone();
                     crate::scaling::BackendSample {
                         uid: m.uid,
                         in_service_since: m.in_service_since,
@@ -1218,9 +1271,12 @@ impl State {
                 .iter()
                 .filter(|m| m.drain.is_none())
                 .filter(|m| match m.health.state() {
-                    BackendState::Unhealthy => m
-                        .launched_at
-                        .is_some_and(|t| now.saturating_duration_since(t) < grace),
+                    // Configured, added and launched backends alike get the grace period
+                    // from when they joined (a configured backend whose server is still
+                    // starting is not missing).
+                    BackendState::Unhealthy => {
+                        now.saturating_duration_since(m.launched_at.unwrap_or(m.added_at)) < grace
+                    }
                     _ => true,
                 })
                 .count() as u32;
@@ -1236,6 +1292,7 @@ impl State {
                             .unwrap_or_else(|| format!("desired {desired}, {serving} serving"));
                         gs.hook_running = true;
                         gs.launching = count;
+                        gs.launch_started = Some(wall);
                         jobs.push(HookJob::Launch {
                             group: name.clone(),
                             command,
@@ -1345,6 +1402,7 @@ impl State {
             return false;
         };
         let asked = std::mem::take(&mut gs.launching);
+        gs.launch_started = None;
         let failure = match result {
             Err(e) => Some(e),
             Ok(out) => {
@@ -1354,11 +1412,8 @@ impl State {
                     .iter()
                     .map(|l| format!("invalid line {l:?}"))
                     .collect();
-                for (addr, port) in addrs.into_iter().take(asked.max(1) as usize) {
-                    let text = match port {
-                        Some(p) => fmt_addr_port(addr, p),
-                        None => addr.to_string(),
-                    };
+                for e in addrs.into_iter().take(asked.max(1) as usize) {
+                    let text = e.to_string();
                     match self.add_backend(group, &text, None, BackendSource::Scaling) {
                         Ok(_) => added.push(text),
                         Err(e) => problems.push(e.to_string()),
@@ -1445,17 +1500,13 @@ impl State {
             else {
                 continue;
             };
-            let map = m.metrics.get_or_insert_with(Default::default);
-            for kv in parts {
-                if let Some((k, v)) = kv.split_once('=') {
-                    if let Ok(x) = v.parse::<f64>() {
-                        if let Some(n) = serde_json::Number::from_f64(x) {
-                            map.insert(k.to_string(), serde_json::Value::Number(n));
-                        }
-                    }
-                }
-            }
-            m.metrics_at = Some(now);
+            m.report_metrics(
+                parts.filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k, v.parse::<f64>().ok()?))
+                }),
+                now,
+            );
         }
     }
 
@@ -1500,6 +1551,17 @@ impl State {
                         })
                         .collect(),
                     desired: g.scaling.as_ref().map(|s| s.scaler.desired()),
+                    launch: g.scaling.as_ref().and_then(|s| {
+                        // A hook running now, or one of the previous instance still awaited.
+                        let started = s.launch_started?;
+                        (s.launching > 0).then(|| PersistedLaunch {
+                            count: s.launching,
+                            started_unix_secs: started
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap_or_default()
+                                .as_secs_f64(),
+                        })
+                    }),
                 })
                 .collect(),
         }
@@ -1523,9 +1585,15 @@ impl State {
             let mut restored = Vec::new();
             for pm in &pg.members {
                 let health = HealthTracker::restore(pm.state, &pm.reason, now);
-                let drain = pm.drain_left_secs.map(|left| Drain {
+                // Never panics, whatever the file holds (`Persisted::check` refuses such
+                // values before this).
+                let left = pm.drain_left_secs.map(|left| {
+                    Duration::try_from_secs_f64(left.clamp(0.0, MAX_SAVED_DRAIN_SECS))
+                        .unwrap_or_default()
+                });
+                let drain = left.map(|left| Drain {
                     started: now,
-                    deadline: now + Duration::from_secs_f64(left.max(0.0)),
+                    deadline: now.checked_add(left).unwrap_or(now),
                     reason: pm.drain_reason.clone().unwrap_or_else(|| "draining".into()),
                 });
                 if same || pm.source == BackendSource::Scaling {
@@ -1546,6 +1614,30 @@ impl State {
             let g = self.groups.get_mut(&pg.name).expect("checked above");
             if let (Some(gs), Some(desired)) = (g.scaling.as_mut(), pg.desired) {
                 let _ = gs.scaler.set_desired(desired, now);
+            }
+            if let (Some(gs), Some(cfg), Some(l)) = (
+                g.scaling.as_mut(),
+                g.cfg.scaling.as_ref(),
+                pg.launch.as_ref(),
+            ) {
+                let started = std::time::UNIX_EPOCH
+                    + Duration::try_from_secs_f64(l.started_unix_secs).unwrap_or_default();
+                let since = std::time::SystemTime::now()
+                    .duration_since(started)
+                    .unwrap_or_default();
+                let window = (cfg.hook_timeout + cfg.grace_period).saturating_sub(since);
+                if !window.is_zero() && l.count > 0 {
+                    gs.launching = l.count.min(cfg.max);
+                    gs.launch_started = Some(started);
+                    gs.resumed_launch_until = now.checked_add(window);
+                    notes.push(format!(
+                        "target group {}: a scale-out hook for {} backends was running when \
+                         xlb stopped; no new launch for {}",
+                        pg.name,
+                        l.count,
+                        humantime::format_duration(Duration::from_secs(window.as_secs()))
+                    ));
+                }
             }
             if same {
                 g.members = restored;
@@ -1591,6 +1683,61 @@ pub struct Persisted {
     pub groups: Vec<PersistedGroup>,
 }
 
+/// The longest drain a state file may hold (deregistration delays are at most an hour).
+const MAX_SAVED_DRAIN_SECS: f64 = 86_400.0;
+
+impl Persisted {
+    /// Values a restore cannot take (ids out of range or used twice, weights or ports out of
+    /// range, drains that are not a number of seconds within a day): the state file is not
+    /// one xlb wrote, and using it could panic or corrupt the maps.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = HashSet::new();
+        for (name, id) in &self.service_ids {
+            if !seen.insert(*id) {
+                return Err(format!("service id {id} ({name}) is used twice"));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (key, id) in &self.backend_ids {
+            if *id >= MAX_BACKENDS {
+                return Err(format!(
+                    "backend id {id} is out of range (< {MAX_BACKENDS})"
+                ));
+            }
+            if !seen.insert(*id) {
+                return Err(format!(
+                    "backend id {id} ({}) is used twice",
+                    key.maglev_key()
+                ));
+            }
+        }
+        for g in &self.groups {
+            if let Some(l) = &g.launch {
+                if !(l.started_unix_secs.is_finite() && l.started_unix_secs >= 0.0) {
+                    return Err(format!("group {}: launch start is not a time", g.name));
+                }
+            }
+            for m in &g.members {
+                let who = format!("group {} backend {}", g.name, m.addr);
+                if m.weight == 0 || m.weight > crate::config::MAX_WEIGHT {
+                    return Err(format!("{who}: weight {} is out of range", m.weight));
+                }
+                if m.port == Some(0) {
+                    return Err(format!("{who}: port 0"));
+                }
+                if let Some(left) = m.drain_left_secs {
+                    if !(0.0..=MAX_SAVED_DRAIN_SECS).contains(&left) {
+                        return Err(format!(
+                            "{who}: drain time left {left} s is not within 0-{MAX_SAVED_DRAIN_SECS} s"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PersistedGroup {
     pub name: String,
@@ -1602,6 +1749,17 @@ pub struct PersistedGroup {
     /// The scaling group's desired capacity.
     #[serde(default)]
     pub desired: Option<u32>,
+    /// A scale-out hook running when the state was saved.
+    #[serde(default)]
+    pub launch: Option<PersistedLaunch>,
+}
+
+/// A scale-out hook in progress.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PersistedLaunch {
+    pub count: u32,
+    /// When it started, seconds since the Unix epoch.
+    pub started_unix_secs: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1892,6 +2050,306 @@ unhealthy_threshold = 2
             r.groups["g"].members.len(),
             4,
             "the runtime backend is back"
+        );
+    }
+
+    /// One configured backend, HTTP checked, in a scaling group driven by a step policy on
+    /// backend_cpu (no hold, no warmup).
+    const SCALING: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "g"
+
+[[target_group]]
+name = "g"
+port = 8080
+backends = ["198.18.2.11"]
+
+[target_group.health_check]
+protocol = "http"
+interval = "1s"
+timeout = "500ms"
+healthy_threshold = 1
+unhealthy_threshold = 1
+
+[target_group.scaling]
+min = 1
+max = 3
+desired = 1
+scale_out_command = "/bin/true"
+warmup = "0s"
+grace_period = "120s"
+metric_command = "/bin/true"
+metric_interval = "15s"
+
+[[target_group.scaling.policy]]
+type = "step"
+metric = "backend_cpu"
+scale_out = { above = 0.7, for = "0s", add = 1 }
+"#;
+
+    fn body(ok: bool, json: serde_json::Value) -> CheckOutcome {
+        let mut o = outcome(ok);
+        o.metrics = json.as_object().cloned();
+        o
+    }
+
+    fn launches(jobs: &[HookJob]) -> Vec<u32> {
+        jobs.iter()
+            .filter_map(|j| match j {
+                HookJob::Launch { count, .. } => Some(*count),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn round(s: &mut State, at: Instant) -> Vec<HookJob> {
+        s.scaling_round(at, std::time::SystemTime::now(), &HashMap::new(), true)
+            .0
+    }
+
+    #[test]
+    fn health_body_metrics_drive_scaling() {
+        let mut s = state(SCALING);
+        let t = token(&s, "198.18.2.11");
+        s.observe(&t, &body(true, serde_json::json!({"cpu": 0.9})));
+        assert_eq!(s.groups["g"].members[0].state(), BackendState::Healthy);
+        let now = Instant::now();
+        let jobs = round(&mut s, now);
+        assert_eq!(
+            s.groups["g"]
+                .scaling
+                .as_ref()
+                .unwrap()
+                .metrics
+                .get("backend_cpu"),
+            Some(&0.9),
+            "the health body's cpu is the group's backend_cpu"
+        );
+        assert_eq!(s.groups["g"].scaling.as_ref().unwrap().scaler.desired(), 2);
+        assert_eq!(launches(&jobs), [1], "{jobs:?}");
+    }
+
+    #[test]
+    fn health_body_and_metric_command_merge() {
+        let mut s = state(SCALING);
+        let t = token(&s, "198.18.2.11");
+        s.observe(&t, &body(true, serde_json::json!({"ok": true})));
+        s.metrics_done("g", &["198.18.2.11:8080 cpu=0.95 queue=3".to_string()]);
+        // A later health body without cpu keeps metric_command's cpu; one with queue
+        // replaces the older queue.
+        s.observe(&t, &body(true, serde_json::json!({"ok": true, "queue": 7})));
+        let m = &s.groups["g"].members[0].metrics;
+        assert_eq!(m.get("cpu").map(|v| v.0), Some(0.95));
+        assert_eq!(
+            m.get("queue").map(|v| v.0),
+            Some(7.0),
+            "the fresher value wins"
+        );
+        let jobs = round(&mut s, Instant::now());
+        assert_eq!(
+            launches(&jobs),
+            [1],
+            "metric_command's cpu scales: {jobs:?}"
+        );
+        // And metric_command's newer value replaces the body's.
+        s.metrics_done("g", &["198.18.2.11 queue=1".to_string()]);
+        assert_eq!(s.groups["g"].members[0].metrics["queue"].0, 1.0);
+    }
+
+    #[test]
+    fn configured_backend_failing_its_first_check_is_not_replaced_within_grace() {
+        let mut s = state(&SCALING.replace("metric = \"backend_cpu\"", "metric = \"queue\""));
+        let t = token(&s, "198.18.2.11");
+        let tr = s.observe(&t, &outcome(false)).expect("initial → unhealthy");
+        assert_eq!(tr.to, BackendState::Unhealthy);
+        let now = Instant::now();
+        for i in 0..3 {
+            let jobs = round(&mut s, now + Duration::from_secs(i));
+            assert!(
+                launches(&jobs).is_empty(),
+                "no launch within grace: {jobs:?}"
+            );
+        }
+        // Past the grace period it counts as missing.
+        let jobs = round(&mut s, now + Duration::from_secs(121));
+        assert_eq!(launches(&jobs), [1], "{jobs:?}");
+    }
+
+    #[test]
+    fn restore_of_huge_drain_does_not_panic() {
+        let s = state(CFG);
+        let mut p = s.snapshot();
+        p.groups[0].members[0].drain_left_secs = Some(1e300);
+        assert!(p.check().is_err(), "refused when read");
+        // And restoring it anyway does not panic.
+        let mut r = state(CFG);
+        r.restore(p);
+        assert!(r.groups["g"].members[0].drain.is_some());
+    }
+
+    #[test]
+    fn a_restart_during_a_launch_does_not_launch_again() {
+        let cfg = SCALING.replace(
+            "min = 1\nmax = 3\ndesired = 1",
+            "min = 2\nmax = 3\ndesired = 2",
+        );
+        let mut s = state(&cfg);
+        let now = Instant::now();
+        let jobs = round(&mut s, now);
+        assert_eq!(launches(&jobs), [1], "one missing: {jobs:?}");
+        // xlb stops while the hook runs; the state file is written.
+        let saved = serde_json::to_string(&s.snapshot()).unwrap();
+
+        let mut r = state(&cfg);
+        let notes = r.restore(serde_json::from_str(&saved).unwrap());
+        assert!(
+            notes.iter().any(|n| n.contains("scale-out hook")),
+            "{notes:?}"
+        );
+        let now = Instant::now();
+        for i in [0, 1, 60, 179] {
+            let jobs = round(&mut r, now + Duration::from_secs(i));
+            assert!(
+                launches(&jobs).is_empty(),
+                "no second launch {i}s after the restart: {jobs:?}"
+            );
+        }
+        // Once the hook's timeout (60s) and the grace period (120s) are over, it launches.
+        let jobs = round(&mut r, now + Duration::from_secs(181));
+        assert_eq!(launches(&jobs), [1], "{jobs:?}");
+    }
+
+    #[test]
+    fn changes_leave_a_trail_accepted_or_rejected() {
+        use crate::model::{AddBackend, BackendRef, Request};
+        let mut s = state(CFG);
+        let add = Request::AddBackend {
+            group: "g".into(),
+            body: AddBackend {
+                address: "198.18.2.14".into(),
+                weight: Some(2),
+            },
+        };
+        let (group, what) = add.change().expect("a change");
+        assert_eq!(
+            (group.as_str(), what.as_str()),
+            ("g", "add backend 198.18.2.14 with weight 2")
+        );
+        let r = s.add_backend("g", "198.18.2.14", Some(2), BackendSource::Api);
+        s.record_change(&group, "API", &what, &r);
+        let r = s.add_backend("g", "198.18.2.14", Some(2), BackendSource::Api);
+        assert!(r.is_err());
+        s.record_change(&group, "API", &what, &r);
+        let drain = Request::DrainBackend {
+            group: "g".into(),
+            body: BackendRef {
+                address: "198.18.9.9".into(),
+            },
+        };
+        let (group, what) = drain.change().unwrap();
+        let r = s.drain_backend(&group, "198.18.9.9", "drained by API");
+        s.record_change(&group, "API", &what, &r);
+        s.record_change(
+            "",
+            "SIGHUP",
+            "reload",
+            &Err(ApiError::Invalid(
+                "xlb.toml:4:1: daemon.bogus: unknown key".into(),
+            )),
+        );
+        assert!(Request::Status.change().is_none());
+        let trail: Vec<(String, String)> = s
+            .events
+            .iter()
+            .map(|e| (e.kind.clone(), e.message.clone()))
+            .collect();
+        assert_eq!(trail.len(), 4, "{trail:?}");
+        assert_eq!(trail[0].0, "change");
+        assert!(
+            trail[0].1.starts_with("API: g: 198.18.2.14 added"),
+            "{trail:?}"
+        );
+        assert_eq!(trail[1].0, "rejected");
+        assert!(
+            trail[1]
+                .1
+                .contains("add backend 198.18.2.14 with weight 2 rejected")
+                && trail[1].1.contains("already has"),
+            "{trail:?}"
+        );
+        assert!(
+            trail[2].1.contains("drain backend 198.18.9.9 rejected"),
+            "{trail:?}"
+        );
+        assert_eq!(
+            trail[3].1,
+            "SIGHUP: reload rejected, the running config stays in force: \
+             xlb.toml:4:1: daemon.bogus: unknown key"
+        );
+    }
+
+    #[test]
+    fn api_and_hook_backends_pass_the_configs_checks() {
+        // 1021 Maglev slots hold at most 10 backends (100 slots each).
+        let cfg = SCALING.replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\nmaglev_table_size = 1021",
+        );
+        let mut s = state(&cfg);
+        for bad in ["198.18.100.1", "0.0.0.0", "224.0.0.1", "2001:db8::1"] {
+            assert!(
+                matches!(
+                    s.add_backend("g", bad, None, BackendSource::Api),
+                    Err(ApiError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
+        let e = s
+            .add_backend("g", "198.18.100.1:8080", None, BackendSource::Api)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be a VIP"), "{e}");
+        for i in 12..=20 {
+            s.add_backend("g", &format!("198.18.2.{i}"), None, BackendSource::Api)
+                .unwrap();
+        }
+        let e = s
+            .add_backend("g", "198.18.2.21", None, BackendSource::Api)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Maglev"), "the 11th backend: {e}");
+        // A scale-out hook printing a VIP: refused the same way, and said so.
+        let mut s = state(&cfg);
+        s.groups
+            .get_mut("g")
+            .unwrap()
+            .scaling
+            .as_mut()
+            .unwrap()
+            .launching = 1;
+        let added = s.launch_done(
+            "g",
+            Ok(crate::scaling::HookOutput {
+                lines: vec!["198.18.100.1".into()],
+                stderr: String::new(),
+            }),
+        );
+        assert!(!added);
+        assert_eq!(s.groups["g"].members.len(), 1);
+        assert!(
+            s.events
+                .iter()
+                .any(|e| e.message.contains("cannot be a VIP")),
+            "{:?}",
+            s.events
         );
     }
 

@@ -508,6 +508,23 @@ fn kill_9_and_restart_keep_a_transfer_intact() {
     assert!(failed.is_empty(), "{failed:?}");
     assert!(seen.len() >= 2, "{seen:?}");
 
+    // A second daemon on the same state file is refused before it touches anything.
+    let second = std::process::Command::new(&s.xlb.bin)
+        .args(["run", "--config"])
+        .arg(&s.xlb.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second xlb exits: {err}");
+    assert!(err.contains("another xlb"), "with a clear message: {err}");
+    assert!(s.xlb.is_running(), "the first one runs on");
+    let (_, failed) = connections(&s.lab, 10);
+    assert!(failed.is_empty(), "traffic unaffected: {failed:?}");
+
+    // Something else pinned in pin_path is not xlb's to remove.
+    let foreign = s.xlb.pin_path.join("not-xlbs");
+    std::fs::create_dir(&foreign).unwrap();
+
     // `xlb stop --cleanup` stops the daemon, detaches XDP and removes the pins.
     let xdp_attached = |s: &Setup| {
         let out = s
@@ -530,7 +547,11 @@ fn kill_9_and_restart_keep_a_transfer_intact() {
     );
     assert!(!s.xlb.is_running(), "the daemon stopped");
     assert!(!xdp_attached(&s), "XDP is detached after the cleanup");
-    assert!(!s.xlb.pin_path.exists(), "the pins are gone");
+    let left: Vec<String> = std::fs::read_dir(&s.xlb.pin_path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["not-xlbs"], "xlb's pins are gone, nothing else");
     let vip = s
         .lab
         .client_ns()
@@ -558,6 +579,21 @@ fn broken_reload_keeps_the_running_config() {
     assert!(
         err.contains("xlb.toml:4:1") && err.contains("daemon.bogus"),
         "the error names file, line, column and field: {err}"
+    );
+    // The rejected reload leaves a trail: an event and a log line.
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&s.xlb.cli_ok(&["events", "--json"]).unwrap()).unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "rejected"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("reload rejected") && m.contains("daemon.bogus"))),
+        "{events:?}"
+    );
+    assert!(
+        s.xlb.log_text().contains("API: reload rejected"),
+        "{}",
+        s.xlb.log_text()
     );
     let check = std::process::Command::new(&s.xlb.bin)
         .args(["check", "--config"])
@@ -598,6 +634,15 @@ fn broken_reload_keeps_the_running_config() {
     std::fs::write(&s.xlb.config, fixed).unwrap();
     let out = s.xlb.cli_ok(&["reload"]).unwrap();
     assert!(out.contains("web-servers"), "{out}");
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&s.xlb.cli_ok(&["events", "--json"]).unwrap()).unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "change"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("config reloaded") && m.contains("web-servers"))),
+        "the accepted reload is in the trail with what changed: {events:?}"
+    );
     let (seen, failed) = connections(&s.lab, 40);
     assert!(failed.is_empty(), "{failed:?}");
     assert!(!seen.contains_key("b3"), "{seen:?}");

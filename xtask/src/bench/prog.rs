@@ -83,6 +83,9 @@ fn mac(m: [u8; 6]) -> String {
 }
 
 fn fixture() -> Result<Fixture> {
+    // The program's maps are pinned (ephemerally) under /sys/fs/bpf: a fresh machine may not
+    // have bpffs mounted yet.
+    xlb::daemon::ensure_bpffs()?;
     let ns = Netns::new(format!("xlbbfx-{}", std::process::id()))?;
     let sh = |cmd: &str| -> Result<()> { ns.exec(cmd.split_whitespace()).map(drop) };
     sh("ip link add veth-client address 02:00:00:00:01:01 type veth peer name peer-client")?;
@@ -134,14 +137,18 @@ fn fixture() -> Result<Fixture> {
         b.active = true;
     }
     Reconciler::new().apply(&mut dp, &desired)?;
+    let (if_client, if_backends) = (if_client?, if_backends?);
+    // Redirects go through the TX_PORTS devmap, as the daemon fills it after attaching.
+    ns.enter(|| dp.set_tx_ports(&[if_client, if_backends]))
+        .context("filling TX_PORTS")?;
     let svc = desired.services.first().context("no service")?;
     Ok(Fixture {
         service_id: svc.id,
         backend_ids: svc.backends.clone(),
         ns,
         dp,
-        if_client: if_client?,
-        if_backends: if_backends?,
+        if_client,
+        if_backends,
     })
 }
 
