@@ -3,7 +3,8 @@
 //! - [`config`]: the TOML file, validated with positions in errors;
 //! - [`maglev`]: the lookup table;
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
-//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`.
+//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
+//! - [`service`]: capabilities, systemd notification, log format.
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -17,4 +18,5 @@ pub mod maglev;
 pub mod model;
 pub mod reconcile;
 pub mod scaling;
+pub mod service;
 pub mod state;
