@@ -161,7 +161,7 @@ impl Xlbd {
         self.spawn()
     }
 
-    /// Run `xlb --socket S ARGS...`.
+    /// Run `xlb ARGS... --socket S` (ARGS a client command).
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
         let out = Command::new(&self.bin)
             .args(args)

@@ -198,7 +198,10 @@ fn names_the_missing_capability() {
 /// (`systemd-analyze verify`, when installed).
 #[test]
 fn unit_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../contrib/systemd/xlb.service");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/systemd/xlb.service"
+    );
     let unit = std::fs::read_to_string(path).unwrap();
     let line = |key: &str| {
         unit.lines()
