@@ -18,6 +18,7 @@ struct Cli {
         long,
         global = true,
         value_enum,
+        ignore_case = true,
         env = "XLB_LOG_FORMAT",
         default_value_t = LogFormat::Text
     )]
@@ -564,6 +565,10 @@ mod tests {
         );
         assert_eq!(
             parse(&["xlb", "--log-format", "json", "status"]).log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["xlb", "status", "--log-format", "JSON"]).log_format,
             LogFormat::Json
         );
         assert!(Cli::try_parse_from(["xlb", "--log-format", "xml", "status"]).is_err());
