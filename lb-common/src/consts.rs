@@ -197,6 +197,8 @@ pub const BA_F_SHARED: u32 = 1;
 /// `FragValue::flags`: the datagram goes client → backend (destination rewritten); without
 /// it, backend → client (source rewritten to the VIP).
 pub const FRAG_F_FORWARD: u32 = 1;
+/// `FragValue::flags`: the first fragment was not balanced (passed): so are the later ones.
+pub const FRAG_F_PASS: u32 = 2;
 /// `ADDRS` values: the address is a service's VIP / a backend's. Later fragments (which
 /// carry no ports) to a VIP or from a backend address are dropped when their first fragment
 /// was not seen.

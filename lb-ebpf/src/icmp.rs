@@ -1,26 +1,26 @@
 //! ICMP: errors about balanced flows translated in both directions, and the "fragmentation
 //! needed" / "packet too big" errors xlb sends itself.
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
     EbpfContext,
 };
 use lb_common::{
     csum, global, FlowKey, NextHop, ServiceKey, AF_INET, BA_F_SHARED, BE_F_ESTABLISHED_OK,
-    ICMP_QUOTE_MAX, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, PROTO_UDP,
+    ICMP_QUOTE_MAX, NH_F_KERNEL, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     maps::{count, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS, REVERSE, SERVICES},
-    nat::{csum_replace16, resolve, transmit, Target, DONE, NH_OK},
+    nat::{csum_replace16, resolve, transmit, Target, DONE, NH_LOCAL, NH_NO_NEIGH, NH_OK},
     parse::{malformed, pass, ptr_at, Pkt, IPPROTO_ICMP, IPPROTO_ICMPV6},
 };
 
 /// Read `N` bytes at `off`.
 #[inline(always)]
 fn get<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], u32> {
-    let p: *const [u8; N] = ptr_at(ctx, off).map_err(|_| pass())?;
+    let p: *const [u8; N] = ptr_at(ctx, off).map_err(|_| XDP_PASS)?;
     // SAFETY: bounds checked by `ptr_at`.
     Ok(unsafe { *p })
 }
@@ -74,6 +74,7 @@ fn try_handle(ctx: &XdpContext, p: &Pkt) -> Result<u32, u32> {
         edport: [0; 2],
         proto: 0,
         v4,
+        dec_ttl: false,
     };
     if v4 {
         let h: *const [u8; 20] = ptr_at(ctx, e3).map_err(|_| other_icmp())?;
@@ -106,15 +107,16 @@ fn try_handle(ctx: &XdpContext, p: &Pkt) -> Result<u32, u32> {
     if q.proto != PROTO_TCP && q.proto != PROTO_UDP {
         return Ok(other_icmp());
     }
+    // The quote must hold the quoted IP header and 8 bytes of TCP/UDP header inside the
+    // ICMP message (not in padding after it).
+    if q.e4 + 8 > p.l4 + p.l4_len {
+        return Ok(other_icmp());
+    }
     let ports: [u8; 8] = get(ctx, q.e4 & 0xffff).map_err(|_| other_icmp())?;
     q.esport = [ports[0], ports[1]];
     q.edport = [ports[2], ports[3]];
     if p.key.dst != q.esrc {
         return Ok(other_icmp());
-    }
-    if p.ttl <= 1 {
-        count(global::TTL_EXCEEDED);
-        return Ok(pass());
     }
     if port_in(PORTS_SERVICE, q.esport) {
         let r = to_backend(ctx, p, &q);
@@ -178,14 +180,61 @@ fn to_backend(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
     };
     // SAFETY: as above.
     let nh = unsafe { &mut *nh };
-    if resolve(ctx, p, &p.key.src, &t.addr, nh) != NH_OK {
+    let src = p.key.src;
+    deliver(ctx, p, q, true, &t, &src, nh)
+}
+
+/// Send a translated error on: TTL, next hop (the kernel's when there is no neighbour yet
+/// or the egress cannot take XDP frames), translation, transmission.
+#[inline(always)]
+fn deliver(
+    ctx: &XdpContext,
+    p: &Pkt,
+    q: &Quote,
+    to_backend: bool,
+    t: &Target,
+    from: &[u8; 16],
+    nh: &mut NextHop,
+) -> u32 {
+    if p.ttl <= 1 {
+        count(global::TTL_EXCEEDED);
+        return pass();
+    }
+    let (src, dst) = if to_backend {
+        (from, &t.addr)
+    } else {
+        (&t.addr, from)
+    };
+    let rc = resolve(ctx, p, src, dst, nh);
+    // The kernel's: no neighbour yet, an egress that cannot take XDP frames, or "not
+    // forwarded" (local, or no route).
+    let kernel =
+        rc == NH_NO_NEIGH || rc == NH_LOCAL || (rc == NH_OK && nh.flags & NH_F_KERNEL != 0);
+    if rc != NH_OK && !kernel {
         return NOT_OURS;
     }
-    let r = translate(ctx, p, q, true, &t);
+    let q = Quote {
+        dec_ttl: !kernel,
+        ..*q
+    };
+    let r = translate(ctx, p, &q, to_backend, t);
     if r != DONE {
         return r;
     }
-    transmit(ctx, p.tags, nh, global::ICMP_TO_BACKEND)
+    if kernel {
+        if rc == NH_NO_NEIGH {
+            count(global::FIB_NO_NEIGH);
+        } else if rc == NH_OK {
+            count(global::EGRESS_KERNEL);
+        }
+        return pass();
+    }
+    let ok = if to_backend {
+        global::ICMP_TO_BACKEND
+    } else {
+        global::ICMP_TO_CLIENT
+    };
+    transmit(ctx, p.tags, nh, ok)
 }
 
 /// An error about the client → backend leg (or from the backend): to the client, from the
@@ -255,17 +304,12 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
     }
     // SAFETY: a pointer into a map value checked for null.
     let nh = unsafe { &mut *nh };
-    if resolve(ctx, p, &t.addr, &p.key.dst, nh) != NH_OK {
-        return NOT_OURS;
-    }
-    let r = translate(ctx, p, q, false, &t);
-    if r != DONE {
-        return r;
-    }
-    transmit(ctx, p.tags, nh, global::ICMP_TO_CLIENT)
+    let client = p.key.dst;
+    deliver(ctx, p, q, false, &t, &client, nh)
 }
 
 /// The quoted packet of an ICMP error.
+#[derive(Clone, Copy)]
 struct Quote {
     esrc: [u8; 16],
     edst: [u8; 16],
@@ -276,6 +320,8 @@ struct Quote {
     edport: [u8; 2],
     proto: u8,
     v4: bool,
+    /// Decrement the outer TTL (the error leaves through XDP, not through the kernel).
+    dec_ttl: bool,
 }
 
 /// Rewrite an ICMP error: `to_backend`: outer destination and quoted source become `t`'s
@@ -318,12 +364,12 @@ fn try_translate<const TO_BACKEND: bool>(
         if q.v4 {
             let new: &[u8; 4] = &*(t.addr.as_ptr() as *const [u8; 4]);
             let ttl: *mut [u8; 12] = ptr_at(ctx, l3 + 8).map_err(|_| malformed())?;
-            // Outer IPv4 header: TTL, checksum, source/destination.
+            // Outer IPv4 header: checksum, source/destination (and the TTL when asked).
             let outer = if TO_BACKEND { 16 } else { 12 };
             let oa: *mut [u8; 4] = ptr_at(ctx, l3 + outer).map_err(|_| malformed())?;
             let h = &mut *ttl;
             let old_tp = [h[0], h[1]];
-            let new_tp = [h[0] - 1, h[1]];
+            let new_tp = [h[0] - q.dec_ttl as u8, h[1]];
             let mut c = csum::replace(u16::from_be_bytes([h[2], h[3]]), &old_tp, &new_tp);
             c = csum::replace(c, &*oa, new);
             h[0] = new_tp[0];
@@ -345,7 +391,7 @@ fn try_translate<const TO_BACKEND: bool>(
         } else {
             // Outer IPv6 header: hop limit, and the address (in the ICMPv6 pseudo-header).
             let hl: *mut u8 = ptr_at(ctx, l3 + 7).map_err(|_| malformed())?;
-            *hl -= 1;
+            *hl -= q.dec_ttl as u8;
             let outer = if TO_BACKEND { 24 } else { 8 };
             let oa: *mut [u8; 16] = ptr_at(ctx, l3 + outer).map_err(|_| malformed())?;
             ck = csum_replace16(ck, oa, &t.addr);

@@ -5,7 +5,8 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams,
         xdp_action::{XDP_DROP, XDP_REDIRECT, XDP_TX},
-        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::{
         bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head,
@@ -234,6 +235,8 @@ pub const NH_OK: u32 = u32::MAX;
 pub const NH_LOCAL: u32 = u32::MAX - 1;
 /// `resolve`: no neighbour entry yet.
 pub const NH_NO_NEIGH: u32 = u32::MAX - 2;
+/// `resolve`: the packet is longer than the route's MTU (in `nh.mtu`; `nh` stays invalid).
+pub const NH_TOO_BIG: u32 = u32::MAX - 3;
 
 /// Make `nh` a valid next hop from `src` to `dst` (as the packet will carry them): the cached
 /// one while it is fresh, else the kernel FIB's answer (egress, MACs, MTU; a VLAN device
@@ -270,6 +273,9 @@ fn fib_lookup(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], out: &m
     };
     fib.l4_protocol = p.key.proto;
     fib.ifindex = ingress;
+    // The kernel checks the MTU before the neighbour (and reports the route's MTU on
+    // success).
+    fib.__bindgen_anon_1.tot_len = (p.ip_len & 0xffff) as u16;
     if p.key.family == AF_INET {
         fib.family = AF_INET_KERNEL;
         fib.__bindgen_anon_3.ipv4_src = words(src)[0];
@@ -313,6 +319,12 @@ fn fib_lookup(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], out: &m
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return NH_NO_NEIGH;
     }
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        out.ifindex = 0;
+        // SAFETY: the kernel wrote `mtu_result` (the union's output member).
+        out.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+        return NH_TOO_BIG;
+    }
     if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
         return NH_LOCAL;
     }
@@ -343,6 +355,9 @@ pub fn send(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, nh: &mut Next
         Rewrite::Src => (addr, &p.key.dst),
     };
     let rc = resolve(ctx, p, src, dst, nh);
+    if rc == NH_TOO_BIG {
+        return too_big(ctx, p, which, t, nh.mtu);
+    }
     if rc != NH_OK {
         if rc == NH_NO_NEIGH || rc == NH_LOCAL {
             // The kernel resolves the neighbour (or delivers) and forwards this packet.
@@ -358,15 +373,7 @@ pub fn send(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, nh: &mut Next
         return rc;
     }
     if nh.mtu != 0 && p.ip_len > nh.mtu as usize {
-        if p.key.family == AF_INET && !p.df {
-            let r = rewrite(ctx, p, which, t, false);
-            if r != DONE {
-                return r;
-            }
-            count(global::TOO_BIG_KERNEL);
-            return pass();
-        }
-        return icmp::too_big(ctx, p, nh.mtu);
+        return too_big(ctx, p, which, t, nh.mtu);
     }
     if nh.flags & NH_F_KERNEL != 0 {
         let r = rewrite(ctx, p, which, t, false);
@@ -381,6 +388,21 @@ pub fn send(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, nh: &mut Next
         return r;
     }
     transmit(ctx, p.tags, nh, ok_counter)
+}
+
+/// A packet longer than the route's MTU: IPv4 without DF (fragments included) goes to the
+/// kernel, rewritten, to be fragmented; anything else is answered with ICMP "too big".
+#[inline(always)]
+fn too_big(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, mtu: u16) -> u32 {
+    if p.key.family == AF_INET && !p.df {
+        let r = rewrite(ctx, p, which, t, false);
+        if r != DONE {
+            return r;
+        }
+        count(global::TOO_BIG_KERNEL);
+        return pass();
+    }
+    icmp::too_big(ctx, p, mtu)
 }
 
 /// Set the MACs and the VLAN tags the egress needs (removing, rewriting or pushing tags) and

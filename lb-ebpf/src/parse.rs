@@ -269,6 +269,10 @@ pub fn parse_v6(ctx: &XdpContext, l3: usize, tags: u8, p: &mut Pkt) -> Result<()
         {
             break;
         }
+        // Every header must lie inside the IP payload.
+        if off + 8 > end {
+            return Err(malformed());
+        }
         // Offsets stay far below 64 KiB: each header is at most 2 KiB.
         let h: *const [u8; 8] = ptr_at(ctx, off & 0xffff).map_err(|_| malformed())?;
         // SAFETY: bounds checked by `ptr_at`.
@@ -280,20 +284,32 @@ pub fn parse_v6(ctx: &XdpContext, l3: usize, tags: u8, p: &mut Pkt) -> Result<()
             more = fo & 1 != 0;
             frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
             off += 8;
+            nh = h[0];
+            if frag_offset != 0 {
+                // What follows a later fragment's header is payload, not headers.
+                break;
+            }
+            i += 1;
+            continue;
         } else {
+            let len = ((h[1] as usize) + 1) << 3;
+            if off + len > end {
+                return Err(malformed());
+            }
             if nh == IPPROTO_ROUTING && h[3] != 0 {
                 count(global::EXT_HEADERS_PASSED);
                 return Err(pass());
             }
-            off += ((h[1] as usize) + 1) << 3;
+            off += len;
         }
         nh = h[0];
         i += 1;
     }
-    if nh == IPPROTO_HOPOPTS
-        || nh == IPPROTO_ROUTING
-        || nh == IPPROTO_DSTOPTS
-        || nh == IPPROTO_FRAGMENT
+    if frag_offset == 0
+        && (nh == IPPROTO_HOPOPTS
+            || nh == IPPROTO_ROUTING
+            || nh == IPPROTO_DSTOPTS
+            || nh == IPPROTO_FRAGMENT)
     {
         count(global::EXT_HEADERS_PASSED);
         return Err(pass());
@@ -323,16 +339,19 @@ pub fn parse_v6(ctx: &XdpContext, l3: usize, tags: u8, p: &mut Pkt) -> Result<()
     if fragmented {
         count(global::FRAGMENTS);
     }
+    if fragmented && frag_offset != 0 {
+        if nh != PROTO_TCP && nh != PROTO_UDP {
+            return Err(pass());
+        }
+        p.kind = KIND_LATER_FRAGMENT;
+        return Ok(());
+    }
     if nh != PROTO_TCP && nh != PROTO_UDP {
         if nh == IPPROTO_ICMPV6 && !fragmented {
             p.kind = KIND_ICMP;
             return Ok(());
         }
         return Err(pass());
-    }
-    if fragmented && frag_offset != 0 {
-        p.kind = KIND_LATER_FRAGMENT;
-        return Ok(());
     }
     let (ports, flags, bad) = l4_header(ctx, nh, off & 0xffff, p.l4_len, p.first_fragment, true)?;
     p.key.sport = [ports[0], ports[1]];

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
-    BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_SHARED, CT_F_CLOSING, FRAG_F_FORWARD, FRAG_TTL_NS,
-    LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE, SLOTS_PER_SERVICE,
-    SVC_F_EMPTY, TCP_FIN, TCP_RST,
+    BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_SHARED, CT_F_CLOSING, FRAG_F_FORWARD, FRAG_F_PASS,
+    FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE,
+    SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_FIN, TCP_RST,
 };
 
 use crate::{
@@ -113,7 +113,7 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
         }
     }
     if !port_in(PORTS_BACKEND, p.key.sport) {
-        return Ok(pass());
+        return Ok(pass_l4(p));
     }
     key.addr = p.key.src;
     key.port = p.key.sport;
@@ -130,12 +130,23 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
             // service the entry names, as for an unshared address.
         }
         let r = reply(ctx, p, ba)?;
-        if r == STRAY {
-            return Ok(stray_reply(ctx, p, ba));
+        if r == STRAY || r == MOVED {
+            return Ok(stray_reply(ctx, p, ba, r == MOVED));
         }
         return Ok(r);
     }
-    Ok(pass())
+    Ok(pass_l4(p))
+}
+
+/// Pass a TCP/UDP packet that is not balanced. A first fragment leaves a `FRAGS` entry
+/// saying so, so that its later fragments are passed too (not taken for orphans of a
+/// balanced datagram: a backend's own fragmented traffic on other ports).
+#[inline(always)]
+fn pass_l4(p: &Pkt) -> u32 {
+    if p.first_fragment {
+        remember_fragments(p, &[0; 16], 0, FRAG_F_PASS);
+    }
+    pass()
 }
 
 /// The checks for packets to a service or from a backend: strict L4 headers (malformed
@@ -287,13 +298,16 @@ fn later_fragment(ctx: &XdpContext, p: &Pkt) -> u32 {
         Some(fv) if now.wrapping_sub(unsafe { (*fv).created_ns }) <= FRAG_TTL_NS => fv,
         _ => return orphan_fragment(p),
     };
+    // SAFETY: as above.
+    let (addr, service_id, backend_id, flags) =
+        unsafe { ((*fv).addr, (*fv).service_id, (*fv).backend_id, (*fv).flags) };
+    if flags & FRAG_F_PASS != 0 {
+        return pass();
+    }
     if p.ttl <= 1 {
         count(global::TTL_EXCEEDED);
         return pass();
     }
-    // SAFETY: as above.
-    let (addr, service_id, backend_id, flags) =
-        unsafe { ((*fv).addr, (*fv).service_id, (*fv).backend_id, (*fv).flags) };
     // SAFETY: as above.
     let nh = unsafe { &mut (*fv).nh };
     count(global::FRAGS_FOLLOWED);
@@ -420,7 +434,7 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     };
     // SAFETY: as above.
     if unsafe { (*ct).backend_id } != backend_id {
-        return Ok(stray_dropped());
+        return Ok(MOVED);
     }
     count_reply(ctx, service_id, backend_id);
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -535,9 +549,11 @@ fn mark_direct(p: &Pkt) {
 
 /// `reply`: the flow has no connection-table entry.
 const STRAY: u32 = u32::MAX - 7;
+/// `reply`: the client's flow is pinned to another backend now.
+const MOVED: u32 = u32::MAX - 8;
 
 #[inline(never)]
-fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> u32 {
+fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bool) -> u32 {
     // SAFETY: a map value pointer checked for null by the caller.
     let (vip, vport, service_id, backend_id, baflags) = unsafe {
         (
@@ -548,10 +564,22 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> u32 {
             (*ba).flags,
         )
     };
-    // A reply of a client talking to the backend directly (through this host), or one the
-    // service's table would not have sent to this backend, is no balanced flow's: the
-    // kernel's.
-    if DIRECT.get_ptr(&p.key).is_some() || maglev_backend(p, ba) != backend_id {
+    // A reply of a client talking to the backend directly (through this host) is the
+    // kernel's. For a shared address nothing else can be known: dropped. For an unshared
+    // one, a reply the service's table would not have sent to this backend is no balanced
+    // flow's either.
+    // For a shared address, `moved` comes from the fallback service's entry only: a DIRECT
+    // flow says more.
+    if moved && baflags & BA_F_SHARED == 0 {
+        return stray_dropped();
+    }
+    if DIRECT.get_ptr(&p.key).is_some() {
+        return pass();
+    }
+    if baflags & BA_F_SHARED != 0 {
+        return stray_dropped();
+    }
+    if maglev_backend(p, ba) != backend_id {
         return pass();
     }
     let Some(nh) = NH_SCRATCH.get_ptr_mut(0) else {
@@ -561,15 +589,13 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> u32 {
     let nh = unsafe { &mut *nh };
     *nh = NO_HOP;
     match nat::resolve(ctx, p, &vip, &p.key.dst, nh) {
-        // To this host: a health check or another local connection to the backend.
+        // To this host (a health check or another local connection to the backend), or no
+        // route: the kernel's.
         NH_LOCAL => return pass(),
-        NH_OK => {}
-        // No neighbour yet: the next packet re-creates the entry.
-        nat::NH_NO_NEIGH => return stray_dropped(),
+        // No neighbour (or too big): the entry is re-created all the same; `send` hands the
+        // packet on as for any reply.
+        NH_OK | nat::NH_NO_NEIGH | nat::NH_TOO_BIG => {}
         other => return other,
-    }
-    if baflags & BA_F_SHARED != 0 {
-        return stray_dropped();
     }
     match BACKENDS.get_ptr(backend_id) {
         // SAFETY: a map value pointer checked for null.
@@ -613,11 +639,12 @@ fn count_reply(ctx: &XdpContext, service_id: u32, backend_id: u32) {
 fn shared_reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32> {
     let (vip, vport, service_id, backend_id) =
         unsafe { ((*rv).vip, (*rv).vport, (*rv).service_id, (*rv).backend_id) };
-    count_reply(ctx, service_id, backend_id);
-    // A backend ending the flow marks the client's conntrack entry too.
-    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        mark_closing(p, &vip, vport);
+    // The client's flow, if it is in the table, must still be this backend's; a backend
+    // ending the flow marks it closing.
+    if !client_flow_ok(p, &vip, vport, backend_id) {
+        return Ok(stray_dropped());
     }
+    count_reply(ctx, service_id, backend_id);
     if p.first_fragment {
         remember_fragments(p, &vip, ids(service_id, backend_id), 0);
     }
@@ -635,8 +662,10 @@ fn shared_reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32
     ))
 }
 
+/// Whether the client's connection-table entry for a shared-address reply is absent or on
+/// `backend_id` (marking it closing on a FIN or RST).
 #[inline(never)]
-fn mark_closing(p: &Pkt, vip: &[u8; 16], vport: [u8; 2]) {
+fn client_flow_ok(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], backend_id: u32) -> bool {
     let key = FlowKey {
         src: p.key.dst,
         dst: *vip,
@@ -646,7 +675,17 @@ fn mark_closing(p: &Pkt, vip: &[u8; 16], vport: [u8; 2]) {
         family: p.key.family,
         _pad: [0; 2],
     };
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
-        unsafe { (*ct).flags |= CT_F_CLOSING };
+    match CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer checked for null.
+        Some(ct) => unsafe {
+            if (*ct).backend_id != backend_id {
+                return false;
+            }
+            if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                (*ct).flags |= CT_F_CLOSING;
+            }
+            true
+        },
+        None => true,
     }
 }

@@ -24,11 +24,12 @@ use crate::{
     dataplane::{self, Attachment, Dataplane, LoadOptions, Pinning},
     health::{self, CheckOutcome, CheckerHandle},
     instance::{self, InstanceLock, PinManifest},
+    links,
     model::{
         ApiError, BackendSource, BackendStatus, ChangeResult, Envelope, GroupStatus,
         InterfaceStatus, Reply, Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
     },
-    reconcile::Reconciler,
+    reconcile::{Links, Reconciler},
     scaling,
     state::{CheckToken, Desired, HookJob, Persisted, State},
 };
@@ -768,6 +769,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (api_tx, mut api_rx) = mpsc::channel::<Envelope>(64);
     let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
     let (hook_tx, mut hook_rx) = mpsc::channel::<HookResult>(64);
+    let (links_tx, mut links_rx) = mpsc::channel::<Links>(4);
     let live_ids = Arc::new(Mutex::new(std::collections::HashSet::new()));
 
     let mut daemon = Daemon {
@@ -795,6 +797,19 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         daemon.attachments.push(a);
     }
     dataplane::log_attachments(&daemon.attachments);
+    // The program may redirect to the interfaces it is attached to; VLAN devices and
+    // interfaces that come back with a new ifindex are followed by the link watcher below.
+    let attached: Vec<u32> = d
+        .interfaces
+        .iter()
+        .map(|i| {
+            nix::net::if_::if_nametoindex(i.as_str()).with_context(|| format!("ifindex of {i}"))
+        })
+        .collect::<Result<_>>()?;
+    daemon
+        .reconciler
+        .set_tx_ports(&mut daemon.dp, &attached)
+        .map_err(|e| anyhow::anyhow!("setting TX_PORTS: {e}"))?;
     if let Err(e) = daemon.dp.attach_xmit_counter() {
         warn!("xmit_drops will stay 0: attaching the xdp_devmap_xmit tracepoint failed: {e}");
     }
@@ -811,6 +826,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             d.udp_idle_timeout,
             sweep_tx,
         )?;
+    }
+    match links::spawn_watcher(d.interfaces.clone(), links_tx) {
+        Ok(_) => {}
+        Err(e) => warn!(
+            error = %e,
+            "cannot watch links: VLAN devices stay unknown to the data path (their traffic goes \
+             through the kernel)"
+        ),
     }
     info!(
         services = daemon.desired.services.len(),
@@ -841,6 +864,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let _ = env.reply.send(r);
             }
             Some(r) = hook_rx.recv() => daemon.hook_done(r),
+            Some(l) = links_rx.recv() => {
+                if let Err(e) = daemon.reconciler.apply_links(&mut daemon.dp, &l) {
+                    error!(error = %e, "writing VLANS / TX_PORTS failed");
+                }
+            }
             Some((token, outcome)) = check_rx.recv() => {
                 if let Some(t) = daemon.state.observe(&token, &outcome) {
                     let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);

@@ -4,6 +4,7 @@
 //! - [`maglev`]: the lookup table;
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
 //! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
+//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
 //! - [`service`]: capabilities, systemd notification, log format.
 pub mod api;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod ebpf;
 pub mod endpoint;
 pub mod health;
 pub mod instance;
+pub mod links;
 pub mod maglev;
 pub mod model;
 pub mod reconcile;

@@ -4,11 +4,15 @@
 //! Maglev table into its *inactive* slot, then the service entry that flips the slot (one
 //! atomic map update, so no packet sees a half-written table), and last the removal of
 //! services and backends nothing refers to any more.
-use std::collections::HashMap;
+//!
+//! It also keeps `ADDRS` (every VIP and backend address), resets a backend's cached next hop
+//! (`NEXTHOPS`) whenever its id gets a new address, and writes what the link watcher learns
+//! (`VLANS`, `TX_PORTS`: [`Reconciler::apply_links`]).
+use std::collections::{BTreeMap, HashMap};
 
 use lb_common::{
-    BackendAddr, BackendAddrValue, BackendInfo, ServiceInfo, ServiceKey, BA_F_SHARED, NO_BACKEND,
-    SVC_F_EMPTY,
+    AddrKey, BackendAddr, BackendAddrValue, BackendInfo, NextHop, ServiceInfo, ServiceKey,
+    VlanInfo, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED, NO_BACKEND, SVC_F_EMPTY,
 };
 use tracing::{debug, info};
 
@@ -26,6 +30,8 @@ pub enum ReconcileError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error(transparent)]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> ReconcileError {
@@ -51,6 +57,54 @@ pub struct Reconciler {
     addrs: HashMap<BackendAddr, BackendAddrValue>,
     /// What `PORTS` holds (word index → bits); absent words are zero.
     ports: HashMap<u32, u64>,
+    /// What `ADDRS` holds.
+    vaddrs: HashMap<AddrKey, u32>,
+    /// What `VLANS` holds.
+    vlans: HashMap<u32, VlanInfo>,
+    /// What `TX_PORTS` holds, sorted (None: not written by this process yet).
+    tx_ports: Option<Vec<u32>>,
+}
+
+/// What the link watcher saw: the VLAN devices of the namespace and the ifindex of each
+/// interface xlb attaches to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Links {
+    /// VLAN device ifindex → parent and VLAN id.
+    pub vlans: BTreeMap<u32, VlanInfo>,
+    /// Interfaces the program may redirect to (those xlb is attached to).
+    pub tx_ports: Vec<u32>,
+}
+
+/// `ADDRS` as `desired` wants it: every VIP (`ADDR_F_VIP`) and every backend address
+/// (`ADDR_F_BACKEND`), or'ed should an address be both (the config refuses that today);
+/// port and protocol zero.
+pub fn want_addrs(desired: &Desired) -> HashMap<AddrKey, u32> {
+    let key = |ip| {
+        let (addr, family) = crate::dataplane::addr_bytes(ip);
+        AddrKey {
+            addr,
+            port: [0; 2],
+            proto: 0,
+            family,
+        }
+    };
+    let mut want: HashMap<AddrKey, u32> = HashMap::new();
+    for svc in &desired.services {
+        *want.entry(key(svc.vip)).or_default() |= ADDR_F_VIP;
+    }
+    for b in desired.backends.values() {
+        *want.entry(key(b.key.addr)).or_default() |= ADDR_F_BACKEND;
+    }
+    want
+}
+
+/// Whether writing `new` into a `BACKENDS` slot that held `old` makes the slot's cached next
+/// hop stale: the id is newly assigned (or reused), or its address changed.
+pub fn nexthop_stale(old: Option<&BackendInfo>, new: &BackendInfo) -> bool {
+    match old {
+        None => true,
+        Some(o) => o.addr != new.addr || o.family != new.family,
+    }
 }
 
 /// What one `apply` changed.
@@ -144,6 +198,14 @@ impl Reconciler {
             let (k, v) = item.map_err(map_err("BACKEND_ADDRS"))?;
             r.addrs.insert(k, v);
         }
+        for item in dp.addrs.iter() {
+            let (k, v) = item.map_err(map_err("ADDRS"))?;
+            r.vaddrs.insert(k, v);
+        }
+        for item in dp.vlans.iter() {
+            let (k, v) = item.map_err(map_err("VLANS"))?;
+            r.vlans.insert(k, v);
+        }
         for i in 0..2 * lb_common::PORT_WORDS {
             let w = dp.ports.get(&i, 0).map_err(map_err("PORTS"))?;
             if w != 0 {
@@ -182,14 +244,33 @@ impl Reconciler {
             }
         }
 
-        // 1. Backends.
+        // Addresses: new ones first (a later fragment to a new VIP must find it), stale ones
+        // at the end.
+        let want_vaddrs = want_addrs(desired);
+        for (k, v) in &want_vaddrs {
+            if self.vaddrs.get(k) != Some(v) {
+                dp.addrs.insert(k, v, 0).map_err(map_err("ADDRS"))?;
+                self.vaddrs.insert(*k, *v);
+            }
+        }
+
+        // 1. Backends. A slot that gets a new address (a new or reused id) also loses its
+        // cached next hop, after the new address is in place: a lookup between the two writes
+        // can only cache the new address's next hop.
         for (id, b) in &desired.backends {
             let info = b.info();
-            if self.backends.get(id) != Some(&info) {
-                if !self.backends.contains_key(id) {
+            let old = self.backends.get(id);
+            if old != Some(&info) {
+                let stale = nexthop_stale(old, &info);
+                if old.is_none() {
                     Dataplane::reset_counters(&mut dp.backend_stats, *id);
                 }
                 dp.backends.set(*id, info, 0).map_err(map_err("BACKENDS"))?;
+                if stale {
+                    dp.nexthops
+                        .set(*id, NextHop::default(), 0)
+                        .map_err(map_err("NEXTHOPS"))?;
+                }
                 self.backends.insert(*id, info);
                 report.backends_written += 1;
             }
@@ -324,6 +405,16 @@ impl Reconciler {
                 .map_err(map_err("BACKEND_ADDRS"))?;
             self.addrs.remove(&k);
         }
+        let stale: Vec<AddrKey> = self
+            .vaddrs
+            .keys()
+            .filter(|k| !want_vaddrs.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            dp.addrs.remove(&k).map_err(map_err("ADDRS"))?;
+            self.vaddrs.remove(&k);
+        }
         let words: Vec<u32> = self.ports.keys().copied().collect();
         for w in words {
             let want = want_ports.get(&w).copied().unwrap_or(0);
@@ -353,5 +444,192 @@ impl Reconciler {
             info!(?report, "data path updated");
         }
         Ok(report)
+    }
+
+    /// Write what the link watcher saw: `VLANS` made equal to `links.vlans` (new and changed
+    /// entries first, then the removal of those gone), and `TX_PORTS` to `links.tx_ports`
+    /// when that set changed.
+    pub fn apply_links(&mut self, dp: &mut Dataplane, links: &Links) -> Result<(), ReconcileError> {
+        for (ifindex, v) in &links.vlans {
+            if self.vlans.get(ifindex) != Some(v) {
+                dp.vlans.insert(ifindex, v, 0).map_err(map_err("VLANS"))?;
+                self.vlans.insert(*ifindex, *v);
+                if links.tx_ports.contains(&v.parent_ifindex) {
+                    info!(
+                        ifindex,
+                        parent = v.parent_ifindex,
+                        vlan = v.vlan_id,
+                        "VLAN device known to the data path"
+                    );
+                } else {
+                    info!(
+                        ifindex,
+                        parent = v.parent_ifindex,
+                        vlan = v.vlan_id,
+                        "VLAN device on an interface xlb is not attached to: packets routed \
+                         out of it go through the kernel"
+                    );
+                }
+            }
+        }
+        let gone: Vec<u32> = self
+            .vlans
+            .keys()
+            .filter(|k| !links.vlans.contains_key(k))
+            .copied()
+            .collect();
+        for ifindex in gone {
+            // An entry already missing is what was wanted: not an error.
+            let _ = dp.vlans.remove(&ifindex);
+            self.vlans.remove(&ifindex);
+            info!(ifindex, "VLAN device gone");
+        }
+        self.set_tx_ports(dp, &links.tx_ports)
+    }
+
+    /// Make `TX_PORTS` hold exactly `ifindexes` (written only when the set changes).
+    pub fn set_tx_ports(
+        &mut self,
+        dp: &mut Dataplane,
+        ifindexes: &[u32],
+    ) -> Result<(), ReconcileError> {
+        let mut ports = ifindexes.to_vec();
+        ports.sort_unstable();
+        ports.dedup();
+        if self.tx_ports.as_ref() != Some(&ports) {
+            dp.set_tx_ports(&ports)?;
+            info!(ifindexes = ?ports, "TX_PORTS set");
+            self.tx_ports = Some(ports);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+
+    const CFG: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "g"
+
+[[service]]
+name = "dns"
+vip = "198.18.100.1"
+port = 53
+protocol = "udp"
+target_group = "g"
+
+[[service]]
+name = "other"
+vip = "198.18.100.2"
+port = 8443
+protocol = "tcp"
+target_group = "h"
+
+[[service]]
+name = "web6"
+vip = "2001:db8:100::1"
+port = 80
+protocol = "tcp"
+target_group = "g6"
+
+[[target_group]]
+name = "g"
+port = 8080
+backends = ["198.18.2.11", "198.18.2.12"]
+
+[[target_group]]
+name = "h"
+backends = ["198.18.2.11:9443"]
+
+[[target_group]]
+name = "g6"
+port = 8080
+backends = ["2001:db8:2::11"]
+"#;
+
+    fn key(ip: &str) -> AddrKey {
+        let (addr, family) = crate::dataplane::addr_bytes(ip.parse().unwrap());
+        AddrKey {
+            addr,
+            port: [0; 2],
+            proto: 0,
+            family,
+        }
+    }
+
+    #[test]
+    fn addrs_hold_every_vip_and_backend_address_once() {
+        let mut s = State::new(crate::config::parse(CFG, "t.toml").unwrap());
+        let want = want_addrs(&s.desired().unwrap());
+        let expected: HashMap<AddrKey, u32> = [
+            ("198.18.100.1", ADDR_F_VIP),
+            ("198.18.100.2", ADDR_F_VIP),
+            ("198.18.2.12", ADDR_F_BACKEND),
+            // In two groups and on two ports: one entry.
+            ("198.18.2.11", ADDR_F_BACKEND),
+            ("2001:db8:100::1", ADDR_F_VIP),
+            ("2001:db8:2::11", ADDR_F_BACKEND),
+        ]
+        .into_iter()
+        .map(|(a, f)| (key(a), f))
+        .collect();
+        assert_eq!(want, expected);
+        for k in want.keys() {
+            assert_eq!((k.port, k.proto), ([0; 2], 0), "address keys only");
+        }
+
+        // A removed backend's address leaves, unless another backend still uses it.
+        s.remove_backend("g", "198.18.2.11").unwrap();
+        let want = want_addrs(&s.desired().unwrap());
+        assert_eq!(want.get(&key("198.18.2.11")), Some(&ADDR_F_BACKEND));
+        s.remove_backend("h", "198.18.2.11:9443").unwrap();
+        let want = want_addrs(&s.desired().unwrap());
+        assert_eq!(want.get(&key("198.18.2.11")), None);
+        assert_eq!(want.len(), 5);
+    }
+
+    #[test]
+    fn nexthop_is_stale_for_new_ids_and_new_addresses_only() {
+        let info = |a: u8, port: u16, flags: u8| {
+            let (addr, family) =
+                crate::dataplane::addr_bytes(std::net::Ipv4Addr::new(198, 18, 2, a).into());
+            BackendInfo {
+                addr,
+                port: port.to_be_bytes(),
+                family,
+                flags,
+            }
+        };
+        let b = info(11, 8080, lb_common::BE_F_ACTIVE);
+        assert!(nexthop_stale(None, &b), "a new (or reused) id");
+        assert!(
+            nexthop_stale(Some(&info(12, 8080, lb_common::BE_F_ACTIVE)), &b),
+            "the id's address changed"
+        );
+        assert!(
+            !nexthop_stale(Some(&info(11, 8080, 0)), &b),
+            "a health or weight change keeps the next hop"
+        );
+        assert!(
+            !nexthop_stale(Some(&info(11, 9090, lb_common::BE_F_ACTIVE)), &b),
+            "the port does not route"
+        );
+        let (addr6, family6) = crate::dataplane::addr_bytes("2001:db8:2::11".parse().unwrap());
+        let b6 = BackendInfo {
+            addr: addr6,
+            family: family6,
+            ..b
+        };
+        assert!(nexthop_stale(Some(&b), &b6), "another family");
     }
 }

@@ -1,4 +1,5 @@
-//! The lab topology: client ── lb ── switch ── backends, each in its own network namespace.
+//! The lab topology: client ── lb ── switch ── backends, each in its own network namespace;
+//! or, with [`Lab::with_router`], client ── router ── lb ── switch ── backends.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
@@ -37,6 +38,19 @@ pub const SW_BRIDGE: &str = "br0";
 /// Interface of each backend namespace.
 pub const BACKEND_IFACE: &str = "eth0";
 
+/// Router variant ([`Lab::with_router`]): the router's interface towards the client (which
+/// takes the client-side addresses [`LB_CLIENT_V4`] / [`LB_CLIENT_V6`]: it is the client's
+/// gateway).
+pub const ROUTER_CLIENT_IFACE: &str = "r-client";
+/// Router variant: the router's interface towards the lb (peer of [`LB_CLIENT_IFACE`]).
+pub const ROUTER_LB_IFACE: &str = "r-lb";
+/// Router variant: the lb's address on the router link.
+pub const LB_ROUTER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
+pub const LB_ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 1);
+/// Router variant: the router's address on the lb link.
+pub const ROUTER_LB_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+pub const ROUTER_LB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 2);
+
 /// Largest number of backends a lab can have.
 pub const MAX_BACKENDS: usize = 99;
 
@@ -64,9 +78,13 @@ pub struct Lab {
     prefix: String,
     // Dropped in this order; the namespaces' veths and bridge go with them.
     client: Netns,
+    /// Between the client and the lb ([`Lab::with_router`]).
+    router: Option<Netns>,
     lb: Netns,
     sw: Netns,
     backends: Vec<Netns>,
+    /// XDP programs on the lb's peers ([`Lab::attach_xdp_to_lb_peers`]).
+    xdp_pass: Vec<crate::xdp::XdpPass>,
 }
 
 impl Lab {
@@ -74,12 +92,31 @@ impl Lab {
     /// `{prefix}-b1..bN`. A prefix must be unique among the labs alive at the same time;
     /// leftovers of an earlier run with this prefix (`{prefix}-*`) are removed first.
     pub fn new(prefix: &str, n_backends: usize) -> Result<Lab> {
+        Lab::create(prefix, n_backends, false)
+    }
+
+    /// Like [`Lab::new`], with a router namespace `{prefix}-router` between the client and the
+    /// lb: the client keeps its addresses and gateway ([`LB_CLIENT_V4`] is the router's
+    /// address then), the lb reaches the client through the router on 198.18.3.0/24 and
+    /// 2001:db8:3::/64, and the router's default route is the lb (so the VIPs route through
+    /// it). The router is an ordinary Linux router: it sends ICMP errors (time exceeded,
+    /// fragmentation needed, packet too big) to the packets' sources.
+    pub fn with_router(prefix: &str, n_backends: usize) -> Result<Lab> {
+        Lab::create(prefix, n_backends, true)
+    }
+
+    fn create(prefix: &str, n_backends: usize, router: bool) -> Result<Lab> {
         ensure!(
             (1..=MAX_BACKENDS).contains(&n_backends),
             "a lab has 1..={MAX_BACKENDS} backends, not {n_backends}"
         );
         Lab::cleanup_stale(&format!("{prefix}-"))?;
         let client = Netns::new(format!("{prefix}-client"))?;
+        let router = if router {
+            Some(Netns::new(format!("{prefix}-router"))?)
+        } else {
+            None
+        };
         let lb = Netns::new(format!("{prefix}-lb"))?;
         let sw = Netns::new(format!("{prefix}-sw"))?;
         let backends = (1..=n_backends)
@@ -88,9 +125,11 @@ impl Lab {
         let lab = Lab {
             prefix: prefix.to_owned(),
             client,
+            router,
             lb,
             sw,
             backends,
+            xdp_pass: Vec::new(),
         };
         lab.build()
             .with_context(|| format!("building lab {prefix}"))?;
@@ -132,10 +171,33 @@ impl Lab {
         }
 
         // Links, created directly inside the namespaces (nothing ever appears in the root one).
-        ip(
-            &self.client,
-            &format!("link add {CLIENT_IFACE} type veth peer name {LB_CLIENT_IFACE} netns {lb}"),
-        )?;
+        if let Some(r) = &self.router {
+            let rn = r.name();
+            r.sysctl("net.ipv4.ip_forward", "1")?;
+            r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            for conf in ["all", "default"] {
+                r.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0")?;
+            }
+            ip(
+                &self.client,
+                &format!(
+                    "link add {CLIENT_IFACE} type veth peer name {ROUTER_CLIENT_IFACE} netns {rn}"
+                ),
+            )?;
+            ip(
+                r,
+                &format!(
+                    "link add {ROUTER_LB_IFACE} type veth peer name {LB_CLIENT_IFACE} netns {lb}"
+                ),
+            )?;
+        } else {
+            ip(
+                &self.client,
+                &format!(
+                    "link add {CLIENT_IFACE} type veth peer name {LB_CLIENT_IFACE} netns {lb}"
+                ),
+            )?;
+        }
         ip(
             &self.lb,
             &format!(
@@ -173,15 +235,43 @@ impl Lab {
             &format!("-6 route add default via {LB_CLIENT_V6}"),
         )?;
 
+        // Router.
+        if let Some(r) = &self.router {
+            addr(r, ROUTER_CLIENT_IFACE, LB_CLIENT_V4.into(), 24)?;
+            addr(r, ROUTER_CLIENT_IFACE, LB_CLIENT_V6.into(), 64)?;
+            addr(r, ROUTER_LB_IFACE, ROUTER_LB_V4.into(), 24)?;
+            addr(r, ROUTER_LB_IFACE, ROUTER_LB_V6.into(), 64)?;
+            for iface in [ROUTER_CLIENT_IFACE, ROUTER_LB_IFACE] {
+                ip(r, &format!("link set {iface} up"))?;
+            }
+            ip(r, &format!("route add default via {LB_ROUTER_V4}"))?;
+            ip(r, &format!("-6 route add default via {LB_ROUTER_V6}"))?;
+        }
+
         // Load balancer.
-        addr(&self.lb, LB_CLIENT_IFACE, LB_CLIENT_V4.into(), 24)?;
-        addr(&self.lb, LB_CLIENT_IFACE, LB_CLIENT_V6.into(), 64)?;
+        if self.router.is_some() {
+            addr(&self.lb, LB_CLIENT_IFACE, LB_ROUTER_V4.into(), 24)?;
+            addr(&self.lb, LB_CLIENT_IFACE, LB_ROUTER_V6.into(), 64)?;
+        } else {
+            addr(&self.lb, LB_CLIENT_IFACE, LB_CLIENT_V4.into(), 24)?;
+            addr(&self.lb, LB_CLIENT_IFACE, LB_CLIENT_V6.into(), 64)?;
+        }
         addr(&self.lb, LB_BACKENDS_IFACE, LB_BACKENDS_V4.into(), 24)?;
         addr(&self.lb, LB_BACKENDS_IFACE, LB_BACKENDS_V6.into(), 64)?;
         for iface in [LB_CLIENT_IFACE, LB_BACKENDS_IFACE] {
             self.lb
                 .sysctl(&format!("net.ipv4.conf.{iface}.rp_filter"), "0")?;
             ip(&self.lb, &format!("link set {iface} up"))?;
+        }
+        if self.router.is_some() {
+            ip(
+                &self.lb,
+                &format!("route add 198.18.1.0/24 via {ROUTER_LB_V4}"),
+            )?;
+            ip(
+                &self.lb,
+                &format!("-6 route add 2001:db8:1::/64 via {ROUTER_LB_V6}"),
+            )?;
         }
 
         // Switch.
@@ -200,8 +290,13 @@ impl Lab {
         // Native XDP redirect into a veth needs NAPI on the receiving end (its peer): since
         // Linux 5.13, GRO on enables it. Receivers: the client's eth0 (frames redirected out of
         // veth-client) and the switch's uplink (frames redirected out of veth-backends).
+        // (With a router, its lb-facing interface receives them instead of the client.)
         ethtool(&self.client, CLIENT_IFACE, "gro on")?;
         ethtool(&self.sw, SW_UPLINK_IFACE, "gro on")?;
+        if let Some(r) = &self.router {
+            ethtool(r, ROUTER_LB_IFACE, "gro on")?;
+            ethtool(r, ROUTER_LB_IFACE, "tx off")?;
+        }
         // The senders compute full checksums: a CHECKSUM_PARTIAL skb that XDP redirects or
         // bounces leaves its checksum unfinished (xdp_frames carry no checksum offload state).
         ethtool(&self.client, CLIENT_IFACE, "tx off")?;
@@ -209,9 +304,14 @@ impl Lab {
             ethtool(b, BACKEND_IFACE, "tx off")?;
         }
 
-        // Neighbours: the lb learns the client's and each backend's MAC (v4 and v6).
+        // Neighbours: the lb learns the client's (or the router's) and each backend's MAC (v4
+        // and v6).
         ping(&self.client, LB_CLIENT_V4.into())?;
         ping(&self.client, LB_CLIENT_V6.into())?;
+        if let Some(r) = &self.router {
+            ping(r, LB_ROUTER_V4.into())?;
+            ping(r, LB_ROUTER_V6.into())?;
+        }
         for b in &self.backends {
             ping(b, LB_BACKENDS_V4.into())?;
             ping(b, LB_BACKENDS_V6.into())?;
@@ -219,9 +319,36 @@ impl Lab {
         Ok(())
     }
 
+    /// Attach a `return XDP_PASS` program to the interfaces facing the lb (the client's
+    /// `eth0`, or the router's lb link, and the switch's uplink), so that frames xlb sends back
+    /// out of the interface they came in on (`XDP_TX`: "fragmentation needed" answers, hairpin
+    /// flows) are delivered: a veth passes those on only when its peer runs XDP (GRO is enough
+    /// for redirected frames, not for these). Not done by default: the program puts every
+    /// frame these interfaces receive through XDP, which the benchmarks' kernel baselines
+    /// should not pay. Detached when the lab is dropped.
+    pub fn attach_xdp_to_lb_peers(&mut self) -> Result<()> {
+        let mut peers = vec![(&self.sw, SW_UPLINK_IFACE)];
+        match &self.router {
+            Some(r) => peers.push((r, ROUTER_LB_IFACE)),
+            None => peers.push((&self.client, CLIENT_IFACE)),
+        }
+        for (ns, iface) in peers {
+            let p = ns
+                .enter(|| {
+                    let ifindex = nix::net::if_::if_nametoindex(iface)?;
+                    crate::xdp::attach_pass(ifindex)
+                })
+                .with_context(|| format!("{}: XDP on {iface}", ns.name()))?;
+            self.xdp_pass.push(p);
+        }
+        Ok(())
+    }
+
     fn all(&self) -> impl Iterator<Item = &Netns> {
-        [&self.client, &self.lb, &self.sw]
+        [&self.client]
             .into_iter()
+            .chain(&self.router)
+            .chain([&self.lb, &self.sw])
             .chain(&self.backends)
     }
 
@@ -239,6 +366,11 @@ impl Lab {
 
     pub fn client_ns(&self) -> &Netns {
         &self.client
+    }
+
+    /// The router between the client and the lb ([`Lab::with_router`]).
+    pub fn router_ns(&self) -> Option<&Netns> {
+        self.router.as_ref()
     }
 
     pub fn lb_ns(&self) -> &Netns {

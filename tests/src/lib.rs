@@ -13,12 +13,14 @@
 //! ```
 //! VIPs: [`lab::VIP_V4`] and [`lab::VIP_V6`], configured nowhere: xlb answers for them.
 
+pub mod capture;
 pub mod client;
 mod cmd;
 pub mod config;
 pub mod lab;
 pub mod netns;
 pub mod server;
+pub mod xdp;
 pub mod xlbd;
 
 use std::path::PathBuf;
