@@ -151,6 +151,11 @@ fn runs_with_only_its_capabilities() {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
+        // Nothing degraded quietly for want of a capability (e.g. the xmit tracepoint).
+        assert!(
+            v["level"] != "WARN" && v["level"] != "ERROR",
+            "{line}\n{log}"
+        );
         if v["fields"]["message"] == "xlb is running" {
             assert_eq!(v["fields"]["services"], 1, "{v}");
             running = true;
