@@ -6,8 +6,9 @@ use std::io;
 use caps::{CapSet, Capability, CapsHashSet};
 use tracing::debug;
 
-/// What `xlb run` needs, measured in the lab (`tests/tests/service.rs`) by dropping each in
-/// turn from the bounding set:
+/// What `xlb run` needs, measured by running it under `setpriv --bounding-set` with each
+/// dropped in turn (before this check existed; `tests/tests/service.rs` runs it with exactly
+/// these):
 ///
 /// - `CAP_BPF`: create maps, load programs (without it: `failed to create map ...: Operation
 ///   not permitted`);
