@@ -257,9 +257,21 @@ impl Reconciler {
         // 1. Backends. A slot that gets a new address (a new or reused id) also loses its
         // cached next hop, after the new address is in place: a lookup between the two writes
         // can only cache the new address's next hop.
+        //
+        // A backend that loses a flag (drained: no new flows; failed: no flows) keeps its old
+        // entry until the tables that no longer name it are live (step 2b): a packet that
+        // read the old table just before the swap must still find the backend it names
+        // usable, or a new flow would be dropped as `no_backend`.
+        let mut after_tables: Vec<(u32, BackendInfo)> = Vec::new();
         for (id, b) in &desired.backends {
             let info = b.info();
             let old = self.backends.get(id);
+            if let Some(o) = old {
+                if o.addr == info.addr && o.port == info.port && o.flags & !info.flags != 0 {
+                    after_tables.push((*id, info));
+                    continue;
+                }
+            }
             if old != Some(&info) {
                 let stale = nexthop_stale(old, &info);
                 if old.is_none() {
@@ -345,6 +357,13 @@ impl Reconciler {
                 .insert(svc.id, WrittenService { key, slot, flags });
             report.tables_swapped += 1;
             debug!(service = %svc.name, slot, backends = members.len(), "table swapped");
+        }
+
+        // 2b. Backends that lost a flag, now that no live table sends new flows to them.
+        for (id, info) in after_tables {
+            dp.backends.set(id, info, 0).map_err(map_err("BACKENDS"))?;
+            self.backends.insert(id, info);
+            report.backends_written += 1;
         }
 
         // 3. Where replies from each backend address go: the one service it serves, or

@@ -793,3 +793,280 @@ fn dec_ttl(f: &mut [u8]) {
         f[l3 + 7] -= 1;
     }
 }
+
+/// `BPF_PROG_TEST_RUN` through the raw syscall, for a thread that runs frames while another
+/// one changes the maps (aya's `test_run` borrows the whole data plane).
+fn test_run_raw(prog_fd: i32, frame: &[u8], ifindex: u32, out: &mut [u8]) -> u32 {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    attr[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+    attr[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&1u32.to_ne_bytes());
+    attr[40..44].copy_from_slice(&(ctx.len() as u32).to_ne_bytes());
+    attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: a zero-padded bpf_attr whose pointers point to live buffers of the sizes given.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr.as_mut_ptr(), 128) };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
+    u32::from_ne_bytes(attr[4..8].try_into().unwrap())
+}
+
+/// New flows keep being balanced while backends fail, recover and drain: the reconciler
+/// withdraws a backend's flags only after the tables that name it are swapped out, so no SYN
+/// meets a table entry whose backend is not (or no longer) usable (`no_backend` stays 0).
+#[test]
+fn no_new_flow_is_dropped_while_tables_change() {
+    if skip() {
+        return;
+    }
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut fx = Fixture::new();
+    for a in ["198.18.2.11", "198.18.2.12", "198.18.2.13"] {
+        check(&mut fx, a, true);
+    }
+    fx.apply();
+    let prog_fd = fx
+        .dp
+        .program(lb_common::PROG_XDP_LB)
+        .unwrap()
+        .fd()
+        .unwrap()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap();
+    let ifindex = fx.ifindex_client;
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let dropped_before = fx.global("no_backend");
+    let Fixture {
+        ns,
+        dp,
+        state,
+        reconciler,
+        ..
+    } = &mut fx;
+    std::thread::scope(|s| {
+        let ns = &*ns;
+        let (stop, sent, prog_fd) = (&stop, &sent, &prog_fd);
+        s.spawn(move || {
+            ns.enter(|| {
+                let mut out = vec![0u8; 512];
+                let mut n: u64 = 0;
+                // Bounded: at most 2,000,000 SYNs, and the main thread stops it sooner.
+                while !stop.load(Ordering::Relaxed) && n < 2_000_000 {
+                    let src = [198, 18, 1, 2 + (n / 60000 % 200) as u8];
+                    let port = 1024 + (n % 60000) as u16;
+                    let f = build4(
+                        CLIENT_MAC,
+                        LB_CLIENT_MAC,
+                        None,
+                        src,
+                        VIP4_MULTI,
+                        port,
+                        80,
+                        L4::Syn,
+                    );
+                    test_run_raw(prog_fd.as_raw_fd(), &f, ifindex, &mut out);
+                    n += 1;
+                }
+                sent.store(n, Ordering::Relaxed);
+            })
+        });
+        for round in 0..40 {
+            let a = ["198.18.2.11", "198.18.2.12"][round % 2];
+            // Fail, recover, then drain and come back through a weight change.
+            for ok in [false, true] {
+                let uid = state.groups["multi"]
+                    .members
+                    .iter()
+                    .find(|m| m.addr.to_string() == a)
+                    .unwrap()
+                    .uid;
+                let outcome = xlb::health::CheckOutcome {
+                    ok,
+                    reason: if ok { "connected" } else { "connect refused" }.into(),
+                    latency: std::time::Duration::ZERO,
+                    metrics: None,
+                };
+                state.observe(&("multi".to_string(), uid), &outcome);
+                let desired = state.desired().unwrap();
+                reconciler.apply(dp, &desired).unwrap();
+            }
+            state
+                .set_weight("multi", a, 1 + (round % 3) as u32)
+                .unwrap();
+            let desired = state.desired().unwrap();
+            reconciler.apply(dp, &desired).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent > 1000, "the SYN thread ran ({sent} SYNs)");
+    assert_eq!(
+        fx.global("no_backend") - dropped_before,
+        0,
+        "no SYN out of {sent} met a backend the live table names but the entry forbids"
+    );
+}
+
+/// A TCP frame with the given flags (SYN, SYN-ACK, RST, ...), built with etherparse.
+#[allow(clippy::too_many_arguments)]
+fn tcp4_flags(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    ack: bool,
+    rst: bool,
+) -> Vec<u8> {
+    let mut h = etherparse::TcpHeader::new(sport, dport, 1000, 64240);
+    h.syn = syn;
+    h.ack = ack;
+    h.rst = rst;
+    if ack {
+        h.acknowledgment_number = 1001;
+    }
+    h.checksum = h.calc_checksum_ipv4_raw(src, dst, &[]).unwrap();
+    let mut ip = Ipv4Header::new(20, 64, etherparse::IpNumber::TCP, src, dst).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut f = Vec::new();
+    etherparse::Ethernet2Header {
+        source: smac,
+        destination: dmac,
+        ether_type: etherparse::EtherType::IPV4,
+    }
+    .write(&mut f)
+    .unwrap();
+    ip.write(&mut f).unwrap();
+    h.write(&mut f).unwrap();
+    f
+}
+
+/// Passive health in the data path: a SYN counts, its SYN-ACK answers it, a RST before the
+/// answer is a refusal, so is an ICMP unreachable quoting a SYN, UDP flows count and their
+/// first reply answers them; with `redispatch`, a refusal of a backend marked down is not
+/// forwarded (while its service has backends).
+#[test]
+fn passive_health_counters() {
+    if skip() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let desired = fx.state.desired().unwrap();
+    let id_of = |addr: &str, port: u16| {
+        desired
+            .backends
+            .values()
+            .find(|b| b.key.addr.to_string() == addr && b.key.port == port)
+            .map(|b| b.id)
+            .unwrap()
+    };
+    let web = id_of("198.18.2.11", 8080);
+    let dns = id_of("198.18.2.12", 5353);
+    let (ci, bi) = (fx.ifindex_client, fx.ifindex_backends);
+    let (c, l, lbb, b1) = (CLIENT_MAC, LB_CLIENT_MAC, LB_BACKENDS_MAC, backend_mac(1));
+    let syn = |port| tcp4_flags(c, l, CLIENT4, VIP4, port, 80, true, false, false);
+    let from_b1 =
+        |port, syn, ack, rst| tcp4_flags(b1, lbb, B4_1, CLIENT4, 8080, port, syn, ack, rst);
+
+    // SYN → SYN-ACK: answered; a later RST is no refusal.
+    assert_eq!(fx.run(&syn(47000), ci).0, XDP_REDIRECT);
+    assert_eq!(
+        fx.run(&from_b1(47000, true, true, false), bi).0,
+        XDP_REDIRECT
+    );
+    assert_eq!(
+        fx.run(&from_b1(47000, false, true, true), bi).0,
+        XDP_REDIRECT
+    );
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.syns, p.synacks, p.refused), (1, 1, 0), "{p:?}");
+
+    // SYN → RST: refused, and forwarded (no redispatch).
+    assert_eq!(fx.run(&syn(47001), ci).0, XDP_REDIRECT);
+    assert_eq!(
+        fx.run(&from_b1(47001, false, true, true), bi).0,
+        XDP_REDIRECT
+    );
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.syns, p.refused, p.redispatched), (2, 1, 0), "{p:?}");
+
+    // SYN → ICMP port unreachable from the backend quoting it: refused, sent to the client.
+    assert_eq!(fx.run(&syn(47002), ci).0, XDP_REDIRECT);
+    let quoted = common::net::ipx(
+        common::net::ip(CLIENT4),
+        common::net::ip(B4_1),
+        63,
+        6,
+        &common::net::tcp(
+            common::net::ip(CLIENT4),
+            common::net::ip(B4_1),
+            47002,
+            8080,
+            true,
+            &[],
+        ),
+    );
+    let icmp = common::net::icmp_err(
+        common::net::ip(B4_1),
+        common::net::ip(CLIENT4),
+        64,
+        3,
+        3,
+        [0; 4],
+        &quoted,
+    );
+    let frame = common::net::eth(b1, lbb, &[], &icmp);
+    assert_eq!(fx.run(&frame, bi).0, XDP_REDIRECT);
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.syns, p.unreachable), (3, 1), "{p:?}");
+
+    // UDP: a new flow counts; its first reply answers it, the second changes nothing.
+    let q = build4(c, l, None, CLIENT4, VIP4, 47003, 53, L4::Udp);
+    let r = build4(
+        backend_mac(2),
+        lbb,
+        None,
+        B4_2,
+        CLIENT4,
+        5353,
+        47003,
+        L4::Udp,
+    );
+    assert_eq!(fx.run(&q, ci).0, XDP_REDIRECT);
+    assert_eq!(fx.run(&r, bi).0, XDP_REDIRECT);
+    assert_eq!(fx.run(&r, bi).0, XDP_REDIRECT);
+    let p = fx.dp.passive_counters(dns);
+    assert_eq!((p.udp_flows, p.udp_answered), (1, 1), "{p:?}");
+
+    // Redispatch: the backend marked down (no new flows) with `redispatch`: its refusal of a
+    // handshake is withheld; once redispatch is off, refusals pass again.
+    assert_eq!(fx.run(&syn(47004), ci).0, XDP_REDIRECT);
+    let mut info = fx.dp.backends.get(&web, 0).unwrap();
+    info.flags = (info.flags & !lb_common::BE_F_ACTIVE) | lb_common::BE_F_REDISPATCH;
+    fx.dp.backends.set(web, info, 0).unwrap();
+    assert_eq!(fx.run(&from_b1(47004, false, true, true), bi).0, XDP_DROP);
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.refused, p.redispatched), (2, 1), "{p:?}");
+    info.flags &= !lb_common::BE_F_REDISPATCH;
+    fx.dp.backends.set(web, info, 0).unwrap();
+    assert_eq!(
+        fx.run(&syn(47005), ci).0,
+        XDP_DROP,
+        "no active backend: no new flow"
+    );
+}
