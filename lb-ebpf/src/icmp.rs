@@ -254,7 +254,7 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
         return NOT_OURS;
     };
     // SAFETY: map value pointers checked for null.
-    let (backend_id, baflags) = unsafe { ((*ba).backend_id, (*ba).flags) };
+    let (mut backend_id, baflags) = unsafe { ((*ba).backend_id, (*ba).flags) };
     // SAFETY: as above.
     let mut t = unsafe {
         Target {
@@ -282,6 +282,7 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
         unsafe {
             t.addr = (*rv).vip;
             t.port = (*rv).vport;
+            backend_id = (*rv).backend_id;
             nh = &mut (*rv).nh;
         }
     } else {

@@ -573,10 +573,10 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
             (*ba).flags,
         )
     };
-    // A reply of a client talking to the backend directly (through this host) is the
-    // kernel's. For a shared address nothing else can be known: dropped. For an unshared
-    // one, a reply the service's table would not have sent to this backend is no balanced
-    // flow's either.
+    // A reply of a client talking to the backend directly (through this host), or to this
+    // host itself (health checks), is the kernel's. Otherwise, for a shared address nothing
+    // else can be known: dropped. For an unshared one, a reply the service's table would not
+    // have sent to this backend is no balanced flow's either.
     // For a shared address, `moved` comes from the fallback service's entry only: a DIRECT
     // flow says more.
     if moved && baflags & BA_F_SHARED == 0 {
@@ -585,10 +585,8 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
     if DIRECT.get_ptr(&p.key).is_some() {
         return pass();
     }
-    if baflags & BA_F_SHARED != 0 {
-        return stray_dropped();
-    }
-    if maglev_backend(p, ba) != backend_id {
+    let shared = baflags & BA_F_SHARED != 0;
+    if !shared && maglev_backend(p, ba) != backend_id {
         return pass();
     }
     let Some(nh) = NH_SCRATCH.get_ptr_mut(0) else {
@@ -597,10 +595,16 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
     // SAFETY: a per-CPU map value checked for null.
     let nh = unsafe { &mut *nh };
     *nh = NO_HOP;
-    match nat::resolve(ctx, p, &vip, &p.key.dst, nh) {
-        // To this host (a health check or another local connection to the backend), or no
-        // route: the kernel's.
-        NH_LOCAL => return pass(),
+    let rc = nat::resolve(ctx, p, &vip, &p.key.dst, nh);
+    // To this host (a health check or another local connection to the backend), or no
+    // route: the kernel's, shared address or not.
+    if rc == NH_LOCAL {
+        return pass();
+    }
+    if shared {
+        return stray_dropped();
+    }
+    match rc {
         // No neighbour (or too big): the entry is re-created all the same; `send` hands the
         // packet on as for any reply.
         NH_OK | nat::NH_NO_NEIGH | nat::NH_TOO_BIG => {}

@@ -4,7 +4,8 @@
 //! - [`maglev`]: the lookup table;
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
 //! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
-//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink.
+//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
+//! - [`service`]: capabilities, systemd notification, log format.
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -19,4 +20,5 @@ pub mod maglev;
 pub mod model;
 pub mod reconcile;
 pub mod scaling;
+pub mod service;
 pub mod state;
