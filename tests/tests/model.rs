@@ -82,15 +82,10 @@ impl<'a> FxWorld<'a> {
     /// `FRAGS` keys the README does not fix the encoding of the id in: try the id as it is
     /// on the wire and as a number.
     fn frag_keys(src: &[u8; 16], dst: &[u8; 16], proto: u8, family: u8, id: u32) -> Vec<FragKey> {
-        let mut ids = vec![id];
-        if family == AF_INET {
-            let w = (id as u16).to_be_bytes();
-            ids.push(u32::from_ne_bytes([w[0], w[1], 0, 0]));
-            ids.push(u16::from_ne_bytes(w) as u32);
-        } else {
-            ids.push(u32::from_ne_bytes(id.to_be_bytes()));
-        }
-        ids.into_iter()
+        // `FragKey::id` is the IPv4 id / IPv6 identification as a number (lb-common): one
+        // encoding, so no other datagram's entry can be taken for this one's.
+        let _ = family;
+        [id].into_iter()
             .map(|id| FragKey {
                 src: *src,
                 dst: *dst,
