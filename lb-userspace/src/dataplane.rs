@@ -21,7 +21,9 @@ use lb_common::{
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::config::XdpMode as ConfigXdpMode;
+use crate::{config::XdpMode as ConfigXdpMode, reconcile::MapWriter};
+use aya::maps::MapError;
+use lb_common::{AddrKey, VlanInfo};
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -331,28 +333,10 @@ impl Dataplane {
     /// frames to (the ones xlb is attached to). Others get rewritten packets through the
     /// kernel.
     pub fn set_tx_ports(&mut self, ifindexes: &[u32]) -> Result<()> {
-        let map_err = |source: aya::maps::MapError| DataplaneError::Map {
+        <Self as MapWriter>::set_tx_ports(self, ifindexes).map_err(|source| DataplaneError::Map {
             name: lb_common::MAP_TX_PORTS,
             source,
-        };
-        let old: Vec<u32> = self.tx_ports.keys().filter_map(|k| k.ok()).collect();
-        for k in old {
-            if !ifindexes.contains(&k) {
-                self.tx_ports.remove(k).map_err(map_err)?;
-            }
-        }
-        for &i in ifindexes {
-            self.tx_ports
-                .insert(i, i, None, 0)
-                .map_err(|e| match e {
-                    aya::maps::xdp::XdpMapError::MapError(e) => e,
-                    other => aya::maps::MapError::InvalidName {
-                        name: other.to_string(),
-                    },
-                })
-                .map_err(map_err)?;
-        }
-        Ok(())
+        })
     }
 
     /// Attach the `xlb_xmit` tracepoint program, which counts frames the egress of a
@@ -520,6 +504,106 @@ impl Dataplane {
                 let _ = map.set(id, values, 0);
             }
         }
+    }
+}
+
+/// The BPF maps as the reconciler writes them (see [`MapWriter`]).
+impl MapWriter for Dataplane {
+    fn ring_size(&self) -> u32 {
+        self.opts.ring_size
+    }
+
+    fn set_port_word(&mut self, word: u32, bits: u64) -> std::result::Result<(), MapError> {
+        self.ports.set(word, bits, 0)
+    }
+
+    fn set_addr(&mut self, key: &AddrKey, flags: u32) -> std::result::Result<(), MapError> {
+        self.addrs.insert(key, flags, 0)
+    }
+
+    fn remove_addr(&mut self, key: &AddrKey) -> std::result::Result<(), MapError> {
+        self.addrs.remove(key)
+    }
+
+    fn set_backend(&mut self, id: u32, info: BackendInfo) -> std::result::Result<(), MapError> {
+        self.backends.set(id, info, 0)
+    }
+
+    fn reset_nexthop(&mut self, id: u32) -> std::result::Result<(), MapError> {
+        self.nexthops.set(id, NextHop::default(), 0)
+    }
+
+    fn reset_backend_counters(&mut self, id: u32) {
+        Self::reset_counters(&mut self.backend_stats, id);
+    }
+
+    fn reset_service_counters(&mut self, id: u32) {
+        Self::reset_counters(&mut self.service_stats, id);
+    }
+
+    fn set_maglev(&mut self, index: u32, backend_id: u32) -> std::result::Result<(), MapError> {
+        self.maglev.set(index, backend_id, 0)
+    }
+
+    fn set_service(
+        &mut self,
+        key: &ServiceKey,
+        info: ServiceInfo,
+    ) -> std::result::Result<(), MapError> {
+        self.services.insert(key, info, 0)
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> std::result::Result<(), MapError> {
+        self.services.remove(key)
+    }
+
+    fn set_backend_addr(
+        &mut self,
+        key: &lb_common::BackendAddr,
+        v: lb_common::BackendAddrValue,
+    ) -> std::result::Result<(), MapError> {
+        self.backend_addrs.insert(key, v, 0)
+    }
+
+    fn remove_backend_addr(
+        &mut self,
+        key: &lb_common::BackendAddr,
+    ) -> std::result::Result<(), MapError> {
+        self.backend_addrs.remove(key)
+    }
+
+    fn set_vlan(&mut self, ifindex: u32, v: VlanInfo) -> std::result::Result<(), MapError> {
+        self.vlans.insert(ifindex, v, 0)
+    }
+
+    fn remove_vlan(&mut self, ifindex: u32) -> std::result::Result<(), MapError> {
+        self.vlans.remove(&ifindex)
+    }
+
+    fn set_tx_ports(&mut self, ifindexes: &[u32]) -> std::result::Result<(), MapError> {
+        let old: Vec<u32> = self.tx_ports.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            if !ifindexes.contains(&k) {
+                self.tx_ports.remove(k)?;
+            }
+        }
+        for &i in ifindexes {
+            self.tx_ports.insert(i, i, None, 0).map_err(|e| match e {
+                aya::maps::xdp::XdpMapError::MapError(e) => e,
+                other => MapError::InvalidName {
+                    name: other.to_string(),
+                },
+            })?;
+        }
+        Ok(())
+    }
+
+    fn flow_backend(&self, key: &FlowKey) -> Option<u32> {
+        self.conntrack.get(key, 0).ok().map(|ct| ct.backend_id)
+    }
+
+    fn remove_flow(&mut self, key: &FlowKey) -> std::result::Result<(), MapError> {
+        self.conntrack.remove(key)
     }
 }
 
