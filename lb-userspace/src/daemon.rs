@@ -20,7 +20,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    api, config,
+    api, commit, config,
     dataplane::{self, Attachment, Dataplane, LoadOptions, Pinning},
     health::{self, CheckOutcome, CheckerHandle},
     instance::{self, InstanceLock, PinManifest},
@@ -367,26 +367,53 @@ struct Daemon {
     started: Instant,
     hook_tx: mpsc::Sender<HookResult>,
     rates: Rates,
+    /// The last apply of a fact failed: the next tick tries again.
+    retry_apply: bool,
 }
 
 impl Daemon {
-    /// Recompute desired state and write the difference; keep checks and the state file in
-    /// step.
+    /// Write what the state now wants (after a fact: a health transition, a finished drain,
+    /// a scaling round, a hook's result); keep checks and the state file in step. When the
+    /// maps refuse it, they are put back to the last desired state and the next tick tries
+    /// again.
     fn apply(&mut self) -> Result<(), ApiError> {
-        let desired = self
-            .state
-            .desired()
-            .map_err(|e| ApiError::Conflict(e.to_string()))?;
-        self.reconciler
-            .apply(&mut self.dp, &desired)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if let Ok(mut live) = self.live_ids.lock() {
-            *live = desired.backends.keys().copied().collect();
+        let r = commit::apply(
+            &mut self.state,
+            &mut self.reconciler,
+            &mut self.desired,
+            &mut self.dp,
+        );
+        self.retry_apply = r.is_err();
+        self.after_change();
+        r.map_err(ApiError::from)
+    }
+
+    /// Run `change` on the state as a transaction (API requests, reloads): on any error the
+    /// state and the maps are what they were.
+    fn transact<T>(
+        &mut self,
+        change: impl FnOnce(&mut State) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let r = commit::transact(
+            &mut self.state,
+            &mut self.reconciler,
+            &mut self.desired,
+            &mut self.dp,
+            change,
+        );
+        if r.is_ok() {
+            self.retry_apply = false;
+            self.after_change();
         }
-        self.desired = desired;
+        r
+    }
+
+    fn after_change(&mut self) {
+        if let Ok(mut live) = self.live_ids.lock() {
+            *live = self.desired.backends.keys().copied().collect();
+        }
         self.sync_checks();
         self.persist();
-        Ok(())
     }
 
     fn sync_checks(&mut self) {
@@ -425,8 +452,7 @@ impl Daemon {
 
     fn reload(&mut self) -> Result<String, ApiError> {
         let cfg = config::load(&self.config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
-        let notes = self.state.reload(cfg);
-        self.apply()?;
+        let notes = self.transact(|s| Ok(s.reload(cfg)))?;
         for n in &notes {
             info!("reload: {n}");
         }
@@ -469,27 +495,14 @@ impl Daemon {
                 Err(ApiError::Invalid("not a change".into()))
             }
             Request::Reload => self.reload(),
-            Request::AddBackend { group, body } => {
-                let m = self.state.add_backend(
-                    &group,
-                    &body.address,
-                    body.weight,
-                    BackendSource::Api,
-                )?;
-                self.apply()?;
-                Ok(m)
-            }
+            Request::AddBackend { group, body } => self.transact(|s| {
+                s.add_backend(&group, &body.address, body.weight, BackendSource::Api)
+            }),
             Request::RemoveBackend { group, body } => {
-                let m = self.state.remove_backend(&group, &body.address)?;
-                self.apply()?;
-                Ok(m)
+                self.transact(|s| s.remove_backend(&group, &body.address))
             }
             Request::DrainBackend { group, body } => {
-                let m = self
-                    .state
-                    .drain_backend(&group, &body.address, "drained by API")?;
-                self.apply()?;
-                Ok(m)
+                self.transact(|s| s.drain_backend(&group, &body.address, "drained by API"))
             }
             Request::Scale { group, body } => {
                 let m = self.state.scale(&group, body.desired)?;
@@ -497,9 +510,7 @@ impl Daemon {
                 Ok(m)
             }
             Request::SetWeight { group, body } => {
-                let m = self.state.set_weight(&group, &body.address, body.weight)?;
-                self.apply()?;
-                Ok(m)
+                self.transact(|s| s.set_weight(&group, &body.address, body.weight))
             }
         }
     }
@@ -765,6 +776,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         started: Instant::now(),
         hook_tx,
         rates: Rates::default(),
+        retry_apply: false,
         dp,
     };
     daemon
@@ -864,7 +876,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
             _ = tick.tick() => {
                 let left = daemon.state.finish_drains(Instant::now());
-                if !left.is_empty() {
+                if !left.is_empty() || daemon.retry_apply {
                     for l in &left {
                         info!("{l}");
                     }

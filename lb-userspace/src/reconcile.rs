@@ -45,8 +45,7 @@ pub trait MapWriter {
     fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<(), MapError>;
     fn set_service(&mut self, key: &ServiceKey, info: ServiceInfo) -> Result<(), MapError>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapError>;
-    fn set_backend_addr(&mut self, key: &BackendAddr, v: BackendAddrValue)
-        -> Result<(), MapError>;
+    fn set_backend_addr(&mut self, key: &BackendAddr, v: BackendAddrValue) -> Result<(), MapError>;
     fn remove_backend_addr(&mut self, key: &BackendAddr) -> Result<(), MapError>;
     fn set_vlan(&mut self, ifindex: u32, v: VlanInfo) -> Result<(), MapError>;
     fn remove_vlan(&mut self, ifindex: u32) -> Result<(), MapError>;
@@ -278,7 +277,8 @@ impl Reconciler {
         for (w, bits) in &want_ports {
             let have = self.ports.get(w).copied().unwrap_or(0);
             if have | bits != have {
-                dp.set_port_word(*w, have | bits).map_err(map_err("PORTS"))?;
+                dp.set_port_word(*w, have | bits)
+                    .map_err(map_err("PORTS"))?;
                 self.ports.insert(*w, have | bits);
             }
         }
@@ -317,10 +317,11 @@ impl Reconciler {
                     dp.reset_backend_counters(*id);
                 }
                 dp.set_backend(*id, info).map_err(map_err("BACKENDS"))?;
+                // Recorded at once: should the next write fail, what is undone includes it.
+                self.backends.insert(*id, info);
                 if stale {
                     dp.reset_nexthop(*id).map_err(map_err("NEXTHOPS"))?;
                 }
-                self.backends.insert(*id, info);
                 report.backends_written += 1;
             }
         }
