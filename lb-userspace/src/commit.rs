@@ -459,4 +459,44 @@ backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
         .unwrap();
         assert_eq!(o.applied.backends.len(), lb_common::MAX_BACKENDS as usize);
     }
+
+    #[test]
+    fn a_backend_added_during_a_sweep_keeps_its_entries() {
+        let mut o = Owner::new();
+        let flow = |sport: u16| lb_common::FlowKey {
+            sport: sport.to_be_bytes(),
+            ..Default::default()
+        };
+        // What a sweep saw: three entries naming ids that were free then.
+        let next = *o.applied.backends.keys().last().unwrap() + 1;
+        o.dp.conntrack.insert(flow(1), 99);
+        o.dp.conntrack.insert(flow(2), next);
+        o.dp.conntrack.insert(flow(3), 98);
+        let found = [(flow(1), 99), (flow(2), next), (flow(3), 98)];
+        // Meanwhile a backend is added and takes the next id; and flow 3 was re-balanced.
+        o.transact(|s| s.add_backend("g", "198.18.2.14", None, BackendSource::Api))
+            .unwrap();
+        assert!(
+            o.applied.backends.contains_key(&next),
+            "the new backend has id {next}"
+        );
+        o.dp.conntrack.insert(flow(3), 0);
+        let removed = o.rec.remove_stale_flows(&mut o.dp, &found).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(
+            o.dp.conntrack.get(&flow(1)),
+            None,
+            "a gone backend's entry goes"
+        );
+        assert_eq!(
+            o.dp.conntrack.get(&flow(2)),
+            Some(&next),
+            "the new backend keeps it"
+        );
+        assert_eq!(
+            o.dp.conntrack.get(&flow(3)),
+            Some(&0),
+            "a re-balanced entry stays"
+        );
+    }
 }

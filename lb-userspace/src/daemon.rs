@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -180,34 +179,54 @@ fn monotonic_coarse_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// A conntrack sweep's result: open flows per backend id.
+/// A conntrack sweep's result: open flows per backend id, and the entries that named a
+/// backend id free in `BACKENDS` when the sweep read them (for the owner to decide on).
 struct Sweep {
     at: Instant,
     open: HashMap<u32, u64>,
+    stale: Vec<(FlowKey, u32)>,
 }
 
+/// Entries of free backend ids one sweep reports at most (the rest wait for the next).
+const SWEEP_STALE_MAX: usize = 65_536;
+
 /// Count open flows per backend every [`SWEEP_EVERY`] on a thread of its own (the table can
-/// hold millions of flows), and delete entries of backends that are gone.
+/// hold millions of flows), and report the entries of backend ids that are free. The
+/// sweeper only reads (`CONNTRACK`, `BACKENDS`): the owner loop decides which of the entries
+/// it reports to delete, and the reconciler deletes them.
 fn spawn_sweeper(
-    pin: PathBuf,
-    live: Arc<Mutex<std::collections::HashSet<u32>>>,
+    pins: (PathBuf, PathBuf),
     tcp_idle: Duration,
     udp_idle: Duration,
     tx: mpsc::Sender<Sweep>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-    let mut map: BpfHashMap<MapData, FlowKey, CtValue> =
+    let (ct_pin, backends_pin) = pins;
+    let data =
+        MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
+    let map: BpfHashMap<MapData, FlowKey, CtValue> =
         BpfHashMap::try_from(Map::LruHashMap(data)).context("conntrack map")?;
+    let data = MapData::from_pin(&backends_pin)
+        .with_context(|| format!("opening {}", backends_pin.display()))?;
+    let backends: aya::maps::Array<MapData, lb_common::BackendInfo> =
+        aya::maps::Array::try_from(Map::Array(data)).context("backends map")?;
     Ok(std::thread::spawn(move || loop {
         let at = Instant::now();
         let now = monotonic_coarse_ns();
-        let live_ids = live.lock().map(|l| l.clone()).unwrap_or_default();
+        let free: std::collections::HashSet<u32> = (0..lb_common::MAX_BACKENDS)
+            .filter(|id| {
+                backends
+                    .get(id, 0)
+                    .is_ok_and(|b| b == lb_common::BackendInfo::default())
+            })
+            .collect();
         let mut open: HashMap<u32, u64> = HashMap::new();
         let mut stale = Vec::new();
         for item in map.iter() {
             let Ok((key, ct)) = item else { continue };
-            if !live_ids.contains(&ct.backend_id) {
-                stale.push(key);
+            if free.contains(&ct.backend_id) {
+                if stale.len() < SWEEP_STALE_MAX {
+                    stale.push((key, ct.backend_id));
+                }
                 continue;
             }
             let idle = Duration::from_nanos(now.saturating_sub(ct.last_seen_ns));
@@ -221,10 +240,7 @@ fn spawn_sweeper(
                 *open.entry(ct.backend_id).or_default() += 1;
             }
         }
-        for key in stale {
-            let _ = map.remove(&key);
-        }
-        if tx.blocking_send(Sweep { at, open }).is_err() {
+        if tx.blocking_send(Sweep { at, open, stale }).is_err() {
             return;
         }
         std::thread::sleep(SWEEP_EVERY);
@@ -363,7 +379,6 @@ struct Daemon {
     attachments: Vec<Attachment>,
     checkers: HashMap<CheckToken, (String, CheckerHandle)>,
     check_tx: mpsc::Sender<(CheckToken, CheckOutcome)>,
-    live_ids: Arc<Mutex<std::collections::HashSet<u32>>>,
     started: Instant,
     hook_tx: mpsc::Sender<HookResult>,
     rates: Rates,
@@ -409,9 +424,6 @@ impl Daemon {
     }
 
     fn after_change(&mut self) {
-        if let Ok(mut live) = self.live_ids.lock() {
-            *live = self.desired.backends.keys().copied().collect();
-        }
         self.sync_checks();
         self.persist();
     }
@@ -762,7 +774,6 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
     let (hook_tx, mut hook_rx) = mpsc::channel::<HookResult>(64);
     let (links_tx, mut links_rx) = mpsc::channel::<Links>(4);
-    let live_ids = Arc::new(Mutex::new(std::collections::HashSet::new()));
 
     let mut daemon = Daemon {
         config_path: config_path.clone(),
@@ -772,7 +783,6 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         attachments: Vec::new(),
         checkers: HashMap::new(),
         check_tx,
-        live_ids: live_ids.clone(),
         started: Instant::now(),
         hook_tx,
         rates: Rates::default(),
@@ -811,14 +821,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let _api = api::serve(&d.api_socket, api_tx)
         .await
         .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
-    if let Some(pin) = daemon.dp.conntrack_pin() {
-        spawn_sweeper(
-            pin,
-            live_ids,
-            d.tcp_idle_timeout,
-            d.udp_idle_timeout,
-            sweep_tx,
-        )?;
+    if let Some(pins) = daemon.dp.sweeper_pins() {
+        spawn_sweeper(pins, d.tcp_idle_timeout, d.udp_idle_timeout, sweep_tx)?;
     }
     match links::spawn_watcher(d.interfaces.clone(), links_tx) {
         Ok(_) => {}
@@ -871,6 +875,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 }
             }
             Some(sweep) = sweep_rx.recv() => {
+                match daemon.reconciler.remove_stale_flows(&mut daemon.dp, &sweep.stale) {
+                    Ok(0) => {}
+                    Ok(n) => debug!(entries = n, "removed flows of backends that are gone"),
+                    Err(e) => warn!(error = %e, "removing flows of backends that are gone"),
+                }
                 let desired = daemon.desired.clone();
                 daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);
             }

@@ -463,9 +463,12 @@ impl Dataplane {
         })
     }
 
-    /// The CONNTRACK map's pin path (for a sweeper with its own handle).
-    pub fn conntrack_pin(&self) -> Option<PathBuf> {
-        self.pin_dir.as_ref().map(|d| d.join(MAP_CONNTRACK))
+    /// The pin paths of `CONNTRACK` and `BACKENDS`, for the conntrack sweeper's own
+    /// read-only handles.
+    pub fn sweeper_pins(&self) -> Option<(PathBuf, PathBuf)> {
+        self.pin_dir
+            .as_ref()
+            .map(|d| (d.join(MAP_CONNTRACK), d.join(MAP_BACKENDS)))
     }
 
     /// Index of the first Maglev entry of `service_id`'s table `slot`.

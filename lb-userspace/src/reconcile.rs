@@ -501,6 +501,27 @@ impl Reconciler {
         Ok(report)
     }
 
+    /// Delete the connection-tracking entries a conntrack sweep found naming a backend id
+    /// that was free when it read them (`found`: key and that id). The sweep runs on its own
+    /// thread, so each is decided again here, on the owner loop: an id written since (a
+    /// backend added while the sweep ran) keeps its entries, and so does an entry that names
+    /// another backend by now. Returns how many entries were deleted.
+    pub fn remove_stale_flows(
+        &mut self,
+        dp: &mut impl MapWriter,
+        found: &[(FlowKey, u32)],
+    ) -> Result<usize, ReconcileError> {
+        let mut removed = 0;
+        for (key, id) in found {
+            if self.backends.contains_key(id) || dp.flow_backend(key) != Some(*id) {
+                continue;
+            }
+            dp.remove_flow(key).map_err(map_err("CONNTRACK"))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Write what the link watcher saw: `VLANS` made equal to `links.vlans` (new and changed
     /// entries first, then the removal of those gone), and `TX_PORTS` to `links.tx_ports`
     /// when that set changed.
