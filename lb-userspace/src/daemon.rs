@@ -384,6 +384,13 @@ struct Daemon {
     rates: Rates,
     /// The last apply of a fact failed: the next tick tries again.
     retry_apply: bool,
+    /// The interfaces xlb attaches to and how (from the config at start).
+    interfaces: Vec<String>,
+    xdp_mode: config::XdpMode,
+    /// Whether the link watcher last saw each of them up.
+    seen_up: HashMap<String, bool>,
+    /// The ifindex XDP was last attached to, per interface.
+    attached_ifindex: HashMap<String, u32>,
 }
 
 impl Daemon {
@@ -570,6 +577,52 @@ impl Daemon {
                 error!(error = %e, "adding launched backends failed");
             }
         } else {
+            self.persist();
+        }
+    }
+
+    /// What the link watcher saw: attach XDP again to a configured interface that was
+    /// re-created (it has another ifindex than the one XDP was attached to) or came back up,
+    /// then write `VLANS` and `TX_PORTS`.
+    fn links_changed(&mut self, links: &Links) {
+        let mut reattached = false;
+        for iface in self.interfaces.clone() {
+            let Some(&(ifindex, up)) = links.interfaces.get(&iface) else {
+                if self.seen_up.remove(&iface).is_some() {
+                    warn!(iface = %iface, "interface gone: XDP is attached again when it returns");
+                }
+                continue;
+            };
+            let came_up = up && self.seen_up.get(&iface) == Some(&false);
+            self.seen_up.insert(iface.clone(), up);
+            if self.attached_ifindex.get(&iface) == Some(&ifindex) && !came_up {
+                continue;
+            }
+            match self
+                .dp
+                .attach(lb_common::PROG_XDP_LB, &iface, self.xdp_mode)
+            {
+                Ok(a) => {
+                    info!(iface = %iface, ifindex, mode = %a.mode, "XDP attached again");
+                    self.attached_ifindex.insert(iface.clone(), ifindex);
+                    self.attachments.retain(|x| x.iface != iface);
+                    self.attachments.push(a);
+                    reattached = true;
+                }
+                Err(e) => {
+                    error!(
+                        iface = %iface,
+                        error = %e,
+                        "attaching XDP again failed (tried again when the interface changes)"
+                    );
+                    self.attached_ifindex.remove(&iface);
+                }
+            }
+        }
+        if let Err(e) = self.reconciler.apply_links(&mut self.dp, links) {
+            error!(error = %e, "writing VLANS / TX_PORTS failed");
+        }
+        if reattached {
             self.persist();
         }
     }
@@ -787,6 +840,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         hook_tx,
         rates: Rates::default(),
         retry_apply: false,
+        interfaces: d.interfaces.clone(),
+        xdp_mode: d.xdp_mode,
+        seen_up: HashMap::new(),
+        attached_ifindex: HashMap::new(),
         dp,
     };
     daemon
@@ -809,6 +866,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             nix::net::if_::if_nametoindex(i.as_str()).with_context(|| format!("ifindex of {i}"))
         })
         .collect::<Result<_>>()?;
+    daemon.attached_ifindex = d
+        .interfaces
+        .iter()
+        .cloned()
+        .zip(attached.iter().copied())
+        .collect();
     daemon
         .reconciler
         .set_tx_ports(&mut daemon.dp, &attached)
@@ -860,11 +923,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let _ = env.reply.send(r);
             }
             Some(r) = hook_rx.recv() => daemon.hook_done(r),
-            Some(l) = links_rx.recv() => {
-                if let Err(e) = daemon.reconciler.apply_links(&mut daemon.dp, &l) {
-                    error!(error = %e, "writing VLANS / TX_PORTS failed");
-                }
-            }
+            Some(l) = links_rx.recv() => daemon.links_changed(&l),
             Some((token, outcome)) = check_rx.recv() => {
                 if let Some(t) = daemon.state.observe(&token, &outcome) {
                     let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);

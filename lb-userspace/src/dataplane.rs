@@ -400,27 +400,34 @@ impl Dataplane {
             }
         };
         if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
-            let pinned = PinnedLink::from_pin(path).map_err(|e| DataplaneError::Attach {
-                iface: iface.to_string(),
-                mode: "pinned",
-                source: ProgramError::IOError(std::io::Error::other(e.to_string())),
-            })?;
-            let fd_link: FdLink = pinned.into();
-            let link: XdpLink =
-                fd_link
-                    .try_into()
-                    .map_err(
-                        |e: aya::programs::links::LinkError| DataplaneError::Attach {
-                            iface: iface.to_string(),
-                            mode: "pinned",
-                            source: ProgramError::IOError(std::io::Error::other(e.to_string())),
-                        },
-                    )?;
-            prog.attach_to_link(link).map_err(attach_err("pinned"))?;
-            return Ok(Attachment {
-                iface: iface.to_string(),
-                mode: "adopted",
-            });
+            match adopt_link(prog, path) {
+                Ok(()) => {
+                    return Ok(Attachment {
+                        iface: iface.to_string(),
+                        mode: "adopted",
+                    })
+                }
+                Err(e) => {
+                    // The link of an interface that was deleted (or re-created under the same
+                    // name) is defunct: the kernel refuses to update it (ENOLINK). It holds
+                    // nothing any more; attach afresh.
+                    warn!(
+                        iface,
+                        error = %e,
+                        "the pinned XDP link cannot be taken over (its interface was deleted \
+                         or re-created): attaching afresh"
+                    );
+                    if let Err(e) = std::fs::remove_file(path) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(DataplaneError::Io {
+                                what: "removing a stale link pin",
+                                path: path.display().to_string(),
+                                source: e,
+                            });
+                        }
+                    }
+                }
+            }
         }
         let try_mode = |prog: &mut Xdp, m: XdpMode, label: &'static str| {
             prog.attach(iface, m)
@@ -608,6 +615,21 @@ impl MapWriter for Dataplane {
     fn remove_flow(&mut self, key: &FlowKey) -> std::result::Result<(), MapError> {
         self.conntrack.remove(key)
     }
+}
+
+/// Take over the XDP link pinned at `path` by swapping `prog` into it (atomic: no packet
+/// goes unprocessed).
+fn adopt_link(prog: &mut Xdp, path: &Path) -> std::result::Result<(), String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+    let fd_link: FdLink = pinned.into();
+    let link: XdpLink = fd_link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+    prog.attach_to_link(link).map_err(|e| match e {
+        ProgramError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
+        other => other.to_string(),
+    })?;
+    Ok(())
 }
 
 fn sum_counters(map: &PerCpuArray<MapData, Counters>, id: u32) -> Counters {

@@ -106,6 +106,8 @@ pub struct Links {
     pub vlans: BTreeMap<u32, VlanInfo>,
     /// Interfaces the program may redirect to (those xlb is attached to).
     pub tx_ports: Vec<u32>,
+    /// The configured interfaces that exist: name → (ifindex, up).
+    pub interfaces: BTreeMap<String, (u32, bool)>,
 }
 
 /// `ADDRS` as `desired` wants it: every VIP (`ADDR_F_VIP`) and every backend address

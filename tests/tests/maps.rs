@@ -149,6 +149,7 @@ fn vlans_and_tx_ports_follow_the_links() {
             .into_iter()
             .collect(),
         tx_ports: vec![bi, ci],
+        ..Default::default()
     };
     fx.ns
         .enter(|| fx.reconciler.apply_links(&mut fx.dp, &links))
@@ -165,6 +166,7 @@ fn vlans_and_tx_ports_follow_the_links() {
     let links = Links {
         vlans: [(1001, v(bi, 201))].into_iter().collect(),
         tx_ports: vec![ci],
+        ..Default::default()
     };
     fx.ns
         .enter(|| fx.reconciler.apply_links(&mut fx.dp, &links))
