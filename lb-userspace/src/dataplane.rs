@@ -101,13 +101,9 @@ pub struct Attachment {
     pub mode: &'static str,
 }
 
-/// The loaded program and its maps.
-pub struct Dataplane {
-    pub opts: LoadOptions,
-    /// True when the maps were adopted from a previous instance.
-    pub adopted: bool,
-    pin_dir: Option<PathBuf>,
-    ebpf: Ebpf,
+/// The typed maps. Reading needs only `&Maps` ([`Dataplane::maps`]); writing needs `&mut`,
+/// which the daemon gets only through [`MapWriter`] (the reconciler: the one writer).
+pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
     pub maglev: Array<MapData, u32>,
     pub backends: Array<MapData, BackendInfo>,
@@ -130,6 +126,16 @@ pub struct Dataplane {
     pub vlans: HashMap<MapData, u32, lb_common::VlanInfo>,
     /// Every VIP and backend address → `ADDR_F_*`.
     pub addrs: HashMap<MapData, lb_common::AddrKey, u32>,
+}
+
+/// The loaded program and its maps.
+pub struct Dataplane {
+    pub opts: LoadOptions,
+    /// True when the maps were adopted from a previous instance.
+    pub adopted: bool,
+    pin_dir: Option<PathBuf>,
+    ebpf: Ebpf,
+    maps: Maps,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
@@ -311,21 +317,23 @@ impl Dataplane {
             adopted,
             pin_dir: (!ephemeral).then_some(dir),
             ebpf,
-            services,
-            maglev,
-            backends,
-            conntrack,
-            reverse,
-            service_stats,
-            backend_stats,
-            global_stats,
-            nexthops,
-            backend_addrs,
-            ports,
-            frags,
-            tx_ports,
-            vlans,
-            addrs,
+            maps: Maps {
+                services,
+                maglev,
+                backends,
+                conntrack,
+                reverse,
+                service_stats,
+                backend_stats,
+                global_stats,
+                nexthops,
+                backend_addrs,
+                ports,
+                frags,
+                tx_ports,
+                vlans,
+                addrs,
+            },
         })
     }
 
@@ -470,6 +478,17 @@ impl Dataplane {
         })
     }
 
+    /// The maps, to read (tests, status).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// The maps, to write directly: for tests and benchmarks that forge map contents (flows,
+    /// stale next hops). The daemon writes only through the reconciler ([`MapWriter`]).
+    pub fn forge_maps(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
     /// The pin paths of `CONNTRACK` and `BACKENDS`, for the conntrack sweeper's own
     /// read-only handles.
     pub fn sweeper_pins(&self) -> Option<(PathBuf, PathBuf)> {
@@ -485,11 +504,11 @@ impl Dataplane {
 
     /// Sum of a per-CPU counters element.
     pub fn service_counters(&self, id: u32) -> Counters {
-        sum_counters(&self.service_stats, id)
+        sum_counters(&self.maps.service_stats, id)
     }
 
     pub fn backend_counters(&self, id: u32) -> Counters {
-        sum_counters(&self.backend_stats, id)
+        sum_counters(&self.maps.backend_stats, id)
     }
 
     /// Global counters by name, summed over CPUs.
@@ -497,6 +516,7 @@ impl Dataplane {
         (0..global::COUNT)
             .map(|i| {
                 let v = self
+                    .maps
                     .global_stats
                     .get(&i, 0)
                     .map(|vals| vals.iter().sum())
@@ -524,35 +544,35 @@ impl MapWriter for Dataplane {
     }
 
     fn set_port_word(&mut self, word: u32, bits: u64) -> std::result::Result<(), MapError> {
-        self.ports.set(word, bits, 0)
+        self.maps.ports.set(word, bits, 0)
     }
 
     fn set_addr(&mut self, key: &AddrKey, flags: u32) -> std::result::Result<(), MapError> {
-        self.addrs.insert(key, flags, 0)
+        self.maps.addrs.insert(key, flags, 0)
     }
 
     fn remove_addr(&mut self, key: &AddrKey) -> std::result::Result<(), MapError> {
-        self.addrs.remove(key)
+        self.maps.addrs.remove(key)
     }
 
     fn set_backend(&mut self, id: u32, info: BackendInfo) -> std::result::Result<(), MapError> {
-        self.backends.set(id, info, 0)
+        self.maps.backends.set(id, info, 0)
     }
 
     fn reset_nexthop(&mut self, id: u32) -> std::result::Result<(), MapError> {
-        self.nexthops.set(id, NextHop::default(), 0)
+        self.maps.nexthops.set(id, NextHop::default(), 0)
     }
 
     fn reset_backend_counters(&mut self, id: u32) {
-        Self::reset_counters(&mut self.backend_stats, id);
+        Self::reset_counters(&mut self.maps.backend_stats, id);
     }
 
     fn reset_service_counters(&mut self, id: u32) {
-        Self::reset_counters(&mut self.service_stats, id);
+        Self::reset_counters(&mut self.maps.service_stats, id);
     }
 
     fn set_maglev(&mut self, index: u32, backend_id: u32) -> std::result::Result<(), MapError> {
-        self.maglev.set(index, backend_id, 0)
+        self.maps.maglev.set(index, backend_id, 0)
     }
 
     fn set_service(
@@ -560,11 +580,11 @@ impl MapWriter for Dataplane {
         key: &ServiceKey,
         info: ServiceInfo,
     ) -> std::result::Result<(), MapError> {
-        self.services.insert(key, info, 0)
+        self.maps.services.insert(key, info, 0)
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> std::result::Result<(), MapError> {
-        self.services.remove(key)
+        self.maps.services.remove(key)
     }
 
     fn set_backend_addr(
@@ -572,48 +592,51 @@ impl MapWriter for Dataplane {
         key: &lb_common::BackendAddr,
         v: lb_common::BackendAddrValue,
     ) -> std::result::Result<(), MapError> {
-        self.backend_addrs.insert(key, v, 0)
+        self.maps.backend_addrs.insert(key, v, 0)
     }
 
     fn remove_backend_addr(
         &mut self,
         key: &lb_common::BackendAddr,
     ) -> std::result::Result<(), MapError> {
-        self.backend_addrs.remove(key)
+        self.maps.backend_addrs.remove(key)
     }
 
     fn set_vlan(&mut self, ifindex: u32, v: VlanInfo) -> std::result::Result<(), MapError> {
-        self.vlans.insert(ifindex, v, 0)
+        self.maps.vlans.insert(ifindex, v, 0)
     }
 
     fn remove_vlan(&mut self, ifindex: u32) -> std::result::Result<(), MapError> {
-        self.vlans.remove(&ifindex)
+        self.maps.vlans.remove(&ifindex)
     }
 
     fn set_tx_ports(&mut self, ifindexes: &[u32]) -> std::result::Result<(), MapError> {
-        let old: Vec<u32> = self.tx_ports.keys().filter_map(|k| k.ok()).collect();
+        let old: Vec<u32> = self.maps.tx_ports.keys().filter_map(|k| k.ok()).collect();
         for k in old {
             if !ifindexes.contains(&k) {
-                self.tx_ports.remove(k)?;
+                self.maps.tx_ports.remove(k)?;
             }
         }
         for &i in ifindexes {
-            self.tx_ports.insert(i, i, None, 0).map_err(|e| match e {
-                aya::maps::xdp::XdpMapError::MapError(e) => e,
-                other => MapError::InvalidName {
-                    name: other.to_string(),
-                },
-            })?;
+            self.maps
+                .tx_ports
+                .insert(i, i, None, 0)
+                .map_err(|e| match e {
+                    aya::maps::xdp::XdpMapError::MapError(e) => e,
+                    other => MapError::InvalidName {
+                        name: other.to_string(),
+                    },
+                })?;
         }
         Ok(())
     }
 
     fn flow_backend(&self, key: &FlowKey) -> Option<u32> {
-        self.conntrack.get(key, 0).ok().map(|ct| ct.backend_id)
+        self.maps.conntrack.get(key, 0).ok().map(|ct| ct.backend_id)
     }
 
     fn remove_flow(&mut self, key: &FlowKey) -> std::result::Result<(), MapError> {
-        self.conntrack.remove(key)
+        self.maps.conntrack.remove(key)
     }
 }
 

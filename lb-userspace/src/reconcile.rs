@@ -214,7 +214,7 @@ impl Reconciler {
             adopted: true,
             ..Self::default()
         };
-        for item in dp.services.iter() {
+        for item in dp.maps().services.iter() {
             let (key, info) = item.map_err(map_err("SERVICES"))?;
             r.services.insert(
                 info.id,
@@ -229,25 +229,29 @@ impl Reconciler {
             }
         }
         for id in 0..lb_common::MAX_BACKENDS {
-            let info = dp.backends.get(&id, 0).map_err(map_err("BACKENDS"))?;
+            let info = dp
+                .maps()
+                .backends
+                .get(&id, 0)
+                .map_err(map_err("BACKENDS"))?;
             if info != BackendInfo::default() {
                 r.backends.insert(id, info);
             }
         }
-        for item in dp.backend_addrs.iter() {
+        for item in dp.maps().backend_addrs.iter() {
             let (k, v) = item.map_err(map_err("BACKEND_ADDRS"))?;
             r.addrs.insert(k, v);
         }
-        for item in dp.addrs.iter() {
+        for item in dp.maps().addrs.iter() {
             let (k, v) = item.map_err(map_err("ADDRS"))?;
             r.vaddrs.insert(k, v);
         }
-        for item in dp.vlans.iter() {
+        for item in dp.maps().vlans.iter() {
             let (k, v) = item.map_err(map_err("VLANS"))?;
             r.vlans.insert(k, v);
         }
         for i in 0..2 * lb_common::PORT_WORDS {
-            let w = dp.ports.get(&i, 0).map_err(map_err("PORTS"))?;
+            let w = dp.maps().ports.get(&i, 0).map_err(map_err("PORTS"))?;
             if w != 0 {
                 r.ports.insert(i, w);
             }

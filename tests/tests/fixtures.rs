@@ -623,7 +623,7 @@ fn fin_and_rst_mark_the_flow_closing() {
         family: lb_common::AF_INET,
         _pad: [0; 2],
     };
-    let flags = |sport| fx.dp.conntrack.get(&key(sport), 0).unwrap().flags;
+    let flags = |sport| fx.dp.maps().conntrack.get(&key(sport), 0).unwrap().flags;
     let tcp = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, fin: bool, rst: bool| {
         let mut f = Vec::new();
         let (smac, dmac) = if src == CLIENT4 {
@@ -708,6 +708,7 @@ fn reverse_entries_only_for_shared_backend_addresses() {
     let fx = Fixture::new();
     let reverse_from = |addr: [u8; 4], port: u16| {
         fx.dp
+            .maps()
             .reverse
             .keys()
             .filter_map(Result::ok)
