@@ -34,6 +34,9 @@ pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
 pub const MAP_VLANS: &str = "VLANS";
 pub const MAP_ADDRS: &str = "ADDRS";
+pub const MAP_PASSIVE_STATS: &str = "PASSIVE_STATS";
+pub const MAP_SYN_SAMPLES: &str = "SYN_SAMPLES";
+pub const MAP_PASSIVE_CONF: &str = "PASSIVE_CONF";
 /// Entries of `ADDRS`: every VIP and backend address (port and protocol zero).
 pub const MAX_ADDRS: u32 = 2 * MAX_BACKENDS;
 
@@ -181,7 +184,11 @@ pub const SVC_F_EMPTY: u32 = 1;
 pub const CT_F_CLOSING: u32 = 1;
 /// TCP header flags.
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+/// `CtValue::flags`: the backend answered the flow (a SYN-ACK for TCP, any reply for UDP).
+pub const CT_F_ANSWERED: u32 = 2;
 
 /// `BackendInfo::flags`: the backend may receive new flows.
 pub const BE_F_ACTIVE: u8 = 1;
@@ -207,3 +214,8 @@ pub const ADDR_F_BACKEND: u32 = 2;
 /// `NextHop::flags`: the egress interface cannot take redirected XDP frames (not in
 /// `TX_PORTS`): rewritten packets are handed to the kernel.
 pub const NH_F_KERNEL: u32 = 1;
+/// `BackendInfo::flags`: passive health's `redispatch`: while the backend is marked down, a
+/// RST (or ICMP unreachable) it sends in answer to a client's SYN is not forwarded, so that
+/// the client's SYN retransmission goes to a healthy backend (unless the service has no
+/// backend left).
+pub const BE_F_REDISPATCH: u8 = 8;

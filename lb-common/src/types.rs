@@ -147,6 +147,66 @@ pub struct FragValue {
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 72);
 
+/// Per-CPU passive-health counters of a backend (`PASSIVE_STATS`, indexed by backend id):
+/// what the data path sees of its handshakes and answers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PassiveCounters {
+    /// TCP SYNs of new flows forwarded to the backend.
+    pub syns: u64,
+    /// SYN-ACKs from the backend (answered handshakes).
+    pub synacks: u64,
+    /// RSTs from the backend before it answered the handshake (refused).
+    pub refused: u64,
+    /// ICMP / ICMPv6 "unreachable" from or about the backend quoting a SYN.
+    pub unreachable: u64,
+    /// Sampled SYNs not answered within the backend's `syn_timeout_ns`.
+    pub unanswered: u64,
+    /// Refusals not forwarded to the client (`redispatch`).
+    pub redispatched: u64,
+    /// New UDP flows sent to the backend.
+    pub udp_flows: u64,
+    /// UDP flows the backend answered (first reply).
+    pub udp_answered: u64,
+}
+const _: () = assert!(core::mem::size_of::<PassiveCounters>() == 64);
+
+impl PassiveCounters {
+    pub fn add(&mut self, o: &PassiveCounters) {
+        self.syns += o.syns;
+        self.synacks += o.synacks;
+        self.refused += o.refused;
+        self.unreachable += o.unreachable;
+        self.unanswered += o.unanswered;
+        self.redispatched += o.redispatched;
+        self.udp_flows += o.udp_flows;
+        self.udp_answered += o.udp_answered;
+    }
+}
+
+/// `SYN_SAMPLES`, indexed by backend id: one SYN in flight to the backend, sampled, to learn
+/// whether SYNs get answered without a connection-table entry per SYN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SynSample {
+    /// `CLOCK_MONOTONIC_COARSE` ns the sampled SYN was forwarded; 0: none.
+    pub sent_ns: u64,
+    /// Flow hash of the sampled SYN's flow.
+    pub flow_hash: u32,
+    /// The backend answered it (SYN-ACK).
+    pub answered: u32,
+}
+const _: () = assert!(core::mem::size_of::<SynSample>() == 16);
+
+/// `PASSIVE_CONF`, indexed by backend id, written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PassiveConf {
+    /// A sampled SYN unanswered this long counts as `unanswered`; 0: no sampling.
+    pub syn_timeout_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PassiveConf>() == 8);
+
 /// Value of `VLANS`, keyed by a VLAN device's ifindex: where its frames really leave.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -218,4 +278,7 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for VlanInfo {}
+    unsafe impl aya::Pod for PassiveCounters {}
+    unsafe impl aya::Pod for SynSample {}
+    unsafe impl aya::Pod for PassiveConf {}
 }

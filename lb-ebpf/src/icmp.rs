@@ -8,11 +8,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     csum, global, FlowKey, NextHop, ServiceKey, AF_INET, BA_F_SHARED, BE_F_ESTABLISHED_OK,
-    ICMP_QUOTE_MAX, NH_F_KERNEL, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, PROTO_UDP,
+    ICMP_QUOTE_MAX, NH_F_KERNEL, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, PROTO_UDP, TCP_ACK,
+    TCP_SYN,
 };
 
 use crate::{
-    maps::{count, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS, REVERSE, SERVICES},
+    maps::{
+        count, passive, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS, REVERSE, SERVICES,
+    },
     nat::{csum_replace16, resolve, transmit, Target, DONE, NH_LOCAL, NH_NO_NEIGH, NH_OK},
     parse::{malformed, pass, ptr_at, Pkt, IPPROTO_ICMP, IPPROTO_ICMPV6},
 };
@@ -251,7 +254,7 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
         return NOT_OURS;
     };
     // SAFETY: map value pointers checked for null.
-    let (backend_id, baflags) = unsafe { ((*ba).backend_id, (*ba).flags) };
+    let (mut backend_id, baflags) = unsafe { ((*ba).backend_id, (*ba).flags) };
     // SAFETY: as above.
     let mut t = unsafe {
         Target {
@@ -279,6 +282,7 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
         unsafe {
             t.addr = (*rv).vip;
             t.port = (*rv).vport;
+            backend_id = (*rv).backend_id;
             nh = &mut (*rv).nh;
         }
     } else {
@@ -304,8 +308,42 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
     }
     // SAFETY: a pointer into a map value checked for null.
     let nh = unsafe { &mut *nh };
+    if q.proto == PROTO_TCP && refused_syn(ctx, p, q, backend_id, &t) {
+        count(global::DROPPED);
+        return XDP_DROP;
+    }
     let client = p.key.dst;
     deliver(ctx, p, q, false, &t, &client, nh)
+}
+
+/// Passive health: a "destination unreachable" about a client's SYN to `backend_id` counts
+/// as a refused handshake; answers whether it is withheld from the client (`redispatch`).
+#[inline(never)]
+fn refused_syn(ctx: &XdpContext, p: &Pkt, q: &Quote, backend_id: u32, t: &Target) -> bool {
+    let unreachable_type = if q.v4 { 3 } else { 1 };
+    let Ok(h) = get::<2>(ctx, p.l4 & 0xffff) else {
+        return false;
+    };
+    // The quoted TCP flags must be inside the message.
+    if h[0] != unreachable_type || q.e4 + 14 > p.l4 + p.l4_len {
+        return false;
+    }
+    // Data offset and flags (two bytes: one-byte reads confuse the verifier's bounds).
+    let Ok(f) = get::<2>(ctx, (q.e4 + 12) & 0xffff) else {
+        return false;
+    };
+    if f[1] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return false;
+    }
+    let Some(c) = passive(backend_id) else {
+        return false;
+    };
+    c.unreachable += 1;
+    if crate::prog::refusal_withheld(p, backend_id, &t.addr, t.port) {
+        c.redispatched += 1;
+        return true;
+    }
+    false
 }
 
 /// The quoted packet of an ICMP error.

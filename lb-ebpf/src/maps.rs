@@ -101,6 +101,24 @@ pub static VLANS: HashMap<u32, VlanInfo> = HashMap::pinned(MAX_VLANS, 0);
 #[map(name = "ADDRS")]
 pub static ADDRS: HashMap<ServiceKey, u32> = HashMap::pinned(lb_common::MAX_ADDRS, 0);
 
+/// Passive health: per-CPU counters per backend id.
+#[map(name = "PASSIVE_STATS")]
+pub static PASSIVE_STATS: PerCpuArray<lb_common::PassiveCounters> =
+    PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// Passive health: one sampled SYN per backend id.
+#[map(name = "SYN_SAMPLES")]
+pub static SYN_SAMPLES: Array<lb_common::SynSample> = Array::pinned(MAX_BACKENDS, 0);
+
+/// Passive health: per-backend settings, written by the daemon.
+#[map(name = "PASSIVE_CONF")]
+pub static PASSIVE_CONF: Array<lb_common::PassiveConf> = Array::pinned(MAX_BACKENDS, 0);
+
+#[inline(always)]
+pub fn passive(id: u32) -> Option<&'static mut lb_common::PassiveCounters> {
+    PASSIVE_STATS.get_ptr_mut(id).map(|p| unsafe { &mut *p })
+}
+
 /// The packet being classified (see `parse::Pkt`), one per CPU.
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<crate::parse::Pkt> = PerCpuArray::with_max_entries(1, 0);

@@ -310,8 +310,9 @@ fn fib_lookup(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], out: &m
         out.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
         out.smac = fib.smac;
         out.dmac = fib.dmac;
+        // Whatever the ingress: the cache serves packets from every interface.
         out.flags = 0;
-        if ifindex != ingress && TX_PORTS.get(ifindex).is_none() {
+        if TX_PORTS.get(ifindex).is_none() {
             out.flags = NH_F_KERNEL;
         }
         return NH_OK;

@@ -8,17 +8,17 @@ use aya_ebpf::{
 use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
-    BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_SHARED, CT_F_CLOSING, FRAG_F_FORWARD, FRAG_F_PASS,
-    FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE,
-    SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_FIN, TCP_RST,
+    BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
+    FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND,
+    PORTS_SERVICE, PROTO_TCP, SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
     icmp,
     maps::{
-        count, counters, hash_seed, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
+        count, counters, hash_seed, passive, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
         BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
-        REVERSE, SCRATCH, SERVICES, SERVICE_STATS, TX_PORTS,
+        PASSIVE_CONF, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, SYN_SAMPLES, TX_PORTS,
     },
     nat::{self, Rewrite, Target, NH_LOCAL, NH_OK},
     parse::*,
@@ -222,6 +222,7 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             _ => return Ok(no_backend(service_id)),
         }
         pin_flow(p, service_id, backend_id, be, now);
+        passive_new_flow(p, backend_id, h);
     }
     let (addr, port) = unsafe { (&(*be).addr, (*be).port) };
 
@@ -436,6 +437,14 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     if unsafe { (*ct).backend_id } != backend_id {
         return Ok(MOVED);
     }
+    // Passive health: handshakes answered or refused, UDP flows answered (cold: only SYN-ACKs,
+    // RSTs and a flow's first reply get there).
+    // SAFETY: as above.
+    if p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || unsafe { (*ct).flags } & CT_F_ANSWERED == 0 {
+        if passive_reply(p, ct, &vip, vport) == REDISPATCH {
+            return Ok(redispatched());
+        }
+    }
     count_reply(ctx, service_id, backend_id);
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: as above.
@@ -564,10 +573,10 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
             (*ba).flags,
         )
     };
-    // A reply of a client talking to the backend directly (through this host) is the
-    // kernel's. For a shared address nothing else can be known: dropped. For an unshared
-    // one, a reply the service's table would not have sent to this backend is no balanced
-    // flow's either.
+    // A reply of a client talking to the backend directly (through this host), or to this
+    // host itself (health checks), is the kernel's. Otherwise, for a shared address nothing
+    // else can be known: dropped. For an unshared one, a reply the service's table would not
+    // have sent to this backend is no balanced flow's either.
     // For a shared address, `moved` comes from the fallback service's entry only: a DIRECT
     // flow says more.
     if moved && baflags & BA_F_SHARED == 0 {
@@ -576,10 +585,8 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
     if DIRECT.get_ptr(&p.key).is_some() {
         return pass();
     }
-    if baflags & BA_F_SHARED != 0 {
-        return stray_dropped();
-    }
-    if maglev_backend(p, ba) != backend_id {
+    let shared = baflags & BA_F_SHARED != 0;
+    if !shared && maglev_backend(p, ba) != backend_id {
         return pass();
     }
     let Some(nh) = NH_SCRATCH.get_ptr_mut(0) else {
@@ -588,10 +595,16 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
     // SAFETY: a per-CPU map value checked for null.
     let nh = unsafe { &mut *nh };
     *nh = NO_HOP;
-    match nat::resolve(ctx, p, &vip, &p.key.dst, nh) {
-        // To this host (a health check or another local connection to the backend), or no
-        // route: the kernel's.
-        NH_LOCAL => return pass(),
+    let rc = nat::resolve(ctx, p, &vip, &p.key.dst, nh);
+    // To this host (a health check or another local connection to the backend), or no
+    // route: the kernel's, shared address or not.
+    if rc == NH_LOCAL {
+        return pass();
+    }
+    if shared {
+        return stray_dropped();
+    }
+    match rc {
         // No neighbour (or too big): the entry is re-created all the same; `send` hands the
         // packet on as for any reply.
         NH_OK | nat::NH_NO_NEIGH | nat::NH_TOO_BIG => {}
@@ -641,8 +654,10 @@ fn shared_reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32
         unsafe { ((*rv).vip, (*rv).vport, (*rv).service_id, (*rv).backend_id) };
     // The client's flow, if it is in the table, must still be this backend's; a backend
     // ending the flow marks it closing.
-    if !client_flow_ok(p, &vip, vport, backend_id) {
-        return Ok(stray_dropped());
+    match client_flow(p, &vip, vport, backend_id) {
+        FLOW_OK => {}
+        REDISPATCH => return Ok(redispatched()),
+        _ => return Ok(stray_dropped()),
     }
     count_reply(ctx, service_id, backend_id);
     if p.first_fragment {
@@ -662,10 +677,16 @@ fn shared_reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32
     ))
 }
 
+/// `client_flow`: the reply may go on.
+const FLOW_OK: u32 = 0;
+/// `client_flow`: the client's flow is pinned to another backend.
+const FLOW_MOVED: u32 = 1;
+
 /// Whether the client's connection-table entry for a shared-address reply is absent or on
-/// `backend_id` (marking it closing on a FIN or RST).
+/// `backend_id` (marking it closing on a FIN or RST, and doing the passive-health
+/// bookkeeping): `FLOW_OK`, `FLOW_MOVED` or `REDISPATCH`.
 #[inline(never)]
-fn client_flow_ok(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], backend_id: u32) -> bool {
+fn client_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], backend_id: u32) -> u32 {
     let key = FlowKey {
         src: p.key.dst,
         dst: *vip,
@@ -679,13 +700,148 @@ fn client_flow_ok(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], backend_id: u32) -> b
         // SAFETY: a map value pointer checked for null.
         Some(ct) => unsafe {
             if (*ct).backend_id != backend_id {
-                return false;
+                return FLOW_MOVED;
+            }
+            if (p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || (*ct).flags & CT_F_ANSWERED == 0)
+                && passive_reply(p, ct, vip, vport) == REDISPATCH
+            {
+                return REDISPATCH;
             }
             if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 (*ct).flags |= CT_F_CLOSING;
             }
-            true
+            FLOW_OK
         },
-        None => true,
+        None => FLOW_OK,
+    }
+}
+
+/// `passive_reply`: a refusal of a backend marked down, not forwarded (`redispatch`).
+const REDISPATCH: u32 = 2;
+
+#[inline(always)]
+fn redispatched() -> u32 {
+    count(global::DROPPED);
+    XDP_DROP
+}
+
+/// Passive health of a new flow: a TCP SYN counts (and may become the backend's sampled SYN,
+/// whose answer is then watched for); a UDP flow counts.
+#[inline(never)]
+fn passive_new_flow(p: &Pkt, backend_id: u32, hash: u32) {
+    let Some(c) = passive(backend_id) else {
+        return;
+    };
+    if p.key.proto != PROTO_TCP {
+        c.udp_flows += 1;
+        return;
+    }
+    if p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return;
+    }
+    c.syns += 1;
+    let timeout = match PASSIVE_CONF.get_ptr(backend_id) {
+        // SAFETY: a map value pointer checked for null.
+        Some(conf) => unsafe { (*conf).syn_timeout_ns },
+        None => 0,
+    };
+    if timeout == 0 {
+        return;
+    }
+    let Some(s) = SYN_SAMPLES.get_ptr_mut(backend_id) else {
+        return;
+    };
+    // SAFETY: a map value pointer checked for null (races between CPUs only blur a sample).
+    unsafe {
+        // SAFETY: a helper without arguments.
+        let now = bpf_ktime_get_coarse_ns();
+        if (*s).sent_ns != 0 && (*s).answered == 0 {
+            if now.wrapping_sub((*s).sent_ns) <= timeout {
+                return;
+            }
+            c.unanswered += 1;
+        }
+        (*s).sent_ns = now;
+        (*s).flow_hash = hash;
+        (*s).answered = 0;
+    }
+}
+
+/// Passive health of a backend's reply on flow `ct` (client → `vip`:`vport`): a SYN-ACK
+/// answers the handshake (and the sampled SYN, if it is this flow's); a RST before it refuses
+/// it; a UDP flow's first reply answers it. Answers `REDISPATCH` for a refusal that must not
+/// reach the client, else `FLOW_OK`.
+#[inline(never)]
+fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u32 {
+    // SAFETY: a map value pointer checked for null by the caller.
+    let (backend_id, answered) = unsafe { ((*ct).backend_id, (*ct).flags & CT_F_ANSWERED != 0) };
+    let Some(c) = passive(backend_id) else {
+        return FLOW_OK;
+    };
+    if p.key.proto != PROTO_TCP {
+        if !answered {
+            c.udp_answered += 1;
+            // SAFETY: as above.
+            unsafe { (*ct).flags |= CT_F_ANSWERED };
+        }
+        return FLOW_OK;
+    }
+    if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        if !answered {
+            c.synacks += 1;
+            // SAFETY: as above.
+            unsafe { (*ct).flags |= CT_F_ANSWERED };
+            if let Some(s) = SYN_SAMPLES.get_ptr_mut(backend_id) {
+                let h = flow_hash(
+                    &p.key.dst,
+                    vip,
+                    p.key.dport,
+                    vport,
+                    p.key.proto,
+                    hash_seed(),
+                );
+                // SAFETY: a map value pointer checked for null.
+                unsafe {
+                    if (*s).flow_hash == h {
+                        (*s).answered = 1;
+                    }
+                }
+            }
+        }
+        return FLOW_OK;
+    }
+    if p.tcp_flags & TCP_RST != 0 && !answered {
+        c.refused += 1;
+        if refusal_withheld(p, backend_id, vip, vport) {
+            c.redispatched += 1;
+            return REDISPATCH;
+        }
+    }
+    FLOW_OK
+}
+
+/// Whether a refusal from `backend_id` is withheld from the client: the backend's group has
+/// `redispatch`, the backend is marked down, and its service (`vip`:`vport`) still has
+/// backends (with none left, the client gets the refusal).
+#[inline(always)]
+pub fn refusal_withheld(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) -> bool {
+    let Some(b) = BACKENDS.get_ptr(backend_id) else {
+        return false;
+    };
+    // SAFETY: a map value pointer checked for null.
+    let flags = unsafe { (*b).flags };
+    if flags & BE_F_REDISPATCH == 0 || flags & BE_F_ACTIVE != 0 {
+        return false;
+    }
+    let key = ServiceKey {
+        addr: *vip,
+        port: vport,
+        proto: p.key.proto,
+        family: p.key.family,
+    };
+    match SERVICES.get_ptr(&key) {
+        // SAFETY: as above.
+        Some(svc) => (unsafe { (*svc).flags } & SVC_F_EMPTY) == 0,
+        None => false,
     }
 }

@@ -26,8 +26,8 @@ pub enum CommitError {
     /// that failed too, `restore` says why).
     #[error("{error}{}", restore.as_ref().map(|r| format!("; putting the previous state back failed too: {r}")).unwrap_or_default())]
     Write {
-        error: ReconcileError,
-        restore: Option<ReconcileError>,
+        error: Box<ReconcileError>,
+        restore: Option<Box<ReconcileError>>,
     },
 }
 
@@ -51,11 +51,14 @@ pub fn apply(
 ) -> Result<(), CommitError> {
     let desired = state.desired()?;
     if let Err(error) = reconciler.apply(dp, &desired) {
-        let restore = reconciler.apply(dp, applied).err();
+        let restore = reconciler.apply(dp, applied).err().map(Box::new);
         if let Some(r) = &restore {
             error!(error = %r, "putting the previous desired state back into the maps failed");
         }
-        return Err(CommitError::Write { error, restore });
+        return Err(CommitError::Write {
+            error: Box::new(error),
+            restore,
+        });
     }
     *applied = desired;
     Ok(())
@@ -352,7 +355,9 @@ backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
     }
 
     /// The changes the tests make, each from the state `Owner::new` starts in.
-    fn changes() -> Vec<(&'static str, fn(&mut State) -> Result<String, ApiError>)> {
+    type Change = fn(&mut State) -> Result<String, ApiError>;
+
+    fn changes() -> Vec<(&'static str, Change)> {
         vec![
             ("add", |s| {
                 s.add_backend("g", "198.18.2.14", Some(3), BackendSource::Api)

@@ -470,6 +470,23 @@ impl Daemon {
     }
 
     fn reload(&mut self) -> Result<String, ApiError> {
+        // The service manager hears RELOADING=1 … READY=1 around it, accepted or not.
+        crate::service::notify_reloading();
+        let r = self.reload_config();
+        crate::service::notify_ready(&self.status_line());
+        r
+    }
+
+    /// One line for the service manager's status.
+    fn status_line(&self) -> String {
+        format!(
+            "serving {} services, {} backends",
+            self.desired.services.len(),
+            self.desired.backends.len()
+        )
+    }
+
+    fn reload_config(&mut self) -> Result<String, ApiError> {
         let cfg = config::load(&self.config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
         let notes = self.transact(|s| Ok(s.reload(cfg)))?;
         for n in &notes {
@@ -762,6 +779,8 @@ impl Daemon {
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let cfg = config::load(&config_path)?;
     let d = cfg.daemon.clone();
+    // Missing capabilities named up front, not as an EPERM from deep inside the loader.
+    crate::service::check_capabilities(!instance::is_bpffs(Path::new(BPFFS)))?;
     // One daemon per state file: before touching anything.
     let _lock = InstanceLock::acquire(&d.state_file)?;
     ensure_bpffs()?;
@@ -902,6 +921,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         api = %d.api_socket.display(),
         "xlb is running"
     );
+    crate::service::notify_ready(&daemon.status_line());
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -956,6 +976,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
         }
     }
+    crate::service::notify_stopping();
     info!("stopping; XDP stays attached and keeps forwarding (`xlb stop --cleanup` detaches it)");
     daemon.persist();
     for (name, value) in daemon.dp.global_counters() {

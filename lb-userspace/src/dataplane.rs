@@ -126,6 +126,12 @@ pub struct Maps {
     pub vlans: HashMap<MapData, u32, lb_common::VlanInfo>,
     /// Every VIP and backend address → `ADDR_F_*`.
     pub addrs: HashMap<MapData, lb_common::AddrKey, u32>,
+    /// Passive health: per-CPU counters per backend id.
+    pub passive_stats: PerCpuArray<MapData, lb_common::PassiveCounters>,
+    /// Passive health: the sampled SYN per backend id (written by the program).
+    pub syn_samples: Array<MapData, lb_common::SynSample>,
+    /// Passive health: per-backend settings (written by the daemon).
+    pub passive_conf: Array<MapData, lb_common::PassiveConf>,
 }
 
 /// The loaded program and its maps.
@@ -153,7 +159,7 @@ macro_rules! typed {
 
 impl Dataplane {
     /// Map name → (max_entries, value_size) for these options.
-    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 15] {
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 18] {
         use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
         [
@@ -192,6 +198,21 @@ impl Dataplane {
                 size_of::<lb_common::VlanInfo>(),
             ),
             (lb_common::MAP_ADDRS, lb_common::MAX_ADDRS, size_of::<u32>()),
+            (
+                lb_common::MAP_PASSIVE_STATS,
+                MAX_BACKENDS,
+                size_of::<lb_common::PassiveCounters>(),
+            ),
+            (
+                lb_common::MAP_SYN_SAMPLES,
+                MAX_BACKENDS,
+                size_of::<lb_common::SynSample>(),
+            ),
+            (
+                lb_common::MAP_PASSIVE_CONF,
+                MAX_BACKENDS,
+                size_of::<lb_common::PassiveConf>(),
+            ),
         ]
     }
 
@@ -224,6 +245,10 @@ impl Dataplane {
         };
         for (name, entries, value_size) in Self::expected_maps(opts) {
             let path = dir.join(name);
+            // A map this version adds is created (and pinned) by the loader.
+            if name != MAP_CONNTRACK && !path.exists() {
+                continue;
+            }
             let info = aya::maps::MapInfo::from_pin(&path)
                 .map_err(|e| incompatible(format!("{name} cannot be opened ({e})")))?;
             if info.max_entries() != entries {
@@ -312,6 +337,9 @@ impl Dataplane {
         let tx_ports = typed!(DevMapHash, &mut ebpf, lb_common::MAP_TX_PORTS);
         let vlans = typed!(HashMap, &mut ebpf, lb_common::MAP_VLANS);
         let addrs = typed!(HashMap, &mut ebpf, lb_common::MAP_ADDRS);
+        let passive_stats = typed!(PerCpuArray, &mut ebpf, lb_common::MAP_PASSIVE_STATS);
+        let syn_samples = typed!(Array, &mut ebpf, lb_common::MAP_SYN_SAMPLES);
+        let passive_conf = typed!(Array, &mut ebpf, lb_common::MAP_PASSIVE_CONF);
         Ok(Self {
             opts,
             adopted,
@@ -333,6 +361,9 @@ impl Dataplane {
                 tx_ports,
                 vlans,
                 addrs,
+                passive_stats,
+                syn_samples,
+                passive_conf,
             },
         })
     }
@@ -505,6 +536,17 @@ impl Dataplane {
     /// Sum of a per-CPU counters element.
     pub fn service_counters(&self, id: u32) -> Counters {
         sum_counters(&self.maps.service_stats, id)
+    }
+
+    /// A backend's passive-health counters, summed over the CPUs.
+    pub fn passive_counters(&self, id: u32) -> lb_common::PassiveCounters {
+        let mut total = lb_common::PassiveCounters::default();
+        if let Ok(vals) = self.maps.passive_stats.get(&id, 0) {
+            for v in vals.iter() {
+                total.add(v);
+            }
+        }
+        total
     }
 
     pub fn backend_counters(&self, id: u32) -> Counters {

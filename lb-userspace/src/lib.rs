@@ -5,7 +5,8 @@
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
 //!   [`commit`]: changes as transactions (checked first, undone when the maps refuse them);
 //! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
-//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink.
+//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
+//! - [`service`]: capabilities, systemd notification, log format.
 pub mod api;
 pub mod cli;
 pub mod commit;
@@ -21,4 +22,5 @@ pub mod maglev;
 pub mod model;
 pub mod reconcile;
 pub mod scaling;
+pub mod service;
 pub mod state;

@@ -920,3 +920,154 @@ fn no_new_flow_is_dropped_while_tables_change() {
         "no SYN out of {sent} met a backend the live table names but the entry forbids"
     );
 }
+
+/// A TCP frame with the given flags (SYN, SYN-ACK, RST, ...), built with etherparse.
+#[allow(clippy::too_many_arguments)]
+fn tcp4_flags(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    ack: bool,
+    rst: bool,
+) -> Vec<u8> {
+    let mut h = etherparse::TcpHeader::new(sport, dport, 1000, 64240);
+    h.syn = syn;
+    h.ack = ack;
+    h.rst = rst;
+    if ack {
+        h.acknowledgment_number = 1001;
+    }
+    h.checksum = h.calc_checksum_ipv4_raw(src, dst, &[]).unwrap();
+    let mut ip = Ipv4Header::new(20, 64, etherparse::IpNumber::TCP, src, dst).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut f = Vec::new();
+    etherparse::Ethernet2Header {
+        source: smac,
+        destination: dmac,
+        ether_type: etherparse::EtherType::IPV4,
+    }
+    .write(&mut f)
+    .unwrap();
+    ip.write(&mut f).unwrap();
+    h.write(&mut f).unwrap();
+    f
+}
+
+/// Passive health in the data path: a SYN counts, its SYN-ACK answers it, a RST before the
+/// answer is a refusal, so is an ICMP unreachable quoting a SYN, UDP flows count and their
+/// first reply answers them; with `redispatch`, a refusal of a backend marked down is not
+/// forwarded (while its service has backends).
+#[test]
+fn passive_health_counters() {
+    if skip() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let desired = fx.state.desired().unwrap();
+    let id_of = |addr: &str, port: u16| {
+        desired
+            .backends
+            .values()
+            .find(|b| b.key.addr.to_string() == addr && b.key.port == port)
+            .map(|b| b.id)
+            .unwrap()
+    };
+    let web = id_of("198.18.2.11", 8080);
+    let dns = id_of("198.18.2.12", 5353);
+    let (ci, bi) = (fx.ifindex_client, fx.ifindex_backends);
+    let (c, l, lbb, b1) = (CLIENT_MAC, LB_CLIENT_MAC, LB_BACKENDS_MAC, backend_mac(1));
+    let syn = |port| tcp4_flags(c, l, CLIENT4, VIP4, port, 80, true, false, false);
+    let from_b1 =
+        |port, syn, ack, rst| tcp4_flags(b1, lbb, B4_1, CLIENT4, 8080, port, syn, ack, rst);
+
+    // SYN → SYN-ACK: answered; a later RST is no refusal.
+    assert_eq!(fx.run(&syn(47000), ci).0, XDP_REDIRECT);
+    assert_eq!(
+        fx.run(&from_b1(47000, true, true, false), bi).0,
+        XDP_REDIRECT
+    );
+    assert_eq!(
+        fx.run(&from_b1(47000, false, true, true), bi).0,
+        XDP_REDIRECT
+    );
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.syns, p.synacks, p.refused), (1, 1, 0), "{p:?}");
+
+    // SYN → RST: refused, and forwarded (no redispatch).
+    assert_eq!(fx.run(&syn(47001), ci).0, XDP_REDIRECT);
+    assert_eq!(
+        fx.run(&from_b1(47001, false, true, true), bi).0,
+        XDP_REDIRECT
+    );
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.syns, p.refused, p.redispatched), (2, 1, 0), "{p:?}");
+
+    // SYN → ICMP port unreachable from the backend quoting it: refused, sent to the client.
+    assert_eq!(fx.run(&syn(47002), ci).0, XDP_REDIRECT);
+    let quoted = common::net::ipx(
+        common::net::ip(CLIENT4),
+        common::net::ip(B4_1),
+        63,
+        6,
+        &common::net::tcp(
+            common::net::ip(CLIENT4),
+            common::net::ip(B4_1),
+            47002,
+            8080,
+            true,
+            &[],
+        ),
+    );
+    let icmp = common::net::icmp_err(
+        common::net::ip(B4_1),
+        common::net::ip(CLIENT4),
+        64,
+        3,
+        3,
+        [0; 4],
+        &quoted,
+    );
+    let frame = common::net::eth(b1, lbb, &[], &icmp);
+    assert_eq!(fx.run(&frame, bi).0, XDP_REDIRECT);
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.syns, p.unreachable), (3, 1), "{p:?}");
+
+    // UDP: a new flow counts; its first reply answers it, the second changes nothing.
+    let q = build4(c, l, None, CLIENT4, VIP4, 47003, 53, L4::Udp);
+    let r = build4(
+        backend_mac(2),
+        lbb,
+        None,
+        B4_2,
+        CLIENT4,
+        5353,
+        47003,
+        L4::Udp,
+    );
+    assert_eq!(fx.run(&q, ci).0, XDP_REDIRECT);
+    assert_eq!(fx.run(&r, bi).0, XDP_REDIRECT);
+    assert_eq!(fx.run(&r, bi).0, XDP_REDIRECT);
+    let p = fx.dp.passive_counters(dns);
+    assert_eq!((p.udp_flows, p.udp_answered), (1, 1), "{p:?}");
+
+    // Redispatch: the backend marked down (no new flows) with `redispatch`: its refusal of a
+    // handshake is withheld; once redispatch is off, refusals pass again.
+    assert_eq!(fx.run(&syn(47004), ci).0, XDP_REDIRECT);
+    let mut info = fx.dp.maps().backends.get(&web, 0).unwrap();
+    info.flags = (info.flags & !lb_common::BE_F_ACTIVE) | lb_common::BE_F_REDISPATCH;
+    fx.dp.forge_maps().backends.set(web, info, 0).unwrap();
+    assert_eq!(fx.run(&from_b1(47004, false, true, true), bi).0, XDP_DROP);
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.refused, p.redispatched), (2, 1), "{p:?}");
+    info.flags &= !lb_common::BE_F_REDISPATCH;
+    fx.dp.forge_maps().backends.set(web, info, 0).unwrap();
+    assert_eq!(
+        fx.run(&syn(47005), ci).0,
+        XDP_DROP,
+        "no active backend: no new flow"
+    );
+}

@@ -142,7 +142,10 @@ pub fn demo(args: Args) -> Result<()> {
 
     let mut tmp = TempDir::new("xlb-demo")?;
     eprintln!("building the lab (namespaces {}-*)", xlb_lab::DEMO_PREFIX);
-    let lab = Lab::new(xlb_lab::DEMO_PREFIX, 3)?;
+    let mut lab = Lab::new(xlb_lab::DEMO_PREFIX, 3)?;
+    // veth delivers frames xlb sends back out of their ingress (XDP_TX: "too big" answers,
+    // hairpin flows) only when the peer runs XDP too.
+    lab.attach_xdp_to_lb_peers()?;
     let servers = lab.start_backend_servers(&lab_bin, &[8080], &[5353], &[])?;
     let config = tmp.path.join("xlb.toml");
     let log = tmp.path.join("xlb.log");

@@ -26,8 +26,13 @@ enum Cmd {
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by lb-userspace's build.rs).
     Build {
+        /// Optimised build (with line tables for profiling)
         #[arg(long)]
         release: bool,
+        /// The binary to ship: only `xlb`, optimised, without debug info (profile `dist`,
+        /// target/dist/xlb)
+        #[arg(long, conflicts_with = "release")]
+        dist: bool,
     },
     /// Setup, build, then run every test: unit tests in parallel, integration tests (network
     /// namespaces, XDP) one at a time. Needs root.
@@ -44,9 +49,13 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::setup(),
-        Cmd::Build { release } => {
+        Cmd::Build { release, dist } => {
             setup::setup()?;
-            build(release)
+            if dist {
+                build_dist()
+            } else {
+                build(release)
+            }
         }
         Cmd::Test => test(),
         Cmd::Demo(args) => demo::demo(args),
@@ -109,6 +118,27 @@ fn build(release: bool) -> Result<()> {
         c.arg("--release");
     }
     run(&mut c)
+}
+
+/// `xlb` in the `dist` profile; prints where it is and its size.
+fn build_dist() -> Result<()> {
+    run(&mut cargo([
+        "build",
+        "--profile",
+        "dist",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "xlb",
+    ]))?;
+    let bin = root().join("target/dist/xlb");
+    let size = std::fs::metadata(&bin)?.len();
+    println!(
+        "{}: {:.1} MB ({size} bytes)",
+        bin.display(),
+        size as f64 / 1e6
+    );
+    Ok(())
 }
 
 fn require_root(what: &str) -> Result<()> {

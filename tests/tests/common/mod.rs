@@ -16,6 +16,8 @@ use xlb::{
 };
 use xlb_lab::netns::Netns;
 
+pub mod net;
+
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
@@ -275,6 +277,57 @@ impl Fixture {
         (rc, out)
     }
 
+    /// Run a command (split on whitespace) in the fixture namespace.
+    pub fn sh(&self, cmd: &str) {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        self.ns
+            .exec(&args)
+            .unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
+    }
+
+    /// Set an interface's MTU (routes through it follow: the FIB's MTU check uses it).
+    pub fn set_mtu(&self, dev: &str, mtu: u32) {
+        self.sh(&format!("ip link set {dev} mtu {mtu}"));
+    }
+
+    /// `VLANS[ifindex] = {parent, vlan_id}`: frames the FIB sends out of `ifindex` leave
+    /// `parent` tagged `vlan_id`.
+    pub fn set_vlan(&mut self, ifindex: u32, parent: u32, vlan_id: u16) {
+        self.dp
+            .forge_maps()
+            .vlans
+            .insert(
+                ifindex,
+                lb_common::VlanInfo {
+                    parent_ifindex: parent,
+                    vlan_id,
+                    flags: 0,
+                },
+                0,
+            )
+            .expect("VLANS");
+    }
+
+    /// Replace the interfaces the program may redirect to.
+    pub fn set_tx_ports(&mut self, ifindexes: &[u32]) {
+        let Fixture { ns, dp, .. } = self;
+        ns.enter(|| dp.set_tx_ports(ifindexes)).expect("TX_PORTS");
+    }
+
+    /// Whether CONNTRACK holds the client flow `key`.
+    pub fn has_flow(&self, key: &lb_common::FlowKey) -> bool {
+        self.dp.maps().conntrack.get(key, 0).is_ok()
+    }
+
+    /// Delete a client flow from CONNTRACK (as an eviction or a sweep would).
+    pub fn delete_flow(&mut self, key: &lb_common::FlowKey) {
+        self.dp
+            .forge_maps()
+            .conntrack
+            .remove(key)
+            .expect("CONNTRACK entry");
+    }
+
     pub fn global(&self, name: &str) -> u64 {
         self.dp
             .global_counters()
@@ -282,6 +335,29 @@ impl Fixture {
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v)
             .unwrap()
+    }
+}
+
+/// The CONNTRACK key of the client flow `src:sport` → `dst:dport` (VIP and service port).
+pub fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> lb_common::FlowKey {
+    let (s, d, family) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+            a[..4].copy_from_slice(&s.octets());
+            b[..4].copy_from_slice(&d.octets());
+            (a, b, lb_common::AF_INET)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => (s.octets(), d.octets(), lb_common::AF_INET6),
+        _ => panic!("mixed families"),
+    };
+    lb_common::FlowKey {
+        src: s,
+        dst: d,
+        sport: sport.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+        proto,
+        family,
+        _pad: [0; 2],
     }
 }
 
@@ -441,4 +517,17 @@ pub fn skip() -> bool {
         return true;
     }
     false
+}
+
+/// `frame` with its TTL / hop limit one lower (IPv4 header checksum fixed): how a forwarded
+/// packet leaves.
+pub fn dec_ttl(mut frame: Vec<u8>) -> Vec<u8> {
+    let (l3, _) = net::l3_of(&frame).expect("frame");
+    if frame[l3] >> 4 == 4 {
+        frame[l3 + 8] -= 1;
+        net::fix_ip4_checksum(&mut frame[l3..]);
+    } else {
+        frame[l3 + 7] -= 1;
+    }
+    frame
 }

@@ -641,6 +641,13 @@ fn from_backend(
                 return Expect::pass("reply to a client of the backend's own address", None);
             }
             if ba.flags & BA_F_SHARED != 0 {
+                // Replies to this host (health checks) or with no route are the kernel's.
+                if let Route::Local | Route::Unreachable = route {
+                    return Expect::pass("stray reply to this host or no route (shared)", None);
+                }
+                if let Route::Special = route {
+                    return Expect::unspecified("stray reply to special address");
+                }
                 return Expect::drop("stray reply, shared address", "stray_dropped");
             }
             if !table_sends_here(w, p, &ba, sport, dport) {
