@@ -455,6 +455,17 @@ backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
         })
         .unwrap();
         assert_eq!(o.applied.backends.len(), lb_common::MAX_BACKENDS as usize);
+        // One more backend id does not fit: refused by the add itself (as for a scale-out
+        // hook's backends), naming the capacity, with nothing written.
+        let writes = o.dp.writes;
+        let e = o
+            .transact(|s| s.add_backend("h", "198.18.2.30:9443", None, BackendSource::Api))
+            .expect_err("full");
+        assert!(
+            matches!(e, ApiError::Conflict(_)) && e.to_string().contains("backend ids"),
+            "{e}"
+        );
+        assert_eq!(o.dp.writes, writes);
         // Replacing a member: its two ids are freed before the new member takes two.
         o.transact(|s| {
             s.remove_backend("g", "198.18.2.11")?;

@@ -640,23 +640,47 @@ impl State {
         }
     }
 
+    /// Whether what the state holds fits the maps: backend ids (one per member and port of
+    /// the groups behind a service), `BACKEND_ADDRS` (one entry per backend address, port
+    /// and protocol), `ADDRS` (every VIP and backend address). Returns the backend keys
+    /// wanted. The one count of capacities: `desired`, `add_backend` and `xlb check` use it.
+    pub fn check_capacity(&self) -> Result<HashSet<BackendKey>, StateError> {
+        let mut keys: HashSet<BackendKey> = HashSet::new();
+        let mut reply_keys: HashSet<(IpAddr, u16, u8)> = HashSet::new();
+        let mut addrs: HashSet<IpAddr> = HashSet::new();
+        for svc in &self.config.services {
+            addrs.insert(svc.vip);
+            if let Some(group) = self.groups.get(&svc.target_group) {
+                for m in &group.members {
+                    let k = Self::backend_key(group, m, svc.port);
+                    reply_keys.insert((k.addr, k.port, svc.protocol.number()));
+                    addrs.insert(k.addr);
+                    keys.insert(k);
+                }
+            }
+        }
+        if keys.len() > MAX_BACKENDS as usize {
+            return Err(StateError::TooManyBackends);
+        }
+        if reply_keys.len() > MAX_BACKENDS as usize {
+            return Err(StateError::TooManyBackendAddrs(reply_keys.len()));
+        }
+        if addrs.len() > lb_common::MAX_ADDRS as usize {
+            return Err(StateError::TooManyAddrs(addrs.len()));
+        }
+        Ok(keys)
+    }
+
     /// Compute what the data path should hold now, checked against the maps' capacities
     /// (service ids, backend ids, `BACKEND_ADDRS`, `ADDRS`). Ids of services and backends no
     /// longer wanted are freed before new ones are taken, so a change that replaces backends
     /// fits as long as the result does.
     pub fn desired(&mut self) -> Result<Desired, StateError> {
+        let keys = self.check_capacity()?;
         let mut out = Desired::default();
         let services = self.config.services.clone();
         let names: HashSet<&String> = services.iter().map(|s| &s.name).collect();
         self.service_ids.retain(|n| names.contains(n));
-        let mut keys: HashSet<BackendKey> = HashSet::new();
-        for svc in &services {
-            if let Some(group) = self.groups.get(&svc.target_group) {
-                for m in &group.members {
-                    keys.insert(Self::backend_key(group, m, svc.port));
-                }
-            }
-        }
         self.backend_ids.retain(|k| keys.contains(k));
         for svc in &services {
             let id = self
@@ -717,13 +741,6 @@ impl State {
                     }
                 }
             }
-        }
-        if users.len() > MAX_BACKENDS as usize {
-            return Err(StateError::TooManyBackendAddrs(users.len()));
-        }
-        let addrs = crate::reconcile::want_addrs(&out).len();
-        if addrs > lb_common::MAX_ADDRS as usize {
-            return Err(StateError::TooManyAddrs(addrs));
         }
         Ok(out)
     }
@@ -929,6 +946,15 @@ impl State {
         let shown = m.display();
         let checked = g.cfg.health_check.is_some();
         g.members.push(m);
+        if let Err(e) = self.check_capacity() {
+            if let Some(g) = self.groups.get_mut(group) {
+                g.members.pop();
+            }
+            return Err(ApiError::Conflict(format!(
+                "{group}: {shown} does not fit: {e}"
+            )));
+        }
+        let g = self.group_mut(group)?;
         g.runtime_changed = true;
         Ok(if checked {
             format!("{group}: {shown} added; it receives traffic once it passes its health checks")
