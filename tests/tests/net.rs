@@ -1255,6 +1255,12 @@ fn daemon_reattaches_xdp_to_a_recreated_interface() {
     );
     assert!(r.xlb.is_running());
 
+    // Down and up again: still through xlb.
+    ip(r.lab.lb_ns(), &format!("link set {LB_CLIENT_IFACE} down"));
+    ip(r.lab.lb_ns(), &format!("link set {LB_CLIENT_IFACE} up"));
+    echo_through_xlb(&r, "up again")
+        .unwrap_or_else(|e| panic!("{e:#}\nxlb log:\n{}", r.xlb.log_text()));
+
     // While no xlb runs: its pinned link now belongs to a deleted interface.
     r.xlb.kill9().expect("kill -9");
     recreate_client_link(&r.lab);
