@@ -908,7 +908,16 @@ impl State {
         let now = Instant::now();
         let uid = self.uid();
         let g = self.group_mut(group)?;
-        if let Ok(i) = g.find(addr, port) {
+        // Every member the address names, not only a unique one: `find` refuses an address
+        // that names several, and skipping the checks then let an exact duplicate in.
+        let named: Vec<usize> = (0..g.members.len())
+            .filter(|&i| g.members[i].matches(addr, port, g.cfg.port))
+            .collect();
+        let taken_back = named
+            .iter()
+            .copied()
+            .find(|&i| g.members[i].drain.is_some() && g.members[i].port == port);
+        for i in taken_back.into_iter().chain(named.iter().copied()) {
             let m = &mut g.members[i];
             if m.drain.is_some() && m.port == port {
                 m.drain = None;
@@ -2027,6 +2036,30 @@ unhealthy_threshold = 2
         s.drain_backend("g", "198.18.2.11", "test").unwrap();
         let later = Instant::now() + Duration::from_secs(11);
         assert_eq!(s.finish_drains(later).len(), 1);
+    }
+
+    /// Found by `cargo xtask fuzz` (api_body): when an address named several members, the
+    /// duplicate checks were skipped and the same ADDR:PORT could be added twice.
+    #[test]
+    fn add_backend_refuses_a_duplicate_when_the_address_names_several() {
+        let text = CFG.replace("port = 8080\n", "");
+        let mut s = state(&text);
+        s.add_backend("g", "198.18.2.30", None, BackendSource::Api)
+            .unwrap();
+        s.add_backend("g", "198.18.2.30:9001", None, BackendSource::Api)
+            .unwrap();
+        assert!(matches!(
+            s.add_backend("g", "198.18.2.30:9001", Some(2), BackendSource::Api),
+            Err(ApiError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.add_backend("g", "198.18.2.30", None, BackendSource::Api),
+            Err(ApiError::Conflict(_))
+        ));
+        assert_eq!(s.groups["g"].members.len(), 5);
+        s.add_backend("g", "198.18.2.30:9002", None, BackendSource::Api)
+            .unwrap();
+        assert_eq!(s.groups["g"].members.len(), 6);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! `cargo xtask setup | build | test | demo | bench`: the project's developer tasks.
+//! `cargo xtask setup | build | test | fuzz | demo | bench`: the project's developer tasks.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::ffi::OsStr;
@@ -22,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need, where missing: nightly rust-src, bpf-linker,
-    /// Debian packages (iproute2, ethtool, nftables, iputils-ping, procps).
+    /// cargo-fuzz, Debian packages (iproute2, ethtool, nftables, iputils-ping, procps).
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by lb-userspace's build.rs).
     Build {
@@ -35,8 +36,12 @@ enum Cmd {
         dist: bool,
     },
     /// Setup, build, then run every test: unit tests in parallel, integration tests (network
-    /// namespaces, XDP) one at a time. Needs root.
+    /// namespaces, XDP) one at a time, and a short run of every fuzz target. Needs root.
     Test,
+    /// Fuzz the parsers of outside input (config, health check responses, API bodies) with
+    /// cargo-fuzz, 10 million executions each unless told otherwise, then run the data path's
+    /// model check with 1,000,000 frames (root).
+    Fuzz(fuzz::Args),
     /// Run xlb in a lab of network namespaces (1 client, 3 backends) and show live how the
     /// client's requests spread over the backends. Needs root.
     Demo(demo::Args),
@@ -58,6 +63,7 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Test => test(),
+        Cmd::Fuzz(args) => fuzz::fuzz(args),
         Cmd::Demo(args) => demo::demo(args),
         Cmd::Bench(args) => bench::bench(args),
     }
@@ -208,6 +214,11 @@ fn test() -> Result<()> {
         }
     }
     cleanup_test_namespaces()?;
+    eprintln!("=== fuzz targets (short run)");
+    if let Err(e) = fuzz::short() {
+        eprintln!("{e:#}");
+        failed.push("fuzz targets");
+    }
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
     }
