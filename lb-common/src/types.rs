@@ -119,6 +119,7 @@ const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
 pub struct FragKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// The IPv4 id (16 bits) or the IPv6 fragment identification, as a number (host order).
     pub id: u32,
     pub proto: u8,
     pub family: u8,

@@ -273,7 +273,11 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
         _pad: [0; 2],
     };
     let shared = if baflags & BA_F_SHARED != 0 {
-        REVERSE.get_ptr_mut(&rkey)
+        // A shared address's flows are known by their reverse entries only.
+        let Some(rv) = REVERSE.get_ptr_mut(&rkey) else {
+            return NOT_OURS;
+        };
+        Some(rv)
     } else {
         None
     };
@@ -284,6 +288,11 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
             t.port = (*rv).vport;
             backend_id = (*rv).backend_id;
             nh = &mut (*rv).nh;
+        }
+        // The reverse entry (keyed without the VIP) counts only while the client's flow is
+        // pinned to its backend.
+        if !pinned_to(p, q, &t, backend_id) {
+            return NOT_OURS;
         }
     } else {
         let key = FlowKey {
@@ -314,6 +323,26 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
     }
     let client = p.key.dst;
     deliver(ctx, p, q, false, &t, &client, nh)
+}
+
+/// Whether the client's flow to `t` (the quoted client → backend packet's) is in the
+/// connection table, pinned to `backend_id`.
+#[inline(never)]
+fn pinned_to(p: &Pkt, q: &Quote, t: &Target, backend_id: u32) -> bool {
+    let key = FlowKey {
+        src: q.esrc,
+        dst: t.addr,
+        sport: q.esport,
+        dport: t.port,
+        proto: q.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    match CONNTRACK.get_ptr(&key) {
+        // SAFETY: a map value pointer checked for null.
+        Some(ct) => unsafe { (*ct).backend_id == backend_id },
+        None => false,
+    }
 }
 
 /// Passive health: a "destination unreachable" about a client's SYN to `backend_id` counts

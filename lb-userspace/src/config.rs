@@ -2186,12 +2186,26 @@ fn validate(
                 ));
             }
             seen.insert(key, bi);
-            total += 1;
+            // Backend ids as the daemon takes them: one per member and port, for the groups
+            // behind a service; a member without a port (in a group without one) takes the
+            // port of each service in front of it.
+            let mut ports: Vec<u16> = services
+                .iter()
+                .filter(|s| s.target_group == g.name)
+                .map(|s| key.1.unwrap_or(s.port))
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            total += ports.len();
             if total > MAX_BACKENDS as usize {
                 return Err(cx.err(
                     gpos[gi].backends[bi],
                     format!("target_group[{gi}].backends[{bi}]"),
-                    format!("more than {MAX_BACKENDS} backends in total across all target groups"),
+                    format!(
+                        "more than {MAX_BACKENDS} backend ids in total across all target groups \
+                         (one per backend and port: a backend without a port takes one per \
+                         service port of its group)"
+                    ),
                 ));
             }
         }
@@ -2299,6 +2313,16 @@ fn validate(
                 ),
             });
         }
+    }
+
+    // Every map's capacity, counted by the code the daemon computes its desired state with
+    // (backend ids, BACKEND_ADDRS per address, port and protocol, ADDRS).
+    if let Err(e) = crate::state::State::new(config.clone()).desired() {
+        return Err(cx.err(
+            gpos.first().map_or(0, |g| g.table),
+            "target_group",
+            format!("the configuration does not fit the maps: {e}"),
+        ));
     }
     Ok(())
 }
@@ -3411,19 +3435,42 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
 
     #[test]
     fn error_too_many_backends() {
-        let mut text = MINIMAL.to_owned();
-        for g in 0..5 {
-            let backends: Vec<String> = (0..1000)
-                .map(|i| format!("\"10.{g}.{}.{}\"", i / 250, i % 250 + 1))
+        // Backend ids as the daemon counts them: one per member and port of the groups
+        // behind a service. Group "a" (no port) is behind two services: two ids per member.
+        let group = |name: &str, n: usize, net: u8| {
+            let backends: Vec<String> = (0..n)
+                .map(|i| format!("\"10.{net}.{}.{}\"", i / 250, i % 250 + 1))
                 .collect();
-            text += &format!(
-                "[[target_group]]\nname = \"g{g}\"\nbackends = [{}]\n",
+            format!(
+                "[[target_group]]\nname = \"{name}\"\nbackends = [{}]\n",
                 backends.join(",")
-            );
-        }
-        let (line, _, field, msg) = fail(&text);
-        assert_eq!((line, field.as_str()), (17, "target_group[4].backends[96]"));
-        assert!(msg.contains("4096"), "{msg}");
+            )
+        };
+        let svc = |name: &str, port: u16, group: &str| {
+            format!(
+                "[[service]]\nname = \"{name}\"\nvip = \"198.18.100.1\"\nport = {port}\n\
+                 protocol = \"tcp\"\ntarget_group = \"{group}\"\n"
+            )
+        };
+        let text = |n_b: usize| {
+            format!(
+                "[daemon]\ninterfaces = [\"eth0\"]\nmaglev_table_size = 150001\n{}{}{}{}{}{}",
+                svc("s1", 80, "a"),
+                svc("s2", 81, "a"),
+                svc("s3", 82, "b"),
+                group("a", 1500, 1),
+                group("b", n_b, 2),
+                // Behind no service: takes no ids.
+                group("c", 1000, 3),
+            )
+        };
+        // 2 × 1500 + 1096 = 4096 ids: fits, and the daemon's count agrees.
+        let ok = parse(&text(1096), "x").expect("4096 ids fit");
+        let desired = crate::state::State::new(ok).desired().unwrap();
+        assert_eq!(desired.backends.len(), MAX_BACKENDS as usize);
+        let (_, _, field, msg) = fail(&text(1097));
+        assert_eq!(field, "target_group[1].backends[1096]");
+        assert!(msg.contains("4096") && msg.contains("backend ids"), "{msg}");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -20,7 +19,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    api, config,
+    api, commit, config,
     dataplane::{self, Attachment, Dataplane, LoadOptions, Pinning},
     health::{self, CheckOutcome, CheckerHandle},
     instance::{self, InstanceLock, PinManifest},
@@ -181,34 +180,54 @@ fn monotonic_coarse_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// A conntrack sweep's result: open flows per backend id.
+/// A conntrack sweep's result: open flows per backend id, and the entries that named a
+/// backend id free in `BACKENDS` when the sweep read them (for the owner to decide on).
 struct Sweep {
     at: Instant,
     open: HashMap<u32, u64>,
+    stale: Vec<(FlowKey, u32)>,
 }
 
+/// Entries of free backend ids one sweep reports at most (the rest wait for the next).
+const SWEEP_STALE_MAX: usize = 65_536;
+
 /// Count open flows per backend every [`SWEEP_EVERY`] on a thread of its own (the table can
-/// hold millions of flows), and delete entries of backends that are gone.
+/// hold millions of flows), and report the entries of backend ids that are free. The
+/// sweeper only reads (`CONNTRACK`, `BACKENDS`): the owner loop decides which of the entries
+/// it reports to delete, and the reconciler deletes them.
 fn spawn_sweeper(
-    pin: PathBuf,
-    live: Arc<Mutex<std::collections::HashSet<u32>>>,
+    pins: (PathBuf, PathBuf),
     tcp_idle: Duration,
     udp_idle: Duration,
     tx: mpsc::Sender<Sweep>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-    let mut map: BpfHashMap<MapData, FlowKey, CtValue> =
+    let (ct_pin, backends_pin) = pins;
+    let data =
+        MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
+    let map: BpfHashMap<MapData, FlowKey, CtValue> =
         BpfHashMap::try_from(Map::LruHashMap(data)).context("conntrack map")?;
+    let data = MapData::from_pin(&backends_pin)
+        .with_context(|| format!("opening {}", backends_pin.display()))?;
+    let backends: aya::maps::Array<MapData, lb_common::BackendInfo> =
+        aya::maps::Array::try_from(Map::Array(data)).context("backends map")?;
     Ok(std::thread::spawn(move || loop {
         let at = Instant::now();
         let now = monotonic_coarse_ns();
-        let live_ids = live.lock().map(|l| l.clone()).unwrap_or_default();
+        let free: std::collections::HashSet<u32> = (0..lb_common::MAX_BACKENDS)
+            .filter(|id| {
+                backends
+                    .get(id, 0)
+                    .is_ok_and(|b| b == lb_common::BackendInfo::default())
+            })
+            .collect();
         let mut open: HashMap<u32, u64> = HashMap::new();
         let mut stale = Vec::new();
         for item in map.iter() {
             let Ok((key, ct)) = item else { continue };
-            if !live_ids.contains(&ct.backend_id) {
-                stale.push(key);
+            if free.contains(&ct.backend_id) {
+                if stale.len() < SWEEP_STALE_MAX {
+                    stale.push((key, ct.backend_id));
+                }
                 continue;
             }
             let idle = Duration::from_nanos(now.saturating_sub(ct.last_seen_ns));
@@ -222,10 +241,7 @@ fn spawn_sweeper(
                 *open.entry(ct.backend_id).or_default() += 1;
             }
         }
-        for key in stale {
-            let _ = map.remove(&key);
-        }
-        if tx.blocking_send(Sweep { at, open }).is_err() {
+        if tx.blocking_send(Sweep { at, open, stale }).is_err() {
             return;
         }
         std::thread::sleep(SWEEP_EVERY);
@@ -364,32 +380,62 @@ struct Daemon {
     attachments: Vec<Attachment>,
     checkers: HashMap<CheckToken, (String, CheckerHandle)>,
     check_tx: mpsc::Sender<(CheckToken, CheckOutcome)>,
-    live_ids: Arc<Mutex<std::collections::HashSet<u32>>>,
     started: Instant,
     hook_tx: mpsc::Sender<HookResult>,
     rates: Rates,
     /// Passive health per (backend id, member uid): the last counters read and the window.
     passive: HashMap<(u32, u64), (lb_common::PassiveCounters, passive::Window)>,
+    /// The last apply of a fact failed: the next tick tries again.
+    retry_apply: bool,
+    /// The interfaces xlb attaches to and how (from the config at start).
+    interfaces: Vec<String>,
+    xdp_mode: config::XdpMode,
+    /// Whether the link watcher last saw each of them up.
+    seen_up: HashMap<String, bool>,
+    /// The ifindex XDP was last attached to, per interface.
+    attached_ifindex: HashMap<String, u32>,
 }
 
 impl Daemon {
-    /// Recompute desired state and write the difference; keep checks and the state file in
-    /// step.
+    /// Write what the state now wants (after a fact: a health transition, a finished drain,
+    /// a scaling round, a hook's result); keep checks and the state file in step. When the
+    /// maps refuse it, they are put back to the last desired state and the next tick tries
+    /// again.
     fn apply(&mut self) -> Result<(), ApiError> {
-        let desired = self
-            .state
-            .desired()
-            .map_err(|e| ApiError::Conflict(e.to_string()))?;
-        self.reconciler
-            .apply(&mut self.dp, &desired)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if let Ok(mut live) = self.live_ids.lock() {
-            *live = desired.backends.keys().copied().collect();
+        let r = commit::apply(
+            &mut self.state,
+            &mut self.reconciler,
+            &mut self.desired,
+            &mut self.dp,
+        );
+        self.retry_apply = r.is_err();
+        self.after_change();
+        r.map_err(ApiError::from)
+    }
+
+    /// Run `change` on the state as a transaction (API requests, reloads): on any error the
+    /// state and the maps are what they were.
+    fn transact<T>(
+        &mut self,
+        change: impl FnOnce(&mut State) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let r = commit::transact(
+            &mut self.state,
+            &mut self.reconciler,
+            &mut self.desired,
+            &mut self.dp,
+            change,
+        );
+        if r.is_ok() {
+            self.retry_apply = false;
+            self.after_change();
         }
-        self.desired = desired;
+        r
+    }
+
+    fn after_change(&mut self) {
         self.sync_checks();
         self.persist();
-        Ok(())
     }
 
     fn sync_checks(&mut self) {
@@ -427,9 +473,25 @@ impl Daemon {
     }
 
     fn reload(&mut self) -> Result<String, ApiError> {
+        // The service manager hears RELOADING=1 … READY=1 around it, accepted or not.
+        crate::service::notify_reloading();
+        let r = self.reload_config();
+        crate::service::notify_ready(&self.status_line());
+        r
+    }
+
+    /// One line for the service manager's status.
+    fn status_line(&self) -> String {
+        format!(
+            "serving {} services, {} backends",
+            self.desired.services.len(),
+            self.desired.backends.len()
+        )
+    }
+
+    fn reload_config(&mut self) -> Result<String, ApiError> {
         let cfg = config::load(&self.config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
-        let notes = self.state.reload(cfg);
-        self.apply()?;
+        let notes = self.transact(|s| Ok(s.reload(cfg)))?;
         for n in &notes {
             info!("reload: {n}");
         }
@@ -472,27 +534,14 @@ impl Daemon {
                 Err(ApiError::Invalid("not a change".into()))
             }
             Request::Reload => self.reload(),
-            Request::AddBackend { group, body } => {
-                let m = self.state.add_backend(
-                    &group,
-                    &body.address,
-                    body.weight,
-                    BackendSource::Api,
-                )?;
-                self.apply()?;
-                Ok(m)
-            }
+            Request::AddBackend { group, body } => self.transact(|s| {
+                s.add_backend(&group, &body.address, body.weight, BackendSource::Api)
+            }),
             Request::RemoveBackend { group, body } => {
-                let m = self.state.remove_backend(&group, &body.address)?;
-                self.apply()?;
-                Ok(m)
+                self.transact(|s| s.remove_backend(&group, &body.address))
             }
             Request::DrainBackend { group, body } => {
-                let m = self
-                    .state
-                    .drain_backend(&group, &body.address, "drained by API")?;
-                self.apply()?;
-                Ok(m)
+                self.transact(|s| s.drain_backend(&group, &body.address, "drained by API"))
             }
             Request::Scale { group, body } => {
                 let m = self.state.scale(&group, body.desired)?;
@@ -500,9 +549,7 @@ impl Daemon {
                 Ok(m)
             }
             Request::SetWeight { group, body } => {
-                let m = self.state.set_weight(&group, &body.address, body.weight)?;
-                self.apply()?;
-                Ok(m)
+                self.transact(|s| s.set_weight(&group, &body.address, body.weight))
             }
         }
     }
@@ -619,6 +666,52 @@ impl Daemon {
                 error!(error = %e, "adding launched backends failed");
             }
         } else {
+            self.persist();
+        }
+    }
+
+    /// What the link watcher saw: attach XDP again to a configured interface that was
+    /// re-created (it has another ifindex than the one XDP was attached to) or came back up,
+    /// then write `VLANS` and `TX_PORTS`.
+    fn links_changed(&mut self, links: &Links) {
+        let mut reattached = false;
+        for iface in self.interfaces.clone() {
+            let Some(&(ifindex, up)) = links.interfaces.get(&iface) else {
+                if self.seen_up.remove(&iface).is_some() {
+                    warn!(iface = %iface, "interface gone: XDP is attached again when it returns");
+                }
+                continue;
+            };
+            let came_up = up && self.seen_up.get(&iface) == Some(&false);
+            self.seen_up.insert(iface.clone(), up);
+            if self.attached_ifindex.get(&iface) == Some(&ifindex) && !came_up {
+                continue;
+            }
+            match self
+                .dp
+                .attach(lb_common::PROG_XDP_LB, &iface, self.xdp_mode)
+            {
+                Ok(a) => {
+                    info!(iface = %iface, ifindex, mode = %a.mode, "XDP attached again");
+                    self.attached_ifindex.insert(iface.clone(), ifindex);
+                    self.attachments.retain(|x| x.iface != iface);
+                    self.attachments.push(a);
+                    reattached = true;
+                }
+                Err(e) => {
+                    error!(
+                        iface = %iface,
+                        error = %e,
+                        "attaching XDP again failed (tried again when the interface changes)"
+                    );
+                    self.attached_ifindex.remove(&iface);
+                }
+            }
+        }
+        if let Err(e) = self.reconciler.apply_links(&mut self.dp, links) {
+            error!(error = %e, "writing VLANS / TX_PORTS failed");
+        }
+        if reattached {
             self.persist();
         }
     }
@@ -758,6 +851,8 @@ impl Daemon {
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let cfg = config::load(&config_path)?;
     let d = cfg.daemon.clone();
+    // Missing capabilities named up front, not as an EPERM from deep inside the loader.
+    crate::service::check_capabilities(!instance::is_bpffs(Path::new(BPFFS)))?;
     // One daemon per state file: before touching anything.
     let _lock = InstanceLock::acquire(&d.state_file)?;
     ensure_bpffs()?;
@@ -823,7 +918,6 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
     let (hook_tx, mut hook_rx) = mpsc::channel::<HookResult>(64);
     let (links_tx, mut links_rx) = mpsc::channel::<Links>(4);
-    let live_ids = Arc::new(Mutex::new(std::collections::HashSet::new()));
 
     let mut daemon = Daemon {
         config_path: config_path.clone(),
@@ -833,11 +927,15 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         attachments: Vec::new(),
         checkers: HashMap::new(),
         check_tx,
-        live_ids: live_ids.clone(),
         started: Instant::now(),
         hook_tx,
         rates: Rates::default(),
         passive: HashMap::new(),
+        retry_apply: false,
+        interfaces: d.interfaces.clone(),
+        xdp_mode: d.xdp_mode,
+        seen_up: HashMap::new(),
+        attached_ifindex: HashMap::new(),
         dp,
     };
     daemon
@@ -860,6 +958,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             nix::net::if_::if_nametoindex(i.as_str()).with_context(|| format!("ifindex of {i}"))
         })
         .collect::<Result<_>>()?;
+    daemon.attached_ifindex = d
+        .interfaces
+        .iter()
+        .cloned()
+        .zip(attached.iter().copied())
+        .collect();
     daemon
         .reconciler
         .set_tx_ports(&mut daemon.dp, &attached)
@@ -872,14 +976,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let _api = api::serve(&d.api_socket, api_tx)
         .await
         .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
-    if let Some(pin) = daemon.dp.conntrack_pin() {
-        spawn_sweeper(
-            pin,
-            live_ids,
-            d.tcp_idle_timeout,
-            d.udp_idle_timeout,
-            sweep_tx,
-        )?;
+    if let Some(pins) = daemon.dp.sweeper_pins() {
+        spawn_sweeper(pins, d.tcp_idle_timeout, d.udp_idle_timeout, sweep_tx)?;
     }
     match links::spawn_watcher(d.interfaces.clone(), links_tx) {
         Ok(_) => {}
@@ -896,6 +994,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         api = %d.api_socket.display(),
         "xlb is running"
     );
+    crate::service::notify_ready(&daemon.status_line());
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -919,11 +1018,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let _ = env.reply.send(r);
             }
             Some(r) = hook_rx.recv() => daemon.hook_done(r),
-            Some(l) = links_rx.recv() => {
-                if let Err(e) = daemon.reconciler.apply_links(&mut daemon.dp, &l) {
-                    error!(error = %e, "writing VLANS / TX_PORTS failed");
-                }
-            }
+            Some(l) = links_rx.recv() => daemon.links_changed(&l),
             Some((token, outcome)) = check_rx.recv() => {
                 if let Some(t) = daemon.state.observe(&token, &outcome) {
                     let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
@@ -935,12 +1030,17 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
             _ = passive_tick.tick() => daemon.passive_poll(),
             Some(sweep) = sweep_rx.recv() => {
+                match daemon.reconciler.remove_stale_flows(&mut daemon.dp, &sweep.stale) {
+                    Ok(0) => {}
+                    Ok(n) => debug!(entries = n, "removed flows of backends that are gone"),
+                    Err(e) => warn!(error = %e, "removing flows of backends that are gone"),
+                }
                 let desired = daemon.desired.clone();
                 daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);
             }
             _ = tick.tick() => {
                 let left = daemon.state.finish_drains(Instant::now());
-                if !left.is_empty() {
+                if !left.is_empty() || daemon.retry_apply {
                     for l in &left {
                         info!("{l}");
                     }
@@ -955,6 +1055,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
         }
     }
+    crate::service::notify_stopping();
     info!("stopping; XDP stays attached and keeps forwarding (`xlb stop --cleanup` detaches it)");
     daemon.persist();
     for (name, value) in daemon.dp.global_counters() {

@@ -21,7 +21,9 @@ use lb_common::{
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::config::XdpMode as ConfigXdpMode;
+use crate::{config::XdpMode as ConfigXdpMode, reconcile::MapWriter};
+use aya::maps::MapError;
+use lb_common::{AddrKey, VlanInfo};
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -99,13 +101,9 @@ pub struct Attachment {
     pub mode: &'static str,
 }
 
-/// The loaded program and its maps.
-pub struct Dataplane {
-    pub opts: LoadOptions,
-    /// True when the maps were adopted from a previous instance.
-    pub adopted: bool,
-    pin_dir: Option<PathBuf>,
-    ebpf: Ebpf,
+/// The typed maps. Reading needs only `&Maps` ([`Dataplane::maps`]); writing needs `&mut`,
+/// which the daemon gets only through [`MapWriter`] (the reconciler: the one writer).
+pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
     pub maglev: Array<MapData, u32>,
     pub backends: Array<MapData, BackendInfo>,
@@ -134,6 +132,16 @@ pub struct Dataplane {
     pub syn_samples: Array<MapData, lb_common::SynSample>,
     /// Passive health: per-backend settings (written by the daemon).
     pub passive_conf: Array<MapData, lb_common::PassiveConf>,
+}
+
+/// The loaded program and its maps.
+pub struct Dataplane {
+    pub opts: LoadOptions,
+    /// True when the maps were adopted from a previous instance.
+    pub adopted: bool,
+    pin_dir: Option<PathBuf>,
+    ebpf: Ebpf,
+    maps: Maps,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
@@ -337,24 +345,26 @@ impl Dataplane {
             adopted,
             pin_dir: (!ephemeral).then_some(dir),
             ebpf,
-            services,
-            maglev,
-            backends,
-            conntrack,
-            reverse,
-            service_stats,
-            backend_stats,
-            global_stats,
-            nexthops,
-            backend_addrs,
-            ports,
-            frags,
-            tx_ports,
-            vlans,
-            addrs,
-            passive_stats,
-            syn_samples,
-            passive_conf,
+            maps: Maps {
+                services,
+                maglev,
+                backends,
+                conntrack,
+                reverse,
+                service_stats,
+                backend_stats,
+                global_stats,
+                nexthops,
+                backend_addrs,
+                ports,
+                frags,
+                tx_ports,
+                vlans,
+                addrs,
+                passive_stats,
+                syn_samples,
+                passive_conf,
+            },
         })
     }
 
@@ -362,28 +372,10 @@ impl Dataplane {
     /// frames to (the ones xlb is attached to). Others get rewritten packets through the
     /// kernel.
     pub fn set_tx_ports(&mut self, ifindexes: &[u32]) -> Result<()> {
-        let map_err = |source: aya::maps::MapError| DataplaneError::Map {
+        <Self as MapWriter>::set_tx_ports(self, ifindexes).map_err(|source| DataplaneError::Map {
             name: lb_common::MAP_TX_PORTS,
             source,
-        };
-        let old: Vec<u32> = self.tx_ports.keys().filter_map(|k| k.ok()).collect();
-        for k in old {
-            if !ifindexes.contains(&k) {
-                self.tx_ports.remove(k).map_err(map_err)?;
-            }
-        }
-        for &i in ifindexes {
-            self.tx_ports
-                .insert(i, i, None, 0)
-                .map_err(|e| match e {
-                    aya::maps::xdp::XdpMapError::MapError(e) => e,
-                    other => aya::maps::MapError::InvalidName {
-                        name: other.to_string(),
-                    },
-                })
-                .map_err(map_err)?;
-        }
-        Ok(())
+        })
     }
 
     /// Attach the `xlb_xmit` tracepoint program, which counts frames the egress of a
@@ -447,27 +439,34 @@ impl Dataplane {
             }
         };
         if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
-            let pinned = PinnedLink::from_pin(path).map_err(|e| DataplaneError::Attach {
-                iface: iface.to_string(),
-                mode: "pinned",
-                source: ProgramError::IOError(std::io::Error::other(e.to_string())),
-            })?;
-            let fd_link: FdLink = pinned.into();
-            let link: XdpLink =
-                fd_link
-                    .try_into()
-                    .map_err(
-                        |e: aya::programs::links::LinkError| DataplaneError::Attach {
-                            iface: iface.to_string(),
-                            mode: "pinned",
-                            source: ProgramError::IOError(std::io::Error::other(e.to_string())),
-                        },
-                    )?;
-            prog.attach_to_link(link).map_err(attach_err("pinned"))?;
-            return Ok(Attachment {
-                iface: iface.to_string(),
-                mode: "adopted",
-            });
+            match adopt_link(prog, path) {
+                Ok(()) => {
+                    return Ok(Attachment {
+                        iface: iface.to_string(),
+                        mode: "adopted",
+                    })
+                }
+                Err(e) => {
+                    // The link of an interface that was deleted (or re-created under the same
+                    // name) is defunct: the kernel refuses to update it (ENOLINK). It holds
+                    // nothing any more; attach afresh.
+                    warn!(
+                        iface,
+                        error = %e,
+                        "the pinned XDP link cannot be taken over (its interface was deleted \
+                         or re-created): attaching afresh"
+                    );
+                    if let Err(e) = std::fs::remove_file(path) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(DataplaneError::Io {
+                                what: "removing a stale link pin",
+                                path: path.display().to_string(),
+                                source: e,
+                            });
+                        }
+                    }
+                }
+            }
         }
         let try_mode = |prog: &mut Xdp, m: XdpMode, label: &'static str| {
             prog.attach(iface, m)
@@ -510,9 +509,23 @@ impl Dataplane {
         })
     }
 
-    /// The CONNTRACK map's pin path (for a sweeper with its own handle).
-    pub fn conntrack_pin(&self) -> Option<PathBuf> {
-        self.pin_dir.as_ref().map(|d| d.join(MAP_CONNTRACK))
+    /// The maps, to read (tests, status).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// The maps, to write directly: for tests and benchmarks that forge map contents (flows,
+    /// stale next hops). The daemon writes only through the reconciler ([`MapWriter`]).
+    pub fn forge_maps(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    /// The pin paths of `CONNTRACK` and `BACKENDS`, for the conntrack sweeper's own
+    /// read-only handles.
+    pub fn sweeper_pins(&self) -> Option<(PathBuf, PathBuf)> {
+        self.pin_dir
+            .as_ref()
+            .map(|d| (d.join(MAP_CONNTRACK), d.join(MAP_BACKENDS)))
     }
 
     /// Index of the first Maglev entry of `service_id`'s table `slot`.
@@ -522,13 +535,13 @@ impl Dataplane {
 
     /// Sum of a per-CPU counters element.
     pub fn service_counters(&self, id: u32) -> Counters {
-        sum_counters(&self.service_stats, id)
+        sum_counters(&self.maps.service_stats, id)
     }
 
     /// A backend's passive-health counters, summed over the CPUs.
     pub fn passive_counters(&self, id: u32) -> lb_common::PassiveCounters {
         let mut total = lb_common::PassiveCounters::default();
-        if let Ok(vals) = self.passive_stats.get(&id, 0) {
+        if let Ok(vals) = self.maps.passive_stats.get(&id, 0) {
             for v in vals.iter() {
                 total.add(v);
             }
@@ -537,7 +550,7 @@ impl Dataplane {
     }
 
     pub fn backend_counters(&self, id: u32) -> Counters {
-        sum_counters(&self.backend_stats, id)
+        sum_counters(&self.maps.backend_stats, id)
     }
 
     /// Global counters by name, summed over CPUs.
@@ -545,6 +558,7 @@ impl Dataplane {
         (0..global::COUNT)
             .map(|i| {
                 let v = self
+                    .maps
                     .global_stats
                     .get(&i, 0)
                     .map(|vals| vals.iter().sum())
@@ -563,6 +577,131 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// The BPF maps as the reconciler writes them (see [`MapWriter`]).
+impl MapWriter for Dataplane {
+    fn ring_size(&self) -> u32 {
+        self.opts.ring_size
+    }
+
+    fn set_port_word(&mut self, word: u32, bits: u64) -> std::result::Result<(), MapError> {
+        self.maps.ports.set(word, bits, 0)
+    }
+
+    fn set_addr(&mut self, key: &AddrKey, flags: u32) -> std::result::Result<(), MapError> {
+        self.maps.addrs.insert(key, flags, 0)
+    }
+
+    fn remove_addr(&mut self, key: &AddrKey) -> std::result::Result<(), MapError> {
+        self.maps.addrs.remove(key)
+    }
+
+    fn set_backend(&mut self, id: u32, info: BackendInfo) -> std::result::Result<(), MapError> {
+        self.maps.backends.set(id, info, 0)
+    }
+
+    fn reset_nexthop(&mut self, id: u32) -> std::result::Result<(), MapError> {
+        self.maps.nexthops.set(id, NextHop::default(), 0)
+    }
+
+    fn reset_backend_counters(&mut self, id: u32) {
+        Self::reset_counters(&mut self.maps.backend_stats, id);
+    }
+
+    fn reset_service_counters(&mut self, id: u32) {
+        Self::reset_counters(&mut self.maps.service_stats, id);
+    }
+
+    fn set_maglev(&mut self, index: u32, backend_id: u32) -> std::result::Result<(), MapError> {
+        self.maps.maglev.set(index, backend_id, 0)
+    }
+
+    fn set_service(
+        &mut self,
+        key: &ServiceKey,
+        info: ServiceInfo,
+    ) -> std::result::Result<(), MapError> {
+        self.maps.services.insert(key, info, 0)
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> std::result::Result<(), MapError> {
+        self.maps.services.remove(key)
+    }
+
+    fn set_backend_addr(
+        &mut self,
+        key: &lb_common::BackendAddr,
+        v: lb_common::BackendAddrValue,
+    ) -> std::result::Result<(), MapError> {
+        self.maps.backend_addrs.insert(key, v, 0)
+    }
+
+    fn remove_backend_addr(
+        &mut self,
+        key: &lb_common::BackendAddr,
+    ) -> std::result::Result<(), MapError> {
+        self.maps.backend_addrs.remove(key)
+    }
+
+    fn set_vlan(&mut self, ifindex: u32, v: VlanInfo) -> std::result::Result<(), MapError> {
+        self.maps.vlans.insert(ifindex, v, 0)
+    }
+
+    fn remove_vlan(&mut self, ifindex: u32) -> std::result::Result<(), MapError> {
+        self.maps.vlans.remove(&ifindex)
+    }
+
+    fn set_tx_ports(&mut self, ifindexes: &[u32]) -> std::result::Result<(), MapError> {
+        let old: Vec<u32> = self.maps.tx_ports.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            if !ifindexes.contains(&k) {
+                self.maps.tx_ports.remove(k)?;
+            }
+        }
+        for &i in ifindexes {
+            self.maps
+                .tx_ports
+                .insert(i, i, None, 0)
+                .map_err(|e| match e {
+                    aya::maps::xdp::XdpMapError::MapError(e) => e,
+                    other => MapError::InvalidName {
+                        name: other.to_string(),
+                    },
+                })?;
+        }
+        Ok(())
+    }
+
+    fn flow_backend(&self, key: &FlowKey) -> Option<u32> {
+        self.maps.conntrack.get(key, 0).ok().map(|ct| ct.backend_id)
+    }
+
+    fn remove_flow(&mut self, key: &FlowKey) -> std::result::Result<(), MapError> {
+        self.maps.conntrack.remove(key)
+    }
+    fn set_passive_conf(
+        &mut self,
+        id: u32,
+        conf: lb_common::PassiveConf,
+    ) -> std::result::Result<(), MapError> {
+        self.maps.passive_conf.set(id, conf, 0)
+    }
+}
+
+/// Take over the XDP link pinned at `path` by swapping `prog` into it (atomic: no packet
+/// goes unprocessed).
+fn adopt_link(prog: &mut Xdp, path: &Path) -> std::result::Result<(), String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+    let fd_link: FdLink = pinned.into();
+    let link: XdpLink = fd_link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+    prog.attach_to_link(link).map_err(|e| match e {
+        ProgramError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
+        other => other.to_string(),
+    })?;
+    Ok(())
 }
 
 fn sum_counters(map: &PerCpuArray<MapData, Counters>, id: u32) -> Counters {

@@ -22,7 +22,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::mpsc,
     task::JoinHandle,
@@ -208,6 +208,11 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<Probe, Failure> {
     let req = request(addr, path)?;
     let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(req.as_bytes()).await?;
+    read_response(stream).await
+}
+
+/// The response half of [`http_get`], over any byte stream (the fuzz target feeds it bytes).
+async fn read_response<S: AsyncRead + Unpin>(stream: S) -> Result<Probe, Failure> {
     let mut r = Reader {
         stream,
         buf: Vec::with_capacity(4096),
@@ -362,12 +367,12 @@ fn json_object(body: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>
     }
 }
 
-struct Reader {
-    stream: TcpStream,
+struct Reader<S> {
+    stream: S,
     buf: Vec<u8>,
 }
 
-impl Reader {
+impl<S: AsyncRead + Unpin> Reader<S> {
     /// Reads once more into the buffer; false at end of stream.
     async fn fill(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 8192];
@@ -689,6 +694,59 @@ fn jitter(max: Duration) -> Duration {
         x ^= x << 17;
     }
     Duration::from_nanos(x % max_ns)
+}
+
+/// What an HTTP check makes of a response, without a socket: `parts` are what successive reads
+/// return (an empty part is skipped), then the peer closes. The status and the body's JSON
+/// object (see [`CheckOutcome::metrics`]), or the failure reason as [`check_once`] reports it
+/// (`bad HTTP response: ...`). The same code as a real check runs; this entry point is for the
+/// fuzz target (`fuzz/fuzz_targets/health_response.rs`) and tests.
+pub fn parse_http_response(
+    parts: &[&[u8]],
+) -> Result<(u16, Option<serde_json::Map<String, serde_json::Value>>), String> {
+    let stream = Parts {
+        parts,
+        part: 0,
+        at: 0,
+    };
+    let mut fut = std::pin::pin!(read_response(stream));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // `Parts` is always ready, so one poll runs the exchange to its end.
+    match std::future::Future::poll(fut.as_mut(), &mut cx) {
+        std::task::Poll::Ready(Ok(Probe::Http { status, metrics })) => Ok((status, metrics)),
+        std::task::Poll::Ready(Ok(Probe::Connected)) => Err("not an HTTP response".into()),
+        std::task::Poll::Ready(Err(failure)) => Err(failure.reason()),
+        std::task::Poll::Pending => Err("the response reader waited on an in-memory stream".into()),
+    }
+}
+
+/// An in-memory stream that returns `parts` one read at a time.
+struct Parts<'a> {
+    parts: &'a [&'a [u8]],
+    part: usize,
+    at: usize,
+}
+
+impl AsyncRead for Parts<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        while let Some(part) = self.parts.get(self.part) {
+            let rest = &part[self.at.min(part.len())..];
+            if rest.is_empty() {
+                self.part += 1;
+                self.at = 0;
+                continue;
+            }
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.at += n;
+            break;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 #[cfg(test)]
@@ -1348,5 +1406,25 @@ mod tests {
             assert!(Instant::now() < deadline, "checker still running");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[test]
+    fn parse_http_response_without_a_socket() {
+        let resp: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\
+                            Transfer-Encoding: chunked\r\n\r\n5\r\n{\"cpu\r\n5\r\n\": 1}\r\n0\r\n\r\n";
+        let (status, metrics) = parse_http_response(&[resp]).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(metrics.unwrap()["cpu"], serde_json::json!(1));
+        // Byte by byte: the same answer.
+        let bytes: Vec<&[u8]> = resp.chunks(1).collect();
+        assert_eq!(parse_http_response(&bytes), parse_http_response(&[resp]));
+        assert_eq!(
+            parse_http_response(&[b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"]),
+            Ok((503, None))
+        );
+        assert_eq!(
+            parse_http_response(&[]),
+            Err("bad HTTP response: connection closed without a response".into())
+        );
     }
 }

@@ -3,10 +3,13 @@
 //! - [`config`]: the TOML file, validated with positions in errors;
 //! - [`maglev`]: the lookup table;
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
+//!   [`commit`]: changes as transactions (checked first, undone when the maps refuse them);
 //! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
-//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink.
+//! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
+//! - [`service`]: capabilities, systemd notification, log format.
 pub mod api;
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
@@ -20,4 +23,5 @@ pub mod model;
 pub mod passive;
 pub mod reconcile;
 pub mod scaling;
+pub mod service;
 pub mod state;

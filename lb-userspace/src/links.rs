@@ -1,6 +1,7 @@
 //! What the daemon learns about the namespace's interfaces over rtnetlink: the VLAN devices
 //! (for `VLANS`: a reply the FIB routes out of a VLAN device leaves its parent with the tag)
-//! and the ifindex of every interface xlb attaches to (for `TX_PORTS`).
+//! and the ifindex and up flag of every interface xlb attaches to (for `TX_PORTS`, and so
+//! that the daemon attaches XDP again to an interface that is re-created or comes back up).
 //!
 //! A watcher task dumps the links when it starts, again whenever the kernel announces a link
 //! change (`RTNLGRP_LINK`), and at least every [`REFRESH`], and sends each snapshot that
@@ -11,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 use futures_util::stream::{StreamExt, TryStreamExt};
 use lb_common::{VlanInfo, MAX_VLANS};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo, LinkMessage, VlanProtocol,
+    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, VlanProtocol,
 };
 use rtnetlink::{new_multicast_connection, MulticastGroup};
 use tokio::sync::mpsc;
@@ -35,6 +36,8 @@ pub struct Link {
     /// A VLAN device of a kind the data path does not tag for (802.1ad, or a parent in
     /// another namespace): its packets go through the kernel.
     pub unsupported_vlan: bool,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
 }
 
 /// Read a link message (a dump entry or a notification).
@@ -75,6 +78,7 @@ pub fn parse_link(msg: &LinkMessage) -> Link {
         name,
         vlan: None,
         unsupported_vlan: false,
+        up: msg.header.flags.contains(LinkFlags::Up),
     };
     if !is_vlan {
         return link;
@@ -122,16 +126,22 @@ pub fn snapshot(links: &[Link], interfaces: &[String]) -> Links {
         }
         vlans.insert(l.ifindex, v);
     }
-    let tx_ports = interfaces
-        .iter()
-        .filter_map(|want| {
-            links
-                .iter()
-                .find(|l| l.name.as_deref() == Some(want.as_str()))
-                .map(|l| l.ifindex)
-        })
-        .collect();
-    Links { vlans, tx_ports }
+    let mut tx_ports = Vec::new();
+    let mut present = BTreeMap::new();
+    for want in interfaces {
+        if let Some(l) = links
+            .iter()
+            .find(|l| l.name.as_deref() == Some(want.as_str()))
+        {
+            tx_ports.push(l.ifindex);
+            present.insert(want.clone(), (l.ifindex, l.up));
+        }
+    }
+    Links {
+        vlans,
+        tx_ports,
+        interfaces: present,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +225,7 @@ mod tests {
     fn plain(index: u32, name: &str) -> LinkMessage {
         let mut m = LinkMessage::default();
         m.header.index = index;
+        m.header.flags = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(name.into()));
         m
     }
@@ -248,7 +259,10 @@ mod tests {
     #[test]
     fn other_links_and_unusable_vlans_are_not_vlans() {
         let l = parse_link(&plain(2, "eth0"));
-        assert_eq!((l.vlan, l.unsupported_vlan), (None, false));
+        assert_eq!((l.vlan, l.unsupported_vlan, l.up), (None, false, true));
+        let mut down = plain(2, "eth0");
+        down.header.flags = LinkFlags::empty();
+        assert!(!parse_link(&down).up, "down");
         // A veth names its peer with IFLA_LINK too, but is no VLAN.
         let mut veth = plain(4, "veth0");
         veth.attributes.push(LinkAttribute::Link(5));
@@ -326,6 +340,12 @@ mod tests {
         .collect();
         assert_eq!(snap.vlans, want);
         assert_eq!(snap.tx_ports, vec![2, 3]);
+        let ifaces: Vec<(&str, u32)> = snap
+            .interfaces
+            .iter()
+            .map(|(n, (i, _))| (n.as_str(), *i))
+            .collect();
+        assert_eq!(ifaces, vec![("veth-backends", 3), ("veth-client", 2)]);
 
         // An interface that does not exist (yet) is simply not a TX port.
         let snap = snapshot(&links, &["nope".to_string(), "veth-client".to_string()]);

@@ -1,16 +1,28 @@
 //! The `xlb` command.
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
-use xlb::{cli::Action, endpoint::Endpoint};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
+use xlb::{cli::Action, endpoint::Endpoint, service::LogFormat};
 
 #[derive(Parser)]
-#[command(name = "xlb", version, about = "An XDP layer-4 load balancer")]
+#[command(
+    name = "xlb",
+    version,
+    about = "An XDP layer-4 load balancer",
+    after_help = "Environment: XLB_LOG sets the log filter (default `info`, e.g. `XLB_LOG=debug`)."
+)]
 struct Cli {
-    /// The daemon's API socket, for the client commands [default: /run/xlb/xlb.sock, or
-    /// daemon.api_socket of --config]
-    #[arg(long, global = true, value_name = "PATH")]
-    socket: Option<PathBuf>,
+    /// How log lines are written (to stderr)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        ignore_case = true,
+        env = "XLB_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,33 +33,51 @@ struct ClientArgs {
     /// Print the API's JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// The daemon's API socket [default: daemon.api_socket of --config, else /run/xlb/xlb.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// Find the API socket in this config file (daemon.api_socket) unless --socket is given
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// The config file of `run`, `check` and `stop`.
+#[derive(Args)]
+struct ConfigArg {
+    /// The config file
+    #[arg(long, short, value_name = "FILE", default_value = "/etc/xlb/xlb.toml")]
+    config: PathBuf,
+}
+
+/// A backend weight as the daemon takes it.
+fn weight() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(xlb::config::MAX_WEIGHT))
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Load the XDP program (adopting what a previous instance pinned), attach it, and balance
     /// traffic until SIGINT/SIGTERM (SIGHUP reloads the config). XDP stays attached after exit.
+    /// Needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (and CAP_SYS_ADMIN if bpffs is not
+    /// mounted); tells systemd READY=1 when NOTIFY_SOCKET is set.
     Run {
-        #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Stop the daemon holding the state file's lock. XDP stays attached and keeps forwarding
-    /// with the last state unless `--cleanup` is given, which also detaches XDP and removes
-    /// what xlb pinned (as its pin manifest records) and the state file (established flows
-    /// are then lost).
+    /// with the last state unless `--cleanup` is given.
     Stop {
-        #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also detach XDP and remove what xlb pinned (as its pin manifest records) and the
+        /// state file (established flows are then lost)
         #[arg(long)]
         cleanup: bool,
     },
     /// Validate a config file and exit (non-zero with the position of the error).
     Check {
-        #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Show the running xlb: interfaces, services, target groups and counters.
     Status {
@@ -75,13 +105,14 @@ enum Command {
     Scale {
         /// The target group
         group: String,
-        #[arg(long)]
+        /// The new desired capacity (backends in service)
+        #[arg(long, value_name = "N")]
         desired: u32,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Show recent events: scaling decisions with the metrics behind them, hook results,
-    /// health changes.
+    /// health changes, and every change asked through the API.
     Events {
         /// Only this target group
         #[arg(long)]
@@ -89,6 +120,15 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print a shell completion script (e.g. `xlb completions bash >
+    /// /etc/bash_completion.d/xlb`).
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff; e.g. `xlb man > /usr/share/man/man1/xlb.1`).
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -100,13 +140,15 @@ enum BackendCommand {
         /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
         #[arg(value_name = "ADDR[:PORT]")]
         address: Endpoint,
-        /// Its weight (xlb's default when omitted)
-        #[arg(long, value_name = "N")]
+        /// Its weight, 1-10000 [default: 1]
+        #[arg(long, value_name = "N", value_parser = weight())]
         weight: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Remove a backend from a target group at once (its open flows are dropped).
+    /// Remove a backend from a target group at once: its open flows move to other backends
+    /// on their next packet (a TCP connection that moves is reset by the backend it lands
+    /// on; `drain` lets open flows finish).
     Remove {
         /// The target group
         group: String,
@@ -116,7 +158,8 @@ enum BackendCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Drain a backend: no new flows, open ones continue for the deregistration delay.
+    /// Drain a backend: no new flows, open ones continue until they end or the group's
+    /// deregistration delay runs out; then it leaves the group.
     Drain {
         /// The target group
         group: String,
@@ -126,15 +169,15 @@ enum BackendCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Set a backend's weight (0 sends it no new flows).
+    /// Set a backend's weight (1-10000; new flows only). To send it no new flows, drain it.
     Weight {
         /// The target group
         group: String,
         /// The backend: ADDR, ADDR:PORT or [V6ADDR]:PORT
         #[arg(value_name = "ADDR[:PORT]")]
         address: Endpoint,
-        /// The new weight
-        #[arg(value_name = "N")]
+        /// The new weight, 1-10000
+        #[arg(value_name = "N", value_parser = weight())]
         weight: u32,
         #[command(flatten)]
         client: ClientArgs,
@@ -142,8 +185,8 @@ enum BackendCommand {
 }
 
 /// Run a client command on a current-thread runtime.
-fn client(socket: Option<PathBuf>, client: ClientArgs, action: Action) -> ExitCode {
-    let socket = xlb::cli::socket_path(socket.as_deref(), client.config.as_deref());
+fn client(client: ClientArgs, action: Action) -> ExitCode {
+    let socket = xlb::cli::socket_path(client.socket.as_deref(), client.config.as_deref());
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,41 +200,70 @@ fn client(socket: Option<PathBuf>, client: ClientArgs, action: Action) -> ExitCo
     rt.block_on(xlb::cli::run(&socket, &action, client.json))
 }
 
+/// The completion script for `shell`.
+fn completions(shell: Shell) -> String {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The man page: `xlb(1)` with every subcommand's usage, options and help (clap_mangen
+/// renders the top command; the subcommands follow as sections).
+fn man_page() -> std::io::Result<String> {
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    render_subcommands(&mut out, &cmd, "xlb")?;
+    man.render_version_section(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// One section per subcommand (recursively): its synopsis, help and options.
+fn render_subcommands(out: &mut Vec<u8>, cmd: &clap::Command, prefix: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("{prefix} {}", sub.get_name());
+        writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+        let sub = sub.clone().bin_name(name.clone());
+        let man = clap_mangen::Man::new(sub.clone());
+        let mut section = Vec::new();
+        man.render_synopsis_section(&mut section)?;
+        man.render_description_section(&mut section)?;
+        man.render_options_section(&mut section)?;
+        // Demote the sub-page's own section headings to subsections.
+        let text = String::from_utf8_lossy(&section).replace(".SH ", ".SS ");
+        out.write_all(text.as_bytes())?;
+        if sub.has_subcommands() {
+            render_subcommands(out, &sub, &name)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    if cli.socket.is_some()
-        && matches!(
-            cli.command,
-            Command::Run { .. } | Command::Check { .. } | Command::Stop { .. }
-        )
-    {
-        eprintln!("xlb: --socket is for the client commands (status, backends, backend, reload)");
-        return ExitCode::from(2);
-    }
+    xlb::service::init_logging(cli.log_format);
     match cli.command {
-        Command::Status { client: args } => client(cli.socket, args, Action::Status),
+        Command::Status { client: args } => client(args, Action::Status),
         Command::Backends {
             group,
             client: args,
-        } => client(cli.socket, args, Action::Backends { group }),
-        Command::Reload { client: args } => client(cli.socket, args, Action::Reload),
+        } => client(args, Action::Backends { group }),
+        Command::Reload { client: args } => client(args, Action::Reload),
         Command::Scale {
             group,
             desired,
             client: args,
-        } => client(cli.socket, args, Action::Scale { group, desired }),
+        } => client(args, Action::Scale { group, desired }),
         Command::Events {
             group,
             client: args,
-        } => client(cli.socket, args, Action::Events { group }),
+        } => client(args, Action::Events { group }),
         Command::Backend { command } => match command {
             BackendCommand::Add {
                 group,
@@ -199,7 +271,6 @@ fn main() -> ExitCode {
                 weight,
                 client: args,
             } => client(
-                cli.socket,
                 args,
                 Action::AddBackend {
                     group,
@@ -212,7 +283,6 @@ fn main() -> ExitCode {
                 address,
                 client: args,
             } => client(
-                cli.socket,
                 args,
                 Action::RemoveBackend {
                     group,
@@ -224,7 +294,6 @@ fn main() -> ExitCode {
                 address,
                 client: args,
             } => client(
-                cli.socket,
                 args,
                 Action::DrainBackend {
                     group,
@@ -237,7 +306,6 @@ fn main() -> ExitCode {
                 weight,
                 client: args,
             } => client(
-                cli.socket,
                 args,
                 Action::SetWeight {
                     group,
@@ -246,7 +314,23 @@ fn main() -> ExitCode {
                 },
             ),
         },
-        Command::Check { config } => match xlb::config::load(&config) {
+        Command::Completions { shell } => {
+            print!("{}", completions(shell));
+            ExitCode::SUCCESS
+        }
+        Command::Man => match man_page() {
+            Ok(page) => {
+                print!("{page}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xlb: rendering the man page: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check {
+            config: ConfigArg { config },
+        } => match xlb::config::load(&config) {
             Ok(cfg) => {
                 println!(
                     "{}: ok ({} services, {} target groups)",
@@ -261,14 +345,19 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Stop { config, cleanup } => match xlb::daemon::stop(&config, cleanup) {
+        Command::Stop {
+            config: ConfigArg { config },
+            cleanup,
+        } => match xlb::daemon::stop(&config, cleanup) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xlb: {e:#}");
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run {
+            config: ConfigArg { config },
+        } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -288,5 +377,207 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBCOMMANDS: [&str; 12] = [
+        "run",
+        "stop",
+        "check",
+        "status",
+        "backends",
+        "backend",
+        "reload",
+        "scale",
+        "events",
+        "completions",
+        "man",
+        "remove",
+    ];
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every command has a description and every option and argument a help text.
+    #[test]
+    fn everything_is_documented() {
+        fn walk(cmd: &clap::Command, path: &str, undocumented: &mut Vec<String>) {
+            if cmd.get_about().is_none() && path != "xlb" {
+                undocumented.push(path.to_string());
+            }
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && !["help", "version"].contains(&arg.get_id().as_str())
+                {
+                    undocumented.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), undocumented);
+            }
+        }
+        let mut undocumented = Vec::new();
+        walk(&Cli::command(), "xlb", &mut undocumented);
+        assert!(undocumented.is_empty(), "{undocumented:?}");
+    }
+
+    #[test]
+    fn completions_name_the_subcommands() {
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let script = completions(shell);
+            for sub in SUBCOMMANDS {
+                assert!(script.contains(sub), "{shell}: no {sub}");
+            }
+            for opt in ["--socket", "--log-format", "--cleanup", "--weight"] {
+                assert!(
+                    script.contains(opt) || script.contains(&opt[2..]),
+                    "{shell}: no {opt}"
+                );
+            }
+        }
+        assert!(completions(Shell::Bash).contains("complete -F _xlb"));
+        assert!(completions(Shell::Zsh).starts_with("#compdef xlb"));
+        assert!(completions(Shell::Fish).contains("complete -c xlb"));
+    }
+
+    #[test]
+    fn man_page_covers_every_command() {
+        let page = man_page().unwrap();
+        assert!(
+            page.starts_with(".ie \\n(.g .ds Aq") || page.contains(".TH xlb"),
+            "{page}"
+        );
+        assert!(page.contains(".TH xlb 1"), "{page}");
+        for section in [
+            "XLB RUN",
+            "XLB STOP",
+            "XLB CHECK",
+            "XLB STATUS",
+            "XLB BACKENDS",
+            "XLB BACKEND ADD",
+            "XLB BACKEND REMOVE",
+            "XLB BACKEND DRAIN",
+            "XLB BACKEND WEIGHT",
+            "XLB RELOAD",
+            "XLB SCALE",
+            "XLB EVENTS",
+            "XLB COMPLETIONS",
+            "XLB MAN",
+        ] {
+            assert!(page.contains(&format!(".SH \"{section}\"")), "no {section}");
+        }
+        for text in [
+            "\\-\\-socket",
+            "\\-\\-cleanup",
+            "\\-\\-log\\-format",
+            "XLB_LOG_FORMAT",
+        ] {
+            assert!(page.contains(text), "no {text}");
+        }
+        assert!(!page.contains(".SH \"XLB HELP\""));
+    }
+
+    #[test]
+    fn socket_only_on_client_commands() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        for cmd in [
+            &["xlb", "run", "--socket", "/x"][..],
+            &["xlb", "check", "--socket", "/x"],
+            &["xlb", "stop", "--socket", "/x"],
+            &["xlb", "--socket", "/x", "status"],
+        ] {
+            let e = parse(cmd).err().expect("refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{cmd:?}");
+        }
+        for cmd in [
+            &["xlb", "status", "--socket", "/x"][..],
+            &["xlb", "backends", "g", "--socket", "/x", "--json"],
+            &["xlb", "backend", "drain", "g", "10.0.0.1", "--socket", "/x"],
+            &["xlb", "reload", "--socket", "/x"],
+            &["xlb", "scale", "g", "--desired", "3", "--socket", "/x"],
+            &["xlb", "events", "--socket", "/x"],
+        ] {
+            let cli = parse(cmd).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+            assert!(matches!(
+                cli.command,
+                Command::Status { .. }
+                    | Command::Backends { .. }
+                    | Command::Backend { .. }
+                    | Command::Reload { .. }
+                    | Command::Scale { .. }
+                    | Command::Events { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn weights_are_the_daemons_range() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        for w in ["0", "10001"] {
+            let e = parse(&["xlb", "backend", "weight", "g", "10.0.0.1", w])
+                .err()
+                .expect("out of range");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{w}");
+            assert!(e.to_string().contains("1..=10000"), "{e}");
+            assert!(parse(&["xlb", "backend", "add", "g", "10.0.0.1", "--weight", w]).is_err());
+        }
+        let cli = parse(&["xlb", "backend", "weight", "g", "10.0.0.1", "10000"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Backend {
+                command: BackendCommand::Weight { weight: 10000, .. }
+            }
+        ));
+    }
+
+    #[test]
+    fn help_says_what_the_daemon_does() {
+        let mut cmd = Cli::command();
+        let backend = cmd.find_subcommand_mut("backend").unwrap();
+        let help = |name: &str| {
+            backend
+                .find_subcommand(name)
+                .unwrap()
+                .get_about()
+                .unwrap()
+                .to_string()
+        };
+        // The daemon answers "... removed (N open flows moved to other backends)".
+        assert!(help("remove").contains("open flows move to other backends"));
+        assert!(!help("remove").contains("dropped"));
+        // The daemon refuses weight 0.
+        assert!(help("weight").contains("1-10000"));
+        assert!(!help("weight").contains("0 sends"));
+    }
+
+    #[test]
+    fn log_format_option_and_environment() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied()).unwrap();
+        assert_eq!(parse(&["xlb", "status"]).log_format, LogFormat::Text);
+        assert_eq!(
+            parse(&["xlb", "run", "--log-format", "json"]).log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["xlb", "--log-format", "json", "status"]).log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["xlb", "status", "--log-format", "JSON"]).log_format,
+            LogFormat::Json
+        );
+        assert!(Cli::try_parse_from(["xlb", "--log-format", "xml", "status"]).is_err());
+        // The only test in this binary that sets XLB_LOG_FORMAT.
+        std::env::set_var("XLB_LOG_FORMAT", "json");
+        let from_env = parse(&["xlb", "check"]).log_format;
+        let flag_wins = parse(&["xlb", "check", "--log-format", "text"]).log_format;
+        std::env::remove_var("XLB_LOG_FORMAT");
+        assert_eq!(from_env, LogFormat::Json);
+        assert_eq!(flag_wins, LogFormat::Text);
     }
 }

@@ -10,8 +10,9 @@
 //! (`VLANS`, `TX_PORTS`: [`Reconciler::apply_links`]).
 use std::collections::{BTreeMap, HashMap};
 
+use aya::maps::MapError;
 use lb_common::{
-    AddrKey, BackendAddr, BackendAddrValue, BackendInfo, NextHop, PassiveConf, ServiceInfo,
+    AddrKey, BackendAddr, BackendAddrValue, BackendInfo, FlowKey, PassiveConf, ServiceInfo,
     ServiceKey, VlanInfo, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED, NO_BACKEND, SVC_F_EMPTY,
 };
 use tracing::{debug, info};
@@ -22,19 +23,53 @@ use crate::{
     state::Desired,
 };
 
+/// Every map write the reconciler makes, and the few reads it needs to decide them: what a
+/// data plane offers its one writer. [`Dataplane`] implements it over the BPF maps; the tests
+/// implement it over hash maps that can fail on the Nth write.
+pub trait MapWriter {
+    /// Entries per Maglev table.
+    fn ring_size(&self) -> u32;
+    /// `PORTS[word] = bits`.
+    fn set_port_word(&mut self, word: u32, bits: u64) -> Result<(), MapError>;
+    /// `ADDRS[key] = flags`.
+    fn set_addr(&mut self, key: &AddrKey, flags: u32) -> Result<(), MapError>;
+    fn remove_addr(&mut self, key: &AddrKey) -> Result<(), MapError>;
+    /// `BACKENDS[id] = info` (all zero: the slot is free).
+    fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<(), MapError>;
+    /// Forget backend `id`'s cached next hop (`NEXTHOPS`).
+    fn reset_nexthop(&mut self, id: u32) -> Result<(), MapError>;
+    /// Zero the counters of a new (or re-used) backend or service id (best effort).
+    fn reset_backend_counters(&mut self, id: u32);
+    fn reset_service_counters(&mut self, id: u32);
+    /// `MAGLEV[index] = backend id`.
+    fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<(), MapError>;
+    fn set_service(&mut self, key: &ServiceKey, info: ServiceInfo) -> Result<(), MapError>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapError>;
+    fn set_backend_addr(&mut self, key: &BackendAddr, v: BackendAddrValue) -> Result<(), MapError>;
+    fn remove_backend_addr(&mut self, key: &BackendAddr) -> Result<(), MapError>;
+    fn set_vlan(&mut self, ifindex: u32, v: VlanInfo) -> Result<(), MapError>;
+    fn remove_vlan(&mut self, ifindex: u32) -> Result<(), MapError>;
+    /// Make `TX_PORTS` hold exactly `ifindexes`.
+    fn set_tx_ports(&mut self, ifindexes: &[u32]) -> Result<(), MapError>;
+    /// The backend id the connection-tracking entry `key` names, if there is one.
+    fn flow_backend(&self, key: &FlowKey) -> Option<u32>;
+    /// Delete the connection-tracking entry `key`.
+    fn remove_flow(&mut self, key: &FlowKey) -> Result<(), MapError>;
+    /// `PASSIVE_CONF[id] = conf` (passive health's SYN sampling of backend `id`).
+    fn set_passive_conf(&mut self, id: u32, conf: PassiveConf) -> Result<(), MapError>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("writing {map}: {source}")]
     Map {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: MapError,
     },
-    #[error(transparent)]
-    Dataplane(#[from] crate::dataplane::DataplaneError),
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> ReconcileError {
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ReconcileError {
     move |source| ReconcileError::Map { map, source }
 }
 
@@ -75,6 +110,8 @@ pub struct Links {
     pub vlans: BTreeMap<u32, VlanInfo>,
     /// Interfaces the program may redirect to (those xlb is attached to).
     pub tx_ports: Vec<u32>,
+    /// The configured interfaces that exist: name → (ifindex, up).
+    pub interfaces: BTreeMap<String, (u32, bool)>,
 }
 
 /// `ADDRS` as `desired` wants it: every VIP (`ADDR_F_VIP`) and every backend address
@@ -163,6 +200,11 @@ impl TableSource {
     }
 }
 
+/// Index of the first Maglev entry of `service_id`'s table `slot`.
+pub fn table_base(ring: u32, service_id: u32, slot: u32) -> u32 {
+    (service_id * lb_common::SLOTS_PER_SERVICE + slot) * ring
+}
+
 impl Reconciler {
     pub fn new() -> Self {
         Self::default()
@@ -176,7 +218,7 @@ impl Reconciler {
             adopted: true,
             ..Self::default()
         };
-        for item in dp.services.iter() {
+        for item in dp.maps().services.iter() {
             let (key, info) = item.map_err(map_err("SERVICES"))?;
             r.services.insert(
                 info.id,
@@ -191,13 +233,18 @@ impl Reconciler {
             }
         }
         for id in 0..lb_common::MAX_BACKENDS {
-            let info = dp.backends.get(&id, 0).map_err(map_err("BACKENDS"))?;
+            let info = dp
+                .maps()
+                .backends
+                .get(&id, 0)
+                .map_err(map_err("BACKENDS"))?;
             if info != BackendInfo::default() {
                 r.backends.insert(id, info);
             }
         }
         for id in 0..lb_common::MAX_BACKENDS {
             let conf = dp
+                .maps()
                 .passive_conf
                 .get(&id, 0)
                 .map_err(map_err("PASSIVE_CONF"))?;
@@ -205,20 +252,20 @@ impl Reconciler {
                 r.passive.insert(id, conf);
             }
         }
-        for item in dp.backend_addrs.iter() {
+        for item in dp.maps().backend_addrs.iter() {
             let (k, v) = item.map_err(map_err("BACKEND_ADDRS"))?;
             r.addrs.insert(k, v);
         }
-        for item in dp.addrs.iter() {
+        for item in dp.maps().addrs.iter() {
             let (k, v) = item.map_err(map_err("ADDRS"))?;
             r.vaddrs.insert(k, v);
         }
-        for item in dp.vlans.iter() {
+        for item in dp.maps().vlans.iter() {
             let (k, v) = item.map_err(map_err("VLANS"))?;
             r.vlans.insert(k, v);
         }
         for i in 0..2 * lb_common::PORT_WORDS {
-            let w = dp.ports.get(&i, 0).map_err(map_err("PORTS"))?;
+            let w = dp.maps().ports.get(&i, 0).map_err(map_err("PORTS"))?;
             if w != 0 {
                 r.ports.insert(i, w);
             }
@@ -228,11 +275,11 @@ impl Reconciler {
 
     pub fn apply(
         &mut self,
-        dp: &mut Dataplane,
+        dp: &mut impl MapWriter,
         desired: &Desired,
     ) -> Result<ApplyReport, ReconcileError> {
         let mut report = ApplyReport::default();
-        let ring = dp.opts.ring_size;
+        let ring = dp.ring_size();
 
         // 0. Port bitmaps: new ports first (a port of a new service or backend must pass the
         // filter before its map entries exist); ports no longer used are cleared at the end.
@@ -250,7 +297,8 @@ impl Reconciler {
         for (w, bits) in &want_ports {
             let have = self.ports.get(w).copied().unwrap_or(0);
             if have | bits != have {
-                dp.ports.set(*w, have | bits, 0).map_err(map_err("PORTS"))?;
+                dp.set_port_word(*w, have | bits)
+                    .map_err(map_err("PORTS"))?;
                 self.ports.insert(*w, have | bits);
             }
         }
@@ -260,7 +308,7 @@ impl Reconciler {
         let want_vaddrs = want_addrs(desired);
         for (k, v) in &want_vaddrs {
             if self.vaddrs.get(k) != Some(v) {
-                dp.addrs.insert(k, v, 0).map_err(map_err("ADDRS"))?;
+                dp.set_addr(k, *v).map_err(map_err("ADDRS"))?;
                 self.vaddrs.insert(*k, *v);
             }
         }
@@ -279,8 +327,7 @@ impl Reconciler {
                 syn_timeout_ns: b.syn_timeout_ns,
             };
             if self.passive.get(id).copied().unwrap_or_default() != conf {
-                dp.passive_conf
-                    .set(*id, conf, 0)
+                dp.set_passive_conf(*id, conf)
                     .map_err(map_err("PASSIVE_CONF"))?;
                 if conf == PassiveConf::default() {
                     self.passive.remove(id);
@@ -302,15 +349,14 @@ impl Reconciler {
             if old != Some(&info) {
                 let stale = nexthop_stale(old, &info);
                 if old.is_none() {
-                    Dataplane::reset_counters(&mut dp.backend_stats, *id);
+                    dp.reset_backend_counters(*id);
                 }
-                dp.backends.set(*id, info, 0).map_err(map_err("BACKENDS"))?;
-                if stale {
-                    dp.nexthops
-                        .set(*id, NextHop::default(), 0)
-                        .map_err(map_err("NEXTHOPS"))?;
-                }
+                dp.set_backend(*id, info).map_err(map_err("BACKENDS"))?;
+                // Recorded at once: should the next write fail, what is undone includes it.
                 self.backends.insert(*id, info);
+                if stale {
+                    dp.reset_nexthop(*id).map_err(map_err("NEXTHOPS"))?;
+                }
                 report.backends_written += 1;
             }
         }
@@ -341,14 +387,17 @@ impl Reconciler {
                 }
             }
             if current.is_none() {
-                Dataplane::reset_counters(&mut dp.service_stats, svc.id);
+                dp.reset_service_counters(svc.id);
             }
-            // Stale entry under another key (the VIP changed): remove it first.
-            if let Some(w) = current.filter(|w| w.key != key) {
-                let _ = dp.services.remove(&w.key);
+            // Stale entry under another key (the VIP changed): remove it first (an entry
+            // already missing is what was wanted), and record that it is gone.
+            if current.is_some_and(|w| w.key != key) {
+                if let Some(w) = self.services.remove(&svc.id) {
+                    let _ = dp.remove_service(&w.key);
+                }
             }
             let slot = live_slot.map_or(0, |s| s ^ 1);
-            let base = dp.table_base(svc.id, slot);
+            let base = table_base(ring, svc.id, slot);
             let unseen = if self.adopted {
                 TableSource::Unknown
             } else {
@@ -364,8 +413,7 @@ impl Reconciler {
             self.tables.insert((svc.id, slot), TableSource::Unknown);
             for (i, (&new, &was)) in table.iter().zip(old.iter()).enumerate() {
                 if new != was {
-                    dp.maglev
-                        .set(base + i as u32, new, 0)
+                    dp.set_maglev(base + i as u32, new)
                         .map_err(map_err("MAGLEV"))?;
                     report.table_entries_written += 1;
                 }
@@ -377,9 +425,7 @@ impl Reconciler {
                 flags,
                 _pad: 0,
             };
-            dp.services
-                .insert(key, info, 0)
-                .map_err(map_err("SERVICES"))?;
+            dp.set_service(&key, info).map_err(map_err("SERVICES"))?;
             self.services
                 .insert(svc.id, WrittenService { key, slot, flags });
             report.tables_swapped += 1;
@@ -388,7 +434,7 @@ impl Reconciler {
 
         // 2b. Backends that lost a flag, now that no live table sends new flows to them.
         for (id, info) in after_tables {
-            dp.backends.set(id, info, 0).map_err(map_err("BACKENDS"))?;
+            dp.set_backend(id, info).map_err(map_err("BACKENDS"))?;
             self.backends.insert(id, info);
             report.backends_written += 1;
         }
@@ -415,8 +461,7 @@ impl Reconciler {
         }
         for (k, v) in &want {
             if self.addrs.get(k) != Some(v) {
-                dp.backend_addrs
-                    .insert(k, v, 0)
+                dp.set_backend_addr(k, *v)
                     .map_err(map_err("BACKEND_ADDRS"))?;
                 self.addrs.insert(*k, *v);
             }
@@ -431,8 +476,9 @@ impl Reconciler {
             .filter(|id| !live.contains(id))
             .collect();
         for id in gone {
-            if let Some(w) = self.services.remove(&id) {
-                dp.services.remove(&w.key).map_err(map_err("SERVICES"))?;
+            if let Some(w) = self.services.get(&id) {
+                dp.remove_service(&w.key).map_err(map_err("SERVICES"))?;
+                self.services.remove(&id);
                 report.services_removed += 1;
             }
         }
@@ -446,8 +492,7 @@ impl Reconciler {
             .copied()
             .collect();
         for k in stale {
-            dp.backend_addrs
-                .remove(&k)
+            dp.remove_backend_addr(&k)
                 .map_err(map_err("BACKEND_ADDRS"))?;
             self.addrs.remove(&k);
         }
@@ -458,14 +503,14 @@ impl Reconciler {
             .copied()
             .collect();
         for k in stale {
-            dp.addrs.remove(&k).map_err(map_err("ADDRS"))?;
+            dp.remove_addr(&k).map_err(map_err("ADDRS"))?;
             self.vaddrs.remove(&k);
         }
         let words: Vec<u32> = self.ports.keys().copied().collect();
         for w in words {
             let want = want_ports.get(&w).copied().unwrap_or(0);
             if self.ports.get(&w).copied().unwrap_or(0) != want {
-                dp.ports.set(w, want, 0).map_err(map_err("PORTS"))?;
+                dp.set_port_word(w, want).map_err(map_err("PORTS"))?;
                 if want == 0 {
                     self.ports.remove(&w);
                 } else {
@@ -480,8 +525,7 @@ impl Reconciler {
             .filter(|id| !desired.backends.contains_key(id))
             .collect();
         for id in gone {
-            dp.backends
-                .set(id, BackendInfo::default(), 0)
+            dp.set_backend(id, BackendInfo::default())
                 .map_err(map_err("BACKENDS"))?;
             self.backends.remove(&id);
             report.backends_removed += 1;
@@ -493,8 +537,7 @@ impl Reconciler {
             .filter(|id| !desired.backends.contains_key(id))
             .collect();
         for id in gone {
-            dp.passive_conf
-                .set(id, PassiveConf::default(), 0)
+            dp.set_passive_conf(id, PassiveConf::default())
                 .map_err(map_err("PASSIVE_CONF"))?;
             self.passive.remove(&id);
         }
@@ -509,8 +552,8 @@ impl Reconciler {
     /// ring when one of three backends fails, instead of up to two thirds against a table two
     /// changes old). Safe at any time: a packet that still reads the idle slot gets the old
     /// entry or the live table's. Returns the entries written.
-    pub fn prepare_idle_slots(&mut self, dp: &mut Dataplane) -> Result<usize, ReconcileError> {
-        let ring = dp.opts.ring_size;
+    pub fn prepare_idle_slots(&mut self, dp: &mut impl MapWriter) -> Result<usize, ReconcileError> {
+        let ring = dp.ring_size();
         let mut written = 0;
         let live: Vec<(u32, u32)> = self.services.iter().map(|(id, w)| (*id, w.slot)).collect();
         for (id, slot) in live {
@@ -532,12 +575,11 @@ impl Reconciler {
             }
             let old = have.table(ring);
             let table = source.table(ring);
-            let base = dp.table_base(id, idle);
+            let base = table_base(ring, id, idle);
             self.tables.insert((id, idle), TableSource::Unknown);
             for (i, (&new, &was)) in table.iter().zip(old.iter()).enumerate() {
                 if new != was {
-                    dp.maglev
-                        .set(base + i as u32, new, 0)
+                    dp.set_maglev(base + i as u32, new)
                         .map_err(map_err("MAGLEV"))?;
                     written += 1;
                 }
@@ -553,13 +595,38 @@ impl Reconciler {
         Ok(written)
     }
 
+    /// Delete the connection-tracking entries a conntrack sweep found naming a backend id
+    /// that was free when it read them (`found`: key and that id). The sweep runs on its own
+    /// thread, so each is decided again here, on the owner loop: an id written since (a
+    /// backend added while the sweep ran) keeps its entries, and so does an entry that names
+    /// another backend by now. Returns how many entries were deleted.
+    pub fn remove_stale_flows(
+        &mut self,
+        dp: &mut impl MapWriter,
+        found: &[(FlowKey, u32)],
+    ) -> Result<usize, ReconcileError> {
+        let mut removed = 0;
+        for (key, id) in found {
+            if self.backends.contains_key(id) || dp.flow_backend(key) != Some(*id) {
+                continue;
+            }
+            dp.remove_flow(key).map_err(map_err("CONNTRACK"))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Write what the link watcher saw: `VLANS` made equal to `links.vlans` (new and changed
     /// entries first, then the removal of those gone), and `TX_PORTS` to `links.tx_ports`
     /// when that set changed.
-    pub fn apply_links(&mut self, dp: &mut Dataplane, links: &Links) -> Result<(), ReconcileError> {
+    pub fn apply_links(
+        &mut self,
+        dp: &mut impl MapWriter,
+        links: &Links,
+    ) -> Result<(), ReconcileError> {
         for (ifindex, v) in &links.vlans {
             if self.vlans.get(ifindex) != Some(v) {
-                dp.vlans.insert(ifindex, v, 0).map_err(map_err("VLANS"))?;
+                dp.set_vlan(*ifindex, *v).map_err(map_err("VLANS"))?;
                 self.vlans.insert(*ifindex, *v);
                 if links.tx_ports.contains(&v.parent_ifindex) {
                     info!(
@@ -587,7 +654,7 @@ impl Reconciler {
             .collect();
         for ifindex in gone {
             // An entry already missing is what was wanted: not an error.
-            let _ = dp.vlans.remove(&ifindex);
+            let _ = dp.remove_vlan(ifindex);
             self.vlans.remove(&ifindex);
             info!(ifindex, "VLAN device gone");
         }
@@ -597,14 +664,14 @@ impl Reconciler {
     /// Make `TX_PORTS` hold exactly `ifindexes` (written only when the set changes).
     pub fn set_tx_ports(
         &mut self,
-        dp: &mut Dataplane,
+        dp: &mut impl MapWriter,
         ifindexes: &[u32],
     ) -> Result<(), ReconcileError> {
         let mut ports = ifindexes.to_vec();
         ports.sort_unstable();
         ports.dedup();
         if self.tx_ports.as_ref() != Some(&ports) {
-            dp.set_tx_ports(&ports)?;
+            dp.set_tx_ports(&ports).map_err(map_err("TX_PORTS"))?;
             info!(ifindexes = ?ports, "TX_PORTS set");
             self.tx_ports = Some(ports);
         }

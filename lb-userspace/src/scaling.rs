@@ -221,6 +221,7 @@ fn utc_whole_seconds(t: SystemTime) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(i64::try_from(d.as_secs()).ok()?, 0)
 }
 
+#[derive(Clone)]
 struct ScheduleState {
     cfg: ScheduleConfig,
     /// `Err`: logged once when parsed, then ignored.
@@ -257,6 +258,7 @@ impl ScheduleState {
 // ---------------------------------------------------------------------------------------------
 
 /// A step policy's hold timers.
+#[derive(Clone)]
 struct PolicyState {
     cfg: PolicyConfig,
     /// Since when the value has been above `scale_out.threshold`, continuously.
@@ -325,6 +327,7 @@ enum Vote {
 ///   `cooldown` has passed; same for scale-in. Manual and scheduled changes ignore the
 ///   cooldown but start the clock of their direction.
 /// - **Schedules** fire once per occurrence (see [`Scaler::evaluate`]).
+#[derive(Clone)]
 pub struct Scaler {
     desired: u32,
     min: u32,

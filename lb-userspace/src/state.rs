@@ -132,7 +132,7 @@ pub struct Desired {
 }
 
 /// Allocates small integer ids and remembers them by key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ids<K> {
     by_key: HashMap<K, u32>,
     free: VecDeque<u32>,
@@ -203,8 +203,16 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
 pub enum StateError {
     #[error("too many services (the maps hold {0})")]
     TooManyServices(u32),
-    #[error("too many backends (the maps hold {MAX_BACKENDS})")]
+    #[error(
+        "too many backends (the maps hold {MAX_BACKENDS} backend ids: one per member and port)"
+    )]
     TooManyBackends,
+    #[error(
+        "too many backend addresses with port and protocol ({0}; BACKEND_ADDRS holds {MAX_BACKENDS})"
+    )]
+    TooManyBackendAddrs(usize),
+    #[error("too many VIPs and backend addresses ({0}; ADDRS holds {max})", max = lb_common::MAX_ADDRS)]
+    TooManyAddrs(usize),
 }
 
 /// A backend leaving its group.
@@ -216,7 +224,7 @@ pub struct Drain {
 }
 
 /// One backend of a target group.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Member {
     /// Unique for the life of the daemon; the health checker's token.
     pub uid: u64,
@@ -347,7 +355,7 @@ impl Member {
 }
 
 /// A target group's current backends.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Group {
     /// The group as the config last set it.
     pub cfg: TargetGroupConfig,
@@ -359,7 +367,7 @@ pub struct Group {
 }
 
 /// A target group's auto scaling: the policy engine and the hooks in flight.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GroupScaling {
     pub scaler: Scaler,
     /// Backends the running scale-out hook was asked for.
@@ -556,6 +564,7 @@ pub struct Transition {
 pub type CheckToken = (String, u64);
 
 /// The one owner of desired state.
+#[derive(Clone)]
 pub struct State {
     pub config: Config,
     pub groups: BTreeMap<String, Group>,
@@ -645,10 +654,59 @@ impl State {
             .filter(move |s| s.target_group == group)
     }
 
-    /// Compute what the data path should hold now.
+    /// The backend key of member `m` of `group` behind a service on `svc_port`: a member
+    /// without a port, in a group without one, takes the port of each service (one backend
+    /// id per port).
+    fn backend_key(group: &Group, m: &Member, svc_port: u16) -> BackendKey {
+        BackendKey {
+            group: group.cfg.name.clone(),
+            addr: m.addr,
+            port: m.port.or(group.cfg.port).unwrap_or(svc_port),
+        }
+    }
+
+    /// Whether what the state holds fits the maps: backend ids (one per member and port of
+    /// the groups behind a service), `BACKEND_ADDRS` (one entry per backend address, port
+    /// and protocol), `ADDRS` (every VIP and backend address). Returns the backend keys
+    /// wanted. The one count of capacities: `desired`, `add_backend` and `xlb check` use it.
+    pub fn check_capacity(&self) -> Result<HashSet<BackendKey>, StateError> {
+        let mut keys: HashSet<BackendKey> = HashSet::new();
+        let mut reply_keys: HashSet<(IpAddr, u16, u8)> = HashSet::new();
+        let mut addrs: HashSet<IpAddr> = HashSet::new();
+        for svc in &self.config.services {
+            addrs.insert(svc.vip);
+            if let Some(group) = self.groups.get(&svc.target_group) {
+                for m in &group.members {
+                    let k = Self::backend_key(group, m, svc.port);
+                    reply_keys.insert((k.addr, k.port, svc.protocol.number()));
+                    addrs.insert(k.addr);
+                    keys.insert(k);
+                }
+            }
+        }
+        if keys.len() > MAX_BACKENDS as usize {
+            return Err(StateError::TooManyBackends);
+        }
+        if reply_keys.len() > MAX_BACKENDS as usize {
+            return Err(StateError::TooManyBackendAddrs(reply_keys.len()));
+        }
+        if addrs.len() > lb_common::MAX_ADDRS as usize {
+            return Err(StateError::TooManyAddrs(addrs.len()));
+        }
+        Ok(keys)
+    }
+
+    /// Compute what the data path should hold now, checked against the maps' capacities
+    /// (service ids, backend ids, `BACKEND_ADDRS`, `ADDRS`). Ids of services and backends no
+    /// longer wanted are freed before new ones are taken, so a change that replaces backends
+    /// fits as long as the result does.
     pub fn desired(&mut self) -> Result<Desired, StateError> {
+        let keys = self.check_capacity()?;
         let mut out = Desired::default();
         let services = self.config.services.clone();
+        let names: HashSet<&String> = services.iter().map(|s| &s.name).collect();
+        self.service_ids.retain(|n| names.contains(n));
+        self.backend_ids.retain(|k| keys.contains(k));
         for svc in &services {
             let id = self
                 .service_ids
@@ -658,11 +716,7 @@ impl State {
             if let Some(group) = self.groups.get(&svc.target_group) {
                 let eligible = group.eligible();
                 for m in &group.members {
-                    let key = BackendKey {
-                        group: group.cfg.name.clone(),
-                        addr: m.addr,
-                        port: m.port.or(group.cfg.port).unwrap_or(svc.port),
-                    };
+                    let key = Self::backend_key(group, m, svc.port);
                     let bid = self
                         .backend_ids
                         .get(&key)
@@ -718,10 +772,6 @@ impl State {
                 }
             }
         }
-        let names: HashSet<&String> = self.config.services.iter().map(|s| &s.name).collect();
-        self.service_ids.retain(|n| names.contains(n));
-        let keys: HashSet<BackendKey> = out.backends.values().map(|b| b.key.clone()).collect();
-        self.backend_ids.retain(|k| keys.contains(k));
         Ok(out)
     }
 
@@ -981,7 +1031,16 @@ impl State {
         let now = Instant::now();
         let uid = self.uid();
         let g = self.group_mut(group)?;
-        if let Ok(i) = g.find(addr, port) {
+        // Every member the address names, not only a unique one: `find` refuses an address
+        // that names several, and skipping the checks then let an exact duplicate in.
+        let named: Vec<usize> = (0..g.members.len())
+            .filter(|&i| g.members[i].matches(addr, port, g.cfg.port))
+            .collect();
+        let taken_back = named
+            .iter()
+            .copied()
+            .find(|&i| g.members[i].drain.is_some() && g.members[i].port == port);
+        for i in taken_back.into_iter().chain(named.iter().copied()) {
             let m = &mut g.members[i];
             if m.drain.is_some() && m.port == port {
                 m.drain = None;
@@ -1019,12 +1078,39 @@ impl State {
         let shown = m.display();
         let checked = g.cfg.health_check.is_some();
         g.members.push(m);
+        if let Err(e) = self.check_capacity() {
+            if let Some(g) = self.groups.get_mut(group) {
+                g.members.pop();
+            }
+            return Err(ApiError::Conflict(format!(
+                "{group}: {shown} does not fit: {e}"
+            )));
+        }
+        let g = self.group_mut(group)?;
         g.runtime_changed = true;
         Ok(if checked {
             format!("{group}: {shown} added; it receives traffic once it passes its health checks")
         } else {
             format!("{group}: {shown} added")
         })
+    }
+
+    /// Add a member without the checks of [`State::add_backend`] (tests of capacities).
+    #[cfg(test)]
+    pub fn add_backend_unchecked(&mut self, group: &str, addr: IpAddr) {
+        let now = Instant::now();
+        let uid = self.uid();
+        let g = self.groups.get_mut(group).expect("a group of the config");
+        let health = initial_health(&g.cfg, now);
+        g.members.push(Member::new(
+            uid,
+            addr,
+            None,
+            1,
+            BackendSource::Api,
+            health,
+            now,
+        ));
     }
 
     pub fn remove_backend(&mut self, group: &str, address: &str) -> Result<String, ApiError> {
@@ -2073,6 +2159,30 @@ unhealthy_threshold = 2
         s.drain_backend("g", "198.18.2.11", "test").unwrap();
         let later = Instant::now() + Duration::from_secs(11);
         assert_eq!(s.finish_drains(later).len(), 1);
+    }
+
+    /// Found by `cargo xtask fuzz` (api_body): when an address named several members, the
+    /// duplicate checks were skipped and the same ADDR:PORT could be added twice.
+    #[test]
+    fn add_backend_refuses_a_duplicate_when_the_address_names_several() {
+        let text = CFG.replace("port = 8080\n", "");
+        let mut s = state(&text);
+        s.add_backend("g", "198.18.2.30", None, BackendSource::Api)
+            .unwrap();
+        s.add_backend("g", "198.18.2.30:9001", None, BackendSource::Api)
+            .unwrap();
+        assert!(matches!(
+            s.add_backend("g", "198.18.2.30:9001", Some(2), BackendSource::Api),
+            Err(ApiError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.add_backend("g", "198.18.2.30", None, BackendSource::Api),
+            Err(ApiError::Conflict(_))
+        ));
+        assert_eq!(s.groups["g"].members.len(), 5);
+        s.add_backend("g", "198.18.2.30:9002", None, BackendSource::Api)
+            .unwrap();
+        assert_eq!(s.groups["g"].members.len(), 6);
     }
 
     #[test]

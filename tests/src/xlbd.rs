@@ -35,6 +35,15 @@ pub struct Xlbd {
     pub run_dir: PathBuf,
     lb_ns: String,
     child: Option<ChildGuard>,
+    launch: Launch,
+}
+
+/// How `xlb run` is started beyond the defaults: a wrapper command it runs under (e.g.
+/// `setpriv --bounding-set=...`) and extra environment variables.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    pub wrapper: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Xlbd {
@@ -48,6 +57,11 @@ impl Xlbd {
     /// Write `config` (whose `[daemon]` table must include [`Xlbd::daemon_paths`]) and start
     /// xlb on it.
     pub fn start(lab: &Lab, name: &str, config: &str) -> Result<Xlbd> {
+        Self::start_with(lab, name, config, Launch::default())
+    }
+
+    /// [`Xlbd::start`] under `launch`'s wrapper and with its environment.
+    pub fn start_with(lab: &Lab, name: &str, config: &str, launch: Launch) -> Result<Xlbd> {
         let run_dir = PathBuf::from(format!("/run/{name}"));
         std::fs::create_dir_all(&run_dir)?;
         let cfg = run_dir.join("xlb.toml");
@@ -61,6 +75,7 @@ impl Xlbd {
             run_dir,
             lb_ns: lab.lb_ns().name().to_string(),
             child: None,
+            launch,
         };
         x.spawn()?;
         Ok(x)
@@ -76,11 +91,13 @@ impl Xlbd {
             .open(&self.log)?;
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.lb_ns))
+            .args(&self.launch.wrapper)
             .arg(&self.bin)
             .arg("run")
             .arg("--config")
             .arg(&self.config)
             .env("XLB_LOG", "info,xlb=debug")
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -111,6 +128,21 @@ impl Xlbd {
         self.child.as_mut().is_some_and(|c| c.is_running())
     }
 
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Send `sig` to the daemon.
+    pub fn signal(&mut self, sig: Signal) -> Result<()> {
+        self.child.as_mut().context("not running")?.signal(sig)
+    }
+
+    /// Stop the daemon (SIGTERM, then SIGKILL after the grace time); its exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        self.child.take().context("not running")?.stop()
+    }
+
     /// `kill -9` the daemon: nothing of it runs any more, its pins stay.
     pub fn kill9(&mut self) -> Result<()> {
         let mut child = self.child.take().context("not running")?;
@@ -129,7 +161,7 @@ impl Xlbd {
         self.spawn()
     }
 
-    /// Run `xlb --socket S ARGS...`.
+    /// Run `xlb ARGS... --socket S` (ARGS a client command).
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
         let out = Command::new(&self.bin)
             .args(args)

@@ -623,7 +623,7 @@ fn fin_and_rst_mark_the_flow_closing() {
         family: lb_common::AF_INET,
         _pad: [0; 2],
     };
-    let flags = |sport| fx.dp.conntrack.get(&key(sport), 0).unwrap().flags;
+    let flags = |sport| fx.dp.maps().conntrack.get(&key(sport), 0).unwrap().flags;
     let tcp = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, fin: bool, rst: bool| {
         let mut f = Vec::new();
         let (smac, dmac) = if src == CLIENT4 {
@@ -708,6 +708,7 @@ fn reverse_entries_only_for_shared_backend_addresses() {
     let fx = Fixture::new();
     let reverse_from = |addr: [u8; 4], port: u16| {
         fx.dp
+            .maps()
             .reverse
             .keys()
             .filter_map(Result::ok)
@@ -1056,14 +1057,14 @@ fn passive_health_counters() {
     // Redispatch: the backend marked down (no new flows) with `redispatch`: its refusal of a
     // handshake is withheld; once redispatch is off, refusals pass again.
     assert_eq!(fx.run(&syn(47004), ci).0, XDP_REDIRECT);
-    let mut info = fx.dp.backends.get(&web, 0).unwrap();
+    let mut info = fx.dp.maps().backends.get(&web, 0).unwrap();
     info.flags = (info.flags & !lb_common::BE_F_ACTIVE) | lb_common::BE_F_REDISPATCH;
-    fx.dp.backends.set(web, info, 0).unwrap();
+    fx.dp.forge_maps().backends.set(web, info, 0).unwrap();
     assert_eq!(fx.run(&from_b1(47004, false, true, true), bi).0, XDP_DROP);
     let p = fx.dp.passive_counters(web);
     assert_eq!((p.refused, p.redispatched), (2, 1), "{p:?}");
     info.flags &= !lb_common::BE_F_REDISPATCH;
-    fx.dp.backends.set(web, info, 0).unwrap();
+    fx.dp.forge_maps().backends.set(web, info, 0).unwrap();
     assert_eq!(
         fx.run(&syn(47005), ci).0,
         XDP_DROP,

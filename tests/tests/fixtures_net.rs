@@ -1074,7 +1074,7 @@ fn fragments_both_ways() {
         (B62, lb_common::ADDR_F_BACKEND, "backend 2001:db8:2::12"),
     ] {
         let key = addr_key(a);
-        let got = r.fx.dp.addrs.get(&key, 0).unwrap_or(0);
+        let got = r.fx.dp.maps().addrs.get(&key, 0).unwrap_or(0);
         r.expect(
             "frag: ADDRS filled by the daemon",
             got & flag != 0,
@@ -2211,13 +2211,14 @@ fn stray_replies() {
     r.fx.delete_flow(&flow_key(C4, VIP, s2, 80, PROTO_TCP));
     let rev: Vec<_> =
         r.fx.dp
+            .maps()
             .reverse
             .keys()
             .filter_map(Result::ok)
             .filter(|k| k.sport == s2.to_be_bytes() || k.dport == s2.to_be_bytes())
             .collect();
     for k in rev {
-        let _ = r.fx.dp.reverse.remove(&k);
+        let _ = r.fx.dp.forge_maps().reverse.remove(&k);
     }
     r.case(
         "stray: v4 tcp reply from the shared address after its entries were deleted: dropped",

@@ -12,7 +12,7 @@ use lb_common::{AddrKey, NextHop, VlanInfo, ADDR_F_BACKEND, ADDR_F_VIP};
 use xlb::{model::BackendSource, reconcile::Links};
 
 fn addrs(fx: &Fixture) -> HashMap<AddrKey, u32> {
-    fx.dp.addrs.iter().map(|r| r.unwrap()).collect()
+    fx.dp.maps().addrs.iter().map(|r| r.unwrap()).collect()
 }
 
 fn key(ip: &str) -> AddrKey {
@@ -98,10 +98,14 @@ fn nexthop_cache_is_reset_for_new_backend_ids_only() {
     let mut fx = Fixture::new();
     // An established backend's cache survives a weight change.
     let id = backend_id(&mut fx, "multi", "198.18.2.13");
-    fx.dp.nexthops.set(id, junk_nexthop(), 0).unwrap();
+    fx.dp
+        .forge_maps()
+        .nexthops
+        .set(id, junk_nexthop(), 0)
+        .unwrap();
     fx.state.set_weight("multi", "198.18.2.13", 5).unwrap();
     fx.apply();
-    assert_eq!(fx.dp.nexthops.get(&id, 0).unwrap(), junk_nexthop());
+    assert_eq!(fx.dp.maps().nexthops.get(&id, 0).unwrap(), junk_nexthop());
 
     // The slot the next backend will take holds a stale cache (as after an earlier use of
     // the id): writing the backend clears it.
@@ -115,7 +119,11 @@ fn nexthop_cache_is_reset_for_new_backend_ids_only() {
         .collect();
     for candidate in 0..=ids.iter().max().unwrap() + 1 {
         if !ids.contains(&candidate) {
-            fx.dp.nexthops.set(candidate, junk_nexthop(), 0).unwrap();
+            fx.dp
+                .forge_maps()
+                .nexthops
+                .set(candidate, junk_nexthop(), 0)
+                .unwrap();
         }
     }
     fx.state
@@ -125,11 +133,11 @@ fn nexthop_cache_is_reset_for_new_backend_ids_only() {
     let new = backend_id(&mut fx, "web", "198.18.2.14");
     assert!(!ids.contains(&new));
     assert_eq!(
-        fx.dp.nexthops.get(&new, 0).unwrap(),
+        fx.dp.maps().nexthops.get(&new, 0).unwrap(),
         NextHop::default(),
         "the new backend's next hop is looked up afresh"
     );
-    assert_eq!(fx.dp.nexthops.get(&id, 0).unwrap(), junk_nexthop());
+    assert_eq!(fx.dp.maps().nexthops.get(&id, 0).unwrap(), junk_nexthop());
 }
 
 #[test]
@@ -149,13 +157,14 @@ fn vlans_and_tx_ports_follow_the_links() {
             .into_iter()
             .collect(),
         tx_ports: vec![bi, ci],
+        ..Default::default()
     };
     fx.ns
         .enter(|| fx.reconciler.apply_links(&mut fx.dp, &links))
         .unwrap();
-    let vlans: BTreeMap<u32, VlanInfo> = fx.dp.vlans.iter().map(|r| r.unwrap()).collect();
+    let vlans: BTreeMap<u32, VlanInfo> = fx.dp.maps().vlans.iter().map(|r| r.unwrap()).collect();
     assert_eq!(vlans, links.vlans);
-    let mut ports: Vec<u32> = fx.dp.tx_ports.keys().map(|k| k.unwrap()).collect();
+    let mut ports: Vec<u32> = fx.dp.maps().tx_ports.keys().map(|k| k.unwrap()).collect();
     ports.sort();
     let mut want = vec![ci, bi];
     want.sort();
@@ -165,12 +174,13 @@ fn vlans_and_tx_ports_follow_the_links() {
     let links = Links {
         vlans: [(1001, v(bi, 201))].into_iter().collect(),
         tx_ports: vec![ci],
+        ..Default::default()
     };
     fx.ns
         .enter(|| fx.reconciler.apply_links(&mut fx.dp, &links))
         .unwrap();
-    let vlans: BTreeMap<u32, VlanInfo> = fx.dp.vlans.iter().map(|r| r.unwrap()).collect();
+    let vlans: BTreeMap<u32, VlanInfo> = fx.dp.maps().vlans.iter().map(|r| r.unwrap()).collect();
     assert_eq!(vlans, links.vlans);
-    let ports: Vec<u32> = fx.dp.tx_ports.keys().map(|k| k.unwrap()).collect();
+    let ports: Vec<u32> = fx.dp.maps().tx_ports.keys().map(|k| k.unwrap()).collect();
     assert_eq!(ports, vec![ci]);
 }

@@ -49,20 +49,26 @@ struct FxWorld<'a> {
 impl<'a> FxWorld<'a> {
     /// Snapshot of what does not change during a run (the daemon writes nothing meanwhile).
     fn new(fx: &'a Fixture, direct: HashSet<DirectKey>, tx_ports: Vec<u32>) -> Self {
-        let services: HashMap<_, _> = fx.dp.services.iter().map(|r| r.unwrap()).collect();
+        let services: HashMap<_, _> = fx.dp.maps().services.iter().map(|r| r.unwrap()).collect();
         let ring = fx.dp.opts.ring_size;
         let mut tables = HashMap::new();
         for info in services.values() {
             let base = fx.dp.table_base(info.id, info.slot);
             let t = (0..ring)
-                .map(|i| fx.dp.maglev.get(&(base + i), 0).unwrap())
+                .map(|i| fx.dp.maps().maglev.get(&(base + i), 0).unwrap())
                 .collect();
             tables.insert((info.id, info.slot), t);
         }
         let backends = (0..MAX_BACKENDS)
-            .map(|i| fx.dp.backends.get(&i, 0).unwrap())
+            .map(|i| fx.dp.maps().backends.get(&i, 0).unwrap())
             .collect();
-        let backend_addrs: HashMap<_, _> = fx.dp.backend_addrs.iter().map(|r| r.unwrap()).collect();
+        let backend_addrs: HashMap<_, _> = fx
+            .dp
+            .maps()
+            .backend_addrs
+            .iter()
+            .map(|r| r.unwrap())
+            .collect();
         let vips = services.keys().map(|k| (k.addr, k.family)).collect();
         let backend_ips = backend_addrs.keys().map(|k| (k.addr, k.family)).collect();
         FxWorld {
@@ -82,15 +88,10 @@ impl<'a> FxWorld<'a> {
     /// `FRAGS` keys the README does not fix the encoding of the id in: try the id as it is
     /// on the wire and as a number.
     fn frag_keys(src: &[u8; 16], dst: &[u8; 16], proto: u8, family: u8, id: u32) -> Vec<FragKey> {
-        let mut ids = vec![id];
-        if family == AF_INET {
-            let w = (id as u16).to_be_bytes();
-            ids.push(u32::from_ne_bytes([w[0], w[1], 0, 0]));
-            ids.push(u16::from_ne_bytes(w) as u32);
-        } else {
-            ids.push(u32::from_ne_bytes(id.to_be_bytes()));
-        }
-        ids.into_iter()
+        // `FragKey::id` is the IPv4 id / IPv6 identification as a number (lb-common): one
+        // encoding, so no other datagram's entry can be taken for this one's.
+        let _ = family;
+        [id].into_iter()
             .map(|id| FragKey {
                 src: *src,
                 dst: *dst,
@@ -124,10 +125,10 @@ impl World for FxWorld<'_> {
         self.backends.get(id as usize).copied().unwrap_or_default()
     }
     fn conntrack(&self, k: &FlowKey) -> Option<CtValue> {
-        self.fx.dp.conntrack.get(k, 0).ok()
+        self.fx.dp.maps().conntrack.get(k, 0).ok()
     }
     fn reverse(&self, k: &FlowKey) -> Option<RevValue> {
-        self.fx.dp.reverse.get(k, 0).ok()
+        self.fx.dp.maps().reverse.get(k, 0).ok()
     }
     fn backend_addr(&self, k: &BackendAddr) -> Option<BackendAddrValue> {
         self.backend_addrs.get(k).copied()
@@ -145,7 +146,7 @@ impl World for FxWorld<'_> {
             .iter()
             .enumerate()
             .filter(|(i, _)| lock == usize::MAX || *i == lock)
-            .find_map(|(_, k)| self.fx.dp.frags.get(k, 0).ok())
+            .find_map(|(_, k)| self.fx.dp.maps().frags.get(k, 0).ok())
     }
     fn now_ns(&self) -> u64 {
         now_ns()
@@ -294,6 +295,7 @@ fn counters(fx: &Fixture) -> Vec<u64> {
     (0..global::COUNT)
         .map(|i| {
             fx.dp
+                .maps()
                 .global_stats
                 .get(&i, 0)
                 .map(|v| v.iter().sum())
@@ -476,7 +478,7 @@ fn post_checks(e: &Expect, world: &FxWorld) -> Option<(String, String)> {
             let hits: Vec<usize> = FxWorld::frag_keys(&r.src, &r.dst, r.proto, r.family, r.id)
                 .iter()
                 .enumerate()
-                .filter(|(_, k)| world.fx.dp.frags.get(k, 0).is_ok())
+                .filter(|(_, k)| world.fx.dp.maps().frags.get(k, 0).is_ok())
                 .map(|(i, _)| i)
                 .collect();
             if let [one] = hits[..] {

@@ -1161,3 +1161,117 @@ fn daemon_keeps_tx_ports_and_addrs() {
         .unwrap_or_else(|e| panic!("{e:#}\nTX_PORTS now {:?}", tx_ports()));
     assert_eq!(got, want);
 }
+
+/// Delete the lb's client-side veth (its peer, the client's eth0, goes with it) and create
+/// the pair again as the lab does: new ifindexes on both ends.
+fn recreate_client_link(lab: &Lab) {
+    let (lb, client) = (lab.lb_ns(), lab.client_ns());
+    ip(lb, &format!("link del {LB_CLIENT_IFACE}"));
+    ip(
+        lb,
+        &format!(
+            "link add {LB_CLIENT_IFACE} type veth peer name {CLIENT_IFACE} netns {}",
+            client.name()
+        ),
+    );
+    ip(
+        client,
+        &format!("addr add {CLIENT_V4}/24 dev {CLIENT_IFACE}"),
+    );
+    ip(
+        client,
+        &format!("addr add {CLIENT_V6}/64 dev {CLIENT_IFACE} nodad"),
+    );
+    ip(client, &format!("link set {CLIENT_IFACE} up"));
+    ip(client, &format!("route add default via {LB_CLIENT_V4}"));
+    ip(client, &format!("-6 route add default via {LB_CLIENT_V6}"));
+    // NAPI on the receiving end of XDP redirects, and full checksums from the sender (see
+    // the lab).
+    client
+        .exec(["ethtool", "-K", CLIENT_IFACE, "gro", "on", "tx", "off"])
+        .expect("ethtool");
+    ip(
+        lb,
+        &format!("addr add {LB_CLIENT_V4}/24 dev {LB_CLIENT_IFACE}"),
+    );
+    ip(
+        lb,
+        &format!("addr add {LB_CLIENT_V6}/64 dev {LB_CLIENT_IFACE} nodad"),
+    );
+    lb.sysctl(&format!("net.ipv4.conf.{LB_CLIENT_IFACE}.rp_filter"), "0")
+        .expect("sysctl");
+    ip(lb, &format!("link set {LB_CLIENT_IFACE} up"));
+}
+
+/// An echo through the VIP that xlb balanced (its `replies` counter grows: the lab's kernel
+/// could route the VIP to a backend by itself), retried for up to 10 s while links and XDP
+/// settle.
+fn echo_through_xlb(r: &Running, tag: &'static str) -> Result<()> {
+    // Both ways through xlb: requests forwarded, replies rewritten.
+    let replies = || {
+        let c = r.counters();
+        c.get("replies").copied().unwrap_or(0) + c.get("forwarded").copied().unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = replies();
+        let e = match r.lab.client_ns().enter(|| udp_echo(v4(ECHO), 200, tag)) {
+            Ok(()) if replies() >= before + 2 => return Ok(()),
+            Ok(()) => anyhow::anyhow!("the echo came back, but not through xlb"),
+            Err(e) => e,
+        };
+        if std::time::Instant::now() > deadline {
+            return Err(e.context(format!("{tag}: no echo through xlb within 10 s")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Interfaces come and go: an attached interface deleted and created again (a new ifindex)
+/// gets XDP attached again by the running daemon (no restart), and a daemon that starts
+/// while its pinned link belongs to a deleted interface attaches afresh instead of failing.
+#[test]
+fn daemon_reattaches_xdp_to_a_recreated_interface() {
+    if skip() {
+        return;
+    }
+    let name = "xlbt-reattach";
+    let mut r = Running::start(Lab::new(name, 2).expect("lab"), name).expect("xlb");
+    echo_through_xlb(&r, "before").expect("echo before");
+
+    // While xlb runs.
+    recreate_client_link(&r.lab);
+    echo_through_xlb(&r, "recreated").unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\ncounters {:?}\nxlb log:\n{}",
+            r.counters(),
+            r.xlb.log_text()
+        )
+    });
+    assert!(
+        r.xlb.log_text().contains("XDP attached again"),
+        "the daemon says what it did:\n{}",
+        r.xlb.log_text()
+    );
+    assert!(r.xlb.is_running());
+
+    // Down and up again: still through xlb.
+    ip(r.lab.lb_ns(), &format!("link set {LB_CLIENT_IFACE} down"));
+    ip(r.lab.lb_ns(), &format!("link set {LB_CLIENT_IFACE} up"));
+    echo_through_xlb(&r, "up again")
+        .unwrap_or_else(|e| panic!("{e:#}\nxlb log:\n{}", r.xlb.log_text()));
+
+    // While no xlb runs: its pinned link now belongs to a deleted interface.
+    r.xlb.kill9().expect("kill -9");
+    recreate_client_link(&r.lab);
+    r.xlb
+        .restart()
+        .unwrap_or_else(|e| panic!("xlb starts: {e:#}\n{}", r.xlb.log_text()));
+    echo_through_xlb(&r, "restarted")
+        .unwrap_or_else(|e| panic!("{e:#}\nxlb log:\n{}", r.xlb.log_text()));
+    assert!(
+        r.xlb.log_text().contains("cannot be taken over"),
+        "the stale link was replaced:\n{}",
+        r.xlb.log_text()
+    );
+}

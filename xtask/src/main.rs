@@ -1,7 +1,8 @@
-//! `cargo xtask setup | build | test | demo | bench`: the project's developer tasks.
+//! `cargo xtask setup | build | test | fuzz | demo | bench`: the project's developer tasks.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::ffi::OsStr;
@@ -22,16 +23,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need, where missing: nightly rust-src, bpf-linker,
-    /// Debian packages (iproute2, ethtool, nftables, iputils-ping, procps).
+    /// cargo-fuzz, Debian packages (iproute2, ethtool, nftables, iputils-ping, procps).
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by lb-userspace's build.rs).
     Build {
+        /// Optimised build (with line tables for profiling)
         #[arg(long)]
         release: bool,
+        /// The binary to ship: only `xlb`, optimised, without debug info (profile `dist`,
+        /// target/dist/xlb)
+        #[arg(long, conflicts_with = "release")]
+        dist: bool,
     },
     /// Setup, build, then run every test: unit tests in parallel, integration tests (network
-    /// namespaces, XDP) one at a time. Needs root.
+    /// namespaces, XDP) one at a time, and a short run of every fuzz target. Needs root.
     Test,
+    /// Fuzz the parsers of outside input (config, health check responses, API bodies) with
+    /// cargo-fuzz, 10 million executions each unless told otherwise, then run the data path's
+    /// model check with 1,000,000 frames (root).
+    Fuzz(fuzz::Args),
     /// Run xlb in a lab of network namespaces (1 client, 3 backends) and show live how the
     /// client's requests spread over the backends. Needs root.
     Demo(demo::Args),
@@ -44,11 +54,16 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::setup(),
-        Cmd::Build { release } => {
+        Cmd::Build { release, dist } => {
             setup::setup()?;
-            build(release)
+            if dist {
+                build_dist()
+            } else {
+                build(release)
+            }
         }
         Cmd::Test => test(),
+        Cmd::Fuzz(args) => fuzz::fuzz(args),
         Cmd::Demo(args) => demo::demo(args),
         Cmd::Bench(args) => bench::bench(args),
     }
@@ -109,6 +124,27 @@ fn build(release: bool) -> Result<()> {
         c.arg("--release");
     }
     run(&mut c)
+}
+
+/// `xlb` in the `dist` profile; prints where it is and its size.
+fn build_dist() -> Result<()> {
+    run(&mut cargo([
+        "build",
+        "--profile",
+        "dist",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "xlb",
+    ]))?;
+    let bin = root().join("target/dist/xlb");
+    let size = std::fs::metadata(&bin)?.len();
+    println!(
+        "{}: {:.1} MB ({size} bytes)",
+        bin.display(),
+        size as f64 / 1e6
+    );
+    Ok(())
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -178,6 +214,11 @@ fn test() -> Result<()> {
         }
     }
     cleanup_test_namespaces()?;
+    eprintln!("=== fuzz targets (short run)");
+    if let Err(e) = fuzz::short() {
+        eprintln!("{e:#}");
+        failed.push("fuzz targets");
+    }
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
     }

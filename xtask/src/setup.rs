@@ -9,12 +9,16 @@ use crate::run;
 /// The bpf-linker version the eBPF build is pinned to.
 const BPF_LINKER: &str = "0.10.4";
 
+/// The cargo-fuzz version `cargo xtask fuzz` uses.
+const CARGO_FUZZ: &str = "0.13.2";
+
 /// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`.
 const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "nftables", "iputils-ping", "procps"];
 
 pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_packages()
 }
 
@@ -79,6 +83,25 @@ fn bpf_linker() -> Result<()> {
     run(Command::new("cargo").args([
         "install",
         &format!("bpf-linker@{BPF_LINKER}"),
+        "--locked",
+        "--force",
+    ]))
+    .with_context(|| item.clone())?;
+    println!("{item}: installed");
+    Ok(())
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let item = format!("cargo-fuzz {CARGO_FUZZ}");
+    let present = output("cargo", &["fuzz", "--version"])
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ));
+    if present {
+        println!("{item}: already present");
+        return Ok(());
+    }
+    run(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ}"),
         "--locked",
         "--force",
     ]))

@@ -294,6 +294,7 @@ impl Fixture {
     /// `parent` tagged `vlan_id`.
     pub fn set_vlan(&mut self, ifindex: u32, parent: u32, vlan_id: u16) {
         self.dp
+            .forge_maps()
             .vlans
             .insert(
                 ifindex,
@@ -315,12 +316,16 @@ impl Fixture {
 
     /// Whether CONNTRACK holds the client flow `key`.
     pub fn has_flow(&self, key: &lb_common::FlowKey) -> bool {
-        self.dp.conntrack.get(key, 0).is_ok()
+        self.dp.maps().conntrack.get(key, 0).is_ok()
     }
 
     /// Delete a client flow from CONNTRACK (as an eviction or a sweep would).
     pub fn delete_flow(&mut self, key: &lb_common::FlowKey) {
-        self.dp.conntrack.remove(key).expect("CONNTRACK entry");
+        self.dp
+            .forge_maps()
+            .conntrack
+            .remove(key)
+            .expect("CONNTRACK entry");
     }
 
     pub fn global(&self, name: &str) -> u64 {

@@ -304,6 +304,7 @@ impl Fixture {
                 ..Default::default()
             };
             self.dp
+                .forge_maps()
                 .conntrack
                 .insert(flow_key(src, sport), ct, 0)
                 .with_context(|| format!("inserting flow {i}"))?;

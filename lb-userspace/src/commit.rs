@@ -1,0 +1,535 @@
+//! Changes to the state as transactions: a change is checked (its desired state computed,
+//! capacities included) before any map is written, and a change the maps refuse leaves
+//! neither the state nor the maps changed.
+//!
+//! - [`transact`] (API requests, `xlb reload`, SIGHUP): on any error the previous [`State`]
+//!   comes back, and the maps are made to hold the previous desired state again.
+//! - [`apply`] (facts the daemon observed: health transitions, finished drains, scaling
+//!   rounds, hook results): the state keeps what happened; when the maps refuse the result,
+//!   they are put back to the last desired state that was applied and the owner loop tries
+//!   again on its next tick.
+use tracing::error;
+
+use crate::{
+    model::ApiError,
+    reconcile::{MapWriter, ReconcileError, Reconciler},
+    state::{Desired, State, StateError},
+};
+
+/// Why a desired state did not reach the maps.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// It does not fit (too many ids or addresses): nothing was written.
+    #[error("{0}")]
+    Capacity(#[from] StateError),
+    /// A map write failed; the maps were put back to the previous desired state (or, when
+    /// that failed too, `restore` says why).
+    #[error("{error}{}", restore.as_ref().map(|r| format!("; putting the previous state back failed too: {r}")).unwrap_or_default())]
+    Write {
+        error: Box<ReconcileError>,
+        restore: Option<Box<ReconcileError>>,
+    },
+}
+
+impl From<CommitError> for ApiError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Capacity(_) => ApiError::Conflict(e.to_string()),
+            CommitError::Write { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Compute the desired state of `state` and write it. `applied` is what the maps hold (the
+/// desired state last applied): it becomes the new one on success, and the maps are made to
+/// hold it again when a write fails.
+pub fn apply(
+    state: &mut State,
+    reconciler: &mut Reconciler,
+    applied: &mut Desired,
+    dp: &mut impl MapWriter,
+) -> Result<(), CommitError> {
+    let desired = state.desired()?;
+    if let Err(error) = reconciler.apply(dp, &desired) {
+        let restore = reconciler.apply(dp, applied).err().map(Box::new);
+        if let Some(r) = &restore {
+            error!(error = %r, "putting the previous desired state back into the maps failed");
+        }
+        return Err(CommitError::Write {
+            error: Box::new(error),
+            restore,
+        });
+    }
+    *applied = desired;
+    Ok(())
+}
+
+/// Run `change` on `state` and write the result; on any error (of the change, of its
+/// capacities, of a map write) the state is what it was before and the maps hold `applied`.
+pub fn transact<T>(
+    state: &mut State,
+    reconciler: &mut Reconciler,
+    applied: &mut Desired,
+    dp: &mut impl MapWriter,
+    change: impl FnOnce(&mut State) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let before = state.clone();
+    let out = match change(state) {
+        Ok(v) => v,
+        Err(e) => {
+            *state = before;
+            return Err(e);
+        }
+    };
+    if let Err(e) = apply(state, reconciler, applied, dp) {
+        *state = before;
+        return Err(e.into());
+    }
+    Ok(out)
+}
+
+/// A data plane over hash maps that can fail on the Nth write, for the reconciler's and the
+/// transactions' failure paths.
+#[cfg(test)]
+pub mod fake {
+    use std::collections::{BTreeMap, HashMap};
+
+    use aya::maps::MapError;
+    use lb_common::{
+        AddrKey, BackendAddr, BackendAddrValue, BackendInfo, FlowKey, ServiceInfo, ServiceKey,
+        VlanInfo,
+    };
+
+    use crate::reconcile::{table_base, MapWriter};
+
+    #[derive(Default, Clone)]
+    pub struct FakeMaps {
+        pub ring: u32,
+        pub ports: HashMap<u32, u64>,
+        pub addrs: HashMap<AddrKey, u32>,
+        pub backends: BTreeMap<u32, BackendInfo>,
+        pub maglev: HashMap<u32, u32>,
+        pub services: HashMap<ServiceKey, ServiceInfo>,
+        pub backend_addrs: HashMap<BackendAddr, BackendAddrValue>,
+        pub vlans: HashMap<u32, VlanInfo>,
+        pub tx_ports: Vec<u32>,
+        pub conntrack: HashMap<FlowKey, u32>,
+        pub passive_conf: HashMap<u32, lb_common::PassiveConf>,
+        /// Writes so far (successful or not).
+        pub writes: usize,
+        /// The write (1-based) that fails, once.
+        pub fail_on: Option<usize>,
+    }
+
+    /// What the data path sees: every service's live table, and the other maps (the idle
+    /// slots and write history left out).
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct View {
+        pub services: BTreeMap<String, (u32, u32, Vec<u32>)>,
+        pub backends: BTreeMap<u32, String>,
+        pub backend_addrs: BTreeMap<String, String>,
+        pub addrs: BTreeMap<String, u32>,
+        pub ports: BTreeMap<u32, u64>,
+        pub passive_conf: BTreeMap<u32, u64>,
+    }
+
+    impl FakeMaps {
+        pub fn new(ring: u32) -> Self {
+            Self {
+                ring,
+                ..Self::default()
+            }
+        }
+
+        fn write(&mut self) -> Result<(), MapError> {
+            self.writes += 1;
+            if self.fail_on == Some(self.writes) {
+                self.fail_on = None;
+                return Err(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: std::io::Error::from_raw_os_error(libc_e2big()),
+                }));
+            }
+            Ok(())
+        }
+
+        pub fn view(&self) -> View {
+            View {
+                services: self
+                    .services
+                    .iter()
+                    .map(|(k, v)| {
+                        let base = table_base(self.ring, v.id, v.slot);
+                        let table = (0..self.ring)
+                            .map(|i| self.maglev.get(&(base + i)).copied().unwrap_or(0))
+                            .collect();
+                        (format!("{k:?}"), (v.id, v.flags, table))
+                    })
+                    .collect(),
+                backends: self
+                    .backends
+                    .iter()
+                    .filter(|(_, b)| **b != BackendInfo::default())
+                    .map(|(k, v)| (*k, format!("{v:?}")))
+                    .collect(),
+                backend_addrs: self
+                    .backend_addrs
+                    .iter()
+                    .map(|(k, v)| (format!("{k:?}"), format!("{v:?}")))
+                    .collect(),
+                addrs: self
+                    .addrs
+                    .iter()
+                    .map(|(k, v)| (format!("{k:?}"), *v))
+                    .collect(),
+                ports: self
+                    .ports
+                    .iter()
+                    .filter(|(_, v)| **v != 0)
+                    .map(|(k, v)| (*k, *v))
+                    .collect(),
+                passive_conf: self
+                    .passive_conf
+                    .iter()
+                    .filter(|(_, v)| v.syn_timeout_ns != 0)
+                    .map(|(k, v)| (*k, v.syn_timeout_ns))
+                    .collect(),
+            }
+        }
+    }
+
+    fn libc_e2big() -> i32 {
+        7
+    }
+
+    impl MapWriter for FakeMaps {
+        fn ring_size(&self) -> u32 {
+            self.ring
+        }
+        fn set_port_word(&mut self, word: u32, bits: u64) -> Result<(), MapError> {
+            self.write()?;
+            self.ports.insert(word, bits);
+            Ok(())
+        }
+        fn set_addr(&mut self, key: &AddrKey, flags: u32) -> Result<(), MapError> {
+            self.write()?;
+            self.addrs.insert(*key, flags);
+            Ok(())
+        }
+        fn remove_addr(&mut self, key: &AddrKey) -> Result<(), MapError> {
+            self.write()?;
+            self.addrs.remove(key);
+            Ok(())
+        }
+        fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<(), MapError> {
+            self.write()?;
+            self.backends.insert(id, info);
+            Ok(())
+        }
+        fn reset_nexthop(&mut self, _id: u32) -> Result<(), MapError> {
+            self.write()
+        }
+        fn reset_backend_counters(&mut self, _id: u32) {}
+        fn reset_service_counters(&mut self, _id: u32) {}
+        fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<(), MapError> {
+            self.write()?;
+            self.maglev.insert(index, backend_id);
+            Ok(())
+        }
+        fn set_service(&mut self, key: &ServiceKey, info: ServiceInfo) -> Result<(), MapError> {
+            self.write()?;
+            self.services.insert(*key, info);
+            Ok(())
+        }
+        fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapError> {
+            self.write()?;
+            self.services.remove(key);
+            Ok(())
+        }
+        fn set_backend_addr(
+            &mut self,
+            key: &BackendAddr,
+            v: BackendAddrValue,
+        ) -> Result<(), MapError> {
+            self.write()?;
+            self.backend_addrs.insert(*key, v);
+            Ok(())
+        }
+        fn remove_backend_addr(&mut self, key: &BackendAddr) -> Result<(), MapError> {
+            self.write()?;
+            self.backend_addrs.remove(key);
+            Ok(())
+        }
+        fn set_vlan(&mut self, ifindex: u32, v: VlanInfo) -> Result<(), MapError> {
+            self.write()?;
+            self.vlans.insert(ifindex, v);
+            Ok(())
+        }
+        fn remove_vlan(&mut self, ifindex: u32) -> Result<(), MapError> {
+            self.write()?;
+            self.vlans.remove(&ifindex);
+            Ok(())
+        }
+        fn set_tx_ports(&mut self, ifindexes: &[u32]) -> Result<(), MapError> {
+            self.write()?;
+            self.tx_ports = ifindexes.to_vec();
+            Ok(())
+        }
+        fn flow_backend(&self, key: &FlowKey) -> Option<u32> {
+            self.conntrack.get(key).copied()
+        }
+        fn remove_flow(&mut self, key: &FlowKey) -> Result<(), MapError> {
+            self.write()?;
+            self.conntrack.remove(key);
+            Ok(())
+        }
+        fn set_passive_conf(
+            &mut self,
+            id: u32,
+            conf: lb_common::PassiveConf,
+        ) -> Result<(), MapError> {
+            self.write()?;
+            self.passive_conf.insert(id, conf);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fake::FakeMaps, *};
+    use crate::model::BackendSource;
+
+    const RING: u32 = 1021;
+
+    const CFG: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+maglev_table_size = 1021
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "g"
+
+[[service]]
+name = "dns"
+vip = "198.18.100.1"
+port = 53
+protocol = "udp"
+target_group = "g"
+
+[[service]]
+name = "other"
+vip = "198.18.100.2"
+port = 8443
+protocol = "tcp"
+target_group = "h"
+
+[[target_group]]
+name = "g"
+backends = ["198.18.2.11", "198.18.2.12"]
+
+[[target_group]]
+name = "h"
+backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
+"#;
+
+    struct Owner {
+        state: State,
+        rec: Reconciler,
+        applied: Desired,
+        dp: FakeMaps,
+    }
+
+    impl Owner {
+        fn new() -> Self {
+            let cfg = crate::config::parse(CFG, "t.toml").unwrap();
+            let mut o = Owner {
+                state: State::new(cfg),
+                rec: Reconciler::new(),
+                applied: Desired::default(),
+                dp: FakeMaps::new(RING),
+            };
+            apply(&mut o.state, &mut o.rec, &mut o.applied, &mut o.dp).unwrap();
+            o
+        }
+
+        fn transact<T>(
+            &mut self,
+            change: impl FnOnce(&mut State) -> Result<T, ApiError>,
+        ) -> Result<T, ApiError> {
+            transact(
+                &mut self.state,
+                &mut self.rec,
+                &mut self.applied,
+                &mut self.dp,
+                change,
+            )
+        }
+    }
+
+    /// The changes the tests make, each from the state `Owner::new` starts in.
+    type Change = fn(&mut State) -> Result<String, ApiError>;
+
+    fn changes() -> Vec<(&'static str, Change)> {
+        vec![
+            ("add", |s| {
+                s.add_backend("g", "198.18.2.14", Some(3), BackendSource::Api)
+            }),
+            ("remove", |s| s.remove_backend("g", "198.18.2.11")),
+            ("drain", |s| s.drain_backend("h", "198.18.2.13:9443", "t")),
+            ("weight", |s| s.set_weight("g", "198.18.2.12", 5)),
+            ("reload", |s| {
+                let text = CFG
+                    .replace("198.18.100.2", "198.18.100.3")
+                    .replace("\"198.18.2.11\", \"198.18.2.12\"", "\"198.18.2.15\"");
+                Ok(s.reload(crate::config::parse(&text, "t.toml").unwrap())
+                    .join("; "))
+            }),
+        ]
+    }
+
+    #[test]
+    fn a_change_whose_nth_write_fails_leaves_state_and_maps_as_they_were() {
+        for (name, change) in changes() {
+            // How many writes the change takes when nothing fails.
+            let mut clean = Owner::new();
+            let start = clean.dp.writes;
+            clean.transact(change).unwrap();
+            let total = clean.dp.writes - start;
+            assert!(total > 0, "{name}: the change writes something");
+            let after = clean.dp.view();
+
+            // Every one of the first writes, then a sample, and the last ones.
+            let ns = (1..=total.min(64))
+                .chain((64..total).step_by(97))
+                .chain(total.saturating_sub(8).max(1)..=total);
+            for n in ns {
+                let mut o = Owner::new();
+                let view_before = o.dp.view();
+                let snapshot_before = serde_json::to_string(&o.state.snapshot()).unwrap();
+                let applied_before = o.applied.clone();
+                o.dp.fail_on = Some(o.dp.writes + n);
+                let e = o.transact(change).expect_err("the Nth write fails");
+                assert!(matches!(e, ApiError::Internal(_)), "{name}/{n}: {e}");
+                assert!(o.dp.view() == view_before, "{name}/{n}: maps put back");
+                assert_eq!(
+                    serde_json::to_string(&o.state.snapshot()).unwrap(),
+                    snapshot_before,
+                    "{name}/{n}: state put back"
+                );
+                assert_eq!(o.applied, applied_before, "{name}/{n}");
+                assert_eq!(o.state.desired().unwrap(), applied_before, "{name}/{n}");
+                // Later changes still work, and reach what a change that never failed does.
+                o.transact(change)
+                    .unwrap_or_else(|e| panic!("{name}/{n}: retry: {e}"));
+                assert!(o.dp.view() == after, "{name}/{n}: retried");
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_that_does_not_fit_writes_nothing_and_leaves_the_state() {
+        let mut o = Owner::new();
+        let writes = o.dp.writes;
+        let snapshot = serde_json::to_string(&o.state.snapshot()).unwrap();
+        // More backend ids than the maps hold: group g (no port) is behind two services, so
+        // each member takes two ids.
+        let e = o
+            .transact(|s| {
+                for i in 0..lb_common::MAX_BACKENDS / 2 {
+                    let a = std::net::Ipv4Addr::from(u32::from_be_bytes([198, 19, 0, 0]) + i);
+                    s.add_backend_unchecked("g", a.into());
+                }
+                Ok(())
+            })
+            .expect_err("too many backend ids");
+        assert!(matches!(e, ApiError::Conflict(_)), "{e}");
+        assert!(e.to_string().contains("backend ids"), "{e}");
+        assert_eq!(o.dp.writes, writes, "nothing written");
+        assert_eq!(
+            serde_json::to_string(&o.state.snapshot()).unwrap(),
+            snapshot
+        );
+        // And the next change goes through.
+        o.transact(|s| s.set_weight("g", "198.18.2.12", 2)).unwrap();
+    }
+
+    #[test]
+    fn ids_freed_by_a_change_are_available_to_it() {
+        // At capacity: g (no port) behind two services takes two ids per member; h's two
+        // members one each.
+        let mut o = Owner::new();
+        o.transact(|s| {
+            for i in 0..lb_common::MAX_BACKENDS / 2 - 3 {
+                let a = std::net::Ipv4Addr::from(u32::from_be_bytes([198, 19, 0, 0]) + i);
+                s.add_backend_unchecked("g", a.into());
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(o.applied.backends.len(), lb_common::MAX_BACKENDS as usize);
+        // One more backend id does not fit: refused by the add itself (as for a scale-out
+        // hook's backends), naming the capacity, with nothing written.
+        let writes = o.dp.writes;
+        let e = o
+            .transact(|s| s.add_backend("h", "198.18.2.30:9443", None, BackendSource::Api))
+            .expect_err("full");
+        assert!(
+            matches!(e, ApiError::Conflict(_)) && e.to_string().contains("backend ids"),
+            "{e}"
+        );
+        assert_eq!(o.dp.writes, writes);
+        // Replacing a member: its two ids are freed before the new member takes two.
+        o.transact(|s| {
+            s.remove_backend("g", "198.18.2.11")?;
+            s.add_backend_unchecked("g", "198.18.2.20".parse().unwrap());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(o.applied.backends.len(), lb_common::MAX_BACKENDS as usize);
+    }
+
+    #[test]
+    fn a_backend_added_during_a_sweep_keeps_its_entries() {
+        let mut o = Owner::new();
+        let flow = |sport: u16| lb_common::FlowKey {
+            sport: sport.to_be_bytes(),
+            ..Default::default()
+        };
+        // What a sweep saw: three entries naming ids that were free then.
+        let next = *o.applied.backends.keys().last().unwrap() + 1;
+        o.dp.conntrack.insert(flow(1), 99);
+        o.dp.conntrack.insert(flow(2), next);
+        o.dp.conntrack.insert(flow(3), 98);
+        let found = [(flow(1), 99), (flow(2), next), (flow(3), 98)];
+        // Meanwhile a backend is added and takes the next id; and flow 3 was re-balanced.
+        o.transact(|s| s.add_backend("g", "198.18.2.14", None, BackendSource::Api))
+            .unwrap();
+        assert!(
+            o.applied.backends.contains_key(&next),
+            "the new backend has id {next}"
+        );
+        o.dp.conntrack.insert(flow(3), 0);
+        let removed = o.rec.remove_stale_flows(&mut o.dp, &found).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(
+            o.dp.conntrack.get(&flow(1)),
+            None,
+            "a gone backend's entry goes"
+        );
+        assert_eq!(
+            o.dp.conntrack.get(&flow(2)),
+            Some(&next),
+            "the new backend keeps it"
+        );
+        assert_eq!(
+            o.dp.conntrack.get(&flow(3)),
+            Some(&0),
+            "a re-balanced entry stays"
+        );
+    }
+}
