@@ -532,4 +532,57 @@ backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
             "a re-balanced entry stays"
         );
     }
+
+    #[test]
+    fn passive_conf_follows_the_groups_and_idle_slots_catch_up() {
+        let with = CFG.replace(
+            "backends = [\"198.18.2.11\", \"198.18.2.12\"]\n",
+            "backends = [\"198.18.2.11\", \"198.18.2.12\"]\n\
+             health_check = { protocol = \"tcp\" }\n\
+             passive_health = { unanswered_timeout = \"250ms\", redispatch = true }\n",
+        );
+        let cfg = crate::config::parse(&with, "t.toml").unwrap();
+        let mut state = State::new(cfg);
+        let (mut rec, mut applied, mut dp) =
+            (Reconciler::new(), Desired::default(), FakeMaps::new(RING));
+        apply(&mut state, &mut rec, &mut applied, &mut dp).unwrap();
+        // Group g's backends (two, for each of its two services' ports) sample SYNs and
+        // redispatch; h's do neither.
+        let g: Vec<u32> = applied
+            .backends
+            .values()
+            .filter(|b| b.key.group == "g")
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(g.len(), 4);
+        let view = dp.view();
+        assert_eq!(
+            view.passive_conf,
+            g.iter()
+                .map(|id| (*id, 250_000_000))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        );
+        for b in applied.backends.values() {
+            let redispatch = dp.backends[&b.id].flags & lb_common::BE_F_REDISPATCH != 0;
+            assert_eq!(redispatch, b.key.group == "g", "{b:?}");
+        }
+        // Without passive health the entries go back to zero.
+        let mut state2 = State::new(crate::config::parse(CFG, "t.toml").unwrap());
+        apply(&mut state2, &mut rec, &mut applied, &mut dp).unwrap();
+        assert!(dp.view().passive_conf.is_empty());
+        // The idle slots: made equal to the live ones, then nothing more to write.
+        assert!(rec.prepare_idle_slots(&mut dp).unwrap() > 0);
+        assert_eq!(rec.prepare_idle_slots(&mut dp).unwrap(), 0);
+        for (k, v) in &dp.services {
+            let live = crate::reconcile::table_base(RING, v.id, v.slot);
+            let idle = crate::reconcile::table_base(RING, v.id, v.slot ^ 1);
+            for i in 0..RING {
+                assert_eq!(
+                    dp.maglev.get(&(live + i)),
+                    dp.maglev.get(&(idle + i)),
+                    "{k:?} entry {i}"
+                );
+            }
+        }
+    }
 }
