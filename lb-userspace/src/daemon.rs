@@ -384,7 +384,14 @@ struct Daemon {
     hook_tx: mpsc::Sender<HookResult>,
     rates: Rates,
     /// Passive health per (backend id, member uid): the last counters read and the window.
-    passive: HashMap<(u32, u64), (lb_common::PassiveCounters, passive::Window)>,
+    passive: HashMap<
+        (u32, u64),
+        (
+            lb_common::PassiveCounters,
+            passive::Window,
+            passive::SampleWatch,
+        ),
+    >,
     /// The last apply of a fact failed: the next tick tries again.
     retry_apply: bool,
     /// The interfaces xlb attaches to and how (from the config at start).
@@ -594,6 +601,7 @@ impl Daemon {
             .collect();
         let mut seen = std::collections::HashSet::new();
         let mut verdicts = Vec::new();
+        let now_ns = monotonic_coarse_ns();
         for b in self.desired.backends.values() {
             let Some((group, judged)) = groups.get(&b.member) else {
                 continue;
@@ -607,16 +615,22 @@ impl Daemon {
                 continue;
             };
             let cur = self.dp.passive_counters(b.id);
+            let sample = self.dp.maps().syn_samples.get(&b.id, 0).unwrap_or_default();
             let key = (b.id, b.member);
             seen.insert(key);
             match self.passive.entry(key) {
                 std::collections::hash_map::Entry::Vacant(e) => {
                     // The first reading is the baseline (the id may have served before).
-                    e.insert((cur, passive::Window::default()));
+                    e.insert((
+                        cur,
+                        passive::Window::default(),
+                        passive::SampleWatch::default(),
+                    ));
                 }
                 std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let (last, window) = e.get_mut();
-                    let d = passive::delta(last, &cur);
+                    let (last, window, watch) = e.get_mut();
+                    let mut d = passive::delta(last, &cur);
+                    watch.adjust(&mut d, &sample, now_ns, b.syn_timeout_ns);
                     *last = cur;
                     window.push(now, d, cfg.window);
                     if !judged {

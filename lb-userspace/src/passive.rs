@@ -34,6 +34,45 @@ pub fn delta(prev: &PassiveCounters, cur: &PassiveCounters) -> PassiveCounters {
     }
 }
 
+/// The program counts a sampled SYN as unanswered only when the next SYN to the same backend
+/// arrives after its timeout; a backend that stalls every client (no new SYN reaches it) would
+/// never be judged. So the daemon also looks at the sample itself (`SYN_SAMPLES`) on each
+/// poll, and counts an overdue one once, taking that count back when the program counts the
+/// same sample later.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SampleWatch {
+    /// `sent_ns` of the sample the daemon counted itself.
+    counted: Option<u64>,
+}
+
+impl SampleWatch {
+    /// Adjust the poll's difference `d` for the sample `s` read at `now_ns`
+    /// (`CLOCK_MONOTONIC_COARSE`), with the backend's SYN timeout (0: no sampling).
+    pub fn adjust(
+        &mut self,
+        d: &mut PassiveCounters,
+        s: &lb_common::SynSample,
+        now_ns: u64,
+        timeout_ns: u64,
+    ) {
+        if let Some(x) = self.counted {
+            if s.sent_ns != x {
+                // The program moved on from the sample counted here: it counted it too
+                // (unless it was answered late; then this takes back another, a blur).
+                d.unanswered = d.unanswered.saturating_sub(1);
+                self.counted = None;
+            }
+        }
+        if timeout_ns == 0 || s.sent_ns == 0 || s.answered != 0 || self.counted == Some(s.sent_ns) {
+            return;
+        }
+        if now_ns.saturating_sub(s.sent_ns) > timeout_ns {
+            d.unanswered += 1;
+            self.counted = Some(s.sent_ns);
+        }
+    }
+}
+
 /// A backend's recent polls: the differences seen, newest last, none older than the window.
 #[derive(Debug, Default, Clone)]
 pub struct Window {
@@ -304,6 +343,46 @@ mod tests {
         // Answers to flows from before the window never make the share negative.
         let (w, _) = window(&[flows(10, 30)]);
         assert_eq!(w.udp(), (10, 0));
+    }
+
+    #[test]
+    fn overdue_samples_count_once_whoever_sees_them_first() {
+        let sample = |sent_ns, answered| lb_common::SynSample {
+            sent_ns,
+            flow_hash: 7,
+            answered,
+        };
+        let t = 1_000_000_000u64;
+        let mut w = SampleWatch::default();
+        // Not overdue yet, answered, or no sampling: nothing.
+        for (s, now, timeout) in [
+            (sample(t, 0), t + 100, 200),
+            (sample(t, 1), t + 1000, 200),
+            (sample(t, 0), t + 1000, 0),
+            (sample(0, 0), t, 200),
+        ] {
+            let mut d = PassiveCounters::default();
+            w.adjust(&mut d, &s, now, timeout);
+            assert_eq!(d.unanswered, 0);
+        }
+        // Overdue: counted once, however many polls see it.
+        let mut d = PassiveCounters::default();
+        w.adjust(&mut d, &sample(t, 0), t + 300, 200);
+        assert_eq!(d.unanswered, 1);
+        let mut d = PassiveCounters::default();
+        w.adjust(&mut d, &sample(t, 0), t + 900, 200);
+        assert_eq!(d.unanswered, 0);
+        // The program counts it when the next SYN comes (and samples that one): not twice.
+        let mut d = PassiveCounters {
+            unanswered: 1,
+            ..Default::default()
+        };
+        w.adjust(&mut d, &sample(t + 1000, 0), t + 1100, 200);
+        assert_eq!(d.unanswered, 0);
+        // The next overdue sample counts again.
+        let mut d = PassiveCounters::default();
+        w.adjust(&mut d, &sample(t + 1000, 0), t + 1300, 200);
+        assert_eq!(d.unanswered, 1);
     }
 
     #[test]

@@ -91,14 +91,14 @@ struct Request {
 }
 
 /// `RATE` new connections a second for `LOAD` (bounded: each request at most `T`, the whole
-/// run at most `LOAD` + 2 `T`), from `WORKERS` threads of the calling thread's namespace.
-fn load(t0: Instant) -> Vec<Request> {
+/// run at most `LOAD` + 2 `T`), from `workers` threads of the calling thread's namespace.
+fn load(t0: Instant, workers: u32) -> Vec<Request> {
     let total = RATE * LOAD.as_secs() as u32;
     let gap = Duration::from_secs(1) / RATE;
     let deadline = t0 + LOAD + 2 * T;
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..WORKERS)
+        let handles: Vec<_> = (0..workers)
             .map(|w| {
                 s.spawn(move || {
                     let mut out = Vec::new();
@@ -119,13 +119,13 @@ fn load(t0: Instant) -> Vec<Request> {
                             took: start.elapsed(),
                             result,
                         });
-                        k += WORKERS;
+                        k += workers;
                     }
                     out
                 })
             })
             .collect();
-        let mut all: Vec<Request> = workers
+        let mut all: Vec<Request> = handles
             .into_iter()
             .flat_map(|h| h.join().expect("a load worker panicked"))
             .collect();
@@ -217,7 +217,7 @@ fn run(name: &str, redispatch: bool) -> Figures {
     let t0 = Instant::now() + Duration::from_millis(100);
     let wall0 = SystemTime::now() + Duration::from_millis(100);
     let (requests, killed) = std::thread::scope(|s| {
-        let h = s.spawn(|| lab.client_ns().enter(|| load(t0)));
+        let h = s.spawn(|| lab.client_ns().enter(|| load(t0, WORKERS)));
         std::thread::sleep((t0 + KILL_AT).saturating_duration_since(Instant::now()));
         let killed = t0.elapsed();
         servers[VICTIM - 1].signal(Signal::SIGKILL).unwrap();
@@ -512,4 +512,94 @@ max_ejection_percent = 50
             .then_some(()))
     })
     .unwrap();
+}
+
+/// A backend that stops answering SYNs at all (dropped by a firewall in its namespace): the
+/// sampled SYNs go unanswered and it is marked down for that, before the active checks (every
+/// 1 s, 500 ms timeout, unhealthy after 2) would notice; the clients' SYN retransmissions go
+/// to the others.
+#[test]
+fn unanswered_syns_take_a_silent_backend_out() {
+    if skip() {
+        return;
+    }
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let name = "xlbt-pass";
+    cleanup_stale_pins(name);
+    let lab = Lab::new(name, 3).expect("lab");
+    let _servers = lab
+        .start_backend_servers(&xlb_lab::lab_bin().unwrap(), &[8080], &[], &[])
+        .expect("servers");
+    let config = config(name, false).replace(
+        "refused_threshold = 3\n",
+        "refused_threshold = 3\nunanswered_threshold = 2\nunanswered_timeout = \"200ms\"\n",
+    );
+    let xlb = Xlbd::start(&lab, name, &config).expect("xlb");
+    for i in 1..=3 {
+        let a = format!("198.18.2.{}", 10 + i);
+        xlb.wait_for(&format!("{a} healthy"), Duration::from_secs(10), || {
+            Ok(xlb
+                .backend("web-servers", &a)?
+                .filter(|b| b["state"] == "healthy")
+                .map(|_| ()))
+        })
+        .unwrap();
+    }
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let (requests, silenced) = std::thread::scope(|s| {
+        // Clients whose SYNs go unanswered wait for their retransmission: enough of them
+        // that new SYNs keep coming meanwhile (as from many independent clients).
+        let h = s.spawn(|| lab.client_ns().enter(|| load(t0, 64)));
+        std::thread::sleep((t0 + KILL_AT).saturating_duration_since(Instant::now()));
+        let silenced = t0.elapsed();
+        lab.backend_ns(VICTIM)
+            .exec([
+                "nft",
+                "add table inet xlbt; add chain inet xlbt in { type filter hook input priority 0; }; \
+                 add rule inet xlbt in tcp dport 8080 tcp flags & (syn | ack) == syn drop",
+            ])
+            .expect("nft");
+        (h.join().expect("load"), silenced)
+    });
+    let after: Vec<&Request> = requests.iter().filter(|r| r.start >= silenced).collect();
+    let failed = after.iter().filter(|r| r.result.is_err()).count();
+    let delayed = after
+        .iter()
+        .filter(|r| r.took > Duration::from_millis(800))
+        .count();
+    eprintln!(
+        "{name}: after the SYN drop {} requests, {failed} failed, {delayed} delayed by a SYN \
+         retransmission",
+        after.len()
+    );
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &after {
+        *by.entry(r.result.clone().unwrap_or_else(|_| "failed".into()))
+            .or_default() += 1;
+    }
+    let slow: Vec<Duration> = after
+        .iter()
+        .filter(|r| r.took > Duration::from_millis(800))
+        .map(|r| r.start)
+        .collect();
+    eprintln!("{name}: after the drop at {silenced:?}: {by:?}; delayed ones started at {slow:?}");
+    let events = xlb.cli_ok(&["events"]).unwrap();
+    let down = events
+        .lines()
+        .find(|l| l.contains(VICTIM_ADDR) && l.contains("→ unhealthy"))
+        .unwrap_or_else(|| panic!("{VICTIM_ADDR} was not marked down: {events}"))
+        .to_string();
+    eprintln!("{name}: {down}");
+    assert!(
+        down.contains("passive") && down.contains("unanswered SYNs"),
+        "marked down by passive health, before the active checks: {down}"
+    );
+    // (Requests in the few milliseconds `nft` takes may still be answered.)
+    assert!(
+        after
+            .iter()
+            .filter(|r| r.start > silenced + Duration::from_millis(100))
+            .all(|r| r.result.as_deref() != Ok(lab_name(VICTIM).as_str())),
+        "nothing answered by the silenced backend"
+    );
 }
