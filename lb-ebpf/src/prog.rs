@@ -10,7 +10,7 @@ use lb_common::{
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
     BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
     FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND,
-    PORTS_SERVICE, PROTO_TCP, SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -215,7 +215,7 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         let Some(pos) = h.checked_rem(ring) else {
             return Ok(no_backend(service_id));
         };
-        let idx = (service_id * SLOTS_PER_SERVICE + slot) * ring + pos;
+        let idx = lb_common::maglev_index(service_id, slot, ring, pos);
         backend_id = match MAGLEV.get_ptr(idx) {
             // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
             Some(id) => unsafe { *id },
@@ -541,7 +541,7 @@ fn maglev_backend(p: &Pkt, ba: *const BackendAddrValue) -> u32 {
     let Some(pos) = h.checked_rem(ring) else {
         return NO_BACKEND;
     };
-    match MAGLEV.get_ptr((service_id * SLOTS_PER_SERVICE + slot) * ring + pos) {
+    match MAGLEV.get_ptr(lb_common::maglev_index(service_id, slot, ring, pos)) {
         // SAFETY: as above.
         Some(id) => unsafe { *id },
         None => NO_BACKEND,
