@@ -10,6 +10,12 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1_000_000;
 /// Every service has two Maglev tables: the live one and the one being written.
 pub const SLOTS_PER_SERVICE: u32 = 2;
+/// Index in `MAGLEV` of entry `pos` of the table in `slot` of service `service_id`, for
+/// tables of `ring` entries: the one layout both sides use.
+#[inline(always)]
+pub const fn maglev_index(service_id: u32, slot: u32, ring: u32, pos: u32) -> u32 {
+    (service_id * SLOTS_PER_SERVICE + slot) * ring + pos
+}
 /// A Maglev table entry meaning "no backend".
 pub const NO_BACKEND: u32 = u32::MAX;
 

@@ -106,6 +106,16 @@ fn try_handle(ctx: &XdpContext, p: &Pkt) -> Result<u32, u32> {
         q.esrc.copy_from_slice(&h[8..24]);
         q.edst.copy_from_slice(&h[24..40]);
         q.e4 = e3 + 40;
+        // A quoted first fragment (a big datagram's "packet too big"): its fragment header
+        // comes before the ports.
+        if q.proto == IPPROTO_FRAGMENT {
+            let fh: [u8; 8] = get(ctx, (e3 + 40) & 0xffff).map_err(|_| other_icmp())?;
+            if u16::from_be_bytes([fh[2], fh[3]]) & 0xfff8 != 0 {
+                return Ok(other_icmp());
+            }
+            q.proto = fh[0];
+            q.e4 = e3 + 48;
+        }
     }
     if q.proto != PROTO_TCP && q.proto != PROTO_UDP {
         return Ok(other_icmp());
@@ -135,6 +145,9 @@ fn try_handle(ctx: &XdpContext, p: &Pkt) -> Result<u32, u32> {
     }
     Ok(other_icmp())
 }
+
+/// IPv6 fragment extension header.
+const IPPROTO_FRAGMENT: u8 = 44;
 
 /// `to_backend` / `to_client`: the error is about no flow of theirs.
 const NOT_OURS: u32 = u32::MAX;

@@ -22,11 +22,13 @@ static HASH_SEED: u32 = 0;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
+    // SAFETY: a `.rodata` global the loader sets before the program runs; volatile so the compiler does not fold the default.
     unsafe { core::ptr::read_volatile(&RING_SIZE) }
 }
 
 #[inline(always)]
 pub fn hash_seed() -> u32 {
+    // SAFETY: a `.rodata` global the loader sets before the program runs; volatile so the compiler does not fold the default.
     unsafe { core::ptr::read_volatile(&HASH_SEED) }
 }
 
@@ -65,6 +67,7 @@ pub static PORTS: Array<u64> = Array::pinned(2 * lb_common::PORT_WORDS, 0);
 pub fn port_in(base: u32, port: [u8; 2]) -> bool {
     let (word, bit) = lb_common::port_bit(base, u16::from_be_bytes(port));
     match PORTS.get_ptr(word) {
+        // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         Some(w) => (unsafe { *w } & bit) != 0,
         None => false,
     }
@@ -116,6 +119,7 @@ pub static PASSIVE_CONF: Array<lb_common::PassiveConf> = Array::pinned(MAX_BACKE
 
 #[inline(always)]
 pub fn passive(id: u32) -> Option<&'static mut lb_common::PassiveCounters> {
+    // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     PASSIVE_STATS.get_ptr_mut(id).map(|p| unsafe { &mut *p })
 }
 
@@ -141,11 +145,13 @@ pub static NH_SCRATCH: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1, 0
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = GLOBAL_STATS.get_ptr_mut(idx) {
+        // SAFETY: a per-CPU counter: only this CPU writes it while the program runs.
         unsafe { *p += 1 };
     }
 }
 
 #[inline(always)]
 pub fn counters(map: &PerCpuArray<Counters>, idx: u32) -> Option<&mut Counters> {
+    // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     map.get_ptr_mut(idx).map(|p| unsafe { &mut *p })
 }

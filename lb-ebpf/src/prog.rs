@@ -10,7 +10,7 @@ use lb_common::{
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
     BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
     FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND,
-    PORTS_SERVICE, PROTO_TCP, SLOTS_PER_SERVICE, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -176,14 +176,17 @@ fn no_backend(service_id: u32) -> u32 {
 /// Client → VIP.
 #[inline(never)]
 fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u32> {
+    // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     let (service_id, slot, flags) = unsafe { ((*svc).id, (*svc).slot, (*svc).flags) };
     let len = (ctx.data_end() - ctx.data()) as u64;
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
     // A flow keeps its backend while the backend is healthy or draining.
     let mut backend_id = NO_BACKEND;
     let mut be: *const BackendInfo = core::ptr::null();
     match CONNTRACK.get_ptr_mut(&p.key) {
+        // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         Some(ct) => unsafe {
             let id = (*ct).backend_id;
             if let Some(b) = BACKENDS.get_ptr(id) {
@@ -212,18 +215,21 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         let Some(pos) = h.checked_rem(ring) else {
             return Ok(no_backend(service_id));
         };
-        let idx = (service_id * SLOTS_PER_SERVICE + slot) * ring + pos;
+        let idx = lb_common::maglev_index(service_id, slot, ring, pos);
         backend_id = match MAGLEV.get_ptr(idx) {
+            // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
             Some(id) => unsafe { *id },
             None => NO_BACKEND,
         };
         match BACKENDS.get_ptr(backend_id) {
+            // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
             Some(b) if unsafe { (*b).flags } & BE_F_ACTIVE != 0 => be = b,
             _ => return Ok(no_backend(service_id)),
         }
         pin_flow(p, service_id, backend_id, be, now);
         passive_new_flow(p, backend_id, h);
     }
+    // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     let (addr, port) = unsafe { (&(*be).addr, (*be).port) };
 
     let nf = new_flow as u64;
@@ -376,12 +382,15 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
         reply_nh: NO_HOP,
     };
     let _ = CONNTRACK.insert(&p.key, &ct, 0);
+    // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     if unsafe { (*be).flags } & BE_F_SHARED == 0 {
         return;
     }
     let rkey = FlowKey {
+        // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         src: unsafe { (*be).addr },
         dst: p.key.src,
+        // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         sport: unsafe { (*be).port },
         dport: p.key.sport,
         proto: p.key.proto,
@@ -532,7 +541,7 @@ fn maglev_backend(p: &Pkt, ba: *const BackendAddrValue) -> u32 {
     let Some(pos) = h.checked_rem(ring) else {
         return NO_BACKEND;
     };
-    match MAGLEV.get_ptr((service_id * SLOTS_PER_SERVICE + slot) * ring + pos) {
+    match MAGLEV.get_ptr(lb_common::maglev_index(service_id, slot, ring, pos)) {
         // SAFETY: as above.
         Some(id) => unsafe { *id },
         None => NO_BACKEND,
@@ -651,6 +660,7 @@ fn count_reply(ctx: &XdpContext, service_id: u32, backend_id: u32) {
 #[inline(never)]
 fn shared_reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32> {
     let (vip, vport, service_id, backend_id) =
+        // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         unsafe { ((*rv).vip, (*rv).vport, (*rv).service_id, (*rv).backend_id) };
     // The client's flow, if it is in the table, must still be this backend's; a backend
     // ending the flow marks it closing.

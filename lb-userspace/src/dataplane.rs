@@ -530,7 +530,7 @@ impl Dataplane {
 
     /// Index of the first Maglev entry of `service_id`'s table `slot`.
     pub fn table_base(&self, service_id: u32, slot: u32) -> u32 {
-        (service_id * SLOTS_PER_SERVICE + slot) * self.opts.ring_size
+        lb_common::maglev_index(service_id, slot, self.opts.ring_size, 0)
     }
 
     /// Sum of a per-CPU counters element.

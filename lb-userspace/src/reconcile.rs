@@ -202,7 +202,7 @@ impl TableSource {
 
 /// Index of the first Maglev entry of `service_id`'s table `slot`.
 pub fn table_base(ring: u32, service_id: u32, slot: u32) -> u32 {
-    (service_id * lb_common::SLOTS_PER_SERVICE + slot) * ring
+    lb_common::maglev_index(service_id, slot, ring, 0)
 }
 
 impl Reconciler {

@@ -1275,3 +1275,48 @@ fn daemon_reattaches_xdp_to_a_recreated_interface() {
         r.xlb.log_text()
     );
 }
+
+/// 3000/8000-byte UDP through the VIP when the client's path has a
+/// 1280-byte hop (a router). Backend replies leave the backend in 1500-byte fragments; the
+/// router cannot pass them on (IPv6: it may not fragment) and answers "packet too big"
+/// about a fragment to the VIP: only if xlb hands that to the backend does it learn.
+#[test]
+fn large_udp_through_a_1280_router_both_ways() {
+    if skip() {
+        return;
+    }
+    let name = "xlbt-r1280";
+    let lab = Lab::with_router(name, 2).expect("lab");
+    let router = lab.router_ns().expect("router");
+    ip(router, &format!("link set {ROUTER_CLIENT_IFACE} mtu 1280"));
+    // Both ends of the client link at 1280 (a veth drops frames bigger than its MTU).
+    ip(
+        lab.client_ns(),
+        &format!("link set {CLIENT_IFACE} mtu 1280"),
+    );
+    let r = Running::start_after_control(lab, name, || {
+        for to in [direct(v4(0), ECHO_DIRECT), direct(v6(0), ECHO_DIRECT)] {
+            for size in [3000, 8000] {
+                udp_echo(to, size, &format!("control-{size}-{to}"))?;
+            }
+        }
+        Ok(())
+    })
+    .expect("xlb");
+    let mut fails = Vec::new();
+    for to in [v4(ECHO), v6(ECHO)] {
+        for size in [3000, 8000] {
+            let tag = format!("r1280-{size}-{to}");
+            let res = r.in_client(|| udp_echo(to, size, &tag));
+            eprintln!(
+                "{size} bytes to {to}: {:?}",
+                res.as_ref().map_err(|e| format!("{e:#}"))
+            );
+            if let Err(e) = res {
+                fails.push(format!("{size} to {to}: {e:#}"));
+            }
+        }
+    }
+    eprintln!("{}", r.report());
+    assert!(fails.is_empty(), "{fails:#?}\n{}", r.report());
+}

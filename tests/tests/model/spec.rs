@@ -961,8 +961,16 @@ fn icmp(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
         if p.ip_end < q + 40 + 8 || f[q] >> 4 != 6 {
             return other();
         }
-        // AMBIGUOUS: a quote with extension headers is "other ICMP".
-        (addr6(&f[q + 8..]), addr6(&f[q + 24..]), f[q + 6], q + 40)
+        // A quoted first fragment (fragment header at offset 0) is walked to its ports (the
+        // README); any other extension header in a quote is "other ICMP".
+        if f[q + 6] == 44 {
+            if p.ip_end < q + 48 + 8 || be16(f, q + 40 + 2) & 0xfff8 != 0 {
+                return other();
+            }
+            (addr6(&f[q + 8..]), addr6(&f[q + 24..]), f[q + 40], q + 48)
+        } else {
+            (addr6(&f[q + 8..]), addr6(&f[q + 24..]), f[q + 6], q + 40)
+        }
     } else {
         if p.ip_end < q + 20 || f[q] >> 4 != 4 {
             return other();
