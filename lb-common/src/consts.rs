@@ -195,6 +195,9 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 /// `CtValue::flags`: the backend answered the flow (a SYN-ACK for TCP, any reply for UDP).
 pub const CT_F_ANSWERED: u32 = 2;
+/// `CtValue::flags`: a refusal of this flow's handshake was withheld (`redispatch`): the next
+/// one is forwarded.
+pub const CT_F_WITHHELD: u32 = 4;
 
 /// `BackendInfo::flags`: the backend may receive new flows.
 pub const BE_F_ACTIVE: u8 = 1;
@@ -220,8 +223,9 @@ pub const ADDR_F_BACKEND: u32 = 2;
 /// `NextHop::flags`: the egress interface cannot take redirected XDP frames (not in
 /// `TX_PORTS`): rewritten packets are handed to the kernel.
 pub const NH_F_KERNEL: u32 = 1;
-/// `BackendInfo::flags`: passive health's `redispatch`: while the backend is marked down, a
-/// RST (or ICMP unreachable) it sends in answer to a client's SYN is not forwarded, so that
-/// the client's SYN retransmission goes to a healthy backend (unless the service has no
-/// backend left).
+/// `BackendInfo::flags`: passive health's `redispatch`: the first RST (or ICMP unreachable)
+/// the backend sends in answer to a flow's SYN is not forwarded, so that the client's SYN
+/// retransmission goes to a healthy backend once the backend is marked down (a second
+/// refusal of the same flow is forwarded; with the backend marked down, every refusal is
+/// withheld while its service has other backends).
 pub const BE_F_REDISPATCH: u8 = 8;

@@ -381,7 +381,7 @@ fn refused_syn(ctx: &XdpContext, p: &Pkt, q: &Quote, backend_id: u32, t: &Target
         return false;
     };
     c.unreachable += 1;
-    if crate::prog::refusal_withheld(p, backend_id, &t.addr, t.port) {
+    if crate::prog::refusal_withheld(p, backend_id, &t.addr, t.port, false) {
         c.redispatched += 1;
         return true;
     }

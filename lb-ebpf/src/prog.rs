@@ -9,8 +9,8 @@ use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
     BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
-    FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND,
-    PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    CT_F_WITHHELD, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND,
+    PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -822,7 +822,11 @@ fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u
     }
     if p.tcp_flags & TCP_RST != 0 && !answered {
         c.refused += 1;
-        if refusal_withheld(p, backend_id, vip, vport) {
+        // SAFETY: as above.
+        let first = (unsafe { (*ct).flags } & CT_F_WITHHELD) == 0;
+        if refusal_withheld(p, backend_id, vip, vport, first) {
+            // SAFETY: as above.
+            unsafe { (*ct).flags |= CT_F_WITHHELD };
             c.redispatched += 1;
             return REDISPATCH;
         }
@@ -834,13 +838,22 @@ fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u
 /// `redispatch`, the backend is marked down, and its service (`vip`:`vport`) still has
 /// backends (with none left, the client gets the refusal).
 #[inline(always)]
-pub fn refusal_withheld(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) -> bool {
+pub fn refusal_withheld(
+    p: &Pkt,
+    backend_id: u32,
+    vip: &[u8; 16],
+    vport: [u8; 2],
+    first: bool,
+) -> bool {
     let Some(b) = BACKENDS.get_ptr(backend_id) else {
         return false;
     };
     // SAFETY: a map value pointer checked for null.
     let flags = unsafe { (*b).flags };
-    if flags & BE_F_REDISPATCH == 0 || flags & BE_F_ACTIVE != 0 {
+    // A backend still in service: its flow's first refusal only (the daemon marks the
+    // backend down within milliseconds of a few refusals, long before the client's SYN
+    // retransmission; a port that is really closed costs one retransmission).
+    if flags & BE_F_REDISPATCH == 0 || (flags & BE_F_ACTIVE != 0 && !first) {
         return false;
     }
     let key = ServiceKey {

@@ -1063,7 +1063,19 @@ fn passive_health_counters() {
     assert_eq!(fx.run(&from_b1(47004, false, true, true), bi).0, XDP_DROP);
     let p = fx.dp.passive_counters(web);
     assert_eq!((p.refused, p.redispatched), (2, 1), "{p:?}");
-    info.flags &= !lb_common::BE_F_REDISPATCH;
+    // Still in service with `redispatch`: a flow's first refusal is withheld, the second
+    // (a port really closed) is forwarded.
+    info.flags |= lb_common::BE_F_ACTIVE;
+    fx.dp.forge_maps().backends.set(web, info, 0).unwrap();
+    assert_eq!(fx.run(&syn(47006), ci).0, XDP_REDIRECT);
+    assert_eq!(fx.run(&from_b1(47006, false, true, true), bi).0, XDP_DROP);
+    assert_eq!(
+        fx.run(&from_b1(47006, false, true, true), bi).0,
+        XDP_REDIRECT
+    );
+    let p = fx.dp.passive_counters(web);
+    assert_eq!((p.refused, p.redispatched), (4, 2), "{p:?}");
+    info.flags &= !(lb_common::BE_F_REDISPATCH | lb_common::BE_F_ACTIVE);
     fx.dp.forge_maps().backends.set(web, info, 0).unwrap();
     assert_eq!(
         fx.run(&syn(47005), ci).0,
