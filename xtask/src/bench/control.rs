@@ -199,6 +199,18 @@ pub fn run(lab: &mut BenchLab, p: &Params, dir: &Path) -> Result<ControlResults>
                 ..f
             });
         }
+        check_stop()?;
+        let f = haproxy_failover_run(lab).unwrap_or_else(|e| {
+            eprintln!("bench:   failover (HAProxy) failed: {e:#}");
+            Failover {
+                status: format!("failed: {e:#}"),
+                ..Default::default()
+            }
+        });
+        failover.push(Failover {
+            mode: "HAProxy (checks 1 s × 2, option redispatch, retries 3)".into(),
+            ..f
+        });
     }
     Ok(ControlResults {
         backend_death,
@@ -368,6 +380,32 @@ fn failover_run(lab: &mut BenchLab, dir: &Path, passive: Option<bool>) -> Result
         Duration::from_secs(30),
     )?;
     lab.pin_napi()?;
+    let result = failover_load(lab, &format!("{passive:?}"));
+    let restarted = lab.restart_servers(topo::BACKENDS);
+    drop(x);
+    lab.pin_napi()?;
+    restarted?;
+    result
+}
+
+/// The same failover run through HAProxy (TCP checks every 1 s, down after 2, `option
+/// redispatch`, 3 retries).
+fn haproxy_failover_run(lab: &mut BenchLab) -> Result<Failover> {
+    super::ensure_haproxy()?;
+    let run = lab.start_with(topo::System::Haproxy, Some(topo::haproxy_failover_config()))?;
+    // Its checks see every backend up first.
+    std::thread::sleep(Duration::from_secs(3));
+    let result = failover_load(lab, "HAProxy");
+    let restarted = lab.restart_servers(topo::BACKENDS);
+    drop(run);
+    lab.pin_napi()?;
+    restarted?;
+    result
+}
+
+/// A paced load through the VIP while the last backend's server is killed: what failed and
+/// when traffic to it stopped.
+fn failover_load(lab: &mut BenchLab, label: &str) -> Result<Failover> {
     let vip = SocketAddr::from((xlb_lab::lab::VIP_V4, topo::VIP_HTTP_PORT));
     let victim = topo::BACKENDS;
     let victim_name = xlb_lab::lab::backend_name(victim);
@@ -449,16 +487,12 @@ fn failover_run(lab: &mut BenchLab, dir: &Path, passive: Option<bool>) -> Result
             time_to_stop_ms: last.map(|l| (l - killed).as_secs_f64() * 1e3),
         };
         eprintln!(
-            "bench:   failover (passive {passive:?}): stop {:?} ms, {failed} of {} failed, {delayed} delayed",
+            "bench:   failover ({label}): stop {:?} ms, {failed} of {} failed, {delayed} delayed",
             f.time_to_stop_ms,
             after.len()
         );
         Ok(f)
     })();
-    let restarted = lab.restart_servers(victim);
-    drop(x);
-    lab.pin_napi()?;
-    restarted?;
     result
 }
 

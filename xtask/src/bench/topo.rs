@@ -555,6 +555,26 @@ fn nft_lb_ruleset() -> String {
     r
 }
 
+/// HAProxy for the failover comparison: the same check timing as xlb's bench (TCP checks every
+/// 1 s, down after 2, up after 2), `option redispatch` and retries, as an operator would run it.
+pub fn haproxy_failover_config() -> String {
+    let mut c = format!(
+        "global\n\tnbthread 1\n\tmaxconn 8000\n\n\
+         defaults\n\tmode tcp\n\ttimeout connect 2s\n\ttimeout client 30s\n\ttimeout server 30s\n\
+         \tretries 3\n\toption redispatch\n\n\
+         frontend web\n\tbind {}:{VIP_HTTP_PORT}\n\tdefault_backend web\n\n\
+         backend web\n\tbalance roundrobin\n",
+        lab::VIP_V4
+    );
+    for i in 1..=BACKENDS {
+        c.push_str(&format!(
+            "\tserver b{i} {}:{HTTP_PORT} check inter 1s fall 2 rise 2\n",
+            lab::backend_v4(i)
+        ));
+    }
+    c
+}
+
 fn haproxy_config() -> String {
     let mut c = format!(
         "global\n\tnbthread 1\n\tmaxconn 8000\n\n\
@@ -575,6 +595,11 @@ fn haproxy_config() -> String {
 impl BenchLab {
     /// Starts `system` in the lb namespace.
     pub fn start(&mut self, system: System) -> Result<Running> {
+        self.start_with(system, None)
+    }
+
+    /// Starts `system`; HAProxy with `haproxy_cfg` instead of the throughput config.
+    pub fn start_with(&mut self, system: System, haproxy_cfg: Option<String>) -> Result<Running> {
         let lb = self.lab.lb_ns();
         let lb_name = lb.name().to_owned();
         // Nothing of an earlier system may be left on the lb's interfaces.
@@ -612,7 +637,7 @@ impl BenchLab {
                         .to_vec(),
                 ));
                 let cfg = self.dir.join("haproxy.cfg");
-                std::fs::write(&cfg, haproxy_config())?;
+                std::fs::write(&cfg, haproxy_cfg.unwrap_or_else(haproxy_config))?;
                 let mut cmd = lb.command("taskset");
                 cmd.args(["-c", &LB_CPU.to_string(), "haproxy", "-db", "-f"])
                     .arg(&cfg)
