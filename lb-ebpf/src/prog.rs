@@ -109,7 +109,7 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, u32> {
         key.port = p.key.dport;
         if BACKEND_ADDRS.get_ptr(&key).is_some() {
             mark_direct(p);
-            return Ok(pass());
+            return Ok(pass_l4(p));
         }
     }
     if !port_in(PORTS_BACKEND, p.key.sport) {
@@ -592,11 +592,11 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
         return stray_dropped();
     }
     if DIRECT.get_ptr(&p.key).is_some() {
-        return pass();
+        return pass_l4(p);
     }
     let shared = baflags & BA_F_SHARED != 0;
     if !shared && maglev_backend(p, ba) != backend_id {
-        return pass();
+        return pass_l4(p);
     }
     let Some(nh) = NH_SCRATCH.get_ptr_mut(0) else {
         return stray_dropped();
@@ -608,7 +608,7 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
     // To this host (a health check or another local connection to the backend), or no
     // route: the kernel's, shared address or not.
     if rc == NH_LOCAL {
-        return pass();
+        return pass_l4(p);
     }
     if shared {
         return stray_dropped();
