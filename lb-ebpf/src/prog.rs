@@ -429,15 +429,7 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     // SAFETY: a map value pointer checked for null by the caller.
     let (vip, vport, service_id, backend_id) =
         unsafe { ((*ba).vip, (*ba).vport, (*ba).service_id, (*ba).backend_id) };
-    let key = FlowKey {
-        src: p.key.dst,
-        dst: vip,
-        sport: p.key.dport,
-        dport: vport,
-        proto: p.key.proto,
-        family: p.key.family,
-        _pad: [0; 2],
-    };
+    let key = client_key(p, &vip, vport);
     let ct = match CONNTRACK.get_ptr_mut(&key) {
         Some(ct) => ct,
         None => return Ok(STRAY),
@@ -459,19 +451,16 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
         // SAFETY: as above.
         unsafe { (*ct).flags |= CT_F_CLOSING };
     }
-    if p.first_fragment {
-        remember_fragments(p, &vip, ids(service_id, backend_id), 0);
-    }
     // SAFETY: as above.
     let nh = unsafe { &mut (*ct).reply_nh };
-    Ok(nat::send(
+    Ok(send_reply(
         ctx,
         p,
-        Rewrite::Src,
         &Target {
             addr: vip,
             port: vport,
         },
+        ids(service_id, backend_id),
         nh,
     ))
 }
@@ -483,19 +472,10 @@ fn stray_dropped() -> u32 {
     XDP_DROP
 }
 
-/// A backend's reply with no connection-table entry (see [`reply`]).
 /// Pin a flow again from its reply (`ids`: service id << 32 | backend id).
 #[inline(never)]
 fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop) {
-    let key = FlowKey {
-        src: p.key.dst,
-        dst: *vip,
-        sport: p.key.dport,
-        dport: vport,
-        proto: p.key.proto,
-        family: p.key.family,
-        _pad: [0; 2],
-    };
+    let key = client_key(p, vip, vport);
     let ct = CtValue {
         backend_id: ids as u32,
         service_id: (ids >> 32) as u32,
@@ -565,6 +545,31 @@ fn mark_direct(p: &Pkt) {
     }
 }
 
+/// The client's flow (client → `vip`:`vport`) a backend's reply `p` belongs to: the key of
+/// its connection-table entry.
+#[inline(always)]
+fn client_key(p: &Pkt, vip: &[u8; 16], vport: [u8; 2]) -> FlowKey {
+    FlowKey {
+        src: p.key.dst,
+        dst: *vip,
+        sport: p.key.dport,
+        dport: vport,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A reply on its way to the client: later fragments will follow a first one; the source
+/// becomes the VIP (`ids`: service id << 32 | backend id).
+#[inline(always)]
+fn send_reply(ctx: &XdpContext, p: &Pkt, t: &Target, ids: u64, nh: &mut NextHop) -> u32 {
+    if p.first_fragment {
+        remember_fragments(p, &t.addr, ids, 0);
+    }
+    nat::send(ctx, p, Rewrite::Src, t, nh)
+}
+
 /// `reply`: the flow has no connection-table entry.
 const STRAY: u32 = u32::MAX - 7;
 /// `reply`: the client's flow is pinned to another backend now.
@@ -627,17 +632,14 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
     recreate_flow(p, &vip, vport, ids(service_id, backend_id), nh);
     count(global::STRAY_RECREATED);
     count_reply(ctx, service_id, backend_id);
-    if p.first_fragment {
-        remember_fragments(p, &vip, ids(service_id, backend_id), 0);
-    }
-    nat::send(
+    send_reply(
         ctx,
         p,
-        Rewrite::Src,
         &Target {
             addr: vip,
             port: vport,
         },
+        ids(service_id, backend_id),
         nh,
     )
 }
@@ -670,19 +672,16 @@ fn shared_reply(ctx: &XdpContext, p: &Pkt, rv: *mut RevValue) -> Result<u32, u32
         _ => return Ok(stray_dropped()),
     }
     count_reply(ctx, service_id, backend_id);
-    if p.first_fragment {
-        remember_fragments(p, &vip, ids(service_id, backend_id), 0);
-    }
     // SAFETY: a map value pointer checked for null by the caller.
     let nh = unsafe { &mut (*rv).nh };
-    Ok(nat::send(
+    Ok(send_reply(
         ctx,
         p,
-        Rewrite::Src,
         &Target {
             addr: vip,
             port: vport,
         },
+        ids(service_id, backend_id),
         nh,
     ))
 }
@@ -697,15 +696,7 @@ const FLOW_MOVED: u32 = 1;
 /// bookkeeping): `FLOW_OK`, `FLOW_MOVED` or `REDISPATCH`.
 #[inline(never)]
 fn client_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], backend_id: u32) -> u32 {
-    let key = FlowKey {
-        src: p.key.dst,
-        dst: *vip,
-        sport: p.key.dport,
-        dport: vport,
-        proto: p.key.proto,
-        family: p.key.family,
-        _pad: [0; 2],
-    };
+    let key = client_key(p, vip, vport);
     match CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a map value pointer checked for null.
         Some(ct) => unsafe {
