@@ -821,6 +821,11 @@ fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u
             c.redispatched += 1;
             return REDISPATCH;
         }
+    } else if p.tcp_flags & (TCP_SYN | TCP_RST) == 0 && !answered {
+        // Data from the backend on a flow whose handshake was not seen here (a flow moved or
+        // re-created): answered, so that its later replies skip this bookkeeping.
+        // SAFETY: as above.
+        unsafe { (*ct).flags |= CT_F_ANSWERED };
     }
     FLOW_OK
 }
