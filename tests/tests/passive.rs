@@ -457,7 +457,11 @@ max_ejection_percent = 50
     let answered = |n: usize| {
         lab.client_ns().enter(|| {
             (0..n)
-                .filter_map(|_| client::udp_request(vip, Duration::from_millis(300)).ok())
+                // A UDP client retries once (a datagram lost on a busy 2-core machine is
+                // not what this test is about).
+                .filter_map(|_| {
+                    (0..2).find_map(|_| client::udp_request(vip, Duration::from_millis(300)).ok())
+                })
                 .collect::<Vec<String>>()
         })
     };
