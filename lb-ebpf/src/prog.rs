@@ -9,12 +9,12 @@ use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
     BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
-    CT_F_WITHHELD, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND,
-    PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    CT_F_WITHHELD, FRAG_F_DSR, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND,
+    PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_DSR, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
-    icmp,
+    encap, icmp,
     maps::{
         count, counters, hash_seed, passive, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
         BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
@@ -244,8 +244,10 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         c.new_flows += nf;
     }
 
+    let dsr = flags & SVC_F_DSR != 0;
     if p.first_fragment {
-        remember_fragments(p, addr, ids(service_id, backend_id), FRAG_F_FORWARD);
+        let f = if dsr { FRAG_F_DSR } else { 0 };
+        remember_fragments(p, addr, ids(service_id, backend_id), FRAG_F_FORWARD | f);
     }
     // Backend ids are below MAX_BACKENDS, the size of NEXTHOPS: the lookup cannot fail.
     let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
@@ -253,6 +255,10 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
     };
     // SAFETY: a map value pointer checked for null.
     let nh = unsafe { &mut *nh };
+    if dsr {
+        // Direct server return: the packet goes to the backend unchanged (encap.rs).
+        return Ok(encap::send(ctx, p, service_id, addr, nh));
+    }
     let t = Target { addr: *addr, port };
     Ok(nat::send(ctx, p, Rewrite::Dst, &t, nh))
 }
@@ -327,6 +333,9 @@ fn later_fragment(ctx: &XdpContext, p: &Pkt) -> u32 {
         if let Some(c) = counters(&BACKEND_STATS, backend_id) {
             c.packets += 1;
             c.bytes += len;
+        }
+        if flags & FRAG_F_DSR != 0 {
+            return encap::send(ctx, p, service_id, &addr, nh);
         }
         nat::send(ctx, p, Rewrite::Dst, &Target { addr, port: [0; 2] }, nh)
     } else {
