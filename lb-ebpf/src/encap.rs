@@ -23,11 +23,13 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::generated::bpf_xdp_adjust_head,
+    macros::map,
+    maps::PerCpuArray,
     programs::XdpContext,
     EbpfContext,
 };
 use lb_common::{
-    csum, global, hash::flow_hash, NextHop, AF_INET, DSR_ENCAP_GUE, DSR_ENCAP_L2, GUE_HDR_LEN,
+    csum, global, hash::flow_hash, DsrConf, NextHop, AF_INET, DSR_ENCAP_GUE, DSR_ENCAP_L2, GUE_HDR_LEN,
     NH_F_GATEWAY, NH_F_KERNEL, PROTO_UDP,
 };
 
@@ -42,8 +44,10 @@ const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_IPV6: u8 = 41;
 const UDP_HDR_LEN: usize = 8;
 
-/// The outer headers of one packet.
-struct Outer {
+/// The outer headers of the packet being sent, one per CPU (off the stack: the verifier adds
+/// up the stack frames of a call chain, 512 bytes in all).
+#[repr(C)]
+pub struct Outer {
     src: [u8; 16],
     dst: [u8; 16],
     hash: u32,
@@ -53,6 +57,9 @@ struct Outer {
     /// kernel to be fragmented outside).
     df: bool,
 }
+
+#[map(name = "ENCAP_SCRATCH")]
+static ENCAP_SCRATCH: PerCpuArray<Outer> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn dropped() -> u32 {
@@ -69,37 +76,51 @@ pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mu
         return dropped();
     };
     // SAFETY: a map value pointer checked for null.
-    let (encap, prefix, mask, gue_port) = unsafe {
-        (
-            (*conf).encap,
-            (*conf).src_prefix,
-            (*conf).src_mask,
-            (*conf).gue_port,
-        )
-    };
+    let encap = unsafe { (*conf).encap };
     if encap == DSR_ENCAP_L2 {
         return l2(ctx, p, addr, nh);
     }
-    let k = &p.key;
-    let hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto, hash_seed());
-    let v4 = k.family == AF_INET;
-    let gue = encap == DSR_ENCAP_GUE;
-    let mut o = Outer {
-        src: prefix,
-        dst: *addr,
-        hash,
-        gue_port,
-        gue,
-        df: !v4 || p.df,
+    let Some(o) = ENCAP_SCRATCH.get_ptr_mut(0) else {
+        return dropped();
     };
-    // The host bits from the flow hash.
-    let i = if v4 { 0 } else { 12 };
-    let m = u32::from_be_bytes(mask);
-    let base = u32::from_be_bytes([o.src[i], o.src[i + 1], o.src[i + 2], o.src[i + 3]]);
-    let a = ((base & !m) | (hash & m)).to_be_bytes();
-    o.src[i..i + 4].copy_from_slice(&a);
-    let overhead = overhead(v4, gue);
+    // SAFETY: a per-CPU map value checked for null; XDP runs to completion on its CPU.
+    let o = unsafe { &mut *o };
+    outer(p, conf, addr, o);
+    tunnel(ctx, p, o, nh)
+}
 
+/// Fill `o` for `p` to the backend at `addr` with the service's settings `conf`. Not
+/// inlined: the flow hash's frame is not on the stack while the packet is sent.
+#[inline(never)]
+fn outer(p: &Pkt, conf: *const DsrConf, addr: &[u8; 16], o: &mut Outer) {
+    let k = &p.key;
+    let v4 = k.family == AF_INET;
+    o.hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto, hash_seed());
+    o.dst = *addr;
+    // SAFETY: a map value pointer checked for null by the caller.
+    unsafe {
+        o.gue = (*conf).encap == DSR_ENCAP_GUE;
+        o.src = (*conf).src_prefix;
+        o.gue_port = (*conf).gue_port;
+        // The host bits from the flow hash.
+        let m = u32::from_be_bytes((*conf).src_mask);
+        let i = if v4 { 0 } else { 12 };
+        let base = u32::from_be_bytes([o.src[i], o.src[i + 1], o.src[i + 2], o.src[i + 3]]);
+        let a = ((base & !m) | (o.hash & m)).to_be_bytes();
+        o.src[i] = a[0];
+        o.src[i + 1] = a[1];
+        o.src[i + 2] = a[2];
+        o.src[i + 3] = a[3];
+    }
+    o.df = !v4 || p.df;
+}
+
+/// `ipip` / `gue`: resolve the next hop of the outer packet, apply the MTU rule, encapsulate
+/// and send.
+#[inline(always)]
+fn tunnel(ctx: &XdpContext, p: &Pkt, o: &mut Outer, nh: &mut NextHop) -> u32 {
+    let v4 = p.key.family == AF_INET;
+    let overhead = overhead(v4, o.gue);
     let rc = nat::resolve(ctx, p, &o.src, &o.dst, nh);
     let too_big = rc == NH_TOO_BIG
         || (rc == NH_OK && nh.mtu != 0 && p.ip_len + overhead > nh.mtu as usize);
@@ -107,7 +128,7 @@ pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mu
         if v4 && !p.df {
             // The kernel fragments the outer packet (DF clear).
             o.df = false;
-            let r = encapsulate(ctx, p, &o);
+            let r = encapsulate(ctx, p, o);
             if r != nat::DONE {
                 return r;
             }
@@ -125,7 +146,7 @@ pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mu
     if kernel {
         // The kernel resolves the neighbour (or takes an egress XDP cannot) and forwards the
         // encapsulated packet.
-        let r = encapsulate(ctx, p, &o);
+        let r = encapsulate(ctx, p, o);
         if r != nat::DONE {
             return r;
         }
@@ -140,7 +161,7 @@ pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mu
     if r != nat::DONE {
         return r;
     }
-    let r = encapsulate(ctx, p, &o);
+    let r = encapsulate(ctx, p, o);
     if r != nat::DONE {
         return r;
     }
@@ -162,7 +183,7 @@ pub fn overhead(v4: bool, gue: bool) -> usize {
 /// Nothing the kernel could do for this packet (it would deliver it to the local VIP):
 /// without a neighbour entry yet, through a gateway, or out of an egress XDP cannot use, it
 /// is dropped (counted `fib_no_neigh` / `egress_kernel` and `dropped`).
-#[inline(always)]
+#[inline(never)]
 fn l2(ctx: &XdpContext, p: &Pkt, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
     let rc = nat::resolve(ctx, p, &p.key.src, addr, nh);
     if rc == NH_TOO_BIG || (rc == NH_OK && nh.mtu != 0 && p.ip_len > nh.mtu as usize) {
@@ -189,7 +210,7 @@ fn l2(ctx: &XdpContext, p: &Pkt, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
 }
 
 /// Decrement the inner TTL / hop limit (IPv4 header checksum updated).
-#[inline(never)]
+#[inline(always)]
 fn dec_ttl(ctx: &XdpContext, p: &Pkt) -> u32 {
     let l3 = p.l3 & 0x1f;
     if p.key.family == AF_INET {
@@ -235,9 +256,6 @@ fn try_encapsulate(ctx: &XdpContext, p: &Pkt, o: &Outer) -> Result<(), u32> {
     let inner_len = p.ip_len & 0xffff;
     let iph: usize = if v4 { 20 } else { 40 };
     let n = overhead(v4, o.gue);
-    // What the outer headers need from the inner one: IPv4 TOS / IPv6 traffic class, and
-    // for the GUE-over-IPv6 checksum its first 8 bytes.
-    let first: [u8; 8] = get(ctx, l2)?;
     let lco = !v4 && o.gue && p.kind == KIND_L4 && !p.first_fragment && p.l4 == p.l3 + 40;
     // The old L2 header (at most 22 bytes; the frame is longer: an IP header follows).
     let old_l2: [u8; 22] = get(ctx, 0)?;
@@ -247,6 +265,9 @@ fn try_encapsulate(ctx: &XdpContext, p: &Pkt, o: &Outer) -> Result<(), u32> {
     }
     // The L2 header moves to the new front; bytes past it are overwritten below.
     put(ctx, 0, &old_l2)?;
+    // What the outer headers need from the inner one: IPv4 TOS / IPv6 traffic class, and
+    // for the GUE-over-IPv6 checksum its first 8 bytes.
+    let first: [u8; 8] = get(ctx, l2 + n)?;
     let proto = if o.gue {
         PROTO_UDP
     } else if v4 {
@@ -254,32 +275,43 @@ fn try_encapsulate(ctx: &XdpContext, p: &Pkt, o: &Outer) -> Result<(), u32> {
     } else {
         IPPROTO_IPV6
     };
-    let inner_proto = if v4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
     let outer_len = inner_len + n;
     if v4 {
+        let ip: *mut [u8; 20] = ptr_at(ctx, l2).map_err(|_| malformed())?;
+        // SAFETY: bounds checked by `ptr_at`.
+        let ip = unsafe { &mut *ip };
         let tot = (outer_len as u16).to_be_bytes();
-        let mut ip = [0u8; 20];
         ip[0] = 0x45;
         ip[1] = first[1];
         ip[2] = tot[0];
         ip[3] = tot[1];
-        if o.df {
-            ip[6] = 0x40;
-        }
+        ip[4] = 0;
+        ip[5] = 0;
+        ip[6] = if o.df { 0x40 } else { 0 };
+        ip[7] = 0;
         ip[8] = 64;
         ip[9] = proto;
-        ip[12..16].copy_from_slice(&o.src[..4]);
-        ip[16..20].copy_from_slice(&o.dst[..4]);
-        let c = csum::finish(csum::add(0, &ip)).to_be_bytes();
+        ip[10] = 0;
+        ip[11] = 0;
+        ip[12] = o.src[0];
+        ip[13] = o.src[1];
+        ip[14] = o.src[2];
+        ip[15] = o.src[3];
+        ip[16] = o.dst[0];
+        ip[17] = o.dst[1];
+        ip[18] = o.dst[2];
+        ip[19] = o.dst[3];
+        let c = csum::finish(csum::add(0, ip)).to_be_bytes();
         ip[10] = c[0];
         ip[11] = c[1];
-        put(ctx, l2, &ip)?;
     } else {
+        let ip: *mut [u8; 40] = ptr_at(ctx, l2).map_err(|_| malformed())?;
+        // SAFETY: bounds checked by `ptr_at`.
+        let ip = unsafe { &mut *ip };
         let pl = ((outer_len - 40) as u16).to_be_bytes();
         // Version 6, the inner traffic class, a flow label from the flow hash.
         let tc = (first[0] << 4) | (first[1] >> 4);
         let fl = o.hash & 0x000f_ffff;
-        let mut ip = [0u8; 40];
         ip[0] = 0x60 | (tc >> 4);
         ip[1] = (tc << 4) | ((fl >> 16) as u8 & 0x0f);
         ip[2] = (fl >> 8) as u8;
@@ -290,35 +322,35 @@ fn try_encapsulate(ctx: &XdpContext, p: &Pkt, o: &Outer) -> Result<(), u32> {
         ip[7] = 64;
         ip[8..24].copy_from_slice(&o.src);
         ip[24..40].copy_from_slice(&o.dst);
-        put(ctx, l2, &ip)?;
     }
     if !o.gue {
         return Ok(());
     }
+    let uh: *mut [u8; 12] = ptr_at(ctx, l2 + iph).map_err(|_| malformed())?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let uh = unsafe { &mut *uh };
     let ulen = ((outer_len - iph) as u16).to_be_bytes();
     let sport = (0xc000 | (o.hash & 0x3fff) as u16).to_be_bytes();
-    let mut uh = [
-        sport[0],
-        sport[1],
-        o.gue_port[0],
-        o.gue_port[1],
-        ulen[0],
-        ulen[1],
-        0,
-        0,
-        // GUE: version 0, C 0, hlen 0; the inner protocol; flags 0.
-        0,
-        inner_proto,
-        0,
-        0,
-    ];
+    uh[0] = sport[0];
+    uh[1] = sport[1];
+    uh[2] = o.gue_port[0];
+    uh[3] = o.gue_port[1];
+    uh[4] = ulen[0];
+    uh[5] = ulen[1];
+    uh[6] = 0;
+    uh[7] = 0;
+    // GUE: version 0, C 0, hlen 0; the inner protocol; flags 0.
+    uh[8] = 0;
+    uh[9] = if v4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    uh[10] = 0;
+    uh[11] = 0;
     if lco {
         // Pseudo-header, UDP and GUE headers, then the inner packet as the sum of its first
         // 8 bytes minus the inner pseudo-header's length and protocol (see the module docs).
         let mut s = csum::add(0, &o.src);
         s = csum::add(s, &o.dst);
         s += u16::from_be_bytes(ulen) as u32 + PROTO_UDP as u32;
-        s = csum::add(s, &uh);
+        s = csum::add(s, uh);
         s = csum::add(s, &first);
         s += 0xffff - u16::from_be_bytes([first[4], first[5]]) as u32;
         s += 0xffff - p.key.proto as u32;
@@ -330,7 +362,6 @@ fn try_encapsulate(ctx: &XdpContext, p: &Pkt, o: &Outer) -> Result<(), u32> {
         uh[6] = c[0];
         uh[7] = c[1];
     }
-    put(ctx, l2 + iph, &uh)?;
     Ok(())
 }
 

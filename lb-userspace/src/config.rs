@@ -319,6 +319,119 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// Name of a `[[target_group]]`.
     pub target_group: String,
+    /// How client packets reach the backends (`forwarding`, `dsr_*`).
+    #[serde(skip_serializing_if = "Forwarding::is_nat")]
+    pub forwarding: Forwarding,
+}
+
+/// `forwarding` of a service: NAT (the default) or direct server return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum Forwarding {
+    /// Destination rewritten to the backend, replies rewritten back through xlb.
+    #[default]
+    Nat,
+    /// Direct server return: packets reach the backend with the VIP as destination; the
+    /// backend answers the client itself.
+    Dsr(DsrConfig),
+}
+
+impl Forwarding {
+    pub fn is_nat(&self) -> bool {
+        matches!(self, Forwarding::Nat)
+    }
+
+    pub fn dsr(&self) -> Option<&DsrConfig> {
+        match self {
+            Forwarding::Nat => None,
+            Forwarding::Dsr(d) => Some(d),
+        }
+    }
+}
+
+/// The `dsr_*` keys of a service with `forwarding = "dsr"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct DsrConfig {
+    /// `dsr_encap`
+    pub encap: DsrEncap,
+    /// `dsr_source_prefix` (`ipip`, `gue`): the outer source addresses, chosen within it by
+    /// the flow hash (at most its 16 lowest host bits vary).
+    pub source_prefix: Option<Prefix>,
+    /// `dsr_gue_port` (`gue`): the UDP destination port.
+    pub gue_port: u16,
+}
+
+/// `dsr_encap`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsrEncap {
+    /// MACs rewritten only: backends on a directly connected link.
+    L2,
+    /// IPv4-in-IPv4 / IPv6-in-IPv6.
+    Ipip,
+    /// IP in GUE (UDP).
+    Gue,
+}
+
+impl DsrEncap {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DsrEncap::L2 => "l2",
+            DsrEncap::Ipip => "ipip",
+            DsrEncap::Gue => "gue",
+        }
+    }
+}
+
+impl fmt::Display for DsrEncap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An address prefix (`198.18.99.0/24`, `2001:db8:99::/112`); host bits are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Host bits that vary with the flow hash: those of the prefix, at most 16.
+    pub fn hash_bits(&self) -> u32 {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        (max - u32::from(self.len)).min(16)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("\"{s}\" is not a prefix (address/length, e.g. \"198.18.99.0/24\")"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("\"{a}\" in \"{s}\" is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = match l.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("prefix length \"{l}\" in \"{s}\" must be 0..={max}")),
+        };
+        Ok(Prefix { addr, len })
+    }
+}
+
+impl Serialize for Prefix {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -1192,7 +1305,20 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
 
 fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos), ConfigError> {
     let t = at.table(cx, "a table")?;
-    t.allow(cx, &["name", "vip", "port", "protocol", "target_group"])?;
+    t.allow(
+        cx,
+        &[
+            "name",
+            "vip",
+            "port",
+            "protocol",
+            "target_group",
+            "forwarding",
+            "dsr_encap",
+            "dsr_source_prefix",
+            "dsr_gue_port",
+        ],
+    )?;
 
     let name_at = t.require(cx, "name")?;
     let name = name_at.name(cx)?;
@@ -1228,6 +1354,7 @@ fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos)
 
     let tg_at = t.require(cx, "target_group")?;
     let target_group = tg_at.name(cx)?;
+    let forwarding = parse_forwarding(cx, &t, vip)?;
 
     Ok((
         ServiceConfig {
@@ -1236,6 +1363,7 @@ fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos)
             port,
             protocol,
             target_group,
+            forwarding,
         },
         ServicePos {
             table: t.pos,
@@ -1244,6 +1372,103 @@ fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos)
             target_group: tg_at.pos,
         },
     ))
+}
+
+/// A service's `forwarding` and `dsr_*` keys.
+fn parse_forwarding(cx: &Cx<'_>, t: &Table<'_>, vip: IpAddr) -> Result<Forwarding, ConfigError> {
+    let dsr = match t.get("forwarding") {
+        None => false,
+        Some(at) => match at.str(cx)? {
+            "nat" => false,
+            "dsr" => true,
+            other => {
+                return Err(at.err(
+                    cx,
+                    format!("unknown forwarding \"{other}\" (expected \"nat\" or \"dsr\")"),
+                ))
+            }
+        },
+    };
+    if !dsr {
+        for key in ["dsr_encap", "dsr_source_prefix", "dsr_gue_port"] {
+            if let Some(at) = t.get(key) {
+                return Err(at.err(cx, format!("{key} applies only with forwarding = \"dsr\"")));
+            }
+        }
+        return Ok(Forwarding::Nat);
+    }
+    let encap_at = t.get("dsr_encap").ok_or_else(|| {
+        t.get("forwarding").expect("forwarding is set").err(
+            cx,
+            "forwarding = \"dsr\" needs dsr_encap = \"l2\", \"ipip\" or \"gue\"",
+        )
+    })?;
+    let encap = match encap_at.str(cx)? {
+        "l2" => DsrEncap::L2,
+        "ipip" => DsrEncap::Ipip,
+        "gue" => DsrEncap::Gue,
+        other => {
+            return Err(encap_at.err(
+                cx,
+                format!(
+                    "unknown dsr_encap \"{other}\" (expected \"l2\", \"ipip\" or \"gue\")"
+                ),
+            ))
+        }
+    };
+    let source_prefix = match t.get("dsr_source_prefix") {
+        Some(at) if encap == DsrEncap::L2 => {
+            return Err(at.err(
+                cx,
+                "dsr_source_prefix applies only to dsr_encap = \"ipip\" or \"gue\" \
+                 (l2 keeps the client's packet as it is)",
+            ))
+        }
+        Some(at) => {
+            let p: Prefix = at.str(cx)?.parse().map_err(|m: String| at.err(cx, m))?;
+            if p.addr.is_ipv4() != vip.is_ipv4() {
+                return Err(at.err(
+                    cx,
+                    format!(
+                        "dsr_source_prefix {p} is {} but the vip {vip} is {}: the outer header \
+                         has the family of the inner one",
+                        family(p.addr),
+                        family(vip)
+                    ),
+                ));
+            }
+            Some(p)
+        }
+        None if encap == DsrEncap::L2 => None,
+        None => {
+            return Err(encap_at.err(
+                cx,
+                format!(
+                    "dsr_encap = \"{encap}\" needs dsr_source_prefix (the outer source \
+                     addresses, e.g. \"{}\")",
+                    if vip.is_ipv4() {
+                        "198.18.99.0/24"
+                    } else {
+                        "2001:db8:99::/112"
+                    }
+                ),
+            ))
+        }
+    };
+    let gue_port = match t.get("dsr_gue_port") {
+        Some(at) if encap != DsrEncap::Gue => {
+            return Err(at.err(cx, "dsr_gue_port applies only to dsr_encap = \"gue\""))
+        }
+        Some(at) => {
+            at.port(cx)?
+        }
+        None => lb_common::DEFAULT_GUE_PORT,
+    };
+    Ok(Forwarding::Dsr(DsrConfig {
+        encap,
+        source_prefix,
+        gue_port,
+    }))
 }
 
 fn parse_target_group(
@@ -2265,6 +2490,23 @@ fn validate(
                 ),
             ));
         }
+        if s.forwarding.dsr().is_some() {
+            if let Some(bi) = (0..g.backends.len()).find(|&bi| g.backend_port(&g.backends[bi], s.port) != s.port) {
+                let b = &g.backends[bi];
+                return Err(cx.err(
+                    gpos[gi].backends[bi],
+                    format!("target_group[{gi}].backends[{bi}]"),
+                    format!(
+                        "backend {} cannot serve service[{si}] \"{}\" with forwarding = \"dsr\": \
+                         the backend receives the client's packet to the vip unchanged and answers \
+                         from it, so it must listen on the service port {}",
+                        format_addr_port(b.address, g.backend_port(b, s.port)),
+                        s.name,
+                        s.port
+                    ),
+                ));
+            }
+        }
         let mut seen: HashSet<(IpAddr, u16)> = HashSet::new();
         for (bi, b) in g.backends.iter().enumerate() {
             let port = g.backend_port(b, s.port);
@@ -3006,6 +3248,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     port: 80,
                     protocol: Protocol::Tcp,
                     target_group: "web-servers".into(),
+                    forwarding: Forwarding::Nat,
                 },
                 ServiceConfig {
                     name: "dns".into(),
@@ -3013,6 +3256,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     port: 53,
                     protocol: Protocol::Udp,
                     target_group: "dns-servers".into(),
+                    forwarding: Forwarding::Nat,
                 },
                 ServiceConfig {
                     name: "web6".into(),
@@ -3020,6 +3264,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     port: 80,
                     protocol: Protocol::Tcp,
                     target_group: "web-servers-v6".into(),
+                    forwarding: Forwarding::Nat,
                 },
             ]
         );

@@ -13,6 +13,7 @@ pub mod commit;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod dsr;
 pub mod ebpf;
 pub mod endpoint;
 pub mod health;
