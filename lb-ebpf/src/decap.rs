@@ -131,7 +131,10 @@ fn try_decap(ctx: &XdpContext) -> u32 {
         if p != IPPROTO_IPIP && p != IPPROTO_IPV6 && p != PROTO_UDP {
             return passed();
         }
-        if DECAP_LOCAL.get_ptr(&addr_key(&ip[16..20], AF_INET)).is_none() {
+        if DECAP_LOCAL
+            .get_ptr(&addr_key(&ip[16..20], AF_INET))
+            .is_none()
+        {
             return passed();
         }
         let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
@@ -144,7 +147,10 @@ fn try_decap(ctx: &XdpContext) -> u32 {
         if p != IPPROTO_IPIP && p != IPPROTO_IPV6 && p != PROTO_UDP {
             return passed();
         }
-        if DECAP_LOCAL.get_ptr(&addr_key(&ip[24..40], AF_INET6)).is_none() {
+        if DECAP_LOCAL
+            .get_ptr(&addr_key(&ip[24..40], AF_INET6))
+            .is_none()
+        {
             return passed();
         }
         let pl = u16::from_be_bytes([ip[4], ip[5]]) as usize;
@@ -223,9 +229,7 @@ fn try_decap(ctx: &XdpContext) -> u32 {
     if off + len > end {
         return bad();
     }
-    if conf(DECAP_CONF_VIP_FILTER) != 0
-        && DECAP_VIPS.get_ptr(&addr_key(&dst, family)).is_none()
-    {
+    if conf(DECAP_CONF_VIP_FILTER) != 0 && DECAP_VIPS.get_ptr(&addr_key(&dst, family)).is_none() {
         bump(decap::NOT_VIP);
         return XDP_PASS;
     }

@@ -29,8 +29,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    csum, global, hash::flow_hash, DsrConf, NextHop, AF_INET, DSR_ENCAP_GUE, DSR_ENCAP_L2, GUE_HDR_LEN,
-    NH_F_GATEWAY, NH_F_KERNEL, PROTO_UDP,
+    csum, global, hash::flow_hash, DsrConf, NextHop, AF_INET, DSR_ENCAP_GUE, DSR_ENCAP_L2,
+    GUE_HDR_LEN, NH_F_GATEWAY, NH_F_KERNEL, PROTO_UDP,
 };
 
 use crate::{
@@ -122,8 +122,8 @@ fn tunnel(ctx: &XdpContext, p: &Pkt, o: &mut Outer, nh: &mut NextHop) -> u32 {
     let v4 = p.key.family == AF_INET;
     let overhead = overhead(v4, o.gue);
     let rc = nat::resolve(ctx, p, &o.src, &o.dst, nh);
-    let too_big = rc == NH_TOO_BIG
-        || (rc == NH_OK && nh.mtu != 0 && p.ip_len + overhead > nh.mtu as usize);
+    let too_big =
+        rc == NH_TOO_BIG || (rc == NH_OK && nh.mtu != 0 && p.ip_len + overhead > nh.mtu as usize);
     if too_big {
         if v4 && !p.df {
             // The kernel fragments the outer packet (DF clear).

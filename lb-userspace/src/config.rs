@@ -413,16 +413,20 @@ impl fmt::Display for Prefix {
 impl std::str::FromStr for Prefix {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| format!("\"{s}\" is not a prefix (address/length, e.g. \"198.18.99.0/24\")"))?;
+        let (a, l) = s.split_once('/').ok_or_else(|| {
+            format!("\"{s}\" is not a prefix (address/length, e.g. \"198.18.99.0/24\")")
+        })?;
         let addr: IpAddr = a
             .parse()
             .map_err(|_| format!("\"{a}\" in \"{s}\" is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len: u8 = match l.parse::<u8>() {
             Ok(n) if n <= max => n,
-            _ => return Err(format!("prefix length \"{l}\" in \"{s}\" must be 0..={max}")),
+            _ => {
+                return Err(format!(
+                    "prefix length \"{l}\" in \"{s}\" must be 0..={max}"
+                ))
+            }
         };
         Ok(Prefix { addr, len })
     }
@@ -1410,9 +1414,7 @@ fn parse_forwarding(cx: &Cx<'_>, t: &Table<'_>, vip: IpAddr) -> Result<Forwardin
         other => {
             return Err(encap_at.err(
                 cx,
-                format!(
-                    "unknown dsr_encap \"{other}\" (expected \"l2\", \"ipip\" or \"gue\")"
-                ),
+                format!("unknown dsr_encap \"{other}\" (expected \"l2\", \"ipip\" or \"gue\")"),
             ))
         }
     };
@@ -1459,9 +1461,7 @@ fn parse_forwarding(cx: &Cx<'_>, t: &Table<'_>, vip: IpAddr) -> Result<Forwardin
         Some(at) if encap != DsrEncap::Gue => {
             return Err(at.err(cx, "dsr_gue_port applies only to dsr_encap = \"gue\""))
         }
-        Some(at) => {
-            at.port(cx)?
-        }
+        Some(at) => at.port(cx)?,
         None => lb_common::DEFAULT_GUE_PORT,
     };
     Ok(Forwarding::Dsr(DsrConfig {
@@ -2491,7 +2491,9 @@ fn validate(
             ));
         }
         if s.forwarding.dsr().is_some() {
-            if let Some(bi) = (0..g.backends.len()).find(|&bi| g.backend_port(&g.backends[bi], s.port) != s.port) {
+            if let Some(bi) =
+                (0..g.backends.len()).find(|&bi| g.backend_port(&g.backends[bi], s.port) != s.port)
+            {
                 let b = &g.backends[bi];
                 return Err(cx.err(
                     gpos[gi].backends[bi],

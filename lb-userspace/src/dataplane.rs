@@ -698,11 +698,7 @@ impl MapWriter for Dataplane {
         self.maps.passive_conf.set(id, conf, 0)
     }
 
-    fn set_dsr(
-        &mut self,
-        id: u32,
-        conf: lb_common::DsrConf,
-    ) -> std::result::Result<(), MapError> {
+    fn set_dsr(&mut self, id: u32, conf: lb_common::DsrConf) -> std::result::Result<(), MapError> {
         self.maps.dsr.set(id, conf, 0)
     }
 }

@@ -15,8 +15,8 @@ use aya::{
 };
 use lb_common::{
     decap, DecapVipKey, DsrConf, DECAP_CONF_GUE_PORT, DECAP_CONF_VIP_FILTER, DSR_ENCAP_GUE,
-    DSR_ENCAP_IPIP, DSR_ENCAP_L2, MAP_DECAP_CONF, MAP_DECAP_STATS, MAP_DECAP_VIPS,
-    MAX_DECAP_VIPS, PROG_XDP_DECAP,
+    DSR_ENCAP_IPIP, DSR_ENCAP_L2, MAP_DECAP_CONF, MAP_DECAP_STATS, MAP_DECAP_VIPS, MAX_DECAP_VIPS,
+    PROG_XDP_DECAP,
 };
 use thiserror::Error;
 
@@ -37,7 +37,11 @@ pub fn map_value(f: &Forwarding) -> Option<DsrConf> {
     if let Some(p) = d.source_prefix {
         let (mut addr, _) = crate::dataplane::addr_bytes(p.addr);
         let bits = p.hash_bits();
-        let mask: u32 = if bits == 0 { 0 } else { u32::MAX >> (32 - bits) };
+        let mask: u32 = if bits == 0 {
+            0
+        } else {
+            u32::MAX >> (32 - bits)
+        };
         // The network address: host bits cleared (within the last 32 bits, the rest of a
         // longer IPv6 host part is kept as given).
         let i = if p.addr.is_ipv4() { 0 } else { 12 };
@@ -151,14 +155,15 @@ impl Decap {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(DecapError::MissingMap(name))
         };
-        let mut conf: Array<MapData, u32> =
-            Array::try_from(take(&mut ebpf, MAP_DECAP_CONF)?).map_err(|e| DecapError::Map(MAP_DECAP_CONF, e))?;
+        let mut conf: Array<MapData, u32> = Array::try_from(take(&mut ebpf, MAP_DECAP_CONF)?)
+            .map_err(|e| DecapError::Map(MAP_DECAP_CONF, e))?;
         conf.set(DECAP_CONF_GUE_PORT, u32::from(gue_port), 0)
             .map_err(|e| DecapError::Map(MAP_DECAP_CONF, e))?;
         conf.set(DECAP_CONF_VIP_FILTER, u32::from(!vips.is_empty()), 0)
             .map_err(|e| DecapError::Map(MAP_DECAP_CONF, e))?;
         let mut vmap: HashMap<MapData, DecapVipKey, u32> =
-            HashMap::try_from(take(&mut ebpf, MAP_DECAP_VIPS)?).map_err(|e| DecapError::Map(MAP_DECAP_VIPS, e))?;
+            HashMap::try_from(take(&mut ebpf, MAP_DECAP_VIPS)?)
+                .map_err(|e| DecapError::Map(MAP_DECAP_VIPS, e))?;
         for v in vips {
             vmap.insert(key(*v), 1, 0)
                 .map_err(|e| DecapError::Map(MAP_DECAP_VIPS, e))?;
@@ -172,8 +177,8 @@ impl Decap {
                 source,
             })?;
         }
-        let stats = PerCpuArray::try_from(stats_map)
-            .map_err(|e| DecapError::Map(MAP_DECAP_STATS, e))?;
+        let stats =
+            PerCpuArray::try_from(stats_map).map_err(|e| DecapError::Map(MAP_DECAP_STATS, e))?;
         Ok(Decap {
             ebpf,
             local,
@@ -254,9 +259,14 @@ fn read_counters(stats: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)> 
         .collect()
 }
 
-/// Where `xlb decap --interface DEV` pins its counters.
+/// Where `xlb decap --interface DEV` pins its counters: named after the network namespace
+/// (its inode) and DEV, so that decaps in different namespaces do not collide.
 pub fn stats_pin(iface: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/xlb-decap-{iface}"))
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    PathBuf::from(format!("/sys/fs/bpf/xlb-decap-{ns}-{iface}"))
 }
 
 /// The counters a running `xlb decap --interface DEV` pinned.
@@ -295,17 +305,19 @@ pub fn format_counters(c: &[(&'static str, u64)]) -> String {
 
 /// `xlb decap`: attach to `iface` and run until SIGINT / SIGTERM, keeping `DECAP_LOCAL` in
 /// step with the host's addresses (every second); detach and print the counters on exit.
-pub fn run(
-    iface: &str,
-    vips: &[IpAddr],
-    gue_port: u16,
-    mode: ConfigXdpMode,
-) -> anyhow::Result<()> {
+pub fn run(iface: &str, vips: &[IpAddr], gue_port: u16, mode: ConfigXdpMode) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let pin = stats_pin(iface);
     // A pin left by a previous run that was killed.
     let _ = std::fs::remove_file(&pin);
-    let mut d = Decap::load(gue_port, vips, Some(&pin))?;
+    let mut d = match Decap::load(gue_port, vips, Some(&pin)) {
+        Ok(d) => d,
+        Err(e @ DecapError::Pin { .. }) => {
+            tracing::warn!(error = %e, "`xlb decap --stats` will not see the counters");
+            Decap::load(gue_port, vips, None)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     d.set_local_addrs(&host_addrs())?;
     let label = match d.attach(iface, mode) {
         Ok(l) => l,

@@ -376,9 +376,7 @@ fn main() -> ExitCode {
             let result = if stats {
                 xlb::dsr::pinned_counters(&interface)
                     .map(|c| print!("{}", xlb::dsr::format_counters(&c)))
-                    .map_err(|e| {
-                        anyhow::anyhow!("no `xlb decap` running on {interface}? ({e})")
-                    })
+                    .map_err(|e| anyhow::anyhow!("no `xlb decap` running on {interface}? ({e})"))
             } else {
                 let mode = match xdp_mode.as_str() {
                     "native" => xlb::config::XdpMode::Native,

@@ -309,8 +309,20 @@ fn inner_ok(frame: &[u8], e: Encap) -> Result<(), String> {
     let v6 = frame[l3] >> 4 == 6;
     let skip = match e {
         Encap::L2 => 0,
-        Encap::Ipip => if v6 { 40 } else { 20 },
-        Encap::Gue => if v6 { 52 } else { 32 },
+        Encap::Ipip => {
+            if v6 {
+                40
+            } else {
+                20
+            }
+        }
+        Encap::Gue => {
+            if v6 {
+                52
+            } else {
+                32
+            }
+        }
     };
     let inner = &frame[l3 + skip..];
     verify_checksums(&eth([0; 6], [0; 6], &[], inner)).map_err(|e| format!("inner: {e}"))
@@ -321,7 +333,15 @@ fn client_frame(l3: Vec<u8>) -> Vec<u8> {
 }
 
 /// A TCP data segment or UDP datagram of IP length `len` (at least 100) from the client.
-fn packet(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, tcp_: bool, len: usize, f: V4) -> Vec<u8> {
+fn packet(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    tcp_: bool,
+    len: usize,
+    f: V4,
+) -> Vec<u8> {
     let hl = if src.is_ipv4() { 20 } else { 40 } + if tcp_ { 20 } else { 8 };
     let payload: Vec<u8> = (0..len - hl).map(|i| (i * 7 + 3) as u8).collect();
     let l4 = if tcp_ {
@@ -408,7 +428,11 @@ fn dsr_frames_to_the_backend() {
         }
     }
     let rev = r.fx.dp.maps().reverse.keys().count();
-    r.expect("no REVERSE entries", rev == 0, "DSR flows made REVERSE entries");
+    r.expect(
+        "no REVERSE entries",
+        rev == 0,
+        "DSR flows made REVERSE entries",
+    );
     r.finish("dsr frames", 24);
 }
 
@@ -655,7 +679,15 @@ fn decap_strips_ipip_and_gue() {
             for tcp_ in [true, false] {
                 let (c, host) = if v6 { (C6, HOST6) } else { (C4, HOST4) };
                 let v = vip(e, v6);
-                let inner = packet(c, v, 43000, if tcp_ { 80 } else { 53 }, tcp_, 200, V4::default());
+                let inner = packet(
+                    c,
+                    v,
+                    43000,
+                    if tcp_ { 80 } else { 53 },
+                    tcp_,
+                    200,
+                    V4::default(),
+                );
                 let (frame, want) = tunnel(e, &inner, host, &[]);
                 r.case(
                     &format!("{e:?} v6={v6} tcp={tcp_} → inner"),
@@ -679,7 +711,15 @@ fn decap_strips_ipip_and_gue() {
         }
     }
     // Not for this host: passed untouched.
-    let inner = packet(C4, vip(Encap::Ipip, false), 43002, 80, true, 120, V4::default());
+    let inner = packet(
+        C4,
+        vip(Encap::Ipip, false),
+        43002,
+        80,
+        true,
+        120,
+        V4::default(),
+    );
     let (frame, _) = tunnel(Encap::Ipip, &inner, OTHER4, &[]);
     r.case("IPIP to another host", frame, XDP_PASS, None, "passed");
     // Plain traffic and UDP on another port: passed untouched.
@@ -690,7 +730,13 @@ fn decap_strips_ipip_and_gue() {
         None,
         "passed",
     );
-    let other_udp = ip4(C4, HOST4, PROTO_UDP, V4::default(), &udp(C4, HOST4, 5000, 6081, DATA));
+    let other_udp = ip4(
+        C4,
+        HOST4,
+        PROTO_UDP,
+        V4::default(),
+        &udp(C4, HOST4, 5000, 6081, DATA),
+    );
     r.case(
         "UDP to another port",
         eth(CLIENT_MAC, backend_mac(1), &[], &other_udp),
@@ -719,13 +765,25 @@ fn decap_strips_ipip_and_gue() {
     let tot = (frame.len() - l3) as u16;
     frame[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
     fix_ip4_checksum(&mut frame[l3..]);
-    r.case("IPIP with a truncated inner packet", frame, XDP_DROP, None, "malformed");
+    r.case(
+        "IPIP with a truncated inner packet",
+        frame,
+        XDP_DROP,
+        None,
+        "malformed",
+    );
     let (mut frame, _) = tunnel(Encap::Gue, &inner, HOST4, &[]);
     frame[14 + 20 + 8] = 0x20; // a GUE control message
     r.case("GUE control message", frame, XDP_DROP, None, "malformed");
     let (mut frame, _) = tunnel(Encap::Ipip, &inner, HOST4, &[]);
     frame[14 + 20] = 0x65; // IPIP whose inner header is not IPv4
-    r.case("IPIP with an IPv6 inner header", frame, XDP_DROP, None, "malformed");
+    r.case(
+        "IPIP with an IPv6 inner header",
+        frame,
+        XDP_DROP,
+        None,
+        "malformed",
+    );
     r.finish(18);
 }
 
@@ -744,10 +802,30 @@ fn decap_vip_filter() {
     };
     let inner = packet(C4, v, 44000, 80, true, 120, V4::default());
     let (frame, want) = tunnel(Encap::Gue, &inner, HOST4, &[]);
-    r.case("to the VIP → inner", frame, XDP_PASS, Some(want), "decapsulated");
-    let other = packet(C4, vip(Encap::Ipip, false), 44001, 80, true, 120, V4::default());
+    r.case(
+        "to the VIP → inner",
+        frame,
+        XDP_PASS,
+        Some(want),
+        "decapsulated",
+    );
+    let other = packet(
+        C4,
+        vip(Encap::Ipip, false),
+        44001,
+        80,
+        true,
+        120,
+        V4::default(),
+    );
     let (frame, _) = tunnel(Encap::Gue, &other, HOST4, &[]);
-    r.case("to another address → untouched", frame, XDP_PASS, None, "not_vip");
+    r.case(
+        "to another address → untouched",
+        frame,
+        XDP_PASS,
+        None,
+        "not_vip",
+    );
     r.finish(2);
 }
 
