@@ -78,7 +78,13 @@ pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mu
     // SAFETY: a map value pointer checked for null.
     let encap = unsafe { (*conf).encap };
     if encap == DSR_ENCAP_L2 {
-        return l2(ctx, p, addr, nh);
+        let r = l2(ctx, p, addr, nh);
+        if r == TOO_BIG {
+            // Answered from this frame, not `l2`'s: the verifier adds up the frames of a
+            // call chain.
+            return icmp::too_big(ctx, p, nh.mtu);
+        }
+        return r;
     }
     let Some(o) = ENCAP_SCRATCH.get_ptr_mut(0) else {
         return dropped();
@@ -179,6 +185,9 @@ pub fn overhead(v4: bool, gue: bool) -> usize {
     }
 }
 
+/// `l2`: the packet is longer than the route's MTU (in `nh.mtu`).
+const TOO_BIG: u32 = u32::MAX - 16;
+
 /// `l2`: the backend's MAC from the FIB (its neighbour entry), the egress MAC as source.
 /// Nothing the kernel could do for this packet (it would deliver it to the local VIP):
 /// without a neighbour entry yet, through a gateway, or out of an egress XDP cannot use, it
@@ -187,7 +196,7 @@ pub fn overhead(v4: bool, gue: bool) -> usize {
 fn l2(ctx: &XdpContext, p: &Pkt, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
     let rc = nat::resolve(ctx, p, &p.key.src, addr, nh);
     if rc == NH_TOO_BIG || (rc == NH_OK && nh.mtu != 0 && p.ip_len > nh.mtu as usize) {
-        return icmp::too_big(ctx, p, nh.mtu);
+        return TOO_BIG;
     }
     match rc {
         NH_OK => {}

@@ -19,7 +19,8 @@ use crate::{
     maps::{
         count, counters, hash_seed, passive, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
         BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
-        PASSIVE_CONF, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, SYN_SAMPLES, TX_PORTS, UNCONFIRMED,
+        PASSIVE_CONF, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, SYN_SAMPLES, TX_PORTS,
+        UNCONFIRMED,
     },
     nat::{self, Rewrite, Target, NH_LOCAL, NH_OK},
     parse::*,
@@ -243,6 +244,8 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         // SAFETY: a map value pointer the verifier checked for null.
         if syn && unsafe { (*be).flags } & BE_F_SHARED == 0 {
             count(global::SYN_STATELESS);
+        } else if flags & SVC_F_DSR != 0 {
+            pin_dsr(p, service_id, backend_id, now);
         } else {
             pin_flow(p, service_id, backend_id, be, now);
         }
@@ -441,6 +444,32 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
         nh: NO_HOP,
     };
     let _ = REVERSE.insert(&rkey, &rv, 0);
+}
+
+/// Pin a flow of a DSR service: no reply will ever confirm it, so UDP flows go to
+/// `CONNTRACK` at once, and there is nothing to translate back (no `REVERSE` entry). Counted
+/// as a new flow when pinned (TCP: at the client's first packet after its SYN).
+#[inline(never)]
+fn pin_dsr(p: &Pkt, service_id: u32, backend_id: u32, now: u64) {
+    let ct = CtValue {
+        backend_id,
+        service_id,
+        last_seen_ns: now,
+        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            CT_F_CLOSING
+        } else {
+            0
+        },
+        _pad: 0,
+        reply_nh: NO_HOP,
+    };
+    let _ = CONNTRACK.insert(&p.key, &ct, 0);
+    if let Some(c) = counters(&SERVICE_STATS, service_id) {
+        c.new_flows += 1;
+    }
+    if let Some(c) = counters(&BACKEND_STATS, backend_id) {
+        c.new_flows += 1;
+    }
 }
 
 pub const NO_HOP: NextHop = NextHop {

@@ -141,6 +141,7 @@ impl Decap {
             .map_max_entries(lb_common::MAP_MAGLEV, 1)
             .map_max_entries(lb_common::MAP_CONNTRACK, 1)
             .map_max_entries(lb_common::MAP_REVERSE, 1)
+            .map_max_entries(lb_common::MAP_UNCONFIRMED, 1)
             .map_max_entries(lb_common::MAP_FRAGS, 1)
             .map_max_entries("DIRECT", 1)
             .load(crate::ebpf::OBJECT);
