@@ -150,6 +150,42 @@ dsr_encap = "gue"
 dsr_source_prefix = "2001:db8:99::/112"
 dsr_gue_port = 7777
 
+[[service]]
+name = "l2-gw"
+vip = "198.18.100.14"
+port = 80
+protocol = "tcp"
+target_group = "gw"
+forwarding = "dsr"
+dsr_encap = "l2"
+
+[[service]]
+name = "l2-noneigh"
+vip = "198.18.100.15"
+port = 80
+protocol = "tcp"
+target_group = "noneigh"
+forwarding = "dsr"
+dsr_encap = "l2"
+
+[[service]]
+name = "ipip-noneigh"
+vip = "198.18.100.16"
+port = 80
+protocol = "tcp"
+target_group = "noneigh"
+forwarding = "dsr"
+dsr_encap = "ipip"
+dsr_source_prefix = "198.18.99.0/24"
+
+[[target_group]]
+name = "gw"
+backends = ["198.18.5.11"]
+
+[[target_group]]
+name = "noneigh"
+backends = ["198.18.2.44"]
+
 [[target_group]]
 name = "b4"
 backends = ["198.18.2.11"]
@@ -572,6 +608,53 @@ fn dsr_too_big_once_encapsulated() {
         }
     }
     r.finish("dsr too big", 14);
+}
+
+/// What the kernel cannot do for `l2` (deliver the packet to a backend it has no MAC for, or
+/// through a gateway) is dropped; `ipip` without a neighbour goes to the kernel encapsulated.
+#[test]
+fn dsr_without_a_direct_path() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::with_config(CONFIG);
+    fx.sh("ip route add 198.18.5.0/24 via 198.18.2.12 dev veth-backends");
+    let mut r = Runner::new(fx);
+    let ci = r.fx.ifindex_client;
+    let gw = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 14));
+    let l3 = packet(C4, gw, 46000, 80, true, 100, V4::default());
+    r.case(
+        "l2 through a gateway → dropped",
+        client_frame(l3),
+        ci,
+        XDP_DROP,
+        Exp::Dropped,
+        Some("egress_kernel"),
+    );
+    let v = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 15));
+    let l3 = packet(C4, v, 46001, 80, true, 100, V4::default());
+    r.case(
+        "l2 without a neighbour entry → dropped",
+        client_frame(l3),
+        ci,
+        XDP_DROP,
+        Exp::Dropped,
+        Some("fib_no_neigh"),
+    );
+    let v = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 16));
+    let b = IpAddr::V4(Ipv4Addr::new(198, 18, 2, 44));
+    let l3 = packet(C4, v, 46002, 80, true, 100, V4::default());
+    let h = hash(C4, v, 46002, 80, PROTO_TCP);
+    let want = encapsulate(Encap::Ipip, &l3, outer_src(false, h), b, h, 0);
+    r.case(
+        "ipip without a neighbour entry → the kernel, encapsulated",
+        client_frame(l3),
+        ci,
+        XDP_PASS,
+        Exp::Frame(eth(CLIENT_MAC, LB_CLIENT_MAC, &[], &want)),
+        Some("fib_no_neigh"),
+    );
+    r.finish("dsr without a direct path", 3);
 }
 
 // ---- xlb_decap ----
