@@ -356,5 +356,19 @@ fn dsr_l2_ipip_gue_v4_v6_tcp_udp() {
         assert!(s["decapsulated"] > 0, "backend {i}: {s:?}");
         assert_eq!(s["malformed"], 0, "backend {i}: {s:?}");
     }
-    drop(decaps);
+    // SIGTERM: `xlb decap` detaches, removes its counters' pin and exits 0.
+    let xdp_on = |i: usize| {
+        let link = lab
+            .backend_ns(i)
+            .exec(["ip", "-d", "link", "show", "eth0"])
+            .unwrap();
+        String::from_utf8_lossy(&link.stdout).contains("prog/xdp")
+    };
+    for (i, mut d) in decaps.into_iter().enumerate() {
+        assert!(xdp_on(i + 1), "xlb decap of backend {} not attached", i + 1);
+        let st = d.stop().unwrap();
+        assert!(st.success(), "xlb decap of backend {}: {st}", i + 1);
+        assert!(!xdp_on(i + 1), "XDP still attached to backend {}", i + 1);
+        assert!(decap_stats(&lab, i + 1).is_err(), "counters still pinned");
+    }
 }
