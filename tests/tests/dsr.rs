@@ -350,6 +350,20 @@ fn dsr_l2_ipip_gue_v4_v6_tcp_udp() {
         })
         .unwrap_or(0);
     assert_eq!(reply_bytes, 0, "services counted reply bytes: {status}");
+    let modes: Vec<&str> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["forwarding"].as_str())
+        .collect();
+    assert_eq!(modes.len(), 18, "every service shows its mode: {modes:?}");
+    for m in ["dsr/l2", "dsr/ipip", "dsr/gue"] {
+        assert_eq!(
+            modes.iter().filter(|x| **x == m).count(),
+            6,
+            "{m}: {modes:?}"
+        );
+    }
     // Both backends stripped tunnels; nothing malformed.
     for i in 1..=2 {
         let s = decap_stats(&lab, i).unwrap();
