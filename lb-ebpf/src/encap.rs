@@ -22,7 +22,7 @@
 //! to it encapsulated, and it decrements the outer one.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::generated::bpf_xdp_adjust_head,
+    helpers::generated::{bpf_get_prandom_u32, bpf_xdp_adjust_head},
     macros::map,
     maps::PerCpuArray,
     programs::XdpContext,
@@ -294,8 +294,17 @@ fn try_encapsulate(ctx: &XdpContext, p: &Pkt, o: &Outer) -> Result<(), u32> {
         ip[1] = first[1];
         ip[2] = tot[0];
         ip[3] = tot[1];
-        ip[4] = 0;
-        ip[5] = 0;
+        // DF: id 0 (RFC 6864); without DF the outer packet may be fragmented on the way,
+        // so its id must vary.
+        let id = if o.df {
+            [0, 0]
+        } else {
+            // SAFETY: a helper without arguments.
+            let r = unsafe { bpf_get_prandom_u32() };
+            [(r >> 8) as u8, r as u8]
+        };
+        ip[4] = id[0];
+        ip[5] = id[1];
         ip[6] = if o.df { 0x40 } else { 0 };
         ip[7] = 0;
         ip[8] = 64;
