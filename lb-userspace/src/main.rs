@@ -141,7 +141,8 @@ enum Command {
         #[arg(long = "vip", value_name = "ADDR")]
         vips: Vec<std::net::IpAddr>,
         /// GUE's UDP port
-        #[arg(long, value_name = "PORT", default_value_t = lb_common::DEFAULT_GUE_PORT)]
+        #[arg(long, value_name = "PORT", default_value_t = lb_common::DEFAULT_GUE_PORT,
+              value_parser = clap::value_parser!(u16).range(1..))]
         gue_port: u16,
         /// XDP attach mode: auto, native or generic
         #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "native", "generic"])]
