@@ -12,6 +12,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Stdio,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -70,11 +71,11 @@ protocol = "tcp"
 target_group = "web-servers"
 
 [[service]]
-name = "odd"
+name = "dns"
 vip = "198.18.100.1"
-port = 81
-protocol = "tcp"
-target_group = "{ODD_GROUP}"
+port = 53
+protocol = "udp"
+target_group = "dns-servers"
 
 [[target_group]]
 name = "web-servers"
@@ -90,11 +91,29 @@ healthy_threshold = 2
 unhealthy_threshold = 2
 
 [[target_group]]
+name = "dns-servers"
+backends = ["198.18.2.11:5353", "198.18.2.12:5353"]
+"#,
+        paths = Xlbd::daemon_paths(name)
+    )
+}
+
+/// A service and a target group whose name is full of markup, for a reload.
+fn odd_group() -> String {
+    format!(
+        r#"
+[[service]]
+name = "odd"
+vip = "198.18.100.1"
+port = 81
+protocol = "tcp"
+target_group = "{ODD_GROUP}"
+
+[[target_group]]
 name = "{ODD_GROUP}"
 port = 8080
 backends = ["198.18.2.11"]
-"#,
-        paths = Xlbd::daemon_paths(name)
+"#
     )
 }
 
@@ -117,7 +136,7 @@ fn setup(name: &str) -> Result<Setup> {
     let lab = Lab::new(name, 3)?;
     // Prometheus listens on the client's loopback.
     lab.client_ns().exec(["ip", "link", "set", "lo", "up"])?;
-    let mut servers = lab.start_backend_servers(&xlb_lab::lab_bin()?, &[8080], &[], &[])?;
+    let mut servers = lab.start_backend_servers(&xlb_lab::lab_bin()?, &[8080], &[5353], &[])?;
     // b3 refuses connections.
     servers.pop().context("three servers")?.stop()?;
     let xlb = Xlbd::start(&lab, name, &config(name))?;
@@ -540,6 +559,21 @@ fn attr(tag: &str, name: &str) -> Option<String> {
     )
 }
 
+/// Requests to the web and dns services from the client, about 40 a second, until `stop` (or
+/// a minute); failures are ignored (this is only for the rates on the screenshot).
+fn background_traffic(lab: &Lab, stop: &AtomicBool) {
+    let web = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
+    let dns = SocketAddr::new(IpAddr::V4(VIP_V4), 53);
+    let until = Instant::now() + Duration::from_secs(60);
+    lab.client_ns().enter(|| {
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            let _ = client::http_get(web, T);
+            let _ = client::udp_request(dns, Duration::from_secs(1));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
 /// `dom` with every attribute value emptied (a serialized value never holds a `"`).
 fn without_attribute_values(dom: &str) -> String {
     let mut out = String::with_capacity(dom.len());
@@ -573,9 +607,57 @@ fn status_page_in_chromium() {
         return;
     };
     let s = setup("xlbt-page").expect("setup");
-    traffic(&s.lab, 20).expect("traffic");
-    // A rejected reload leaves an event whose text holds markup (the file's own words).
-    let cfg = std::fs::read_to_string(&s.xlb.config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", xlb_http());
+
+    // A screenshot under a steady trickle of requests (so that the rates show): a PNG of the
+    // page, kept where XLB_STATUS_SCREENSHOT says (`docs/status-page.png` is one).
+    let stop = AtomicBool::new(false);
+    let png = dir.path().join("status-page.png");
+    std::thread::scope(|sc| {
+        sc.spawn(|| background_traffic(&s.lab, &stop));
+        let shot = (|| -> Result<()> {
+            s.xlb.wait_for("new flows in /metrics", WAIT, || {
+                let m = scrape(&s.lab)?;
+                let n = sample(
+                    &m,
+                    r#"xlb_service_new_flows_total{service="web",group="web-servers"}"#,
+                )?;
+                Ok((n >= 20.0).then_some(()))
+            })?;
+            // Two more snapshots, so that the rates cover a second of traffic.
+            std::thread::sleep(Duration::from_millis(2500));
+            chromium(
+                &s.lab,
+                &bin,
+                dir.path(),
+                &[
+                    format!("--screenshot={}", png.display()),
+                    "--window-size=1200,800".into(),
+                ],
+                &url,
+            )?;
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        shot.expect("screenshot");
+    });
+    let bytes = std::fs::read(&png).expect("the screenshot file");
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000,
+        "a PNG"
+    );
+    if let Some(keep) = std::env::var_os("XLB_STATUS_SCREENSHOT") {
+        std::fs::copy(&png, &keep).expect("copying the screenshot");
+    }
+
+    // A reload adds a target group named with markup; a rejected one leaves an event whose
+    // text holds markup (the file's own words).
+    let cfg = format!("{}{}", config("xlbt-page"), odd_group());
+    std::fs::write(&s.xlb.config, &cfg).unwrap();
+    s.xlb
+        .cli_ok(&["reload"])
+        .expect("reload adding the odd group");
     std::fs::write(
         &s.xlb.config,
         cfg.replacen(
@@ -586,13 +668,9 @@ fn status_page_in_chromium() {
     )
     .unwrap();
     assert!(!s.xlb.cli(&["reload"]).unwrap().status.success());
-    std::fs::write(&s.xlb.config, cfg).unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("http://{}/", xlb_http());
-    // Wait until the published snapshot has counted the traffic (at most a second or two).
+    std::fs::write(&s.xlb.config, &cfg).unwrap();
     s.xlb
-        .wait_for("the page shows new flows", WAIT, || {
+        .wait_for("the page shows the rejected reload", WAIT, || {
             let (st, body) = get(&s.lab, xlb_http(), "/")?;
             Ok((st == 200 && body.contains("rejected")).then_some(()))
         })
@@ -630,7 +708,16 @@ fn status_page_in_chromium() {
         Some("healthy"),
         "the odd group's backend: {found:?}"
     );
-    assert_eq!(found.len(), 4, "{found:?}");
+    for b in ["198.18.2.11:5353", "198.18.2.12:5353"] {
+        assert_eq!(
+            found
+                .get(&("dns-servers".to_string(), b.to_string()))
+                .map(String::as_str),
+            Some("healthy"),
+            "{b} in the DOM: {found:?}"
+        );
+    }
+    assert_eq!(found.len(), 6, "{found:?}");
     // The group name and the event text are text, not elements.
     let markup = without_attribute_values(&dom);
     assert!(
@@ -650,30 +737,8 @@ fn status_page_in_chromium() {
         "the rejected reload's event:\n{dom}"
     );
     let services = rows(&dom, "service");
-    assert_eq!(services.len(), 2, "{services:?}");
+    assert_eq!(services.len(), 3, "{services:?}");
     assert!(rows(&dom, "event")
         .iter()
         .any(|t| attr(t, "data-kind").as_deref() == Some("rejected")));
-
-    // A screenshot: a PNG of the page (kept where XLB_STATUS_SCREENSHOT says, for the README).
-    let png = dir.path().join("status-page.png");
-    chromium(
-        &s.lab,
-        &bin,
-        dir.path(),
-        &[
-            format!("--screenshot={}", png.display()),
-            "--window-size=1200,800".into(),
-        ],
-        &url,
-    )
-    .expect("screenshot");
-    let bytes = std::fs::read(&png).expect("the screenshot file");
-    assert!(
-        bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000,
-        "a PNG"
-    );
-    if let Some(keep) = std::env::var_os("XLB_STATUS_SCREENSHOT") {
-        std::fs::copy(&png, &keep).expect("copying the screenshot");
-    }
 }
