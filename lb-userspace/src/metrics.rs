@@ -432,6 +432,7 @@ pub fn render(snap: &Snapshot, live: &Live) -> String {
     let svc_packets = Counters::default();
     let svc_bytes = Counters::default();
     let svc_new = Counters::default();
+    let svc_syns = Counters::default();
     let svc_dropped = Counters::default();
     let svc_table = Gauges::default();
     for sv in &s.services {
@@ -449,6 +450,7 @@ pub fn render(snap: &Snapshot, live: &Live) -> String {
             svc_bytes.get_or_create(&l).inc_by(b);
         }
         svc_new.get_or_create(&labels(base)).inc_by(c.new_flows);
+        svc_syns.get_or_create(&labels(base)).inc_by(c.syns);
         svc_dropped
             .get_or_create(&labels([base[0], base[1], ("reason", "no_backend")]))
             .inc_by(c.dropped);
@@ -469,8 +471,14 @@ pub fn render(snap: &Snapshot, live: &Live) -> String {
     );
     reg.register(
         "service_new_flows",
-        "Flows placed by a Maglev lookup (new flows, and flows moved off a backend that left)",
+        "Flows confirmed: their backend answered (TCP: pinned at the client's first packet \
+         after the SYN and not refused; UDP: the first reply)",
         svc_new,
+    );
+    reg.register(
+        "service_syns",
+        "TCP SYNs from clients (new_flows counts confirmed flows only)",
+        svc_syns,
     );
     reg.register(
         "service_dropped_packets",
@@ -487,6 +495,7 @@ pub fn render(snap: &Snapshot, live: &Live) -> String {
     let be_packets = Counters::default();
     let be_bytes = Counters::default();
     let be_new = Counters::default();
+    let be_syns = Counters::default();
     let be_state = Gauges::default();
     let be_up = Gauges::default();
     let be_receiving = Gauges::default();
@@ -507,6 +516,7 @@ pub fn render(snap: &Snapshot, live: &Live) -> String {
             be_bytes.get_or_create(&l).inc_by(by);
         }
         be_new.get_or_create(&labels(base)).inc_by(c.new_flows);
+        be_syns.get_or_create(&labels(base)).inc_by(c.syns);
         for st in STATES {
             let text = st.to_string();
             be_state
@@ -540,8 +550,13 @@ pub fn render(snap: &Snapshot, live: &Live) -> String {
     );
     reg.register(
         "backend_new_flows",
-        "Flows the Maglev lookup placed on the backend",
+        "Flows of the backend confirmed (it answered them)",
         be_new,
+    );
+    reg.register(
+        "backend_syns",
+        "TCP SYNs from clients sent to the backend",
+        be_syns,
     );
     reg.register(
         "backend_state",
@@ -721,6 +736,7 @@ pub(crate) mod tests_support {
                 reply_packets: 90 * n,
                 reply_bytes: 9_000 * n,
                 dropped: 0,
+                syns: 12 * n,
             },
         }
     }
@@ -753,6 +769,7 @@ pub(crate) mod tests_support {
                         reply_packets: 270,
                         reply_bytes: 27_000,
                         dropped: 4,
+                        syns: 33,
                     },
                 }],
                 groups: vec![GroupStatus {
@@ -980,6 +997,7 @@ mod tests {
         assert_eq!(v("xlb_service_bytes_total", &dir("request")), 30_000.0);
         assert_eq!(v("xlb_service_bytes_total", &dir("reply")), 27_000.0);
         assert_eq!(v("xlb_service_new_flows_total", &web), 30.0);
+        assert_eq!(v("xlb_service_syns_total", &web), 33.0);
         assert_eq!(
             v(
                 "xlb_service_dropped_packets_total",
@@ -1009,6 +1027,7 @@ mod tests {
             18_000.0
         );
         assert_eq!(v("xlb_backend_new_flows_total", &b2), 20.0);
+        assert_eq!(v("xlb_backend_syns_total", &b2), 24.0);
         assert_eq!(v("xlb_backend_open_flows", &b2), 2.0);
         assert_eq!(v("xlb_backend_weight", &b2), 2.0);
         assert_eq!(v("xlb_backend_up", &b2), 1.0);
