@@ -606,6 +606,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_answers_are_whole() {
+        // Far more than the connection's buffer limit: written in pieces, not refused.
+        let mut big = snap();
+        let template = big.status.groups[0].backends[0].clone();
+        for i in 0..600u32 {
+            let mut b = template.clone();
+            b.address = std::net::IpAddr::from([198, 18, 4 + (i / 250) as u8, (i % 250) as u8]);
+            big.status.groups[0].backends.push(b);
+        }
+        let (_tx, rx) = watch::channel(Some(Arc::new(big)));
+        let server = serve("127.0.0.1:0".parse().unwrap(), rx, Live::default())
+            .await
+            .unwrap();
+        let r = get(
+            server.local_addr(),
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.len() > 20 * MAX_HEAD_BYTES, "{} bytes", r.len());
+        assert!(
+            r.contains("backend=\"198.18.6.99:8080\""),
+            "the last backend is there"
+        );
+        let (_, body) = r.split_once("\r\n\r\n").unwrap();
+        assert!(body.ends_with('\n') && body.lines().all(|l| !l.is_empty()));
+        let r = get(
+            server.local_addr(),
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.trim_end().ends_with("</html>"), "the whole page");
+    }
+
+    #[tokio::test]
     async fn idle_and_excess_clients_do_not_block_others() {
         let (_tx, rx) = watch::channel(Some(Arc::new(snap())));
         let server = serve("127.0.0.1:0".parse().unwrap(), rx, Live::default())
