@@ -69,7 +69,7 @@ fn dropped() -> u32 {
 
 /// Send `p` (client → VIP of service `service_id`) to the backend at `addr` as the service's
 /// `DSR` entry says, through next hop `nh` (resolved here). Counted `forwarded` when xlb
-/// transmits it.
+/// transmits it. Answers the action, or [`TOO_BIG`].
 #[inline(never)]
 pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
     let Some(conf) = DSR.get_ptr(service_id) else {
@@ -80,9 +80,7 @@ pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mu
     if encap == DSR_ENCAP_L2 {
         let r = l2(ctx, p, addr, nh);
         if r == TOO_BIG {
-            // Answered from this frame, not `l2`'s: the verifier adds up the frames of a
-            // call chain.
-            return icmp::too_big(ctx, p, nh.mtu);
+            set_too_big_mtu(nh.mtu);
         }
         return r;
     }
@@ -141,8 +139,8 @@ fn tunnel(ctx: &XdpContext, p: &Pkt, o: &mut Outer, nh: &mut NextHop) -> u32 {
             count(global::TOO_BIG_KERNEL);
             return XDP_PASS;
         }
-        let mtu = (nh.mtu as usize).saturating_sub(overhead) as u16;
-        return icmp::too_big(ctx, p, mtu);
+        set_too_big_mtu((nh.mtu as usize).saturating_sub(overhead) as u16);
+        return TOO_BIG;
     }
     let kernel = match rc {
         NH_OK => nh.flags & NH_F_KERNEL != 0,
@@ -185,8 +183,37 @@ pub fn overhead(v4: bool, gue: bool) -> usize {
     }
 }
 
-/// `l2`: the packet is longer than the route's MTU (in `nh.mtu`).
-const TOO_BIG: u32 = u32::MAX - 16;
+/// [`send`]: the packet is too big for the route (once encapsulated): the caller answers
+/// it with [`answer_too_big`] (from its own frame: the verifier adds up the stack frames of
+/// a call chain, and `icmp::too_big`'s is large).
+pub const TOO_BIG: u32 = u32::MAX - 16;
+
+/// The MTU a `TOO_BIG` packet's ICMP error carries, per CPU.
+#[map(name = "ENCAP_MTU")]
+static ENCAP_MTU: PerCpuArray<u16> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn set_too_big_mtu(mtu: u16) {
+    if let Some(m) = ENCAP_MTU.get_ptr_mut(0) {
+        // SAFETY: a per-CPU map value checked for null.
+        unsafe { *m = mtu };
+    }
+}
+
+/// The action for `send`'s answer `r`: `TOO_BIG` becomes the ICMP "too big" error with the
+/// MTU `send` recorded (the route's, minus the encapsulation's overhead).
+#[inline(always)]
+pub fn answer_too_big(ctx: &XdpContext, p: &Pkt, r: u32) -> u32 {
+    if r != TOO_BIG {
+        return r;
+    }
+    let mtu = match ENCAP_MTU.get_ptr(0) {
+        // SAFETY: a per-CPU map value checked for null.
+        Some(m) => unsafe { *m },
+        None => 0,
+    };
+    icmp::too_big(ctx, p, mtu)
+}
 
 /// `l2`: the backend's MAC from the FIB (its neighbour entry), the egress MAC as source.
 /// Nothing the kernel could do for this packet (it would deliver it to the local VIP):

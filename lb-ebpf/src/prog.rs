@@ -289,7 +289,8 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
     let nh = unsafe { &mut *nh };
     if dsr {
         // Direct server return: the packet goes to the backend unchanged (encap.rs).
-        return Ok(encap::send(ctx, p, service_id, addr, nh));
+        let r = encap::send(ctx, p, service_id, addr, nh);
+        return Ok(encap::answer_too_big(ctx, p, r));
     }
     let t = Target { addr: *addr, port };
     Ok(nat::send(ctx, p, Rewrite::Dst, &t, nh))
@@ -367,7 +368,8 @@ fn later_fragment(ctx: &XdpContext, p: &Pkt) -> u32 {
             c.bytes += len;
         }
         if flags & FRAG_F_DSR != 0 {
-            return encap::send(ctx, p, service_id, &addr, nh);
+            let r = encap::send(ctx, p, service_id, &addr, nh);
+            return encap::answer_too_big(ctx, p, r);
         }
         nat::send(ctx, p, Rewrite::Dst, &Target { addr, port: [0; 2] }, nh)
     } else {
