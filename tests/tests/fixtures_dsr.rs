@@ -478,7 +478,7 @@ fn dsr_frames_to_the_backend() {
                     }
                     // The flow is pinned (no reverse entry: nothing to translate back).
                     let key = flow_key(c, v, port, dport, proto);
-                    let pinned = r.fx.has_flow(&key);
+                    let pinned = r.fx.has_confirmed_flow(&key);
                     r.expect("pinned", pinned, "the DSR flow has no CONNTRACK entry");
                 }
             }
@@ -491,6 +491,64 @@ fn dsr_frames_to_the_backend() {
         "DSR flows made REVERSE entries",
     );
     r.finish("dsr frames", 24);
+}
+
+/// A DSR handshake waits in `UNCONFIRMED` until the client's ACK (no reply will come through
+/// xlb), then enters the connection table and counts as a new flow; a UDP flow enters it at
+/// once.
+#[test]
+fn dsr_flows_enter_the_connection_table() {
+    if skip() {
+        return;
+    }
+    let mut fx = Fixture::with_config(CONFIG);
+    let id = fx
+        .state
+        .desired()
+        .unwrap()
+        .services
+        .iter()
+        .find(|s| s.name == "ipip-tcp")
+        .unwrap()
+        .id;
+    let v = vip(Encap::Ipip, false);
+    let ci = fx.ifindex_client;
+    let syn = ip4(
+        C4,
+        v,
+        PROTO_TCP,
+        V4::default(),
+        &tcp(C4, v, 47000, 80, true, &[]),
+    );
+    let (rc, _) = fx.run(&client_frame(syn), ci);
+    assert_eq!(act(rc), "XDP_REDIRECT");
+    let key = flow_key(C4, v, 47000, 80, PROTO_TCP);
+    assert!(
+        fx.has_flow(&key) && !fx.has_confirmed_flow(&key),
+        "a SYN waits in UNCONFIRMED"
+    );
+    assert_eq!(fx.dp.service_counters(id).new_flows, 0);
+    let ack = packet(C4, v, 47000, 80, true, 100, V4::default());
+    let (rc, _) = fx.run(&client_frame(ack), ci);
+    assert_eq!(act(rc), "XDP_REDIRECT");
+    assert!(
+        fx.has_confirmed_flow(&key),
+        "the ACK confirms the handshake"
+    );
+    assert_eq!(fx.dp.service_counters(id).new_flows, 1);
+    let u = ip4(
+        C4,
+        v,
+        PROTO_UDP,
+        V4::default(),
+        &udp(C4, v, 47001, 53, DATA),
+    );
+    let (rc, _) = fx.run(&client_frame(u), ci);
+    assert_eq!(act(rc), "XDP_REDIRECT");
+    assert!(
+        fx.has_confirmed_flow(&flow_key(C4, v, 47001, 53, PROTO_UDP)),
+        "UDP at once"
+    );
 }
 
 /// A later fragment follows its first fragment's encapsulation.
