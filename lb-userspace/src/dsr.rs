@@ -308,6 +308,11 @@ pub fn format_counters(c: &[(&'static str, u64)]) -> String {
 /// step with the host's addresses (every second); detach and print the counters on exit.
 pub fn run(iface: &str, vips: &[IpAddr], gue_port: u16, mode: ConfigXdpMode) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    // The object's maps are pinned while it loads (see `Decap::load`): bpffs must be there
+    // (`ip netns exec` mounts a fresh /sys without it).
+    if let Err(e) = crate::daemon::ensure_bpffs() {
+        tracing::warn!(error = format!("{e:#}"), "bpffs");
+    }
     let pin = stats_pin(iface);
     // A pin left by a previous run that was killed.
     let _ = std::fs::remove_file(&pin);
