@@ -14,8 +14,9 @@
 //! checksum (the sum of an L4 segment with a valid checksum is the complement of its
 //! pseudo-header's, whose addresses cancel those of the inner header, so the outer sum needs
 //! only the inner header's first 8 bytes, its length and protocol: the trick
-//! of Linux's local checksum offload), except for inner packets that are fragments, which
-//! leave with a zero checksum (RFC 6935/6936; `xlb decap` accepts it).
+//! of Linux's local checksum offload), except for inner packets that are fragments or carry
+//! IPv6 extension headers, which leave with a zero checksum (RFC 6935/6936; `xlb decap`
+//! accepts it).
 //!
 //! The inner TTL / hop limit is decremented when xlb transmits the frame itself (as in NAT
 //! mode); packets the kernel forwards (no neighbour yet, an egress without XDP) are handed
