@@ -551,6 +551,45 @@ fn dsr_flows_enter_the_connection_table() {
     );
 }
 
+/// GUE over IPv6 for an inner packet with an extension header: the UDP checksum cannot be
+/// derived from the inner one and is zero (RFC 6935/6936); all else as usual.
+#[test]
+fn dsr_gue_v6_zero_checksum_with_extension_headers() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::with_config(CONFIG);
+    let v = vip(Encap::Gue, true);
+    let l4 = tcp(C6, v, 48000, 80, false, DATA);
+    let inner = ip6(
+        C6,
+        v,
+        64,
+        &[(EXT_DSTOPTS, ext(EXT_DSTOPTS, 0))],
+        PROTO_TCP,
+        &l4,
+    );
+    let h = hash(C6, v, 48000, 80, PROTO_TCP);
+    let mut want = eth(
+        LB_BACKENDS_MAC,
+        backend_mac(1),
+        &[],
+        &encapsulate(
+            Encap::Gue,
+            &dec(inner.clone()),
+            outer_src(true, h),
+            B6,
+            h,
+            6080,
+        ),
+    );
+    want[14 + 40 + 6] = 0;
+    want[14 + 40 + 7] = 0;
+    let (rc, out) = fx.run(&client_frame(inner), fx.ifindex_client);
+    assert_eq!(act(rc), "XDP_REDIRECT");
+    assert_eq!(hex(&out), hex(&want));
+}
+
 /// A later fragment follows its first fragment's encapsulation.
 #[test]
 fn dsr_fragments_follow() {
