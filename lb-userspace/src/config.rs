@@ -1413,7 +1413,8 @@ fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos)
 
 /// A service's `forwarding` and `dsr_*` keys.
 fn parse_forwarding(cx: &Cx<'_>, t: &Table<'_>, vip: IpAddr) -> Result<Forwarding, ConfigError> {
-    let dsr = match t.get("forwarding") {
+    let fwd_at = t.get("forwarding");
+    let dsr = match &fwd_at {
         None => false,
         Some(at) => match at.str(cx)? {
             "nat" => false,
@@ -1434,12 +1435,13 @@ fn parse_forwarding(cx: &Cx<'_>, t: &Table<'_>, vip: IpAddr) -> Result<Forwardin
         }
         return Ok(Forwarding::Nat);
     }
-    let encap_at = t.get("dsr_encap").ok_or_else(|| {
-        t.get("forwarding").expect("forwarding is set").err(
-            cx,
-            "forwarding = \"dsr\" needs dsr_encap = \"l2\", \"ipip\" or \"gue\"",
-        )
-    })?;
+    let Some(encap_at) = t.get("dsr_encap") else {
+        let message = "forwarding = \"dsr\" needs dsr_encap = \"l2\", \"ipip\" or \"gue\"";
+        return Err(match &fwd_at {
+            Some(at) => at.err(cx, message),
+            None => t.err_here(cx, message),
+        });
+    };
     let encap = match encap_at.str(cx)? {
         "l2" => DsrEncap::L2,
         "ipip" => DsrEncap::Ipip,
