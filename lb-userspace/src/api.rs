@@ -12,6 +12,7 @@
 //! | `POST /v1/groups/{group}/backends/drain`     | [`BackendRef`]| 200 [`ChangeResult`]        |
 //! | `POST /v1/groups/{group}/backends/weight`    | [`SetWeight`] | 200 [`ChangeResult`]        |
 //! | `POST /v1/reload`                            |               | 200 [`ChangeResult`]        |
+//! | `POST /v1/diff`                              | [`DiffRequest`]| 200 [`ChangePreview`] (changes nothing) |
 //!
 //! Every error answers `{"error": "..."}` ([`ApiErrorBody`]): the owner's [`ApiError`] with its
 //! status, 400 for a malformed body, 404 for an unknown route, 405 for a wrong method, 413 for
@@ -44,7 +45,7 @@ use crate::model::{
     SetWeight,
 };
 #[cfg(doc)]
-use crate::model::{BackendStatus, ChangeResult, Status};
+use crate::model::{BackendStatus, ChangePreview, ChangeResult, DiffRequest, Status};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -253,6 +254,7 @@ pub fn router(tx: mpsc::Sender<Envelope>) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/groups/{group}/scale", post(scale))
         .route("/v1/events", get(events))
+        .route("/v1/diff", post(diff))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -471,6 +473,21 @@ async fn events(
     }
 }
 
+/// `POST /v1/diff`: an empty body (or `{}`) compares the daemon's own config file.
+async fn diff(State(tx): Tx, body: Body) -> Answer {
+    let bytes = body_bytes(body)?;
+    let req: crate::model::DiffRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        json_body(&bytes, r#"{"config": "TOML TEXT", "file": "NAME"} or nothing"#)
+            .map_err(|m| fail(StatusCode::BAD_REQUEST, m))?
+    };
+    match ask(&tx, Request::Diff(req)).await? {
+        Reply::Diff(p) => ok(StatusCode::OK, p),
+        other => Err(unexpected(&other)),
+    }
+}
+
 async fn not_found(uri: axum::http::Uri) -> Fail {
     fail(
         StatusCode::NOT_FOUND,
@@ -666,6 +683,39 @@ pub(crate) mod testing {
                     return Err(ApiError::Invalid("desired 11 is above max 10".into()));
                 }
                 done(format!("{group}: desired {}", body.desired))
+            }
+            Request::Diff(d) => {
+                if d.config.as_deref().is_some_and(|c| c.contains("bad")) {
+                    return Err(ApiError::Invalid(format!(
+                        "{}:1:1: toml: bad",
+                        d.file.unwrap_or_default()
+                    )));
+                }
+                Ok(Reply::Diff(Box::new(ChangePreview {
+                    config_file: d.file.unwrap_or_else(|| "/etc/xlb/xlb.toml".into()),
+                    notes: vec![],
+                    services: vec![ServiceDiff {
+                        name: "web".into(),
+                        change: "changed".into(),
+                        details: vec![],
+                        backends_before: 3,
+                        backends_after: 4,
+                        table_size: 65537,
+                        moved_entries: Some(16384),
+                        moved_share: Some(16384.0 / 65537.0),
+                        open_flows: 120,
+                        flows_on_leaving: 0,
+                    }],
+                    backends: vec![BackendDiff {
+                        group: "web".into(),
+                        backend: "10.0.0.4".into(),
+                        change: "added".into(),
+                        weight_before: None,
+                        weight_after: Some(1),
+                        open_flows: 0,
+                    }],
+                    alerts: vec![],
+                })))
             }
             Request::Events { group } => Ok(Reply::Events(vec![crate::model::Event {
                 time: 1.5e9,

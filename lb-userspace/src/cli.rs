@@ -20,7 +20,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
-use crate::model::{BackendState, BackendStatus, ChangeResult, Event, GroupStatus, Status};
+use crate::model::{
+    BackendState, BackendStatus, ChangePreview, ChangeResult, Event, GroupStatus, Status,
+};
 
 /// Where `xlb run` serves the API unless its config says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
@@ -174,6 +176,11 @@ pub enum Action {
     Events {
         group: Option<String>,
     },
+    /// What a reload would change: of `config` (its text and the name it was read from), or
+    /// of the daemon's own config file when None.
+    Diff {
+        config: Option<(String, String)>,
+    },
 }
 
 impl Action {
@@ -220,6 +227,13 @@ impl Action {
                 Method::POST,
                 format!("/v1/groups/{}/scale", encode_segment(group)),
                 Some(json!({ "desired": desired })),
+            ),
+            Self::Diff { config } => (
+                Method::POST,
+                "/v1/diff".into(),
+                config
+                    .as_ref()
+                    .map(|(text, file)| json!({ "config": text, "file": file })),
             ),
             Self::Events { group } => (
                 Method::GET,
@@ -301,6 +315,12 @@ pub fn format_answer(
             }
             Ok(render_events(&parse::<Vec<Event>>(value)?))
         }
+        Action::Diff { .. } => {
+            if json {
+                return Ok(pretty(&value));
+            }
+            Ok(render_diff(&parse::<ChangePreview>(value)?))
+        }
         _ => {
             if json {
                 return Ok(pretty(&value));
@@ -337,22 +357,22 @@ pub async fn run(socket: &Path, action: &Action, json: bool) -> ExitCode {
 // ---- rendering ----
 
 /// Columns, left-aligned, separated by three spaces; the last column is not padded.
-struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Self {
             rows: vec![header.iter().map(|h| h.to_string()).collect()],
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let mut widths = vec![0; cols];
         for row in &self.rows {
@@ -479,6 +499,78 @@ fn group_row(g: &GroupStatus) -> Vec<String> {
         fail_open,
         scaling,
     ]
+}
+
+/// `xlb diff` / `xlb reload --dry-run` as a human reads it.
+pub fn render_diff(p: &ChangePreview) -> String {
+    let mut out = String::new();
+    if p.is_empty() {
+        let _ = writeln!(out, "loading {} would change nothing", p.config_file);
+        return out;
+    }
+    let _ = writeln!(out, "loading {} would change:", p.config_file);
+    for n in &p.notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
+    for a in &p.alerts {
+        let _ = writeln!(out, "  {a}");
+    }
+    out.push('\n');
+    let mut t = Table::new(&[
+        "SERVICE",
+        "CHANGE",
+        "BACKENDS",
+        "TABLE MOVED",
+        "OPEN FLOWS",
+        "ON LEAVING BACKENDS",
+        "DETAILS",
+    ]);
+    for s in &p.services {
+        let moved = match (s.moved_entries, s.moved_share) {
+            (Some(n), Some(share)) => format!("{:.1}% ({n} of {})", share * 100.0, s.table_size),
+            _ => "-".into(),
+        };
+        let backends = if s.backends_before == s.backends_after {
+            s.backends_after.to_string()
+        } else {
+            format!("{} → {}", s.backends_before, s.backends_after)
+        };
+        t.row(vec![
+            s.name.clone(),
+            s.change.clone(),
+            backends,
+            moved,
+            s.open_flows.to_string(),
+            s.flows_on_leaving.to_string(),
+            s.details.join("; "),
+        ]);
+    }
+    t.render(&mut out);
+    if !p.backends.is_empty() {
+        out.push('\n');
+        let mut t = Table::new(&["GROUP", "BACKEND", "CHANGE", "WEIGHT", "OPEN FLOWS"]);
+        for b in &p.backends {
+            let weight = match (b.weight_before, b.weight_after) {
+                (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
+                (_, Some(w)) | (Some(w), None) => w.to_string(),
+                (None, None) => "-".into(),
+            };
+            t.row(vec![
+                b.group.clone(),
+                b.backend.clone(),
+                b.change.clone(),
+                weight,
+                b.open_flows.to_string(),
+            ]);
+        }
+        t.render(&mut out);
+    }
+    out.push_str(
+        "\nTABLE MOVED: share of the Maglev table whose new flows would go to another backend \
+         (open flows stay where they are); ON LEAVING BACKENDS: open flows on backends that \
+         would drain (they finish within the deregistration delay) or go (they move).\n",
+    );
+    out
 }
 
 /// `xlb events` as a human reads it: time (UTC), group, kind, message and metrics.

@@ -128,6 +128,9 @@ use crate::endpoint::check_unicast;
 
 use crate::maglev::is_prime;
 
+mod alerts;
+pub use alerts::{AlertConfig, AlertSink, AlertWhen, DEFAULT_ALERT_TIMEOUT, DEFAULT_REPEAT_INTERVAL};
+
 /// Smallest allowed `conntrack_size`.
 pub const MIN_CONNTRACK_SIZE: u32 = 1024;
 /// Largest allowed `conntrack_size`.
@@ -252,6 +255,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub services: Vec<ServiceConfig>,
     pub target_groups: Vec<TargetGroupConfig>,
+    /// `[[alert]]` rules.
+    pub alerts: Vec<AlertConfig>,
 }
 
 /// `[daemon]`
@@ -280,6 +285,9 @@ pub struct DaemonConfig {
     /// The same for UDP (1s-7d).
     #[serde(serialize_with = "serialize_duration")]
     pub udp_idle_timeout: Duration,
+    /// A group whose members may read the API (the socket gets it, mode 0660); changes stay
+    /// root's.
+    pub api_group: Option<String>,
 }
 
 /// How the XDP program is attached.
@@ -901,7 +909,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         path: String::new(),
     };
     let root = root.table(&cx, "a table")?;
-    root.allow(&cx, &["daemon", "service", "target_group"])?;
+    root.allow(&cx, &["daemon", "service", "target_group", "alert"])?;
 
     let (daemon, dpos) = parse_daemon(&cx, &root)?;
 
@@ -939,10 +947,12 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    let alerts = alerts::parse_alerts(&cx, &root, &services, &target_groups)?;
     let config = Config {
         daemon,
         services,
         target_groups,
+        alerts,
     };
     validate(&cx, &config, &dpos, &spos, &gpos)?;
     Ok(config)
@@ -992,6 +1002,7 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             "state_file",
             "tcp_idle_timeout",
             "udp_idle_timeout",
+            "api_group",
         ],
     )?;
 
@@ -1169,8 +1180,14 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
         Some(at) => at.duration_in(cx, MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT)?,
     };
 
+    let api_group = match t.get("api_group") {
+        None => None,
+        Some(at) => Some(api_group(cx, &at)?),
+    };
+
     Ok((
         DaemonConfig {
+            api_group,
             interfaces,
             xdp_mode,
             conntrack_size,
@@ -1188,6 +1205,23 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             max_services: max_services_pos,
         },
     ))
+}
+
+/// `daemon.api_group`: a group name as `groupadd` takes it (it is looked up when xlb starts).
+fn api_group(cx: &Cx<'_>, at: &At<'_>) -> Result<String, ConfigError> {
+    let name = at.name(cx)?;
+    let ok = name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with('-');
+    if !ok {
+        return Err(at.err(
+            cx,
+            format!("\"{name}\" is not a group name (letters, digits, _ - . and at most 32)"),
+        ));
+    }
+    Ok(name)
 }
 
 fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos), ConfigError> {
@@ -2995,6 +3029,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                 state_file: PathBuf::from("/run/xlb/state.json"),
                 tcp_idle_timeout: Duration::from_secs(350),
                 udp_idle_timeout: Duration::from_secs(120),
+                api_group: None,
             }
         );
         assert_eq!(
@@ -3649,6 +3684,7 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
                 state_file: PathBuf::from("/var/lib/xlb/state.json"),
                 tcp_idle_timeout: Duration::from_secs(5400),
                 udp_idle_timeout: Duration::from_secs(45),
+                api_group: None,
             }
         );
         let [plain, web, dns] = &c.target_groups[..] else {

@@ -98,6 +98,19 @@ enum Command {
     },
     /// Reload the config file, as SIGHUP does, and report whether it was accepted.
     Reload {
+        /// Change nothing: print what the reload would change (as `xlb diff` does for the
+        /// daemon's own config file)
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print what loading a config would change, without changing anything: services and
+    /// backends added, removed, re-weighted or drained; per service the share of its Maglev
+    /// table that would send new flows elsewhere and the open flows on backends that would
+    /// leave. The config is the file of --config (read here, validated by the daemon as a
+    /// reload would), else the daemon's own config file.
+    Diff {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -254,7 +267,30 @@ fn main() -> ExitCode {
             group,
             client: args,
         } => client(args, Action::Backends { group }),
-        Command::Reload { client: args } => client(args, Action::Reload),
+        Command::Reload {
+            dry_run,
+            client: args,
+        } => client(
+            args,
+            if dry_run {
+                Action::Diff { config: None }
+            } else {
+                Action::Reload
+            },
+        ),
+        Command::Diff { client: args } => {
+            let config = match &args.config {
+                None => None,
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(text) => Some((text, path.display().to_string())),
+                    Err(e) => {
+                        eprintln!("xlb: reading {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            client(args, Action::Diff { config })
+        }
         Command::Scale {
             group,
             desired,
