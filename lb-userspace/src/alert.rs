@@ -710,7 +710,7 @@ mod tests {
         r.for_ = Duration::from_secs(30);
         let mut a = Alerter::new(&[r]);
         let t0 = Instant::now();
-        let g = |at_max| Snapshot {
+        let g = |at_max: bool| Snapshot {
             groups: vec![GroupSnap {
                 name: "web".into(),
                 all_unhealthy: false,

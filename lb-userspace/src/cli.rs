@@ -36,7 +36,7 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
-    #[error("permission denied on {}: the xlb API needs root (try sudo)", path.display())]
+    #[error("permission denied on {}: the xlb API needs root, or membership of its daemon.api_group to read (try sudo)", path.display())]
     PermissionDenied { path: PathBuf },
     #[error("talking to xlb at {}: {message}", path.display())]
     Protocol { path: PathBuf, message: String },

@@ -1053,7 +1053,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     daemon.persist();
 
-    let _api = api::serve(&d.api_socket, api_tx)
+    let api_group = match &d.api_group {
+        None => None,
+        Some(name) => Some(api::ApiGroup::lookup(name).map_err(anyhow::Error::msg)?),
+    };
+    let _api = api::serve_with(&d.api_socket, api_tx, api_group)
         .await
         .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
     if let Some(pins) = daemon.dp.sweeper_pins() {

@@ -289,3 +289,77 @@ fn webhook(cx: &Cx<'_>, at: &At<'_>) -> Result<String, ConfigError> {
     }
     Ok(s.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const BASE: &str = r#"[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "web-servers"
+
+[[target_group]]
+name = "web-servers"
+backends = ["198.18.2.11"]
+"#;
+
+    fn with(alert: &str) -> Result<Vec<AlertConfig>, String> {
+        parse(&format!("{BASE}\n[[alert]]\n{alert}"), "x.toml")
+            .map(|c| c.alerts)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rules_parse_with_defaults() {
+        let a = with("name = \"down\"\nwhen = \"backend_unhealthy\"\ngroup = \"web-servers\"\ncommand = \"logger x\"").unwrap();
+        assert_eq!(a[0].when, AlertWhen::BackendUnhealthy);
+        assert_eq!(a[0].repeat_interval, DEFAULT_REPEAT_INTERVAL);
+        assert_eq!(a[0].timeout, DEFAULT_ALERT_TIMEOUT);
+        assert_eq!(a[0].sink, AlertSink::Command("logger x".into()));
+        let a = with("name = \"d\"\nwhen = \"drop_rate_above\"\nrate = 50\nfor = \"1m\"\nservice = \"web\"\nwebhook = \"http://127.0.0.1:9000/x\"\nrepeat_interval = \"10m\"").unwrap();
+        assert_eq!(a[0].rate, Some(50.0));
+        assert_eq!(a[0].for_, Duration::from_secs(60));
+        assert_eq!(a[0].repeat_interval, Duration::from_secs(600));
+        assert_eq!(a[0].sink, AlertSink::Webhook("http://127.0.0.1:9000/x".into()));
+    }
+
+    #[test]
+    fn mistakes_are_named_with_their_place() {
+        let cases = [
+            ("name = \"a\"\nwhen = \"backend_down\"\ncommand = \"x\"", "x.toml:17:8: alert[0].when: unknown condition \"backend_down\""),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"", "alert[0]: missing `command`"),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"\ncommand = \"x\"\nwebhook = \"http://h/\"", "alert[0].webhook: give `command` or `webhook`, not both"),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"\ngroup = \"nope\"\ncommand = \"x\"", "alert[0].group: no [[target_group]] named \"nope\""),
+            ("name = \"a\"\nwhen = \"group_at_max\"\ngroup = \"web-servers\"\ncommand = \"x\"", "does not scale"),
+            ("name = \"a\"\nwhen = \"drop_rate_above\"\ncommand = \"x\"", "alert[0].rate: missing required key `rate`"),
+            ("name = \"a\"\nwhen = \"drop_rate_above\"\nrate = 0\ncommand = \"x\"", "is not above 0"),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"\nrate = 3\ncommand = \"x\"", "only drop_rate_above has a rate"),
+            ("name = \"a\"\nwhen = \"hook_failed\"\nfor = \"1m\"\ncommand = \"x\"", "only group_at_max and drop_rate_above wait"),
+            ("name = \"a\"\nwhen = \"reload_failed\"\ngroup = \"web-servers\"\ncommand = \"x\"", "a reload is not about one group"),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"\nwebhook = \"https://h/\"", "https is not supported"),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"\nwebhook = \"ftp://h/\"", "is not an http:// URL"),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"\ncommand = \"x\"\nrepeat_interval = \"0s\"", "alert[0].repeat_interval: \"0s\" is out of range"),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"\ncommand = \"x\"\ncolour = 1", "unknown key `colour`"),
+            ("name = \"a\"\nwhen = \"backend_unhealthy\"\ncommand = \"x\"\n[[alert]]\nname = \"a\"\nwhen = \"hook_failed\"\ncommand = \"y\"", "duplicate alert name \"a\""),
+        ];
+        for (alert, want) in cases {
+            let e = with(alert).expect_err(alert);
+            assert!(e.contains(want), "{alert}\n → {e}\n   wanted {want}");
+        }
+    }
+
+    #[test]
+    fn api_group_is_a_group_name() {
+        let c = parse(&BASE.replace("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\napi_group = \"xlb-readers\""), "x.toml").unwrap();
+        assert_eq!(c.daemon.api_group.as_deref(), Some("xlb-readers"));
+        let e = parse(&BASE.replace("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\napi_group = \"a b\""), "x.toml").unwrap_err();
+        assert!(e.to_string().contains("x.toml:3:13: daemon.api_group: \"a b\" is not a group name"), "{e}");
+    }
+}
