@@ -83,9 +83,9 @@ impl Snapshot {
             }
             let live: Vec<_> = g.members.iter().filter(|m| m.drain.is_none()).collect();
             let all_unhealthy = !live.is_empty()
-                && live.iter().all(|m| {
-                    m.health.state() == BackendState::Unhealthy || m.ejection.is_some()
-                });
+                && live
+                    .iter()
+                    .all(|m| m.health.state() == BackendState::Unhealthy || m.ejection.is_some());
             let at_max = g.scaling.as_ref().and_then(|gs| {
                 let (d, max) = (gs.scaler.desired(), gs.scaler.max());
                 (d >= max).then_some((d, max))
@@ -190,8 +190,10 @@ impl Alerter {
             .filter(|r| self.rules.contains(r))
             .map(|r| r.name.as_str())
             .collect();
-        self.tracks.retain(|(rule, _), _| keep.contains(rule.as_str()));
-        self.pending.retain(|(rule, _), _| keep.contains(rule.as_str()));
+        self.tracks
+            .retain(|(rule, _), _| keep.contains(rule.as_str()));
+        self.pending
+            .retain(|(rule, _), _| keep.contains(rule.as_str()));
         self.rules = rules.to_vec();
     }
 
@@ -309,9 +311,7 @@ impl Alerter {
                             group: String::new(),
                             backend: String::new(),
                             service: key.clone().unwrap_or_default(),
-                            message: format!(
-                                "{what} drops {r:.1} packets/s (more than {limit})"
-                            ),
+                            message: format!("{what} drops {r:.1} packets/s (more than {limit})"),
                             value: Some(r),
                         });
                     }
@@ -554,9 +554,7 @@ async fn post_json(url: &str, body: Vec<u8>) -> Result<(), String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
     let port = uri.port_u16().unwrap_or(80);
-    let authority = uri
-        .authority()
-        .map_or(host.to_string(), |a| a.to_string());
+    let authority = uri.authority().map_or(host.to_string(), |a| a.to_string());
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let stream = tokio::net::TcpStream::connect((host, port))
         .await
@@ -573,7 +571,10 @@ async fn post_json(url: &str, body: Vec<u8>) -> Result<(), String> {
         .uri(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, concat!("xlb/", env!("CARGO_PKG_VERSION")))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("xlb/", env!("CARGO_PKG_VERSION")),
+        )
         .body(Full::new(bytes::Bytes::from(body)))
         .map_err(|e| format!("{url}: {e}"))?;
     let resp = sender
@@ -636,20 +637,37 @@ mod tests {
     fn backend_unhealthy_fires_once_and_resolves_once() {
         let mut a = Alerter::new(&[rule("down", AlertWhen::BackendUnhealthy)]);
         let t0 = Instant::now();
-        let s = |st| snap(vec![backend("web", "198.18.2.11", Healthy), backend("web", "198.18.2.12", st)]);
+        let s = |st| {
+            snap(vec![
+                backend("web", "198.18.2.11", Healthy),
+                backend("web", "198.18.2.12", st),
+            ])
+        };
         assert!(a.evaluate(t0, &s(Healthy)).is_empty());
         let n = a.evaluate(t0 + Duration::from_secs(1), &s(Unhealthy));
         assert_eq!(states(&n), [("firing".into(), "198.18.2.12".into())]);
         assert_eq!(n[0].event.group, "web");
-        assert!(n[0].event.message.contains("connect refused"), "{:?}", n[0].event);
+        assert!(
+            n[0].event.message.contains("connect refused"),
+            "{:?}",
+            n[0].event
+        );
         // Still down: nothing more within the repeat interval.
         for i in 2..60 {
-            assert!(a.evaluate(t0 + Duration::from_secs(i), &s(Unhealthy)).is_empty());
+            assert!(a
+                .evaluate(t0 + Duration::from_secs(i), &s(Unhealthy))
+                .is_empty());
         }
         let n = a.evaluate(t0 + Duration::from_secs(61), &s(Healthy));
         assert_eq!(states(&n), [("resolved".into(), "198.18.2.12".into())]);
-        assert!(n[0].event.message.contains("healthy again"), "{:?}", n[0].event);
-        assert!(a.evaluate(t0 + Duration::from_secs(62), &s(Healthy)).is_empty());
+        assert!(
+            n[0].event.message.contains("healthy again"),
+            "{:?}",
+            n[0].event
+        );
+        assert!(a
+            .evaluate(t0 + Duration::from_secs(62), &s(Healthy))
+            .is_empty());
     }
 
     #[test]
@@ -662,7 +680,7 @@ mod tests {
         let at = |secs| t0 + Duration::from_secs(secs);
         assert_eq!(a.evaluate(at(0), &s(Unhealthy)).len(), 1); // firing
         assert_eq!(a.evaluate(at(5), &s(Healthy)).len(), 1); // resolved
-        // Flaps within the interval: neither firing nor resolution.
+                                                             // Flaps within the interval: neither firing nor resolution.
         for i in 0..8 {
             let st = if i % 2 == 0 { Unhealthy } else { Healthy };
             assert!(a.evaluate(at(10 + i * 5), &s(st)).is_empty(), "flap {i}");
@@ -719,11 +737,19 @@ mod tests {
             ..Default::default()
         };
         assert!(a.evaluate(t0, &g(true)).is_empty());
-        assert!(a.evaluate(t0 + Duration::from_secs(20), &g(true)).is_empty());
+        assert!(a
+            .evaluate(t0 + Duration::from_secs(20), &g(true))
+            .is_empty());
         // It left max before 30 s: the clock starts again.
-        assert!(a.evaluate(t0 + Duration::from_secs(25), &g(false)).is_empty());
-        assert!(a.evaluate(t0 + Duration::from_secs(26), &g(true)).is_empty());
-        assert!(a.evaluate(t0 + Duration::from_secs(50), &g(true)).is_empty());
+        assert!(a
+            .evaluate(t0 + Duration::from_secs(25), &g(false))
+            .is_empty());
+        assert!(a
+            .evaluate(t0 + Duration::from_secs(26), &g(true))
+            .is_empty());
+        assert!(a
+            .evaluate(t0 + Duration::from_secs(50), &g(true))
+            .is_empty());
         let n = a.evaluate(t0 + Duration::from_secs(56), &g(true));
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].event.state, "firing");
@@ -799,10 +825,17 @@ mod tests {
         assert!(n.is_empty(), "{n:?}");
         let n = a.evaluate(
             t0 + Duration::from_secs(2),
-            &ev(vec![event("change", "", "API: config reloaded: nothing changed")]),
+            &ev(vec![event(
+                "change",
+                "",
+                "API: config reloaded: nothing changed",
+            )]),
         );
         assert_eq!(n.len(), 1);
-        assert_eq!((n[0].event.name.as_str(), n[0].event.state.as_str()), ("reload", "resolved"));
+        assert_eq!(
+            (n[0].event.name.as_str(), n[0].event.state.as_str()),
+            ("reload", "resolved")
+        );
     }
 
     #[test]

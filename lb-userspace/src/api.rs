@@ -151,7 +151,9 @@ impl ApiGroup {
                 name: name.to_string(),
                 gid: g.gid.as_raw(),
             }),
-            Ok(None) => Err(format!("daemon.api_group: there is no group named {name:?}")),
+            Ok(None) => Err(format!(
+                "daemon.api_group: there is no group named {name:?}"
+            )),
             Err(e) => Err(format!("daemon.api_group: looking up group {name:?}: {e}")),
         }
     }
@@ -173,7 +175,8 @@ pub async fn serve_with(
                 .create(parent)
                 .map_err(io_err(socket, "creating its directory"))?;
             if let Some(g) = &group {
-                give_to_group(parent, g, 0o750).map_err(io_err(socket, "giving its directory to daemon.api_group"))?;
+                give_to_group(parent, g, 0o750)
+                    .map_err(io_err(socket, "giving its directory to daemon.api_group"))?;
             }
         } else if let Some(g) = &group {
             warn_unreachable(parent, g);
@@ -604,8 +607,11 @@ async fn diff(State(tx): Tx, body: Body) -> Answer {
     let req: crate::model::DiffRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         Default::default()
     } else {
-        json_body(&bytes, r#"{"config": "TOML TEXT", "file": "NAME"} or nothing"#)
-            .map_err(|m| fail(StatusCode::BAD_REQUEST, m))?
+        json_body(
+            &bytes,
+            r#"{"config": "TOML TEXT", "file": "NAME"} or nothing"#,
+        )
+        .map_err(|m| fail(StatusCode::BAD_REQUEST, m))?
     };
     match ask(&tx, Request::Diff(req)).await? {
         Reply::Diff(p) => ok(StatusCode::OK, p),
@@ -1078,6 +1084,51 @@ mod tests {
         let (code, body) = call(&f, Method::GET, "/v1/events", None).await;
         assert_eq!(code, 200, "{body}");
         assert_eq!(body[0]["group"], "web");
+    }
+
+    #[tokio::test]
+    async fn diff_route_changes_nothing_and_reports_errors() {
+        let f = start().await;
+        let (code, v) = call(&f, Method::POST, "/v1/diff", None).await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["config_file"], "/etc/xlb/xlb.toml");
+        assert_eq!(v["services"][0]["moved_entries"], 16384);
+        let body = json!({"config": "[daemon]\n", "file": "new.toml"});
+        let (code, v) = call(&f, Method::POST, "/v1/diff", Some(body)).await;
+        assert_eq!((code, v["config_file"].as_str()), (200, Some("new.toml")));
+        let body = json!({"config": "bad", "file": "new.toml"});
+        let (code, v) = call(&f, Method::POST, "/v1/diff", Some(body)).await;
+        assert_eq!((code, error_of(&v)), (400, "new.toml:1:1: toml: bad"));
+        let (code, _) = call(&f, Method::POST, "/v1/diff", Some(json!({"config": 3}))).await;
+        assert_eq!(code, 400);
+        assert!(is_read(&Method::POST, "/v1/diff"));
+        assert!(is_read(&Method::GET, "/v1/status"));
+        assert!(!is_read(&Method::POST, "/v1/reload"));
+        assert!(!is_read(&Method::POST, "/v1/groups/web/backends"));
+    }
+
+    #[tokio::test]
+    async fn api_group_owns_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("run/xlb/xlb.sock");
+        // A group this (root) process may give files to: its own.
+        let gid = nix::unistd::getegid().as_raw();
+        let group = ApiGroup {
+            name: "test".into(),
+            gid,
+        };
+        let _server = serve_with(&sock, spawn_owner(), Some(group)).await.unwrap();
+        let m = std::fs::metadata(&sock).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), gid);
+        let d = std::fs::metadata(sock.parent().unwrap()).unwrap();
+        assert_eq!(d.permissions().mode() & 0o777, 0o750);
+        // Root changes things as before.
+        let (code, _) = request(&sock, Method::POST, "/v1/reload", None)
+            .await
+            .unwrap();
+        assert_eq!(code, 400, "the canned owner's invalid config, not 403");
+        assert!(ApiGroup::lookup("no-such-group-xlb").is_err());
     }
 
     #[tokio::test]

@@ -894,6 +894,52 @@ mod tests {
     }
 
     #[test]
+    fn diff_table() {
+        use crate::model::{BackendDiff, ServiceDiff};
+        let mut p = ChangePreview {
+            config_file: "new.toml".into(),
+            notes: vec![],
+            services: vec![ServiceDiff {
+                name: "web".into(),
+                change: "changed".into(),
+                details: vec![],
+                backends_before: 3,
+                backends_after: 4,
+                table_size: 65537,
+                moved_entries: Some(16384),
+                moved_share: Some(16384.0 / 65537.0),
+                open_flows: 120,
+                flows_on_leaving: 7,
+            }],
+            backends: vec![BackendDiff {
+                group: "web".into(),
+                backend: "10.0.0.4".into(),
+                change: "added".into(),
+                weight_before: None,
+                weight_after: Some(1),
+                open_flows: 0,
+            }],
+            alerts: vec!["alert pager added".into()],
+        };
+        let t = render_diff(&p);
+        assert!(
+            t.starts_with("loading new.toml would change:\n  alert pager added\n"),
+            "{t}"
+        );
+        let line = t.lines().find(|l| l.starts_with("web ")).unwrap();
+        assert!(
+            line.contains("3 → 4") && line.contains("25.0% (16384 of 65537)"),
+            "{line}"
+        );
+        assert!(line.contains(" 120 ") && line.contains(" 7"), "{line}");
+        assert!(t.contains("10.0.0.4   added"), "{t}");
+        p.services[0].change = "unchanged".into();
+        p.backends.clear();
+        p.alerts.clear();
+        assert_eq!(render_diff(&p), "loading new.toml would change nothing\n");
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(format_since(0.2), "0s");
         assert_eq!(format_since(59.9), "59s");

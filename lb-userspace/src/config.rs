@@ -129,7 +129,9 @@ use crate::endpoint::check_unicast;
 use crate::maglev::is_prime;
 
 mod alerts;
-pub use alerts::{AlertConfig, AlertSink, AlertWhen, DEFAULT_ALERT_TIMEOUT, DEFAULT_REPEAT_INTERVAL};
+pub use alerts::{
+    AlertConfig, AlertSink, AlertWhen, DEFAULT_ALERT_TIMEOUT, DEFAULT_REPEAT_INTERVAL,
+};
 
 /// Smallest allowed `conntrack_size`.
 pub const MIN_CONNTRACK_SIZE: u32 = 1024;

@@ -522,7 +522,8 @@ impl Daemon {
         let (cfg, file) = match req.config {
             Some(text) => {
                 let file = req.file.unwrap_or_else(|| "(config)".into());
-                let cfg = config::parse(&text, &file).map_err(|e| ApiError::Invalid(e.to_string()))?;
+                let cfg =
+                    config::parse(&text, &file).map_err(|e| ApiError::Invalid(e.to_string()))?;
                 (cfg, file)
             }
             None => {

@@ -113,7 +113,12 @@ pub fn preview(
     let draining_after: BTreeSet<u64> = next
         .groups
         .values()
-        .flat_map(|g| g.members.iter().filter(|m| m.drain.is_some()).map(|m| m.uid))
+        .flat_map(|g| {
+            g.members
+                .iter()
+                .filter(|m| m.drain.is_some())
+                .map(|m| m.uid)
+        })
         .collect();
 
     let mut services = Vec::new();
@@ -181,11 +186,7 @@ pub fn preview(
                 d.flows_on_leaving = o
                     .backends
                     .iter()
-                    .filter(|id| {
-                        before_keys
-                            .get(id)
-                            .is_some_and(|k| !staying.contains(k))
-                    })
+                    .filter(|id| before_keys.get(id).is_some_and(|k| !staying.contains(k)))
                     .map(|id| open.get(id).copied().unwrap_or(0))
                     .sum();
                 let same = d.details.is_empty()
@@ -396,9 +397,16 @@ backends = [{backends}]
         let (mut s2, _) = running(config(THREE, ""));
         s2.reload(config(two, ""));
         let d2 = s2.desired().unwrap();
-        let by_hand = table(&d).iter().zip(&table(&d2)).filter(|(a, b)| a != b).count() as u64;
+        let by_hand = table(&d)
+            .iter()
+            .zip(&table(&d2))
+            .filter(|(a, b)| a != b)
+            .count() as u64;
         assert_eq!(svc.moved_entries, Some(by_hand));
-        assert!(in_table <= by_hand && by_hand < in_table + in_table / 10, "{in_table} {by_hand}");
+        assert!(
+            in_table <= by_hand && by_hand < in_table + in_table / 10,
+            "{in_table} {by_hand}"
+        );
         assert_eq!(p.backends.len(), 1);
         assert_eq!(p.backends[0].change, "drained");
         assert_eq!(p.backends[0].open_flows, 7);

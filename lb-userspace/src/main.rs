@@ -133,6 +133,20 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// A live view of services and backends with their rates (new flows, packets and bytes
+    /// per second in and out, like `ipvsadm --rate`) and open flows, refreshed every second;
+    /// q, Esc or Ctrl-C quits.
+    Top {
+        /// Print one frame (two readings 1 s apart) and exit, without the terminal mode
+        #[arg(long)]
+        once: bool,
+        /// The daemon's API socket [default: daemon.api_socket of --config, else /run/xlb/xlb.sock]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Find the API socket in this config file (daemon.api_socket) unless --socket is given
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Print a shell completion script (e.g. `xlb completions bash >
     /// /etc/bash_completion.d/xlb`).
     Completions {
@@ -350,6 +364,18 @@ fn main() -> ExitCode {
                 },
             ),
         },
+        Command::Top {
+            once,
+            socket,
+            config,
+        } => {
+            let socket = xlb::cli::socket_path(socket.as_deref(), config.as_deref());
+            if once {
+                xlb::top::once(&socket)
+            } else {
+                xlb::top::interactive(&socket)
+            }
+        }
         Command::Completions { shell } => {
             print!("{}", completions(shell));
             ExitCode::SUCCESS

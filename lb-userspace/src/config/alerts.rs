@@ -107,9 +107,10 @@ pub(super) fn parse_alerts(
         let a = parse_alert(cx, &at, services, groups)?;
         if out.iter().any(|x| x.name == a.name) {
             let t = at.table(cx, "a table")?;
-            return Err(t
-                .get("name")
-                .map_or_else(|| at.err(cx, ""), |n| n.err(cx, format!("duplicate alert name \"{}\"", a.name))));
+            return Err(t.get("name").map_or_else(
+                || at.err(cx, ""),
+                |n| n.err(cx, format!("duplicate alert name \"{}\"", a.name)),
+            ));
         }
         out.push(a);
     }
@@ -149,7 +150,10 @@ fn parse_alert(
             let names: Vec<&str> = AlertWhen::ALL.iter().map(|(n, _)| *n).collect();
             when_at.err(
                 cx,
-                format!("unknown condition \"{when_s}\" (expected one of {})", names.join(", ")),
+                format!(
+                    "unknown condition \"{when_s}\" (expected one of {})",
+                    names.join(", ")
+                ),
             )
         })?;
     let refuse = |key: &str, why: &str| -> Result<(), ConfigError> {
@@ -167,13 +171,18 @@ fn parse_alert(
                 let known: Vec<&str> = groups.iter().map(|x| x.name.as_str()).collect();
                 return Err(g.err(
                     cx,
-                    format!("no [[target_group]] named \"{name}\" (there are: {})", known.join(", ")),
+                    format!(
+                        "no [[target_group]] named \"{name}\" (there are: {})",
+                        known.join(", ")
+                    ),
                 ));
             };
             if when == AlertWhen::GroupAtMax && tg.scaling.is_none() {
                 return Err(g.err(
                     cx,
-                    format!("target group \"{name}\" does not scale (it has no [target_group.scaling])"),
+                    format!(
+                        "target group \"{name}\" does not scale (it has no [target_group.scaling])"
+                    ),
                 ));
             }
             Some(name)
@@ -187,7 +196,10 @@ fn parse_alert(
                 let known: Vec<&str> = services.iter().map(|x| x.name.as_str()).collect();
                 return Err(s.err(
                     cx,
-                    format!("no [[service]] named \"{name}\" (there are: {})", known.join(", ")),
+                    format!(
+                        "no [[service]] named \"{name}\" (there are: {})",
+                        known.join(", ")
+                    ),
                 ));
             }
             if group.is_some() {
@@ -201,10 +213,13 @@ fn parse_alert(
             refuse("group", "a reload is not about one group")?;
             refuse("service", "a reload is not about one service")?;
         }
-        AlertWhen::DropRateAbove => refuse("group", "drops are counted per service; use `service`")?,
-        AlertWhen::HookFailed | AlertWhen::GroupAtMax => {
-            refuse("service", "hooks and scaling belong to target groups; use `group`")?
+        AlertWhen::DropRateAbove => {
+            refuse("group", "drops are counted per service; use `service`")?
         }
+        AlertWhen::HookFailed | AlertWhen::GroupAtMax => refuse(
+            "service",
+            "hooks and scaling belong to target groups; use `group`",
+        )?,
         _ => {}
     }
 
@@ -219,7 +234,10 @@ fn parse_alert(
     };
     let rate = match (when, t.get("rate")) {
         (AlertWhen::DropRateAbove, None) => {
-            return Err(t.require(cx, "rate").err().unwrap_or_else(|| at.err(cx, "missing rate")))
+            return Err(t
+                .require(cx, "rate")
+                .err()
+                .unwrap_or_else(|| at.err(cx, "missing rate")))
         }
         (AlertWhen::DropRateAbove, Some(r)) => {
             let v = r.number(cx)?;
@@ -327,7 +345,10 @@ backends = ["198.18.2.11"]
         assert_eq!(a[0].rate, Some(50.0));
         assert_eq!(a[0].for_, Duration::from_secs(60));
         assert_eq!(a[0].repeat_interval, Duration::from_secs(600));
-        assert_eq!(a[0].sink, AlertSink::Webhook("http://127.0.0.1:9000/x".into()));
+        assert_eq!(
+            a[0].sink,
+            AlertSink::Webhook("http://127.0.0.1:9000/x".into())
+        );
     }
 
     #[test]
@@ -357,9 +378,27 @@ backends = ["198.18.2.11"]
 
     #[test]
     fn api_group_is_a_group_name() {
-        let c = parse(&BASE.replace("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\napi_group = \"xlb-readers\""), "x.toml").unwrap();
+        let c = parse(
+            &BASE.replace(
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"eth0\"]\napi_group = \"xlb-readers\"",
+            ),
+            "x.toml",
+        )
+        .unwrap();
         assert_eq!(c.daemon.api_group.as_deref(), Some("xlb-readers"));
-        let e = parse(&BASE.replace("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\napi_group = \"a b\""), "x.toml").unwrap_err();
-        assert!(e.to_string().contains("x.toml:3:13: daemon.api_group: \"a b\" is not a group name"), "{e}");
+        let e = parse(
+            &BASE.replace(
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"eth0\"]\napi_group = \"a b\"",
+            ),
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("x.toml:3:13: daemon.api_group: \"a b\" is not a group name"),
+            "{e}"
+        );
     }
 }
