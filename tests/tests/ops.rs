@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{CtValue, FlowKey};
 use xlb_lab::{
@@ -71,21 +71,31 @@ fn names_by_port(lab: &Lab, ports: std::ops::Range<u16>) -> BTreeMap<u16, String
     })
 }
 
-/// Delete every CONNTRACK entry of `client`: the next packets of its flows are new flows.
+/// Delete every CONNTRACK (and UNCONFIRMED) entry of `client`: the next packets of its flows
+/// are new flows. Returns how many CONNTRACK held.
 fn forget_client(pin: &Path, client: IpAddr) -> Result<usize> {
     let (addr, _) = xlb::dataplane::addr_bytes(client);
-    let data = MapData::from_pin(pin.join("CONNTRACK")).context("CONNTRACK pin")?;
-    let mut ct: BpfHashMap<MapData, FlowKey, CtValue> =
-        BpfHashMap::try_from(Map::from_map_data(data)?)?;
-    let keys: Vec<FlowKey> = ct
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.src == addr)
-        .collect();
-    for k in &keys {
-        ct.remove(k)?;
+    let mut confirmed = 0;
+    for name in ["CONNTRACK", "UNCONFIRMED"] {
+        let Ok(data) = MapData::from_pin(pin.join(name)) else {
+            anyhow::ensure!(name != "CONNTRACK", "no CONNTRACK pin");
+            continue;
+        };
+        let mut ct: BpfHashMap<MapData, FlowKey, CtValue> =
+            BpfHashMap::try_from(Map::from_map_data(data)?)?;
+        let keys: Vec<FlowKey> = ct
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.src == addr)
+            .collect();
+        for k in &keys {
+            ct.remove(k)?;
+        }
+        if name == "CONNTRACK" {
+            confirmed = keys.len();
+        }
     }
-    Ok(keys.len())
+    Ok(confirmed)
 }
 
 #[test]
