@@ -346,6 +346,7 @@ mod tests {
             reply_packets: 50,
             reply_bytes: 5_000,
             dropped: 0,
+            ..Default::default()
         };
         let mut b = a;
         b.packets += 200;
