@@ -399,7 +399,16 @@ impl Alerter {
                             None => format!("backend {backend} of {group} is gone"),
                         }
                     }
-                    _ => format!("resolved: {was}"),
+                    AlertWhen::AllUnhealthy => format!("{group} has a healthy backend again"),
+                    AlertWhen::GroupAtMax => format!("{group} is below its max capacity again"),
+                    AlertWhen::DropRateAbove => format!(
+                        "drops are at most {} packets/s again (was: {was})",
+                        rule.rate.unwrap_or(0.0)
+                    ),
+                    AlertWhen::ReloadFailed => {
+                        format!("a reload was accepted (the last rejected one: {was})")
+                    }
+                    AlertWhen::BackendUnhealthy | AlertWhen::HookFailed => was,
                 };
                 out.push(notification(
                     &rule, "resolved", &group, &backend, &service, message, None,

@@ -67,7 +67,20 @@ pub fn socket_path(socket: Option<&Path>, config: Option<&Path>) -> PathBuf {
 
 /// The API socket a config file sets, if it sets one.
 pub fn api_socket_from_config(path: &Path) -> Option<PathBuf> {
-    crate::config::load(path).ok().map(|c| c.daemon.api_socket)
+    match crate::config::load(path) {
+        Ok(c) => Some(c.daemon.api_socket),
+        // A config that does not validate (`xlb diff` of a broken file) may still name the
+        // socket: the daemon then reports what is wrong with it.
+        Err(_) => std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| {
+                t.get("daemon")?
+                    .get("api_socket")?
+                    .as_str()
+                    .map(PathBuf::from)
+            }),
+    }
 }
 
 /// Send one request with a JSON body (if any); answer the status code and the JSON body
@@ -566,8 +579,8 @@ pub fn render_diff(p: &ChangePreview) -> String {
         t.render(&mut out);
     }
     out.push_str(
-        "\nTABLE MOVED: share of the Maglev table whose new flows would go to another backend \
-         (open flows stay where they are); ON LEAVING BACKENDS: open flows on backends that \
+        "\nTABLE MOVED: share of the Maglev table whose new flows would go to another backend\n\
+         (open flows stay where they are). ON LEAVING BACKENDS: open flows on backends that\n\
          would drain (they finish within the deregistration delay) or go (they move).\n",
     );
     out
@@ -969,6 +982,16 @@ mod tests {
         assert_eq!(socket_path(Some(sock), None), sock);
         assert_eq!(socket_path(None, Some(cfg)), Path::new(DEFAULT_SOCKET));
         assert_eq!(socket_path(None, None), Path::new(DEFAULT_SOCKET));
+        // A config that does not validate still names its socket (`xlb diff` of a broken
+        // file reaches the daemon, which says what is wrong).
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("x.toml");
+        std::fs::write(
+            &broken,
+            "[daemon]\napi_socket = \"/run/a/b.sock\"\nbogus = 1\n",
+        )
+        .unwrap();
+        assert_eq!(socket_path(None, Some(&broken)), Path::new("/run/a/b.sock"));
     }
 
     #[test]
