@@ -13,6 +13,7 @@
 //! state_file = "/run/xlb/state.json"    # absolute
 //! tcp_idle_timeout = "350s"    # 1s..7d: a TCP flow idle this long is forgotten
 //! udp_idle_timeout = "120s"    # 1s..7d: the same for UDP
+//! api_group = "xlb"            # optional: its members may read the API; changes stay root's
 //!
 //! [[service]]
 //! name = "web"
@@ -88,6 +89,14 @@
 //! [[target_group.scaling.schedule]] # at each time cron names (UTC): set desired, min and/or max
 //! cron = "0 8 * * MON-FRI"     # 5 fields, or 6 with seconds first; @daily and the like
 //! desired = 6                  # 0..1000 each, at least one of desired, min, max
+//!
+//! [[alert]]                    # any number (see config/alerts.rs for every key)
+//! name = "backend-down"
+//! when = "backend_unhealthy"   # also all_unhealthy, group_at_max, hook_failed,
+//!                              # drop_rate_above, reload_failed
+//! group = "web-servers"        # optional filter (or service = "web")
+//! command = "/usr/local/bin/page-oncall"   # event as JSON on stdin; or webhook = "http://..."
+//! repeat_interval = "1h"       # at most one firing notification per backend per hour
 //! ```
 //!
 //! Metrics: `new_flows_per_second_per_backend`, `packets_per_second_per_backend`,
@@ -5328,6 +5337,8 @@ desired = 6
         assert_eq!((s.min, s.max, s.desired), (2, 10, 2));
         assert_eq!(s.policies.len(), 2);
         assert_eq!(s.schedules.len(), 1);
+        assert_eq!(c.daemon.api_group.as_deref(), Some("xlb"));
+        assert_eq!(c.alerts.len(), 1);
     }
 
     // ---- passive health ----
