@@ -408,7 +408,7 @@ impl Alerter {
                     AlertWhen::ReloadFailed => {
                         format!("a reload was accepted (the last rejected one: {was})")
                     }
-                    AlertWhen::BackendUnhealthy | AlertWhen::HookFailed => was,
+                    AlertWhen::HookFailed => was,
                 };
                 out.push(notification(
                     &rule, "resolved", &group, &backend, &service, message, None,

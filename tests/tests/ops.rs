@@ -122,10 +122,39 @@ fn diff_predicts_the_share_of_flows_that_moves() {
     let used: std::collections::BTreeSet<&String> = before.values().collect();
     assert_eq!(used.len(), 3, "three backends answer: {used:?}");
 
-    // The change, previewed from another file: a fourth backend.
+    // Open flows on leaving backends: a config without b3 names exactly b3's flows (once
+    // the conntrack sweep, every second, has counted them).
     let new_cfg = xlb.run_dir.join("new.toml");
-    std::fs::write(&new_cfg, dns_config(name, &four)).unwrap();
     let cfg = new_cfg.to_str().unwrap();
+    std::fs::write(
+        &new_cfg,
+        dns_config(name, r#""198.18.2.11", "198.18.2.12""#),
+    )
+    .unwrap();
+    let on_b3 = before.values().filter(|n| n.as_str() == "b3").count() as u64;
+    let (dns, _) = xlb
+        .wait_for(
+            "the sweep to count the open flows",
+            Duration::from_secs(15),
+            || {
+                let json: serde_json::Value =
+                    serde_json::from_str(&xlb.cli_ok(&["diff", "--config", cfg, "--json"])?)?;
+                let dns = json["services"][0].clone();
+                Ok((dns["open_flows"].as_u64() == Some(u64::from(N))).then_some(dns))
+            },
+        )
+        .unwrap();
+    assert_eq!(dns["flows_on_leaving"].as_u64(), Some(on_b3), "{dns}");
+    assert_eq!(
+        (
+            dns["backends_before"].as_u64(),
+            dns["backends_after"].as_u64()
+        ),
+        (Some(3), Some(2))
+    );
+
+    // The change, previewed from another file: a fourth backend.
+    std::fs::write(&new_cfg, dns_config(name, &four)).unwrap();
     let text = xlb.cli_ok(&["diff", "--config", cfg]).unwrap();
     assert!(
         text.contains("198.18.2.14") && text.contains("added"),
