@@ -255,7 +255,7 @@ target_group = "web-servers"
 name = "web-servers"
 port = 8080
 backends = ["198.18.2.11", "198.18.2.12"]
-health_check = {{ protocol = "tcp", interval = "200ms", timeout = "150ms", healthy_threshold = 2, unhealthy_threshold = 2 }}
+health_check = {{ protocol = "tcp", interval = "300ms", timeout = "300ms", healthy_threshold = 2, unhealthy_threshold = 2 }}
 
 [[alert]]
 name = "backend-down"
@@ -278,11 +278,14 @@ command = "exit 3"
             .backend("web-servers", addr)?
             .and_then(|b| b["state"].as_str().map(String::from)))
     };
+    // b2's events (a check of b1 that times out on a very busy machine is none of this
+    // test's business).
     let lines = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&alerts)
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON event a line"))
+            .filter(|e| e["backend"] == "198.18.2.12")
             .collect()
     };
     let t = Duration::from_secs(20);
