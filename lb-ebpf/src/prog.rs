@@ -194,6 +194,7 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             entry = UNCONFIRMED.get_ptr_mut(&p.key);
         }
     }
+    let had_entry = entry.is_some();
     match entry {
         // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         Some(ct) => unsafe {
@@ -236,12 +237,13 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             Some(b) if unsafe { (*b).flags } & BE_F_ACTIVE != 0 => be = b,
             _ => return Ok(no_backend(service_id)),
         }
-        // A SYN is balanced without an entry (a SYN flood fills nothing): the handshake's
-        // ACK finds the same backend in the same table and pins the flow. A backend address
-        // that several services share needs the flow's `REVERSE` entry for its SYN-ACK: pinned
-        // at once.
+        // A SYN without an entry is balanced without one (a SYN flood fills nothing): the
+        // handshake's ACK finds the same backend in the same table and pins the flow. A flow
+        // whose entry names a backend that is gone is pinned again at once (its replies must
+        // not meet the old entry), and so is a flow to a backend address that several
+        // services share (its SYN-ACK needs the flow's `REVERSE` entry).
         // SAFETY: a map value pointer the verifier checked for null.
-        if syn && unsafe { (*be).flags } & BE_F_SHARED == 0 {
+        if syn && !had_entry && unsafe { (*be).flags } & BE_F_SHARED == 0 {
             count(global::SYN_STATELESS);
         } else {
             pin_flow(p, service_id, backend_id, be, now);
@@ -701,16 +703,16 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
         Some(b) if unsafe { (*b).flags } & BE_F_ESTABLISHED_OK != 0 => {}
         _ => return stray_dropped(),
     }
-    if p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-        // The answer to a SYN balanced without an entry: translated as it is; the client's
-        // ACK pins the flow.
-        stateless_synack(p, backend_id, &vip, vport);
+    if p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+        // The answer to a SYN balanced without an entry (a SYN-ACK, or a RST refusing it),
+        // or a RST ending an evicted flow: translated as it is, no entry made (the client's
+        // ACK pins an accepted flow).
+        if stateless_answer(p, backend_id, &vip, vport) == REDISPATCH {
+            return redispatched();
+        }
     } else {
         recreate_flow(p, &vip, vport, ids(service_id, backend_id), nh);
         count(global::STRAY_RECREATED);
-        if p.tcp_flags & TCP_RST != 0 && stray_refusal(p, &vip, vport) == REDISPATCH {
-            return redispatched();
-        }
     }
     count_reply(ctx, service_id, backend_id);
     send_reply(
@@ -921,26 +923,34 @@ fn sample_answered(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) {
     }
 }
 
-/// Passive health of a SYN-ACK whose flow has no entry (its SYN was balanced without one).
+/// Passive health of a SYN-ACK or RST whose flow has no entry (its SYN was balanced without
+/// one): a SYN-ACK answers the handshake, a RST refuses it. `REDISPATCH` if the refusal is
+/// withheld (`redispatch`; with no entry to remember a first refusal by, every refusal of a
+/// backend with `redispatch` is withheld while its service has backends: the backend is
+/// marked down within milliseconds, and the client's SYN retransmission goes elsewhere).
 #[inline(never)]
-fn stateless_synack(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) {
-    count(global::SYNACK_STATELESS);
-    let Some(c) = passive(backend_id) else {
-        return;
-    };
-    c.synacks += 1;
-    sample_answered(p, backend_id, vip, vport);
-}
-
-/// Passive health of a RST from `backend_id` whose flow had no entry (just re-created):
-/// a refused handshake (its SYN was balanced without an entry). `REDISPATCH` if withheld.
-#[inline(never)]
-fn stray_refusal(p: &Pkt, vip: &[u8; 16], vport: [u8; 2]) -> u32 {
-    let key = client_key(p, vip, vport);
-    match CONNTRACK.get_ptr_mut(&key) {
-        Some(ct) => passive_reply(p, ct, vip, vport),
-        None => FLOW_OK,
+fn stateless_answer(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) -> u32 {
+    let synack = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    if synack {
+        count(global::SYNACK_STATELESS);
     }
+    let Some(c) = passive(backend_id) else {
+        return FLOW_OK;
+    };
+    if synack {
+        c.synacks += 1;
+        sample_answered(p, backend_id, vip, vport);
+        return FLOW_OK;
+    }
+    if p.tcp_flags & TCP_RST == 0 {
+        return FLOW_OK;
+    }
+    c.refused += 1;
+    if refusal_withheld(p, backend_id, vip, vport, true) {
+        c.redispatched += 1;
+        return REDISPATCH;
+    }
+    FLOW_OK
 }
 
 /// Whether a refusal from `backend_id` is withheld from the client: the backend's group has

@@ -557,10 +557,9 @@ fn to_service(
             // shared: its SYN-ACK needs the flow's reverse entry).
             if tcp_flags(f, p) & (TCP_SYN | TCP_ACK) == TCP_SYN
                 && w.backend(id).flags & BE_F_SHARED == 0
+                && w.conntrack(&key).is_none()
             {
-                if w.conntrack(&key).is_none() {
-                    no_pin = Some(key);
-                }
+                no_pin = Some(key);
                 (id, "to service, new flow, syn")
             } else {
                 pin = Some((key, id));
@@ -605,6 +604,7 @@ fn table_backend(w: &dyn World, key: &FlowKey) -> Option<u32> {
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+const TCP_RST: u8 = 0x04;
 
 /// The TCP flags of a TCP packet whose header is present (0 otherwise).
 fn tcp_flags(f: &[u8], p: &Parsed) -> u8 {
@@ -707,9 +707,10 @@ fn from_backend(
                 _ => {}
             }
             let ckey = flow_key(p.dst, ba.vip, dport, ba.vport, p.proto, p.family);
-            if tcp_flags(f, p) & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-                // A SYN-ACK answers a SYN balanced without an entry: translated, no entry.
-                (ba.vip, ba.vport, "stray reply, syn-ack", "replies", None)
+            if tcp_flags(f, p) & (TCP_SYN | TCP_RST) != 0 {
+                // A SYN-ACK or RST answers a SYN balanced without an entry: translated, no
+                // entry made.
+                (ba.vip, ba.vport, "stray reply, syn-ack or rst", "replies", None)
             } else {
                 (
                     ba.vip,
