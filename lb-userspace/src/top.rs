@@ -245,6 +245,29 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// Set by SIGTERM, SIGHUP or SIGINT while the view runs: it ends as a q would, restoring the
+/// terminal.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn catch_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(sig, &action) } {
+            tracing::debug!(signal = %sig, error = %e, "cannot catch the signal");
+        }
+    }
+}
+
 /// Whether a key quits: q, Q, Esc, Ctrl-C.
 fn quits(ev: &crossterm::event::Event) -> bool {
     use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -277,6 +300,7 @@ pub fn interactive(socket: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    catch_signals();
     let guard = match TerminalGuard::enter() {
         Ok(g) => g,
         Err(e) => {
@@ -296,13 +320,17 @@ pub fn interactive(socket: &Path) -> ExitCode {
         );
         let _ = write!(stdout, "{text}\r\nq, Esc or Ctrl-C quits");
         let _ = stdout.flush();
-        // Keys until the next refresh.
+        // Keys (and signals) until the next refresh.
         loop {
+            if SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+                drop(guard);
+                return ExitCode::SUCCESS;
+            }
             let left = next.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match crossterm::event::poll(left) {
+            match crossterm::event::poll(left.min(Duration::from_millis(100))) {
                 Ok(true) => match crossterm::event::read() {
                     Ok(ev) if quits(&ev) => {
                         drop(guard);
@@ -311,7 +339,7 @@ pub fn interactive(socket: &Path) -> ExitCode {
                     Ok(_) => {}
                     Err(_) => break,
                 },
-                Ok(false) => break,
+                Ok(false) => {}
                 Err(e) => {
                     drop(guard);
                     eprintln!("xlb: reading the terminal: {e}");

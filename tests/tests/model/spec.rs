@@ -710,7 +710,13 @@ fn from_backend(
             if tcp_flags(f, p) & (TCP_SYN | TCP_RST) != 0 {
                 // A SYN-ACK or RST answers a SYN balanced without an entry: translated, no
                 // entry made.
-                (ba.vip, ba.vport, "stray reply, syn-ack or rst", "replies", None)
+                (
+                    ba.vip,
+                    ba.vport,
+                    "stray reply, syn-ack or rst",
+                    "replies",
+                    None,
+                )
             } else {
                 (
                     ba.vip,
