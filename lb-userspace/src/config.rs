@@ -22,6 +22,10 @@
 //! port = 80
 //! protocol = "tcp"             # tcp | udp
 //! target_group = "web-servers"
+//! forwarding = "nat"           # nat | dsr (direct server return: the backends answer clients)
+//! # dsr_encap = "gue"          # with dsr: l2 | ipip | gue
+//! # dsr_source_prefix = "198.18.99.0/24"   # ipip, gue: outer sources, picked by flow hash
+//! # dsr_gue_port = 6080        # gue: UDP port
 //!
 //! [[target_group]]
 //! name = "web-servers"
