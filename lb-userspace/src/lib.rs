@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
 pub mod endpoint;
+pub mod fleet;
 pub mod health;
 pub mod instance;
 pub mod links;

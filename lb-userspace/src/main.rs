@@ -120,6 +120,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// This node's place in a fleet ([daemon.announce]): drain it for maintenance, or bring
+    /// it back.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Print a shell completion script (e.g. `xlb completions bash >
     /// /etc/bash_completion.d/xlb`).
     Completions {
@@ -129,6 +135,23 @@ enum Command {
     },
     /// Print the man page (roff; e.g. `xlb man > /usr/share/man/man1/xlb.1`).
     Man,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Withdraw every VIP this node announces, keep forwarding what still arrives, and report
+    /// drained (`xlb status`) once nothing arrives or drain_timeout runs out. Stays drained
+    /// across restarts until `xlb node undrain`.
+    Drain {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Announce again the VIPs this node can serve (after `xlb node drain`).
+    #[command(visible_alias = "resume")]
+    Undrain {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +336,10 @@ fn main() -> ExitCode {
                     weight,
                 },
             ),
+        },
+        Command::Node { command } => match command {
+            NodeCommand::Drain { client: args } => client(args, Action::NodeDrain),
+            NodeCommand::Undrain { client: args } => client(args, Action::NodeUndrain),
         },
         Command::Completions { shell } => {
             print!("{}", completions(shell));
