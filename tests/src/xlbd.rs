@@ -62,6 +62,12 @@ impl Xlbd {
 
     /// [`Xlbd::start`] under `launch`'s wrapper and with its environment.
     pub fn start_with(lab: &Lab, name: &str, config: &str, launch: Launch) -> Result<Xlbd> {
+        Self::start_in(lab.lb_ns().name(), name, config, launch)
+    }
+
+    /// [`Xlbd::start_with`] in the network namespace named `netns` (e.g. one node of a
+    /// fleet: each with its own `name`, so its pins, state and socket are its own).
+    pub fn start_in(netns: &str, name: &str, config: &str, launch: Launch) -> Result<Xlbd> {
         let run_dir = PathBuf::from(format!("/run/{name}"));
         std::fs::create_dir_all(&run_dir)?;
         let cfg = run_dir.join("xlb.toml");
@@ -73,7 +79,7 @@ impl Xlbd {
             socket: run_dir.join("xlb.sock"),
             pin_path: PathBuf::from(format!("/sys/fs/bpf/{name}")),
             run_dir,
-            lb_ns: lab.lb_ns().name().to_string(),
+            lb_ns: netns.to_string(),
             child: None,
             launch,
         };

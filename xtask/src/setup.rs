@@ -12,8 +12,16 @@ const BPF_LINKER: &str = "0.10.4";
 /// The cargo-fuzz version `cargo xtask fuzz` uses.
 const CARGO_FUZZ: &str = "0.13.2";
 
-/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "nftables", "iputils-ping", "procps"];
+/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`, and
+/// BIRD 2 (`bird`, `birdc`) for the fleet's router and nodes.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "nftables",
+    "iputils-ping",
+    "procps",
+    "bird2",
+];
 
 pub fn setup() -> Result<()> {
     rust_src()?;
