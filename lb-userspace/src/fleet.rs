@@ -101,8 +101,11 @@ impl Fnv {
 /// (building a table of the default size takes about a millisecond).
 #[derive(Default)]
 pub struct FingerprintCache {
-    cache: Mutex<HashMap<u32, (Vec<(String, u32)>, u32, u32, String)>>,
+    cache: Mutex<HashMap<u32, Cached>>,
 }
+
+/// What a fingerprint was computed from (members, table size, seed) and the fingerprint.
+type Cached = (Vec<(String, u32)>, u32, u32, String);
 
 impl FingerprintCache {
     pub fn get(
@@ -799,6 +802,35 @@ mod tests {
             other.header.protocol = RouteProtocol::Bird;
             assert_eq!(our_vip(&other, 100), None, "another protocol's route");
         }
+    }
+
+    #[tokio::test]
+    async fn bird_probe_reports_what_it_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        // No socket: unreachable, with the path.
+        let missing = dir.path().join("none.ctl");
+        let s = probe_bird(&missing).await;
+        assert!(
+            s.starts_with("unreachable at ") && s.contains("none.ctl"),
+            "{s}"
+        );
+        // A socket that greets like BIRD.
+        let path = dir.path().join("bird.ctl");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut c, _) = l.accept().await.unwrap();
+            c.write_all(b"0001 BIRD 2.0.12 ready.\n").await.unwrap();
+            // A second one that never says anything.
+            let (_c2, _) = l.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        });
+        assert_eq!(probe_bird(&path).await, "up (BIRD 2.0.12 ready.)");
+        let t = Instant::now();
+        let s = probe_bird(&path).await;
+        assert!(s.contains("no greeting within 1s"), "{s}");
+        assert!(t.elapsed() < Duration::from_secs(3), "the probe is bounded");
+        server.abort();
     }
 
     #[test]

@@ -421,6 +421,29 @@ impl FleetLab {
         x.kill9()
     }
 
+    /// Stop BIRD on node `i` (SIGTERM); xlb keeps running without it.
+    pub fn stop_bird(&mut self, i: usize) -> Result<()> {
+        self.birds
+            .get_mut(i)
+            .context("no such node")?
+            .stop()
+            .map(drop)
+    }
+
+    /// xlb's routes (protocol 88) in node `i`'s announce table, as `ip route` prints them.
+    pub fn announced_routes(&self, i: usize) -> Result<String> {
+        let out = self.nodes[i - 1].exec([
+            "ip",
+            "route",
+            "show",
+            "table",
+            &ANNOUNCE_TABLE.to_string(),
+            "proto",
+            "88",
+        ])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// Set node `i`'s link to the router down or up.
     pub fn node_link(&self, i: usize, up: bool) -> Result<()> {
         ip(
