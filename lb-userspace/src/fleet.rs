@@ -303,17 +303,41 @@ pub fn our_vip(msg: &RouteMessage, table: u32) -> Option<IpAddr> {
     (msg.header.destination_prefix_length == host).then_some(dst)
 }
 
-/// xlb's routes in `table` now.
+/// xlb's routes in `table` now. The dump asks the kernel for that table's blackhole routes
+/// of protocol 88 only (the socket has `NETLINK_GET_STRICT_CHK`: a node holding a full BGP
+/// table elsewhere is not dumped every 10 s); the answer is filtered again here in case the
+/// kernel ignores the filter.
 async fn current(handle: &rtnetlink::Handle, table: u32) -> Result<BTreeSet<IpAddr>, RouteError> {
     let mut out = BTreeSet::new();
+    let filter = |mut m: RouteMessage| {
+        m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+        m.header.kind = RouteType::BlackHole;
+        m
+    };
     for q in [
-        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        filter(
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .table_id(table)
+                .build(),
+        ),
+        filter(
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .table_id(table)
+                .build(),
+        ),
     ] {
         let mut s = handle.route().get(q).execute();
-        while let Some(m) = s.try_next().await.map_err(RouteError::Dump)? {
-            if let Some(v) = our_vip(&m, table) {
-                out.insert(v);
+        loop {
+            match s.try_next().await {
+                Ok(Some(m)) => {
+                    if let Some(v) = our_vip(&m, table) {
+                        out.insert(v);
+                    }
+                }
+                Ok(None) => break,
+                // A table that does not exist (yet) holds none of xlb's routes.
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => break,
+                Err(e) => return Err(RouteError::Dump(e)),
             }
         }
     }
@@ -372,7 +396,18 @@ struct Routes {
 
 impl Routes {
     fn spawn(table: u32) -> Result<Self, RouteError> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let (mut conn, handle, _) = rtnetlink::new_connection()?;
+        {
+            use rtnetlink::sys::AsyncSocket;
+            if let Err(e) = conn
+                .socket_mut()
+                .socket_ref()
+                .set_netlink_get_strict_chk(true)
+            {
+                // Older kernels: every route is dumped and filtered here.
+                warn!(error = %e, "NETLINK_GET_STRICT_CHK not available");
+            }
+        }
         tokio::spawn(conn);
         let (want, mut rx) = watch::channel(BTreeSet::new());
         let state = Arc::new(Mutex::new(RouteState::default()));
