@@ -18,7 +18,7 @@ use crate::{
     maps::{
         count, counters, hash_seed, passive, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
         BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
-        PASSIVE_CONF, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, SYN_SAMPLES, TX_PORTS,
+        PASSIVE_CONF, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, SYN_SAMPLES, TX_PORTS, UNCONFIRMED,
     },
     nat::{self, Rewrite, Target, NH_LOCAL, NH_OK},
     parse::*,
@@ -185,7 +185,16 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
     // A flow keeps its backend while the backend is healthy or draining.
     let mut backend_id = NO_BACKEND;
     let mut be: *const BackendInfo = core::ptr::null();
-    match CONNTRACK.get_ptr_mut(&p.key) {
+    let tcp = p.key.proto == PROTO_TCP;
+    let mut entry = CONNTRACK.get_ptr_mut(&p.key);
+    if entry.is_none() {
+        count(global::CONNTRACK_MISS);
+        if !tcp {
+            entry = UNCONFIRMED.get_ptr_mut(&p.key);
+        }
+    }
+    let had_entry = entry.is_some();
+    match entry {
         // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         Some(ct) => unsafe {
             let id = (*ct).backend_id;
@@ -202,8 +211,9 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
                 }
             }
         },
-        None => count(global::CONNTRACK_MISS),
+        None => {}
     }
+    let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let new_flow = be.is_null();
     if new_flow {
         if flags & SVC_F_EMPTY != 0 {
@@ -226,22 +236,32 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             Some(b) if unsafe { (*b).flags } & BE_F_ACTIVE != 0 => be = b,
             _ => return Ok(no_backend(service_id)),
         }
-        pin_flow(p, service_id, backend_id, be, now);
+        // A SYN without an entry is balanced without one (a SYN flood fills nothing): the
+        // handshake's ACK finds the same backend in the same table and pins the flow. A flow
+        // whose entry names a backend that is gone is pinned again at once (its replies must
+        // not meet the old entry), and so is a flow to a backend address that several
+        // services share (its SYN-ACK needs the flow's `REVERSE` entry).
+        // SAFETY: a map value pointer the verifier checked for null.
+        if syn && !had_entry && unsafe { (*be).flags } & BE_F_SHARED == 0 {
+            count(global::SYN_STATELESS);
+        } else {
+            pin_flow(p, service_id, backend_id, be, now);
+        }
         passive_new_flow(p, backend_id, h);
     }
     // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     let (addr, port) = unsafe { (&(*be).addr, (*be).port) };
 
-    let nf = new_flow as u64;
+    let syns = syn as u64;
     if let Some(c) = counters(&SERVICE_STATS, service_id) {
         c.packets += 1;
         c.bytes += len;
-        c.new_flows += nf;
+        c.syns += syns;
     }
     if let Some(c) = counters(&BACKEND_STATS, backend_id) {
         c.packets += 1;
         c.bytes += len;
-        c.new_flows += nf;
+        c.syns += syns;
     }
 
     if p.first_fragment {
@@ -381,7 +401,13 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
         _pad: 0,
         reply_nh: NO_HOP,
     };
-    let _ = CONNTRACK.insert(&p.key, &ct, 0);
+    // UDP flows wait in `UNCONFIRMED` for their first reply.
+    if p.key.proto == PROTO_TCP {
+        let _ = CONNTRACK.insert(&p.key, &ct, 0);
+    } else {
+        let _ = UNCONFIRMED.insert(&p.key, &ct, 0);
+        count(global::UDP_UNCONFIRMED);
+    }
     // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     if unsafe { (*be).flags } & BE_F_SHARED == 0 {
         return;
@@ -409,7 +435,7 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
     let _ = REVERSE.insert(&rkey, &rv, 0);
 }
 
-const NO_HOP: NextHop = NextHop {
+pub const NO_HOP: NextHop = NextHop {
     ifindex: 0,
     mtu: 0,
     vlan: 0,
@@ -432,17 +458,20 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     let key = client_key(p, &vip, vport);
     let ct = match CONNTRACK.get_ptr_mut(&key) {
         Some(ct) => ct,
-        None => return Ok(STRAY),
+        None => match confirm_udp(&key) {
+            Some(ct) => ct,
+            None => return Ok(STRAY),
+        },
     };
     // SAFETY: as above.
     if unsafe { (*ct).backend_id } != backend_id {
         return Ok(MOVED);
     }
     // Passive health: handshakes answered or refused, UDP flows answered (cold: only SYN-ACKs,
-    // RSTs and a flow's first reply get there).
+    // RSTs and a flow's first reply get there); a flow's first answer confirms it.
     // SAFETY: as above.
     if p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || unsafe { (*ct).flags } & CT_F_ANSWERED == 0 {
-        if passive_reply(p, ct, &vip, vport) == REDISPATCH {
+        if answer(p, ct, &vip, vport) == REDISPATCH {
             return Ok(redispatched());
         }
     }
@@ -465,6 +494,48 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     ))
 }
 
+/// A UDP reply's flow waiting in `UNCONFIRMED`: moved to the connection table (its entry
+/// there returned).
+#[inline(always)]
+fn confirm_udp(key: &FlowKey) -> Option<*mut CtValue> {
+    if key.proto == PROTO_TCP {
+        return None;
+    }
+    let u = UNCONFIRMED.get_ptr(key)?;
+    // SAFETY: a map value pointer checked for null.
+    let v = unsafe { *u };
+    CONNTRACK.insert(key, &v, 0).ok()?;
+    count(global::UDP_CONFIRMED);
+    CONNTRACK.get_ptr_mut(key)
+}
+
+/// A backend's reply on flow `ct` whose handshake was not answered yet, or that carries SYN
+/// or RST: passive health's bookkeeping, and the flow's first answer (anything but a RST)
+/// confirms it: counted as a new flow of its service and backend. Answers `REDISPATCH` for
+/// a refusal that must not reach the client, else `FLOW_OK`.
+#[inline(never)]
+fn answer(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u32 {
+    // SAFETY: a map value pointer checked for null by the caller.
+    let before = unsafe { (*ct).flags };
+    if passive_reply(p, ct, vip, vport) == REDISPATCH {
+        return REDISPATCH;
+    }
+    if before & CT_F_ANSWERED == 0 && p.tcp_flags & TCP_RST == 0 {
+        // SAFETY: as above.
+        let (service_id, backend_id) = unsafe {
+            (*ct).flags |= CT_F_ANSWERED;
+            ((*ct).service_id, (*ct).backend_id)
+        };
+        if let Some(c) = counters(&SERVICE_STATS, service_id) {
+            c.new_flows += 1;
+        }
+        if let Some(c) = counters(&BACKEND_STATS, backend_id) {
+            c.new_flows += 1;
+        }
+    }
+    FLOW_OK
+}
+
 #[inline(always)]
 fn stray_dropped() -> u32 {
     count(global::STRAY_DROPPED);
@@ -481,10 +552,14 @@ fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop
         service_id: (ids >> 32) as u32,
         // SAFETY: a helper without arguments.
         last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // An established flow's reply (evicted, swept): answered already, not a new flow.
+        // A RST may refuse a handshake: left unanswered for passive health.
+        flags: if p.tcp_flags & TCP_RST != 0 {
             CT_F_CLOSING
+        } else if p.tcp_flags & TCP_FIN != 0 {
+            CT_F_CLOSING | CT_F_ANSWERED
         } else {
-            0
+            CT_F_ANSWERED
         },
         _pad: 0,
         reply_nh: *nh,
@@ -492,30 +567,28 @@ fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop
     let _ = CONNTRACK.insert(&key, &ct, 0);
 }
 
-/// The backend the Maglev table of the service `ba` names picks for the client flow a reply
-/// `p` belongs to (`NO_BACKEND` if none).
+/// The backend the Maglev table of its service picks for client flow `key` (client → VIP),
+/// `NO_BACKEND` if none.
 #[inline(never)]
-fn maglev_backend(p: &Pkt, ba: *const BackendAddrValue) -> u32 {
-    // SAFETY: a map value pointer checked for null by the caller.
-    let (vip, vport) = unsafe { ((*ba).vip, (*ba).vport) };
+pub fn table_backend(key: &FlowKey) -> u32 {
     let skey = ServiceKey {
-        addr: vip,
-        port: vport,
-        proto: p.key.proto,
-        family: p.key.family,
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
     };
     let Some(svc) = SERVICES.get_ptr(&skey) else {
         return NO_BACKEND;
     };
-    // SAFETY: as above.
+    // SAFETY: a map value pointer checked for null.
     let (service_id, slot) = unsafe { ((*svc).id, (*svc).slot) };
     let ring = ring_size();
     let h = flow_hash(
-        &p.key.dst,
-        &vip,
-        p.key.dport,
-        vport,
-        p.key.proto,
+        &key.src,
+        &key.dst,
+        key.sport,
+        key.dport,
+        key.proto,
         hash_seed(),
     );
     let Some(pos) = h.checked_rem(ring) else {
@@ -600,7 +673,7 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
         return pass_l4(p);
     }
     let shared = baflags & BA_F_SHARED != 0;
-    if !shared && maglev_backend(p, ba) != backend_id {
+    if !shared && table_backend(&client_key(p, &vip, vport)) != backend_id {
         return pass_l4(p);
     }
     let Some(nh) = NH_SCRATCH.get_ptr_mut(0) else {
@@ -629,8 +702,17 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
         Some(b) if unsafe { (*b).flags } & BE_F_ESTABLISHED_OK != 0 => {}
         _ => return stray_dropped(),
     }
-    recreate_flow(p, &vip, vport, ids(service_id, backend_id), nh);
-    count(global::STRAY_RECREATED);
+    if p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+        // The answer to a SYN balanced without an entry (a SYN-ACK, or a RST refusing it),
+        // or a RST ending an evicted flow: translated as it is, no entry made (the client's
+        // ACK pins an accepted flow).
+        if stateless_answer(p, backend_id, &vip, vport) == REDISPATCH {
+            return redispatched();
+        }
+    } else {
+        recreate_flow(p, &vip, vport, ids(service_id, backend_id), nh);
+        count(global::STRAY_RECREATED);
+    }
     count_reply(ctx, service_id, backend_id);
     send_reply(
         ctx,
@@ -697,14 +779,18 @@ const FLOW_MOVED: u32 = 1;
 #[inline(never)]
 fn client_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], backend_id: u32) -> u32 {
     let key = client_key(p, vip, vport);
-    match CONNTRACK.get_ptr_mut(&key) {
+    let mut entry = CONNTRACK.get_ptr_mut(&key);
+    if entry.is_none() {
+        entry = confirm_udp(&key);
+    }
+    match entry {
         // SAFETY: a map value pointer checked for null.
         Some(ct) => unsafe {
             if (*ct).backend_id != backend_id {
                 return FLOW_MOVED;
             }
             if (p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || (*ct).flags & CT_F_ANSWERED == 0)
-                && passive_reply(p, ct, vip, vport) == REDISPATCH
+                && answer(p, ct, vip, vport) == REDISPATCH
             {
                 return REDISPATCH;
             }
@@ -792,22 +878,7 @@ fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u
             c.synacks += 1;
             // SAFETY: as above.
             unsafe { (*ct).flags |= CT_F_ANSWERED };
-            if let Some(s) = SYN_SAMPLES.get_ptr_mut(backend_id) {
-                let h = flow_hash(
-                    &p.key.dst,
-                    vip,
-                    p.key.dport,
-                    vport,
-                    p.key.proto,
-                    hash_seed(),
-                );
-                // SAFETY: a map value pointer checked for null.
-                unsafe {
-                    if (*s).flow_hash == h {
-                        (*s).answered = 1;
-                    }
-                }
-            }
+            sample_answered(p, backend_id, vip, vport);
         }
         return FLOW_OK;
     }
@@ -826,6 +897,57 @@ fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u
         // re-created): answered, so that its later replies skip this bookkeeping.
         // SAFETY: as above.
         unsafe { (*ct).flags |= CT_F_ANSWERED };
+    }
+    FLOW_OK
+}
+
+/// A SYN-ACK answers `backend_id`'s sampled SYN if it is this flow's (client → `vip`:`vport`).
+#[inline(always)]
+fn sample_answered(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) {
+    if let Some(s) = SYN_SAMPLES.get_ptr_mut(backend_id) {
+        let h = flow_hash(
+            &p.key.dst,
+            vip,
+            p.key.dport,
+            vport,
+            p.key.proto,
+            hash_seed(),
+        );
+        // SAFETY: a map value pointer checked for null.
+        unsafe {
+            if (*s).flow_hash == h {
+                (*s).answered = 1;
+            }
+        }
+    }
+}
+
+/// Passive health of a SYN-ACK or RST whose flow has no entry (its SYN was balanced without
+/// one): a SYN-ACK answers the handshake, a RST refuses it. `REDISPATCH` if the refusal is
+/// withheld (`redispatch`; with no entry to remember a first refusal by, every refusal of a
+/// backend with `redispatch` is withheld while its service has backends: the backend is
+/// marked down within milliseconds, and the client's SYN retransmission goes elsewhere).
+#[inline(never)]
+fn stateless_answer(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) -> u32 {
+    let synack = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    if synack {
+        count(global::SYNACK_STATELESS);
+    }
+    let Some(c) = passive(backend_id) else {
+        return FLOW_OK;
+    };
+    if synack {
+        c.synacks += 1;
+        sample_answered(p, backend_id, vip, vport);
+        return FLOW_OK;
+    }
+    if p.tcp_flags & TCP_RST == 0 {
+        return FLOW_OK;
+    }
+    c.refused += 1;
+    if refusal_withheld(p, backend_id, vip, vport, true) {
+        c.redispatched += 1;
+        return REDISPATCH;
     }
     FLOW_OK
 }

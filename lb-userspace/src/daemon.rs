@@ -812,6 +812,7 @@ impl Daemon {
             e.0.reply_packets += c.reply_packets;
             e.0.reply_bytes += c.reply_bytes;
             e.0.dropped += c.dropped;
+            e.0.syns += c.syns;
             e.1 |= b.active;
         }
         let services = self

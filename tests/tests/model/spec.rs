@@ -10,7 +10,7 @@
 use lb_common::{
     hash::flow_hash, BackendAddr, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragValue,
     RevValue, ServiceInfo, ServiceKey, AF_INET, AF_INET6, BA_F_SHARED, BE_F_ACTIVE,
-    BE_F_ESTABLISHED_OK, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, ICMP_QUOTE_MAX, MAX_EXT_HEADERS,
+    BE_F_ESTABLISHED_OK, BE_F_SHARED, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, ICMP_QUOTE_MAX, MAX_EXT_HEADERS,
     NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
 };
 
@@ -48,6 +48,7 @@ pub trait World {
     /// The Maglev table entry `index` of a service's table `slot`.
     fn maglev(&self, service_id: u32, slot: u32, index: u32) -> u32;
     fn backend(&self, id: u32) -> BackendInfo;
+    /// A client flow's entry: in `CONNTRACK`, or for UDP (not yet answered) in `UNCONFIRMED`.
     fn conntrack(&self, k: &FlowKey) -> Option<CtValue>;
     fn reverse(&self, k: &FlowKey) -> Option<RevValue>;
     fn backend_addr(&self, k: &BackendAddr) -> Option<BackendAddrValue>;
@@ -536,6 +537,7 @@ fn to_service(
         return Expect::pass("to service, ttl <= 1", Some("ttl_exceeded"));
     }
     let mut pin = None;
+    let mut no_pin = None;
     let ct = w
         .conntrack(&key)
         .filter(|ct| w.backend(ct.backend_id).flags & BE_F_ESTABLISHED_OK != 0);
@@ -551,8 +553,18 @@ fn to_service(
             if id == NO_BACKEND || w.backend(id).flags & BE_F_ACTIVE == 0 {
                 return Expect::drop("to service, no backend", "no_backend");
             }
-            pin = Some((key, id));
-            (id, "to service, new flow")
+            // A TCP SYN is balanced without an entry (unless the backend's address is
+            // shared: its SYN-ACK needs the flow's reverse entry).
+            if tcp_flags(f, p) & (TCP_SYN | TCP_ACK) == TCP_SYN
+                && w.backend(id).flags & BE_F_SHARED == 0
+                && w.conntrack(&key).is_none()
+            {
+                no_pin = Some(key);
+                (id, "to service, new flow, syn")
+            } else {
+                pin = Some((key, id));
+                (id, "to service, new flow")
+            }
         }
     };
     let b = w.backend(bid);
@@ -562,11 +574,44 @@ fn to_service(
     let mut e = route_and_send(f, out, ingress, w, p, &b.addr, class, "forwarded");
     if e.counter == Some("forwarded") {
         e.pin = pin;
+        e.no_pin = no_pin;
     }
     if let Frag::First(id) = p.frag {
         e.frag_rec = frag_rec(p, id, b.addr, true, &e);
     }
     e
+}
+
+/// The backend id the service's Maglev table picks for client flow `key` (client → VIP).
+fn table_backend(w: &dyn World, key: &FlowKey) -> Option<u32> {
+    let svc = w.service(&ServiceKey {
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
+    })?;
+    let h = flow_hash(
+        &key.src,
+        &key.dst,
+        key.sport,
+        key.dport,
+        key.proto,
+        w.hash_seed(),
+    );
+    let id = w.maglev(svc.id, svc.slot % SLOTS_PER_SERVICE, h % w.ring_size());
+    (id != NO_BACKEND).then_some(id)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_RST: u8 = 0x04;
+
+/// The TCP flags of a TCP packet whose header is present (0 otherwise).
+fn tcp_flags(f: &[u8], p: &Parsed) -> u8 {
+    if p.proto != 6 || matches!(p.frag, Frag::Later(..)) {
+        return 0;
+    }
+    f.get(p.l4 + 13).copied().unwrap_or(0)
 }
 
 fn frag_rec(p: &Parsed, id: u32, addr: [u8; 16], forward: bool, e: &Expect) -> Option<FragRec> {
@@ -662,13 +707,19 @@ fn from_backend(
                 _ => {}
             }
             let ckey = flow_key(p.dst, ba.vip, dport, ba.vport, p.proto, p.family);
-            (
-                ba.vip,
-                ba.vport,
-                "stray reply, recreated",
-                "stray_recreated",
-                Some((ckey, ba.backend_id)),
-            )
+            if tcp_flags(f, p) & (TCP_SYN | TCP_RST) != 0 {
+                // A SYN-ACK or RST answers a SYN balanced without an entry: translated, no
+                // entry made.
+                (ba.vip, ba.vport, "stray reply, syn-ack or rst", "replies", None)
+            } else {
+                (
+                    ba.vip,
+                    ba.vport,
+                    "stray reply, recreated",
+                    "stray_recreated",
+                    Some((ckey, ba.backend_id)),
+                )
+            }
         }
     };
     let mut out = f.to_vec();
@@ -1037,7 +1088,17 @@ fn icmp(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
             };
             if let Some((vip, vport, bid)) = vip {
                 let key = flow_key(qsrc, vip, qsport, vport, qproto, p.family);
-                if w.conntrack(&key).is_some_and(|ct| ct.backend_id == bid) {
+                // A TCP flow without an entry (a handshake, its SYN balanced without one) is
+                // the flow the service's table sends to this backend (unshared addresses).
+                let ours = match w.conntrack(&key) {
+                    Some(ct) => ct.backend_id == bid,
+                    None => {
+                        qproto == PROTO_TCP
+                            && ba.flags & BA_F_SHARED == 0
+                            && table_backend(w, &key) == Some(bid)
+                    }
+                };
+                if ours {
                     return icmp_translate(
                         f,
                         ingress,
