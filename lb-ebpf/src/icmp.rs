@@ -17,9 +17,9 @@ use crate::{
         count, passive, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS, NH_SCRATCH, REVERSE,
         SERVICES, UNCONFIRMED,
     },
-    prog::table_backend,
     nat::{csum_replace16, resolve, transmit, Target, DONE, NH_LOCAL, NH_NO_NEIGH, NH_OK},
     parse::{malformed, pass, ptr_at, Pkt, IPPROTO_ICMP, IPPROTO_ICMPV6},
+    prog::table_backend,
 };
 
 /// Read `N` bytes at `off`.

@@ -18,7 +18,8 @@ use crate::{
     maps::{
         count, counters, hash_seed, passive, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
         BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
-        PASSIVE_CONF, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, SYN_SAMPLES, TX_PORTS, UNCONFIRMED,
+        PASSIVE_CONF, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, SYN_SAMPLES, TX_PORTS,
+        UNCONFIRMED,
     },
     nat::{self, Rewrite, Target, NH_LOCAL, NH_OK},
     parse::*,

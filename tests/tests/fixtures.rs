@@ -1163,6 +1163,9 @@ fn syn_retransmission_after_a_refusal_moves_the_flow() {
         false,
     );
     let (rc, out) = fx.run(&synack, bi);
-    assert_eq!(rc, XDP_REDIRECT, "the live backend's SYN-ACK reaches the client");
+    assert_eq!(
+        rc, XDP_REDIRECT,
+        "the live backend's SYN-ACK reaches the client"
+    );
     assert_eq!(out[26..30], VIP4_MULTI, "from the VIP");
 }

@@ -2036,7 +2036,11 @@ fn handshakes_and_unconfirmed_udp() {
         Some("syn_stateless"),
     );
     let has = r.fx.has_flow(&k);
-    r.expect("handshake: the SYN made no entry", !has, "a CONNTRACK entry");
+    r.expect(
+        "handshake: the SYN made no entry",
+        !has,
+        "a CONNTRACK entry",
+    );
     r.case(
         "handshake: its retransmission goes the same way, still without an entry",
         cin(syn(C6, VIP6, 51000, 80, 64)),
@@ -2054,7 +2058,11 @@ fn handshakes_and_unconfirmed_udp() {
         Some("synack_stateless"),
     );
     let has = r.fx.has_flow(&k);
-    r.expect("handshake: the SYN-ACK made no entry", !has, "a CONNTRACK entry");
+    r.expect(
+        "handshake: the SYN-ACK made no entry",
+        !has,
+        "a CONNTRACK entry",
+    );
     let (n1, s1) = flow_counts(&r.fx);
     r.expect(
         "handshake: two SYNs counted, no new flow yet",
@@ -2070,7 +2078,11 @@ fn handshakes_and_unconfirmed_udp() {
         Some("conntrack_miss"),
     );
     let has = r.fx.has_confirmed_flow(&k);
-    r.expect("handshake: the ACK made the entry", has, "no CONNTRACK entry");
+    r.expect(
+        "handshake: the ACK made the entry",
+        has,
+        "no CONNTRACK entry",
+    );
     r.case(
         "handshake: the backend's first data: the flow is confirmed",
         bin(1, t(B61, C6, 8080, 51000, 64)),

@@ -211,7 +211,7 @@ fn load(rate: u32, stop: &AtomicBool, deadline: Instant, client: &Mutex<Client>)
     }
 }
 
-/// New UDP flows each node sent to each backend (its per-backend `new_flows`), by node;
+/// UDP requests each node sent to each backend (its per-backend `packets`: one a request), by node;
 /// a node whose xlb does not answer is left out.
 fn per_node(lab: &FleetLab) -> BTreeMap<usize, BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
@@ -225,7 +225,7 @@ fn per_node(lab: &FleetLab) -> BTreeMap<usize, BTreeMap<String, u64>> {
             .map(|b| {
                 (
                     b["address"].as_str().unwrap_or("?").to_string(),
-                    b["counters"]["new_flows"].as_u64().unwrap_or(0),
+                    b["counters"]["packets"].as_u64().unwrap_or(0),
                 )
             })
             .collect();
@@ -271,7 +271,7 @@ fn draw(
     let _ = writeln!(out, "router's next hops for {VIP_V4}: {hops}\n");
     let _ = writeln!(
         out,
-        "UDP requests (new flows) each node sent to each backend since the last redraw:"
+        "UDP requests each node sent to each backend since the last redraw:"
     );
     let backends: Vec<String> = (1..=BACKENDS)
         .map(|i| fleet::backend_v4(i).to_string())

@@ -10,8 +10,8 @@
 use lb_common::{
     hash::flow_hash, BackendAddr, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragValue,
     RevValue, ServiceInfo, ServiceKey, AF_INET, AF_INET6, BA_F_SHARED, BE_F_ACTIVE,
-    BE_F_ESTABLISHED_OK, BE_F_SHARED, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, ICMP_QUOTE_MAX, MAX_EXT_HEADERS,
-    NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
+    BE_F_ESTABLISHED_OK, BE_F_SHARED, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, ICMP_QUOTE_MAX,
+    MAX_EXT_HEADERS, NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
 };
 
 use super::pkt::*;
@@ -710,7 +710,13 @@ fn from_backend(
             if tcp_flags(f, p) & (TCP_SYN | TCP_RST) != 0 {
                 // A SYN-ACK or RST answers a SYN balanced without an entry: translated, no
                 // entry made.
-                (ba.vip, ba.vport, "stray reply, syn-ack or rst", "replies", None)
+                (
+                    ba.vip,
+                    ba.vport,
+                    "stray reply, syn-ack or rst",
+                    "replies",
+                    None,
+                )
             } else {
                 (
                     ba.vip,
