@@ -14,6 +14,16 @@
 //! tcp_idle_timeout = "350s"    # 1s..7d: a TCP flow idle this long is forgotten
 //! udp_idle_timeout = "120s"    # 1s..7d: the same for UDP
 //!
+//! # Optional: a fleet of nodes; announce the VIPs this node can serve through BIRD, which
+//! # exports the routes xlb keeps in a kernel table of its own.
+//! [daemon.announce]
+//! via = "bird"                 # required
+//! table = 100                  # 1..2^32-1, not 253-255: xlb's kernel routing table
+//! bird_socket = "/run/bird/bird.ctl"   # only read, for `xlb status`
+//! require_healthy = true       # announce a VIP only with a healthy backend
+//! drain_timeout = "300s"       # 0s..1d: `xlb node drain` is drained after this at the latest
+//! drain_quiet = "5s"           # 1s..1h: ... or once no packet to a service arrived this long
+//!
 //! [[service]]
 //! name = "web"
 //! vip = "198.18.100.1"
