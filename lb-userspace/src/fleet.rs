@@ -387,9 +387,11 @@ struct RouteState {
     error: Option<String>,
 }
 
-/// A task that keeps the routes equal to what the owner wants, retrying on errors.
+/// A task that keeps the routes equal to what the owner wants, retrying on errors. It writes
+/// nothing before the owner has said what it wants (None): a restarted daemon does not
+/// withdraw the routes its predecessor left only to announce them again a moment later.
 struct Routes {
-    want: watch::Sender<BTreeSet<IpAddr>>,
+    want: watch::Sender<Option<BTreeSet<IpAddr>>>,
     state: Arc<Mutex<RouteState>>,
     handle: rtnetlink::Handle,
 }
@@ -409,13 +411,18 @@ impl Routes {
             }
         }
         tokio::spawn(conn);
-        let (want, mut rx) = watch::channel(BTreeSet::new());
+        let (want, mut rx) = watch::channel(None);
         let state = Arc::new(Mutex::new(RouteState::default()));
         let st = state.clone();
         let h = handle.clone();
         tokio::spawn(async move {
             loop {
-                let wanted = rx.borrow_and_update().clone();
+                let Some(wanted) = rx.borrow_and_update().clone() else {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
                 let r = sync_routes(&h, table, &wanted).await;
                 let wait = {
                     let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
@@ -450,10 +457,10 @@ impl Routes {
 
     fn set(&self, want: BTreeSet<IpAddr>) {
         self.want.send_if_modified(|w| {
-            if *w == want {
+            if w.as_ref() == Some(&want) {
                 return false;
             }
-            *w = want;
+            *w = Some(want);
             if let Ok(mut s) = self.state.lock() {
                 s.in_sync = false;
             }
