@@ -61,6 +61,48 @@ pub fn backend_v4(i: usize) -> Ipv4Addr {
     crate::lab::backend_v4(i)
 }
 
+/// How the fleet's services forward. Only NAT exists in this tree; `Dsr` is the hook for the
+/// direct-server-return work (issue 13): it adds `forwarding = "dsr"` and `dsr_encap` to the
+/// services, leaves out the return route through the nodes (replies go from the backends
+/// straight to the client), puts the VIP on each backend's loopback (ARP for it suppressed)
+/// and runs `xlb decap --interface eth0 --vip VIP` there. Not run yet: check it against the
+/// DSR branch's config keys and CLI when switching it on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    Nat,
+    /// `encap`: `ipip` or `gue` (`l2` needs the backends on the nodes' link, which this lab
+    /// does not have).
+    Dsr {
+        encap: String,
+    },
+}
+
+impl Forwarding {
+    /// `nat`, `dsr-ipip` or `dsr-gue`.
+    pub fn parse(s: &str) -> Result<Forwarding> {
+        match s {
+            "nat" => Ok(Forwarding::Nat),
+            "dsr-ipip" | "dsr-gue" => Ok(Forwarding::Dsr {
+                encap: s.trim_start_matches("dsr-").to_string(),
+            }),
+            "dsr-l2" => {
+                bail!("dsr-l2 needs the backends on the nodes' link; this lab routes to them")
+            }
+            other => bail!("unknown forwarding {other:?} (nat, dsr-ipip, dsr-gue)"),
+        }
+    }
+
+    /// The lines each `[[service]]` gets.
+    fn service_lines(&self) -> String {
+        match self {
+            Forwarding::Nat => String::new(),
+            Forwarding::Dsr { encap } => {
+                format!("forwarding = \"dsr\"\ndsr_encap = \"{encap}\"\n")
+            }
+        }
+    }
+}
+
 /// Whether BIRD 2 is installed (`cargo xtask setup` installs the `bird2` package).
 pub fn bird_available() -> bool {
     Command::new("bird")
@@ -133,7 +175,12 @@ template bgp xlb_node {{
 
 /// The xlb config of every node (paths aside): the same services, backends and hash seed,
 /// so every node picks the same backend for a flow.
-pub fn node_xlb_config(name: &str, bird_socket: &Path, backends: usize) -> String {
+pub fn node_xlb_config(
+    name: &str,
+    bird_socket: &Path,
+    backends: usize,
+    forwarding: &Forwarding,
+) -> String {
     let list = (1..=backends)
         .map(|i| format!("\"{}\"", backend_v4(i)))
         .collect::<Vec<_>>()
@@ -159,14 +206,14 @@ vip = \"{VIP_V4}\"
 port = 7000
 protocol = \"tcp\"
 target_group = \"echo-servers\"
-
+{fwd}
 [[service]]
 name = \"dns\"
 vip = \"{VIP_V4}\"
 port = 53
 protocol = \"udp\"
 target_group = \"dns-servers\"
-
+{fwd}
 [[target_group]]
 name = \"echo-servers\"
 port = 9000
@@ -179,6 +226,7 @@ backends = [{list}]
 ",
         paths = Xlbd::daemon_paths(name),
         sock = bird_socket.display(),
+        fwd = forwarding.service_lines(),
     )
 }
 
@@ -197,6 +245,7 @@ pub struct FleetLab {
     pub backends: Vec<Netns>,
     /// BIRD configs, sockets and logs.
     pub dir: PathBuf,
+    pub forwarding: Forwarding,
 }
 
 impl FleetLab {
@@ -204,6 +253,16 @@ impl FleetLab {
     /// servers on the backends (`xlb-lab serve --udp 5353 --echo 9000`) and BIRD on the
     /// router and every node. xlb is started by [`FleetLab::start_xlb`].
     pub fn new(prefix: &str, nodes: usize, backends: usize) -> Result<FleetLab> {
+        Self::with_forwarding(prefix, nodes, backends, Forwarding::Nat)
+    }
+
+    /// [`FleetLab::new`] for services that forward as `forwarding` says.
+    pub fn with_forwarding(
+        prefix: &str,
+        nodes: usize,
+        backends: usize,
+        forwarding: Forwarding,
+    ) -> Result<FleetLab> {
         ensure!((1..=8).contains(&nodes), "1..=8 nodes");
         ensure!((1..=9).contains(&backends), "1..=9 backends");
         crate::lab::Lab::cleanup_stale(&format!("{prefix}-"))?;
@@ -225,6 +284,7 @@ impl FleetLab {
                 .map(|i| Netns::new(format!("{prefix}-b{i}")))
                 .collect::<Result<_>>()?,
             dir,
+            forwarding,
         };
         let mut lab = lab;
         lab.build()
@@ -314,19 +374,38 @@ impl FleetLab {
         ethtool(&self.client, "eth0", "tx off")?;
         ethtool(r, "r-client", "tx off")?;
 
-        // Return path: what the backends send to the client's subnet goes through a node,
-        // any node (ECMP, links that are down skipped).
-        let hops: String = (1..=self.nodes.len())
-            .map(|i| format!(" nexthop via {} dev r-n{i}", node_v4(i)))
-            .collect();
-        ip(
-            r,
-            &format!("route add default table {RETURN_TABLE} proto static{hops}"),
-        )?;
-        ip(
-            r,
-            &format!("rule add iif br0 to 198.18.1.0/24 lookup {RETURN_TABLE} pref 100"),
-        )?;
+        match &self.forwarding {
+            Forwarding::Nat => {
+                // Return path: what the backends send to the client's subnet goes through a
+                // node, any node (ECMP, links that are down skipped).
+                let hops: String = (1..=self.nodes.len())
+                    .map(|i| format!(" nexthop via {} dev r-n{i}", node_v4(i)))
+                    .collect();
+                ip(
+                    r,
+                    &format!("route add default table {RETURN_TABLE} proto static{hops}"),
+                )?;
+                ip(
+                    r,
+                    &format!("rule add iif br0 to 198.18.1.0/24 lookup {RETURN_TABLE} pref 100"),
+                )?;
+            }
+            Forwarding::Dsr { .. } => {
+                // Replies go from the backends to the client directly, from the VIP, which
+                // each backend holds on its loopback without answering ARP for it.
+                for b in &self.backends {
+                    ip(b, &format!("addr add {VIP_V4}/32 dev lo"))?;
+                    for (k, v) in [
+                        ("net.ipv4.conf.all.arp_ignore", "1"),
+                        ("net.ipv4.conf.all.arp_announce", "2"),
+                        ("net.ipv4.conf.all.rp_filter", "0"),
+                        ("net.ipv4.conf.default.rp_filter", "0"),
+                    ] {
+                        b.sysctl(k, v)?;
+                    }
+                }
+            }
+        }
 
         for (k, n) in self.nodes.iter().enumerate() {
             let i = k + 1;
@@ -344,8 +423,18 @@ impl FleetLab {
             ping(b, ROUTER_BACKENDS_V4.into())?;
         }
 
-        // Servers on the backends.
+        // Servers on the backends (and, in DSR mode, the decapsulation).
         let lab_bin = crate::lab_bin()?;
+        if matches!(self.forwarding, Forwarding::Dsr { .. }) {
+            let xlb = crate::xlb_bin()?;
+            for b in &self.backends {
+                let vip = VIP_V4.to_string();
+                self.servers.push(b.spawn(
+                    &xlb,
+                    ["decap", "--interface", "eth0", "--vip", vip.as_str()],
+                )?);
+            }
+        }
         for (k, b) in self.backends.iter().enumerate() {
             let name = crate::lab::backend_name(k + 1);
             self.servers.push(b.spawn(
@@ -402,7 +491,12 @@ impl FleetLab {
             return x.restart();
         }
         let name = self.xlb_name(i);
-        let cfg = node_xlb_config(&name, &self.bird_socket(i), self.backends.len());
+        let cfg = node_xlb_config(
+            &name,
+            &self.bird_socket(i),
+            self.backends.len(),
+            &self.forwarding,
+        );
         let x = Xlbd::start_in(self.nodes[i - 1].name(), &name, &cfg, Launch::default())
             .with_context(|| format!("starting xlb on node {i}"))?;
         self.xlb[i - 1] = Some(x);

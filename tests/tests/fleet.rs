@@ -4,9 +4,10 @@
 //! `xlb node drain`, and both coming back, because every node picks the same backend for a
 //! flow (same config, same hash seed) and translates replies without state (NAT mode).
 //!
-//! DSR: `FORWARDING` is the hook for running the same scenario in DSR mode once it exists
-//! (the services get `forwarding = "dsr"` and the backends' return route stops needing the
-//! nodes).
+//! DSR: `FORWARDING` (or `XLB_FLEET_FORWARDING`) is the hook for running the same scenario
+//! in DSR mode once it exists: `dsr-ipip` or `dsr-gue` give the services `forwarding = "dsr"`,
+//! drop the return route through the nodes and run `xlb decap` on the backends (see
+//! `xlb_lab::fleet::Forwarding`).
 //!
 //! Needs root and BIRD 2 (`cargo xtask setup` installs `bird2`); skipped with a message
 //! otherwise.
@@ -28,8 +29,9 @@ use xlb_lab::{
     fleet::{self, FleetLab, VIP_V4},
 };
 
-/// How the services forward: `"nat"` today. After the DSR work lands, `"dsr"` runs the same
-/// scenario with direct server return (the lead switches it on).
+/// How the services forward: `"nat"` today. After the DSR work lands, `"dsr-ipip"` or
+/// `"dsr-gue"` runs the same scenario with direct server return (the lead switches it on);
+/// `XLB_FLEET_FORWARDING` overrides it for one run.
 const FORWARDING: &str = "nat";
 const NODES: usize = 3;
 const TCP_CONNS: usize = 60;
@@ -185,9 +187,12 @@ fn fleet_survives_node_failure_drain_and_rejoin() -> Result<()> {
     if skip() {
         return Ok(());
     }
-    ensure!(FORWARDING == "nat", "only NAT mode exists in this tree");
+    let forwarding = fleet::Forwarding::parse(
+        &std::env::var("XLB_FLEET_FORWARDING").unwrap_or_else(|_| FORWARDING.to_string()),
+    )?;
+    eprintln!("forwarding: {forwarding:?}");
     let prefix = format!("xlbt-fl{}", std::process::id());
-    let mut lab = FleetLab::new(&prefix, NODES, 3)?;
+    let mut lab = FleetLab::with_forwarding(&prefix, NODES, 3, forwarding)?;
     for i in 1..=NODES {
         lab.start_xlb(i)?;
     }
