@@ -322,3 +322,221 @@ fn fleet_survives_node_failure_drain_and_rejoin() -> Result<()> {
     );
     Ok(())
 }
+
+/// xlb's routes in the lb namespace's announce table (both families), one per line. A table
+/// that does not exist (yet, or any more) holds none.
+fn table_routes(lab: &xlb_lab::Lab) -> Result<String> {
+    let mut out = String::new();
+    for family in ["-4", "-6"] {
+        let o = lab
+            .lb_ns()
+            .command("ip")
+            .args([family, "route", "show", "table", "100", "proto", "88"])
+            .output()?;
+        if o.status.success() {
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+        } else {
+            let err = String::from_utf8_lossy(&o.stderr);
+            ensure!(
+                err.contains("does not exist"),
+                "ip {family} route show: {err}"
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Without BIRD (the announcer needs none): the routes xlb keeps in its table follow the
+/// backends' health, `xlb node drain` / `undrain` (also across a restart) and the daemon's
+/// stop; a stale route of xlb's is removed and other routes of the table are left alone;
+/// `xlb status` says BIRD is unreachable and why each VIP is or is not announced.
+#[test]
+fn announcements_follow_health_drain_and_stop() -> Result<()> {
+    if !xlb_lab::is_root() {
+        eprintln!("skipped: namespace tests need root");
+        return Ok(());
+    }
+    use xlb_lab::{client, lab::Lab, xlbd::Xlbd};
+    let name = format!("xlbt-an{}", std::process::id());
+    let lab = Lab::new(&name, 2)?;
+    let servers = lab.start_backend_servers(&xlb_lab::lab_bin()?, &[8080], &[], &[9000])?;
+    let paths = Xlbd::daemon_paths(&name);
+    let config = format!(
+        r#"[daemon]
+interfaces = ["veth-client", "veth-backends"]
+conntrack_size = 65536
+{paths}
+[daemon.announce]
+via = "bird"
+table = 100
+bird_socket = "/run/{name}/no-bird.ctl"
+drain_quiet = "1s"
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "web"
+
+[[service]]
+name = "web6"
+vip = "2001:db8:100::1"
+port = 80
+protocol = "tcp"
+target_group = "web6"
+
+[[service]]
+name = "echo"
+vip = "198.18.100.2"
+port = 7000
+protocol = "tcp"
+target_group = "echo"
+
+[[target_group]]
+name = "web"
+port = 8080
+backends = ["198.18.2.11", "198.18.2.12"]
+health_check = {{ protocol = "http", path = "/health", interval = "300ms", timeout = "300ms", healthy_threshold = 1, unhealthy_threshold = 1 }}
+
+[[target_group]]
+name = "web6"
+port = 8080
+backends = ["2001:db8:2::11", "2001:db8:2::12"]
+all_unhealthy = "fail_open"
+health_check = {{ protocol = "http", path = "/health", interval = "300ms", timeout = "300ms", healthy_threshold = 1, unhealthy_threshold = 1 }}
+
+[[target_group]]
+name = "echo"
+port = 9000
+backends = ["198.18.2.11", "198.18.2.12"]
+"#
+    );
+    // Before xlb starts: a stale route of xlb's (protocol 88) and someone else's route.
+    lab.lb_ns().exec([
+        "ip",
+        "route",
+        "add",
+        "blackhole",
+        "198.18.100.99/32",
+        "table",
+        "100",
+        "proto",
+        "88",
+    ])?;
+    lab.lb_ns().exec([
+        "ip",
+        "route",
+        "add",
+        "blackhole",
+        "198.18.100.98/32",
+        "table",
+        "100",
+        "proto",
+        "static",
+    ])?;
+    let mut xlb = Xlbd::start(&lab, &name, &config)?;
+    let t = Duration::from_secs(20);
+    let has = |routes: &str, vip: &str| routes.contains(&format!("blackhole {vip} "));
+    let all = ["198.18.100.1", "198.18.100.2", "2001:db8:100::1"];
+    let wait_routes = |xlb: &Xlbd, want: &[&str], what: &str| -> Result<String> {
+        xlb.wait_for(what, t, || {
+            let r = table_routes(&lab)?;
+            let ok = all.iter().all(|v| has(&r, v) == want.contains(v));
+            Ok(ok.then_some(r))
+        })
+        .map(|(r, _)| r)
+    };
+    let routes = wait_routes(&xlb, &all, "every VIP announced")?;
+    assert!(
+        !has(&routes, "198.18.100.99"),
+        "stale route removed: {routes}"
+    );
+    let other = lab
+        .lb_ns()
+        .exec(["ip", "route", "show", "table", "100", "proto", "static"])?;
+    assert!(
+        String::from_utf8_lossy(&other.stdout).contains("198.18.100.98"),
+        "another protocol's route stays"
+    );
+    let status = |xlb: &Xlbd| -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&xlb.cli_ok(&["status", "--json"])?)?)
+    };
+    let s = status(&xlb)?;
+    let a = &s["announce"];
+    assert_eq!(a["node"], "serving", "{a}");
+    assert_eq!(a["routes_in_sync"], true, "{a}");
+    assert!(
+        a["bird"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("unreachable at "),
+        "{a}"
+    );
+    let text = xlb.cli_ok(&["status"])?;
+    assert!(text.contains("TABLE-FINGERPRINT"), "{text}");
+    assert!(text.contains("routes:      table 100: in sync"), "{text}");
+
+    // Every web backend fails its check: 198.18.100.1 and the IPv6 VIP go, the echo VIP
+    // (no checks) stays.
+    let backend = |i: usize, v6: bool| -> SocketAddr {
+        if v6 {
+            SocketAddr::new(lab.backend_v6(i).into(), 8080)
+        } else {
+            SocketAddr::new(lab.backend_v4(i).into(), 8080)
+        }
+    };
+    let post = |path: &str| -> Result<()> {
+        for i in 1..=2 {
+            let status = lab
+                .lb_ns()
+                .enter(|| client::http_post(backend(i, false), path, Duration::from_secs(2)))?
+                .status;
+            ensure!(status == 200, "POST {path} to backend {i}: {status}");
+        }
+        Ok(())
+    };
+    post("/health/fail")?;
+    wait_routes(&xlb, &["198.18.100.2"], "web VIPs withdrawn")?;
+    let s = status(&xlb)?;
+    let why: BTreeMap<String, String> = s["announce"]["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["vip"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // web drops new flows when no backend is healthy (an empty table); web6 fails open
+    // (its table keeps them, none healthy).
+    assert_eq!(why["198.18.100.1"], "no backend in the table", "{why:?}");
+    assert_eq!(why["2001:db8:100::1"], "no healthy backend", "{why:?}");
+    assert_eq!(why["198.18.100.2"], "serving", "{why:?}");
+    post("/health/ok")?;
+    wait_routes(&xlb, &all, "web VIPs back")?;
+
+    // Drained: everything goes; it reports drained (no traffic: nothing to wait for).
+    let m = xlb.cli_ok(&["node", "drain"])?;
+    assert!(m.contains("draining"), "{m}");
+    wait_routes(&xlb, &[], "every VIP withdrawn by the drain")?;
+    xlb.wait_for("drained", t, || {
+        Ok((status(&xlb)?["announce"]["node"] == "drained").then_some(()))
+    })?;
+    // A restart keeps it drained.
+    xlb.restart()?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(table_routes(&lab)?, "", "still drained after a restart");
+    assert_eq!(status(&xlb)?["announce"]["node"], "drained");
+    let m = xlb.cli_ok(&["node", "resume"])?;
+    assert!(m.contains("serving"), "{m}");
+    wait_routes(&xlb, &all, "every VIP back after undrain")?;
+
+    // A stopping daemon withdraws everything.
+    xlb.stop()?;
+    assert_eq!(table_routes(&lab)?, "", "withdrawn at stop");
+    drop(servers);
+    Ok(())
+}
