@@ -324,7 +324,7 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
                 }
                 nh = &mut (*ct).reply_nh;
             },
-            // A handshake balanced without an entry: ours if the table picks this backend.
+            // A handshake whose entry was evicted: ours if the table picks this backend.
             None => {
                 if q.proto != PROTO_TCP || table_backend(&key) != backend_id {
                     return NOT_OURS;
@@ -402,13 +402,13 @@ fn refused_syn(ctx: &XdpContext, p: &Pkt, q: &Quote, backend_id: u32, t: &Target
     false
 }
 
-/// A client flow's entry: in the connection table, or for UDP, in `UNCONFIRMED`.
+/// A client flow's entry: in the connection table, or (a handshake, a UDP flow not answered
+/// yet) in `UNCONFIRMED`.
 #[inline(always)]
 fn flow_entry(key: &FlowKey) -> Option<*mut CtValue> {
     match CONNTRACK.get_ptr_mut(key) {
         Some(ct) => Some(ct),
-        None if key.proto != PROTO_TCP => UNCONFIRMED.get_ptr_mut(key),
-        None => None,
+        None => UNCONFIRMED.get_ptr_mut(key),
     }
 }
 

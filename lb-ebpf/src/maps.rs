@@ -49,9 +49,10 @@ pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
 
-/// UDP flows that have not seen a reply yet (client flow → backend, as in `CONNTRACK`): a
-/// flood of one-packet flows evicts only these, never the answered flows in `CONNTRACK`. The
-/// first reply moves a flow to `CONNTRACK`. Sized by the daemon.
+/// Flows not confirmed yet (client flow → backend, as in `CONNTRACK`): TCP handshakes (their
+/// SYN seen) and UDP flows without a reply. A flood of SYNs or of one-packet flows evicts only
+/// these, never the confirmed flows in `CONNTRACK`. The client's first packet after its SYN
+/// (TCP) or the first reply (UDP) moves a flow to `CONNTRACK`. Sized by the daemon.
 #[map(name = "UNCONFIRMED")]
 pub static UNCONFIRMED: LruHashMap<FlowKey, CtValue> =
     LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE / UNCONFIRMED_DIVISOR, 0);

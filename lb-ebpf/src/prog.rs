@@ -9,8 +9,9 @@ use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
     BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
-    CT_F_WITHHELD, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND,
-    PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    CT_F_COUNTED, CT_F_WITHHELD, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS,
+    LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -187,14 +188,16 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
     let mut backend_id = NO_BACKEND;
     let mut be: *const BackendInfo = core::ptr::null();
     let tcp = p.key.proto == PROTO_TCP;
+    let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // Confirmed flows are in the connection table; a TCP handshake (its SYN seen) and a UDP
+    // flow without a reply wait in `UNCONFIRMED`.
+    let mut confirmed = true;
     let mut entry = CONNTRACK.get_ptr_mut(&p.key);
     if entry.is_none() {
         count(global::CONNTRACK_MISS);
-        if !tcp {
-            entry = UNCONFIRMED.get_ptr_mut(&p.key);
-        }
+        entry = UNCONFIRMED.get_ptr_mut(&p.key);
+        confirmed = false;
     }
-    let had_entry = entry.is_some();
     match entry {
         // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         Some(ct) => unsafe {
@@ -209,12 +212,16 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
                     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                         (*ct).flags |= CT_F_CLOSING;
                     }
+                    // The client's first packet after its SYN (the handshake's ACK) confirms
+                    // a TCP flow: into the connection table.
+                    if !confirmed && tcp && !syn {
+                        confirm(&p.key, ct);
+                    }
                 }
             }
         },
         None => {}
     }
-    let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let new_flow = be.is_null();
     if new_flow {
         if flags & SVC_F_EMPTY != 0 {
@@ -237,17 +244,12 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             Some(b) if unsafe { (*b).flags } & BE_F_ACTIVE != 0 => be = b,
             _ => return Ok(no_backend(service_id)),
         }
-        // A SYN without an entry is balanced without one (a SYN flood fills nothing): the
-        // handshake's ACK finds the same backend in the same table and pins the flow. A flow
-        // whose entry names a backend that is gone is pinned again at once (its replies must
-        // not meet the old entry), and so is a flow to a backend address that several
-        // services share (its SYN-ACK needs the flow's `REVERSE` entry).
-        // SAFETY: a map value pointer the verifier checked for null.
-        if syn && !had_entry && unsafe { (*be).flags } & BE_F_SHARED == 0 {
-            count(global::SYN_STATELESS);
-        } else {
-            pin_flow(p, service_id, backend_id, be, now);
-        }
+        // A SYN and a new UDP flow are pinned in `UNCONFIRMED` (a flood of SYNs or of
+        // one-packet flows evicts only such entries); a TCP flow seen past its SYN (moved
+        // here, or evicted) and a flow whose confirmed entry named a backend now gone, in the
+        // connection table.
+        let into_ct = confirmed || (tcp && !syn);
+        pin_flow(p, ids(service_id, backend_id), be, now, into_ct);
         passive_new_flow(p, backend_id, h);
     }
     // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
@@ -389,7 +391,8 @@ fn orphan_fragment(p: &Pkt) -> u32 {
 /// Remember a new flow's backend (and, for a backend address several services share, how to
 /// rewrite its replies).
 #[inline(never)]
-fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, now: u64) {
+fn pin_flow(p: &Pkt, ids: u64, be: *const BackendInfo, now: u64, into_ct: bool) {
+    let (service_id, backend_id) = ((ids >> 32) as u32, ids as u32);
     let ct = CtValue {
         backend_id,
         service_id,
@@ -402,12 +405,11 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
         _pad: 0,
         reply_nh: NO_HOP,
     };
-    // UDP flows wait in `UNCONFIRMED` for their first reply.
-    if p.key.proto == PROTO_TCP {
+    if into_ct {
         let _ = CONNTRACK.insert(&p.key, &ct, 0);
     } else {
         let _ = UNCONFIRMED.insert(&p.key, &ct, 0);
-        count(global::UDP_UNCONFIRMED);
+        count(global::UNCONFIRMED_NEW);
     }
     // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     if unsafe { (*be).flags } & BE_F_SHARED == 0 {
@@ -457,10 +459,14 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     let (vip, vport, service_id, backend_id) =
         unsafe { ((*ba).vip, (*ba).vport, (*ba).service_id, (*ba).backend_id) };
     let key = client_key(p, &vip, vport);
+    let mut confirmed = true;
     let ct = match CONNTRACK.get_ptr_mut(&key) {
         Some(ct) => ct,
-        None => match confirm_udp(&key) {
-            Some(ct) => ct,
+        None => match unconfirmed(&key) {
+            Some((ct, c)) => {
+                confirmed = c;
+                ct
+            }
             None => return Ok(STRAY),
         },
     };
@@ -471,8 +477,8 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     // Passive health: handshakes answered or refused, UDP flows answered (cold: only SYN-ACKs,
     // RSTs and a flow's first reply get there); a flow's first answer confirms it.
     // SAFETY: as above.
-    if p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || unsafe { (*ct).flags } & CT_F_ANSWERED == 0 {
-        if answer(p, ct, &vip, vport) == REDISPATCH {
+    if p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || unsafe { (*ct).flags } & DONE != DONE {
+        if answer(p, ct, &vip, vport, confirmed) == REDISPATCH {
             return Ok(redispatched());
         }
     }
@@ -495,44 +501,66 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     ))
 }
 
-/// A UDP reply's flow waiting in `UNCONFIRMED`: moved to the connection table (its entry
-/// there returned).
+/// A reply's flow in `UNCONFIRMED` (none in the connection table): a UDP flow is confirmed
+/// by it (moved to the connection table), a TCP handshake stays there until the client's
+/// ACK. The entry, and whether it is in the connection table now.
 #[inline(always)]
-fn confirm_udp(key: &FlowKey) -> Option<*mut CtValue> {
+fn unconfirmed(key: &FlowKey) -> Option<(*mut CtValue, bool)> {
+    let u = UNCONFIRMED.get_ptr_mut(key)?;
     if key.proto == PROTO_TCP {
-        return None;
+        return Some((u, false));
     }
-    let u = UNCONFIRMED.get_ptr(key)?;
-    // SAFETY: a map value pointer checked for null.
-    let v = unsafe { *u };
-    CONNTRACK.insert(key, &v, 0).ok()?;
-    count(global::UDP_CONFIRMED);
-    CONNTRACK.get_ptr_mut(key)
+    confirm(key, u);
+    Some((CONNTRACK.get_ptr_mut(key)?, true))
 }
 
-/// A backend's reply on flow `ct` whose handshake was not answered yet, or that carries SYN
-/// or RST: passive health's bookkeeping, and the flow's first answer (anything but a RST)
-/// confirms it: counted as a new flow of its service and backend. Answers `REDISPATCH` for
-/// a refusal that must not reach the client, else `FLOW_OK`.
+/// Move a flow from `UNCONFIRMED` to the connection table.
 #[inline(never)]
-fn answer(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u32 {
+fn confirm(key: &FlowKey, u: *mut CtValue) {
     // SAFETY: a map value pointer checked for null by the caller.
-    let before = unsafe { (*ct).flags };
+    let v = unsafe { *u };
+    if CONNTRACK.insert(key, &v, 0).is_ok() {
+        let _ = UNCONFIRMED.remove(key);
+        count(global::CONFIRMED);
+    }
+}
+
+/// `CtValue::flags` of a flow whose replies skip `answer`.
+const DONE: u32 = CT_F_ANSWERED | CT_F_COUNTED;
+
+/// A backend's reply on flow `ct` that carries SYN or RST, or whose flow was not answered or
+/// counted yet: passive health's bookkeeping, and a confirmed flow's (`confirmed`: in the
+/// connection table) first answer that is not a RST counts it as a new flow of its service
+/// and backend. Answers `REDISPATCH` for a refusal that must not reach the client, else
+/// `FLOW_OK`.
+#[inline(never)]
+fn answer(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2], confirmed: bool) -> u32 {
     if passive_reply(p, ct, vip, vport) == REDISPATCH {
         return REDISPATCH;
     }
-    if before & CT_F_ANSWERED == 0 && p.tcp_flags & TCP_RST == 0 {
-        // SAFETY: as above.
-        let (service_id, backend_id) = unsafe {
+    if p.tcp_flags & TCP_RST != 0 {
+        return FLOW_OK;
+    }
+    // SAFETY: a map value pointer checked for null by the caller.
+    unsafe {
+        if !confirmed {
+            // A handshake's SYN-ACK: answered, counted once the client confirms it.
             (*ct).flags |= CT_F_ANSWERED;
-            ((*ct).service_id, (*ct).backend_id)
-        };
-        if let Some(c) = counters(&SERVICE_STATS, service_id) {
-            c.new_flows += 1;
+            return FLOW_OK;
         }
-        if let Some(c) = counters(&BACKEND_STATS, backend_id) {
-            c.new_flows += 1;
+        if (*ct).flags & CT_F_COUNTED != 0 {
+            (*ct).flags |= CT_F_ANSWERED;
+            return FLOW_OK;
         }
+        (*ct).flags |= DONE;
+    }
+    // SAFETY: as above.
+    let (service_id, backend_id) = unsafe { ((*ct).service_id, (*ct).backend_id) };
+    if let Some(c) = counters(&SERVICE_STATS, service_id) {
+        c.new_flows += 1;
+    }
+    if let Some(c) = counters(&BACKEND_STATS, backend_id) {
+        c.new_flows += 1;
     }
     FLOW_OK
 }
@@ -780,18 +808,18 @@ const FLOW_MOVED: u32 = 1;
 #[inline(never)]
 fn client_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], backend_id: u32) -> u32 {
     let key = client_key(p, vip, vport);
-    let mut entry = CONNTRACK.get_ptr_mut(&key);
-    if entry.is_none() {
-        entry = confirm_udp(&key);
-    }
+    let entry = match CONNTRACK.get_ptr_mut(&key) {
+        Some(ct) => Some((ct, true)),
+        None => unconfirmed(&key),
+    };
     match entry {
         // SAFETY: a map value pointer checked for null.
-        Some(ct) => unsafe {
+        Some((ct, confirmed)) => unsafe {
             if (*ct).backend_id != backend_id {
                 return FLOW_MOVED;
             }
-            if (p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || (*ct).flags & CT_F_ANSWERED == 0)
-                && answer(p, ct, vip, vport) == REDISPATCH
+            if (p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || (*ct).flags & DONE != DONE)
+                && answer(p, ct, vip, vport, confirmed) == REDISPATCH
             {
                 return REDISPATCH;
             }

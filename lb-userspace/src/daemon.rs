@@ -184,6 +184,8 @@ fn monotonic_coarse_ns() -> u64 {
 /// backend id free in `BACKENDS` when the sweep read them (for the owner to decide on).
 struct Sweep {
     at: Instant,
+    /// Entries in the table (any state), for the metrics.
+    entries: u64,
     open: HashMap<u32, u64>,
     stale: Vec<(FlowKey, u32)>,
 }
@@ -222,8 +224,10 @@ fn spawn_sweeper(
             .collect();
         let mut open: HashMap<u32, u64> = HashMap::new();
         let mut stale = Vec::new();
+        let mut entries = 0u64;
         for item in map.iter() {
             let Ok((key, ct)) = item else { continue };
+            entries += 1;
             if free.contains(&ct.backend_id) {
                 if stale.len() < SWEEP_STALE_MAX {
                     stale.push((key, ct.backend_id));
@@ -241,7 +245,15 @@ fn spawn_sweeper(
                 *open.entry(ct.backend_id).or_default() += 1;
             }
         }
-        if tx.blocking_send(Sweep { at, open, stale }).is_err() {
+        if tx
+            .blocking_send(Sweep {
+                at,
+                entries,
+                open,
+                stale,
+            })
+            .is_err()
+        {
             return;
         }
         std::thread::sleep(SWEEP_EVERY);
@@ -262,6 +274,8 @@ enum HookResult {
     Metrics {
         group: String,
         lines: Vec<String>,
+        /// The command ran and exited 0 (for the metrics).
+        ok: bool,
     },
 }
 
@@ -318,14 +332,14 @@ fn spawn_hook(job: HookJob, tx: mpsc::Sender<HookResult>) {
                     ("XLB_TARGET_GROUP", group.clone()),
                     ("XLB_BACKENDS", backends.join(" ")),
                 ];
-                let lines = match scaling::run_hook(&command, &env, timeout).await {
-                    Ok(out) => out.lines,
+                let (lines, ok) = match scaling::run_hook(&command, &env, timeout).await {
+                    Ok(out) => (out.lines, true),
                     Err(e) => {
                         warn!(group = %group, error = %e, "metric_command failed");
-                        Vec::new()
+                        (Vec::new(), false)
                     }
                 };
-                HookResult::Metrics { group, lines }
+                HookResult::Metrics { group, lines, ok }
             }
         };
         let _ = tx.send(result).await;
@@ -405,6 +419,10 @@ struct Daemon {
     fleet: Option<crate::fleet::Fleet>,
     /// Each service's table fingerprint, for `xlb status`.
     fingerprints: crate::fleet::FingerprintCache,
+    /// Metrics counted here and the snapshots the HTTP listener serves.
+    telemetry: crate::metrics::Telemetry,
+    /// Entries in the connection table at the last sweep.
+    conntrack_entries: Option<u64>,
 }
 
 impl Daemon {
@@ -537,6 +555,7 @@ impl Daemon {
         // The service manager hears RELOADING=1 … READY=1 around it, accepted or not.
         crate::service::notify_reloading();
         let r = self.reload_config();
+        self.telemetry.live.reload(r.is_ok());
         crate::service::notify_ready(&self.status_line());
         r
     }
@@ -644,6 +663,7 @@ impl Daemon {
         for job in jobs {
             spawn_hook(job, self.hook_tx.clone());
         }
+        self.telemetry.scaling(&self.state);
         if changed {
             if let Err(e) = self.apply() {
                 error!(error = %e, "applying a scaling change failed");
@@ -730,6 +750,12 @@ impl Daemon {
     }
 
     fn hook_done(&mut self, r: HookResult) {
+        let (group, hook, ok) = match &r {
+            HookResult::Launch { group, result } => (group, "scale_out", result.is_ok()),
+            HookResult::Terminate { group, result, .. } => (group, "scale_in", result.is_ok()),
+            HookResult::Metrics { group, ok, .. } => (group, "metrics", *ok),
+        };
+        self.telemetry.live.hook_run(group, hook, ok);
         let changed = match r {
             HookResult::Launch { group, result } => self.state.launch_done(&group, result),
             HookResult::Terminate {
@@ -740,7 +766,7 @@ impl Daemon {
                 self.state.terminate_done(&group, &backend, result);
                 false
             }
-            HookResult::Metrics { group, lines } => {
+            HookResult::Metrics { group, lines, .. } => {
                 self.state.metrics_done(&group, &lines);
                 false
             }
@@ -798,6 +824,20 @@ impl Daemon {
         if reattached {
             self.persist();
         }
+    }
+
+    /// Hand the HTTP listener a fresh snapshot (when it is on).
+    fn publish(&mut self) {
+        if !self.telemetry.publishing() {
+            return;
+        }
+        let status = self.status();
+        self.telemetry.publish(
+            status,
+            &self.state.events,
+            self.conntrack_entries,
+            u64::from(self.dp.opts.conntrack_size),
+        );
     }
 
     fn status(&self) -> Status {
@@ -1035,6 +1075,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         attached_ifindex: HashMap::new(),
         fleet: None,
         fingerprints: Default::default(),
+        telemetry: crate::metrics::Telemetry::new(),
+        conntrack_entries: None,
         dp,
     };
     daemon
@@ -1075,6 +1117,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let _api = api::serve(&d.api_socket, api_tx)
         .await
         .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
+    let _http = match d.http_listen {
+        Some(addr) => {
+            let rx = daemon.telemetry.subscribe();
+            daemon.publish();
+            Some(crate::web::serve(addr, rx, daemon.telemetry.live.clone()).await?)
+        }
+        None => None,
+    };
     if let Some(pins) = daemon.dp.sweeper_pins() {
         spawn_sweeper(pins, d.tcp_idle_timeout, d.udp_idle_timeout, sweep_tx)?;
     }
@@ -1127,6 +1177,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Some(r) = hook_rx.recv() => daemon.hook_done(r),
             Some(l) = links_rx.recv() => daemon.links_changed(&l),
             Some((token, outcome)) = check_rx.recv() => {
+                daemon.telemetry.check(&daemon.state, &token, &outcome);
                 if let Some(t) = daemon.state.observe(&token, &outcome) {
                     let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
                     daemon.state.push_event(&t.group, "health", msg, Default::default());
@@ -1144,6 +1195,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 }
                 let desired = daemon.desired.clone();
                 daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);
+                daemon.conntrack_entries = Some(sweep.entries);
             }
             _ = tick.tick() => {
                 let left = daemon.state.finish_drains(Instant::now());
@@ -1160,6 +1212,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 if let Err(e) = daemon.reconciler.prepare_idle_slots(&mut daemon.dp) {
                     warn!(error = %e, "preparing the idle table slots failed");
                 }
+                daemon.publish();
             }
         }
     }

@@ -2013,11 +2013,11 @@ fn flow_counts(fx: &Fixture) -> (u64, u64) {
     })
 }
 
-/// Flood protection: a SYN that misses the table is balanced without an entry, its SYN-ACK
-/// translated without one, and the client's ACK pins the flow; a flow counts as new when its
-/// backend first answers (SYNs separately); a UDP flow waits in `UNCONFIRMED` until its
-/// first reply moves it to the connection table; a RST answering a stateless SYN re-creates
-/// the entry (closing) for passive health.
+/// Flood protection: a SYN that misses the table is pinned in `UNCONFIRMED` (a SYN flood
+/// evicts only such entries), its SYN-ACK answers it there, and the client's ACK moves the flow
+/// to the connection table; a flow counts as new when its backend answers it after that (SYNs
+/// separately); a UDP flow waits in `UNCONFIRMED` until its first reply; a handshake whose
+/// entry was evicted has its SYN-ACK translated without an entry.
 #[test]
 fn handshakes_and_unconfirmed_udp() {
     if skip() {
@@ -2028,41 +2028,37 @@ fn handshakes_and_unconfirmed_udp() {
     let k = flow_key(C6, VIP6, 51000, 80, PROTO_TCP);
     let (n0, s0) = flow_counts(&r.fx);
     r.case(
-        "handshake: v6 SYN to web6: forwarded without an entry",
+        "handshake: v6 SYN to web6: forwarded, pinned in UNCONFIRMED",
         cin(syn(C6, VIP6, 51000, 80, 64)),
         ci,
         XDP_REDIRECT,
         Exp::Frame(tob(1, syn(C6, B61, 51000, 8080, 63))),
-        Some("syn_stateless"),
+        Some("unconfirmed"),
     );
-    let has = r.fx.has_flow(&k);
+    let (c, any) = (r.fx.has_confirmed_flow(&k), r.fx.has_flow(&k));
     r.expect(
-        "handshake: the SYN made no entry",
-        !has,
-        "a CONNTRACK entry",
+        "handshake: unconfirmed entry only",
+        !c && any,
+        &format!("confirmed {c}, any {any}"),
     );
     r.case(
-        "handshake: its retransmission goes the same way, still without an entry",
+        "handshake: its retransmission follows the entry",
         cin(syn(C6, VIP6, 51000, 80, 64)),
         ci,
         XDP_REDIRECT,
         Exp::Frame(tob(1, syn(C6, B61, 51000, 8080, 63))),
-        Some("syn_stateless"),
+        Some("forwarded"),
     );
     r.case(
-        "handshake: the backend's SYN-ACK: to the client from the VIP, no entry",
+        "handshake: the backend's SYN-ACK: to the client from the VIP",
         bin(1, tf(B61, C6, 8080, 51000, "SA", 64)),
         bi,
         XDP_REDIRECT,
         Exp::Frame(toc(tf(VIP6, C6, 80, 51000, "SA", 63))),
-        Some("synack_stateless"),
+        Some("replies"),
     );
-    let has = r.fx.has_flow(&k);
-    r.expect(
-        "handshake: the SYN-ACK made no entry",
-        !has,
-        "a CONNTRACK entry",
-    );
+    let c = r.fx.has_confirmed_flow(&k);
+    r.expect("handshake: still unconfirmed", !c, "a CONNTRACK entry");
     let (n1, s1) = flow_counts(&r.fx);
     r.expect(
         "handshake: two SYNs counted, no new flow yet",
@@ -2070,21 +2066,17 @@ fn handshakes_and_unconfirmed_udp() {
         &format!("new flows +{}, SYNs +{}", n1 - n0, s1 - s0),
     );
     r.case(
-        "handshake: the client's ACK pins the flow",
+        "handshake: the client's ACK confirms the flow",
         cin(tf(C6, VIP6, 51000, 80, "A", 64)),
         ci,
         XDP_REDIRECT,
         Exp::Frame(tob(1, tf(C6, B61, 51000, 8080, "A", 63))),
-        Some("conntrack_miss"),
+        Some("confirmed"),
     );
-    let has = r.fx.has_confirmed_flow(&k);
-    r.expect(
-        "handshake: the ACK made the entry",
-        has,
-        "no CONNTRACK entry",
-    );
+    let c = r.fx.has_confirmed_flow(&k);
+    r.expect("handshake: in CONNTRACK", c, "no CONNTRACK entry");
     r.case(
-        "handshake: the backend's first data: the flow is confirmed",
+        "handshake: the backend's first data: counted",
         bin(1, t(B61, C6, 8080, 51000, 64)),
         bi,
         XDP_REDIRECT,
@@ -2106,15 +2098,14 @@ fn handshakes_and_unconfirmed_udp() {
         &format!("new flows +{}", n2 - n1),
     );
 
-    // A refused handshake: the RST is translated, no entry made.
-    let k2 = flow_key(C6, VIP6, 51001, 80, PROTO_TCP);
+    // A refused handshake: the RST goes to the client; no new flow.
     r.case(
         "refusal: v6 SYN",
         cin(syn(C6, VIP6, 51001, 80, 64)),
         ci,
         XDP_REDIRECT,
         Exp::Frame(tob(1, syn(C6, B61, 51001, 8080, 63))),
-        Some("syn_stateless"),
+        Some("unconfirmed"),
     );
     r.case(
         "refusal: the backend's RST: to the client from the VIP",
@@ -2124,14 +2115,44 @@ fn handshakes_and_unconfirmed_udp() {
         Exp::Frame(toc(tf(VIP6, C6, 80, 51001, "RA", 63))),
         Some("replies"),
     );
-    let has = r.fx.has_flow(&k2);
-    r.expect("refusal: no entry", !has, "a CONNTRACK entry");
     let (n3, _) = flow_counts(&r.fx);
     r.expect(
         "refusal: not a new flow",
         n3 == n2,
         &format!("new flows +{}", n3 - n2),
     );
+
+    // A handshake whose entry a flood evicted: its SYN-ACK is translated without an entry.
+    let k3 = flow_key(C6, VIP6, 51003, 80, PROTO_TCP);
+    r.case(
+        "evicted: v6 SYN",
+        cin(syn(C6, VIP6, 51003, 80, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, syn(C6, B61, 51003, 8080, 63))),
+        Some("unconfirmed"),
+    );
+    r.fx.delete_flow(&k3);
+    r.case(
+        "evicted: its SYN-ACK: to the client from the VIP, no entry made",
+        bin(1, tf(B61, C6, 8080, 51003, "SA", 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(tf(VIP6, C6, 80, 51003, "SA", 63))),
+        Some("synack_stateless"),
+    );
+    let has = r.fx.has_flow(&k3);
+    r.expect("evicted: no entry", !has, "an entry");
+    r.case(
+        "evicted: the client's ACK pins the flow where the table sends it",
+        cin(tf(C6, VIP6, 51003, 80, "A", 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, tf(C6, B61, 51003, 8080, "A", 63))),
+        Some("conntrack_miss"),
+    );
+    let c = r.fx.has_confirmed_flow(&k3);
+    r.expect("evicted: in CONNTRACK", c, "no CONNTRACK entry");
 
     // A SYN-ACK for a client port the table sends elsewhere is no balanced flow's: passed.
     let other = multi_ports_to(13, 1)[0];
@@ -2154,7 +2175,7 @@ fn handshakes_and_unconfirmed_udp() {
         ci,
         XDP_REDIRECT,
         Exp::Frame(tob(2, u(C4, B2, 51002, 5353, 63))),
-        Some("udp_unconfirmed"),
+        Some("unconfirmed"),
     );
     let (c, any) = (r.fx.has_confirmed_flow(&ku), r.fx.has_flow(&ku));
     r.expect(
@@ -2177,7 +2198,7 @@ fn handshakes_and_unconfirmed_udp() {
         bi,
         XDP_REDIRECT,
         Exp::Frame(toc(u(VIP, C4, 53, 51002, 63))),
-        Some("udp_confirmed"),
+        Some("confirmed"),
     );
     let c = r.fx.has_confirmed_flow(&ku);
     r.expect("udp: moved to CONNTRACK", c, "no CONNTRACK entry");
@@ -2195,7 +2216,7 @@ fn handshakes_and_unconfirmed_udp() {
         n5 - n4 == 1,
         &format!("new flows +{}", n5 - n4),
     );
-    r.finish("handshakes", 13);
+    r.finish("handshakes", 16);
 }
 
 /// Backend packets without a connection-table entry: translated without state where the

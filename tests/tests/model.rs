@@ -126,11 +126,10 @@ impl World for FxWorld<'_> {
     }
     fn conntrack(&self, k: &FlowKey) -> Option<CtValue> {
         let m = self.fx.dp.maps();
-        m.conntrack.get(k, 0).ok().or_else(|| {
-            (k.proto != 6)
-                .then(|| m.unconfirmed.get(k, 0).ok())
-                .flatten()
-        })
+        m.conntrack
+            .get(k, 0)
+            .ok()
+            .or_else(|| m.unconfirmed.get(k, 0).ok())
     }
     fn reverse(&self, k: &FlowKey) -> Option<RevValue> {
         self.fx.dp.maps().reverse.get(k, 0).ok()

@@ -12,8 +12,9 @@ const BPF_LINKER: &str = "0.10.4";
 /// The cargo-fuzz version `cargo xtask fuzz` uses.
 const CARGO_FUZZ: &str = "0.13.2";
 
-/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`, and
-/// BIRD 2 (`bird`, `birdc`) for the fleet's router and nodes.
+/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`; BIRD 2
+/// (`bird`, `birdc`) for the fleet's router and nodes; and for `tests/tests/observe.rs` a
+/// Prometheus server and headless Chromium.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -21,6 +22,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "procps",
     "bird2",
+    "prometheus",
+    "chromium",
 ];
 
 pub fn setup() -> Result<()> {

@@ -10,8 +10,8 @@
 use lb_common::{
     hash::flow_hash, BackendAddr, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragValue,
     RevValue, ServiceInfo, ServiceKey, AF_INET, AF_INET6, BA_F_SHARED, BE_F_ACTIVE,
-    BE_F_ESTABLISHED_OK, BE_F_SHARED, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, ICMP_QUOTE_MAX,
-    MAX_EXT_HEADERS, NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
+    BE_F_ESTABLISHED_OK, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, ICMP_QUOTE_MAX, MAX_EXT_HEADERS,
+    NO_BACKEND, PROTO_TCP, PROTO_UDP, SLOTS_PER_SERVICE, SVC_F_EMPTY,
 };
 
 use super::pkt::*;
@@ -48,7 +48,8 @@ pub trait World {
     /// The Maglev table entry `index` of a service's table `slot`.
     fn maglev(&self, service_id: u32, slot: u32, index: u32) -> u32;
     fn backend(&self, id: u32) -> BackendInfo;
-    /// A client flow's entry: in `CONNTRACK`, or for UDP (not yet answered) in `UNCONFIRMED`.
+    /// A client flow's entry: in `CONNTRACK`, or (a handshake, a UDP flow not answered yet)
+    /// in `UNCONFIRMED`.
     fn conntrack(&self, k: &FlowKey) -> Option<CtValue>;
     fn reverse(&self, k: &FlowKey) -> Option<RevValue>;
     fn backend_addr(&self, k: &BackendAddr) -> Option<BackendAddrValue>;
@@ -537,7 +538,6 @@ fn to_service(
         return Expect::pass("to service, ttl <= 1", Some("ttl_exceeded"));
     }
     let mut pin = None;
-    let mut no_pin = None;
     let ct = w
         .conntrack(&key)
         .filter(|ct| w.backend(ct.backend_id).flags & BE_F_ESTABLISHED_OK != 0);
@@ -553,18 +553,10 @@ fn to_service(
             if id == NO_BACKEND || w.backend(id).flags & BE_F_ACTIVE == 0 {
                 return Expect::drop("to service, no backend", "no_backend");
             }
-            // A TCP SYN is balanced without an entry (unless the backend's address is
-            // shared: its SYN-ACK needs the flow's reverse entry).
-            if tcp_flags(f, p) & (TCP_SYN | TCP_ACK) == TCP_SYN
-                && w.backend(id).flags & BE_F_SHARED == 0
-                && w.conntrack(&key).is_none()
-            {
-                no_pin = Some(key);
-                (id, "to service, new flow, syn")
-            } else {
-                pin = Some((key, id));
-                (id, "to service, new flow")
-            }
+            // Pinned: a handshake or a UDP flow in `UNCONFIRMED`, other TCP in the
+            // connection table (the model reads both as one).
+            pin = Some((key, id));
+            (id, "to service, new flow")
         }
     };
     let b = w.backend(bid);
@@ -574,7 +566,6 @@ fn to_service(
     let mut e = route_and_send(f, out, ingress, w, p, &b.addr, class, "forwarded");
     if e.counter == Some("forwarded") {
         e.pin = pin;
-        e.no_pin = no_pin;
     }
     if let Frag::First(id) = p.frag {
         e.frag_rec = frag_rec(p, id, b.addr, true, &e);
@@ -603,7 +594,6 @@ fn table_backend(w: &dyn World, key: &FlowKey) -> Option<u32> {
 }
 
 const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 const TCP_RST: u8 = 0x04;
 
 /// The TCP flags of a TCP packet whose header is present (0 otherwise).
@@ -708,8 +698,8 @@ fn from_backend(
             }
             let ckey = flow_key(p.dst, ba.vip, dport, ba.vport, p.proto, p.family);
             if tcp_flags(f, p) & (TCP_SYN | TCP_RST) != 0 {
-                // A SYN-ACK or RST answers a SYN balanced without an entry: translated, no
-                // entry made.
+                // A SYN-ACK or RST answering a handshake whose entry was evicted: translated,
+                // no entry made.
                 (
                     ba.vip,
                     ba.vport,
