@@ -1352,7 +1352,16 @@ pub fn stop(config_path: &Path, cleanup: bool) -> Result<()> {
         };
         let r = instance::remove_pins(&d.pin_path, &names)
             .with_context(|| format!("removing pinned objects from {}", d.pin_path.display()))?;
-        for f in [d.state_file.clone(), instance::manifest_path(&d.state_file)] {
+        // XDP no longer forwards here: routers must stop sending the VIPs' traffic (the
+        // routes a killed daemon left), and a fresh start is not drained.
+        if let Some(a) = &d.announce {
+            crate::fleet::withdraw_blocking(a.table);
+        }
+        for f in [
+            d.state_file.clone(),
+            instance::manifest_path(&d.state_file),
+            crate::fleet::drain_marker(&d.state_file),
+        ] {
             match std::fs::remove_file(&f) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

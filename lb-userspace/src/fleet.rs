@@ -523,6 +523,40 @@ fn spawn_bird_probe(path: PathBuf) -> Arc<Mutex<String>> {
 // ---------------------------------------------------------------------------------------------
 // The announcer
 
+/// Withdraw every VIP route xlb keeps in `table` of this network namespace, from a
+/// program without a runtime (`xlb stop --cleanup`), within 3 s; says what it did.
+pub fn withdraw_blocking(table: u32) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xlb: withdrawing the announced VIPs: {e}");
+            return;
+        }
+    };
+    let r = rt.block_on(async {
+        let (mut conn, handle, _) = rtnetlink::new_connection()?;
+        {
+            use rtnetlink::sys::AsyncSocket;
+            let _ = conn
+                .socket_mut()
+                .socket_ref()
+                .set_netlink_get_strict_chk(true);
+        }
+        tokio::spawn(conn);
+        let had = current(&handle, table).await?;
+        sync_routes(&handle, table, &BTreeSet::new()).await?;
+        Ok::<_, RouteError>(had.len())
+    });
+    match r {
+        Ok(0) => {}
+        Ok(n) => println!("withdrew {n} announced VIPs from routing table {table}"),
+        Err(e) => eprintln!("xlb: withdrawing the announced VIPs from table {table}: {e}"),
+    }
+}
+
 /// The marker file that keeps a node drained across restarts.
 pub fn drain_marker(state_file: &Path) -> PathBuf {
     let mut s = state_file.as_os_str().to_owned();

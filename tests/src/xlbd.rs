@@ -238,13 +238,27 @@ impl Drop for Xlbd {
         if let Some(mut c) = self.child.take() {
             let _ = c.stop();
         }
-        // Detach XDP and remove the pinned maps and the state file.
-        let _ = Command::new(&self.bin)
-            .args(["stop", "--cleanup", "--config"])
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // Detach XDP and remove the pinned maps and the state file: inside the daemon's
+        // namespace while it exists (a cleanup also withdraws announced routes there).
+        let netns = PathBuf::from(format!("/run/netns/{}", self.lb_ns));
+        let inside = netns.exists()
+            && Command::new("nsenter")
+                .arg(format!("--net={}", netns.display()))
+                .arg(&self.bin)
+                .args(["stop", "--cleanup", "--config"])
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !inside {
+            let _ = Command::new(&self.bin)
+                .args(["stop", "--cleanup", "--config"])
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.pin_path);
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }

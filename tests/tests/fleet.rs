@@ -534,7 +534,31 @@ backends = ["198.18.2.11", "198.18.2.12"]
     assert!(m.contains("serving"), "{m}");
     wait_routes(&xlb, &all, "every VIP back after undrain")?;
 
-    // A stopping daemon withdraws everything.
+    // After kill -9 the routes stay (XDP forwards on); `xlb stop --cleanup` detaches XDP
+    // and withdraws them.
+    xlb.kill9()?;
+    let r = table_routes(&lab)?;
+    assert!(
+        all.iter().all(|v| has(&r, v)),
+        "kill -9 leaves the routes: {r}"
+    );
+    // (nsenter, not `ip netns exec`: the pins are in the host's bpffs.)
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.lb_ns().path().display()))
+        .arg(&xlb.bin)
+        .args(["stop", "--cleanup", "--config"])
+        .arg(&xlb.config)
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("withdrew 3 announced VIPs"), "{text}");
+    assert!(text.contains("detached XDP"), "{text}");
+    assert!(!xlb.pin_path.join("CONNTRACK").exists(), "pins removed");
+    assert_eq!(table_routes(&lab)?, "", "withdrawn by the cleanup");
+
+    // A fresh start announces again; a stopping daemon withdraws everything.
+    xlb.restart()?;
+    wait_routes(&xlb, &all, "every VIP announced after a fresh start")?;
     xlb.stop()?;
     assert_eq!(table_routes(&lab)?, "", "withdrawn at stop");
     drop(servers);
