@@ -1216,6 +1216,13 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     );
     // Announce only now that XDP is attached and the maps are written.
     if let Some(a) = d.announce.clone() {
+        if d.hash_seed.is_none() {
+            warn!(
+                "[daemon.announce] without hash_seed: this node's seed is random, so other \
+                 nodes of the fleet send the same flow to other backends (set the same \
+                 hash_seed on every node)"
+            );
+        }
         daemon.fleet = Some(
             crate::fleet::Fleet::start(a, &d.state_file)
                 .context("starting the announcer ([daemon.announce])")?,
