@@ -212,9 +212,12 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
                     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                         (*ct).flags |= CT_F_CLOSING;
                     }
-                    // The client's first packet after its SYN (the handshake's ACK) confirms
-                    // a TCP flow: into the connection table.
-                    if !confirmed && tcp && !syn {
+                    // The client's first packet after its SYN (the handshake's ACK), or a UDP
+                    // client's first packet after a reply, confirms the flow: into the
+                    // connection table. (A spoofed source sees no reply and sends no ACK.)
+                    if !confirmed
+                        && ((tcp && !syn) || (!tcp && (*ct).flags & CT_F_ANSWERED != 0))
+                    {
                         confirm(&p.key, ct);
                         if flags & SVC_F_DSR != 0 {
                             dsr_new_flow(service_id, id);
@@ -560,17 +563,14 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     ))
 }
 
-/// A reply's flow in `UNCONFIRMED` (none in the connection table): a UDP flow is confirmed
-/// by it (moved to the connection table), a TCP handshake stays there until the client's
-/// ACK. The entry, and whether it is in the connection table now.
+/// A reply's flow in `UNCONFIRMED` (none in the connection table): the entry, and whether
+/// its first answer counts it as a new flow (UDP: a reply is what confirms a UDP flow; a TCP
+/// handshake counts once the client's ACK confirmed it). Either stays in `UNCONFIRMED` until
+/// the client's next packet: a spoofed source never sends one.
 #[inline(always)]
 fn unconfirmed(key: &FlowKey) -> Option<(*mut CtValue, bool)> {
     let u = UNCONFIRMED.get_ptr_mut(key)?;
-    if key.proto == PROTO_TCP {
-        return Some((u, false));
-    }
-    confirm(key, u);
-    Some((CONNTRACK.get_ptr_mut(key)?, true))
+    Some((u, key.proto != PROTO_TCP))
 }
 
 /// Move a flow from `UNCONFIRMED` to the connection table.
@@ -645,14 +645,20 @@ fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop
         flags: if p.tcp_flags & TCP_RST != 0 {
             CT_F_CLOSING
         } else if p.tcp_flags & TCP_FIN != 0 {
-            CT_F_CLOSING | CT_F_ANSWERED
+            CT_F_CLOSING | DONE
         } else {
-            CT_F_ANSWERED
+            DONE
         },
         _pad: 0,
         reply_nh: *nh,
     };
-    let _ = CONNTRACK.insert(&key, &ct, 0);
+    // A UDP flow waits in `UNCONFIRMED` for its client's next packet (a flood of answered
+    // spoofed datagrams must not fill the connection table).
+    if p.key.proto == PROTO_TCP {
+        let _ = CONNTRACK.insert(&key, &ct, 0);
+    } else {
+        let _ = UNCONFIRMED.insert(&key, &ct, 0);
+    }
 }
 
 /// The backend the Maglev table of its service picks for client flow `key` (client → VIP),

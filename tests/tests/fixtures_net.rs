@@ -2016,7 +2016,8 @@ fn flow_counts(fx: &Fixture) -> (u64, u64) {
 /// Flood protection: a SYN that misses the table is pinned in `UNCONFIRMED` (a SYN flood
 /// evicts only such entries), its SYN-ACK answers it there, and the client's ACK moves the flow
 /// to the connection table; a flow counts as new when its backend answers it after that (SYNs
-/// separately); a UDP flow waits in `UNCONFIRMED` until its first reply; a handshake whose
+/// separately); a UDP flow waits in `UNCONFIRMED` until its client sends again after a reply
+/// (counted new at the reply); a handshake whose
 /// entry was evicted has its SYN-ACK translated without an entry.
 #[test]
 fn handshakes_and_unconfirmed_udp() {
@@ -2167,7 +2168,8 @@ fn handshakes_and_unconfirmed_udp() {
         None,
     );
 
-    // UDP: unconfirmed until answered.
+    // UDP: unconfirmed until the client sends again after a reply (a spoofed source never
+    // does); counted as a new flow at its first reply.
     let ku = flow_key(C4, VIP, 51002, 53, PROTO_UDP);
     r.case(
         "udp: a new flow waits in UNCONFIRMED",
@@ -2193,11 +2195,27 @@ fn handshakes_and_unconfirmed_udp() {
     );
     let (n4, _) = flow_counts(&r.fx);
     r.case(
-        "udp: the first reply confirms it",
+        "udp: the first reply: counted, still unconfirmed",
         bin(2, u(B2, C4, 5353, 51002, 64)),
         bi,
         XDP_REDIRECT,
         Exp::Frame(toc(u(VIP, C4, 53, 51002, 63))),
+        Some("replies"),
+    );
+    let c = r.fx.has_confirmed_flow(&ku);
+    r.expect("udp: not in CONNTRACK yet", !c, "a CONNTRACK entry");
+    let (n5, _) = flow_counts(&r.fx);
+    r.expect(
+        "udp: one new flow at the first reply",
+        n5 - n4 == 1,
+        &format!("new flows +{}", n5 - n4),
+    );
+    r.case(
+        "udp: the client's next datagram confirms it",
+        cin(u(C4, VIP, 51002, 53, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(2, u(C4, B2, 51002, 5353, 63))),
         Some("confirmed"),
     );
     let c = r.fx.has_confirmed_flow(&ku);
@@ -2210,13 +2228,13 @@ fn handshakes_and_unconfirmed_udp() {
         Exp::Frame(toc(u(VIP, C4, 53, 51002, 63))),
         Some("replies"),
     );
-    let (n5, _) = flow_counts(&r.fx);
+    let (n6, _) = flow_counts(&r.fx);
     r.expect(
-        "udp: one new flow",
-        n5 - n4 == 1,
-        &format!("new flows +{}", n5 - n4),
+        "udp: still one new flow",
+        n6 == n5,
+        &format!("new flows +{}", n6 - n5),
     );
-    r.finish("handshakes", 16);
+    r.finish("handshakes", 17);
 }
 
 /// Backend packets without a connection-table entry: translated without state where the

@@ -59,11 +59,47 @@ const FLOWS_64K: u64 = 64 * 1024;
 const FLOWS_1M: u64 = 1024 * 1024;
 
 fn config() -> String {
+    let backends = "[\"198.18.2.11\", \"198.18.2.12\", \"198.18.2.13\"]";
+    let dsr = |name: &str, port: u16, encap: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"tcp\"\n\
+             target_group = \"dsr\"\nforwarding = \"dsr\"\ndsr_encap = \"{encap}\"\n\
+             dsr_source_prefix = \"198.18.99.0/24\"\n\n"
+        )
+    };
     format!(
         "[daemon]\ninterfaces = [\"veth-client\", \"veth-backends\"]\nconntrack_size = {CONNTRACK_SIZE}\nhash_seed = 7\n\n\
          [[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n\n\
-         [[target_group]]\nname = \"web\"\nport = 8080\nbackends = [\"198.18.2.11\", \"198.18.2.12\", \"198.18.2.13\"]\n"
+         {}{}\
+         [[target_group]]\nname = \"web\"\nport = 8080\nbackends = {backends}\n\n\
+         [[target_group]]\nname = \"dsr\"\nbackends = {backends}\n",
+        dsr("dsr-gue", DSR_GUE_PORT, "gue"),
+        dsr("dsr-ipip", DSR_IPIP_PORT, "ipip"),
     )
+}
+
+/// Service ports of the DSR services (same VIP; the backends serve these ports).
+const DSR_GUE_PORT: u16 = 81;
+const DSR_IPIP_PORT: u16 = 82;
+
+impl Fixture {
+    /// Run `frame` once through `program` (received on `ifindex`): its action.
+    fn once(&self, program: &'static str, frame: &[u8], ifindex: u32) -> Result<u32> {
+        let mut out = vec![0u8; 512];
+        self.ns.enter(|| -> Result<u32> {
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            let r = self.dp.program(program)?.test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            })?;
+            Ok(r.return_value)
+        })
+    }
 }
 
 struct Fixture {
@@ -635,6 +671,27 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             Some(("replies", 1)),
             None,
         )?);
+        // Direct server return: an established flow's packet encapsulated (GUE, IPIP).
+        for (port, name) in [
+            (DSR_GUE_PORT, results::CASE_DSR_GUE),
+            (DSR_IPIP_PORT, results::CASE_DSR_IPIP),
+        ] {
+            let syn = tcp4(CLIENT_MAC, LB_CLIENT_MAC, CLIENT, VIP, 40100, port, Kind::Syn);
+            let data = tcp4(CLIENT_MAC, LB_CLIENT_MAC, CLIENT, VIP, 40100, port, Kind::Data);
+            for f in [&syn, &data] {
+                let rc = fx.once(prog, f, ci)?;
+                ensure!(rc == XDP_REDIRECT, "{name}: priming returned {rc}");
+            }
+            cases.push(b.case(
+                name,
+                1,
+                std::slice::from_ref(&data),
+                ci,
+                (XDP_REDIRECT, "XDP_REDIRECT"),
+                Some(("conntrack_miss", 0)),
+                None,
+            )?);
+        }
         // New flows: a SYN of a flow never seen, every packet. Per call: flows 0..n; in the
         // loop: 64Ki fresh flows per call from 1.5Mi on.
         let syns: Vec<Vec<u8>> = (0..n as u64)
