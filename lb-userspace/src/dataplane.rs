@@ -680,6 +680,20 @@ impl MapWriter for Dataplane {
     fn remove_flow(&mut self, key: &FlowKey) -> std::result::Result<(), MapError> {
         self.maps.conntrack.remove(key)
     }
+
+    fn remove_flows(&mut self, keys: &[FlowKey]) -> std::result::Result<usize, MapError> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let fd = IterableMap::map(&self.maps.conntrack).fd().as_fd();
+        crate::batch::delete_batch(fd, keys)
+            .map(|n| n as usize)
+            .map_err(|io_error| {
+                MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_delete_batch",
+                    io_error,
+                })
+            })
+    }
     fn set_passive_conf(
         &mut self,
         id: u32,

@@ -8,6 +8,7 @@
 //! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
 //! - [`service`]: capabilities, systemd notification, log format.
 pub mod api;
+pub mod batch;
 pub mod cli;
 pub mod commit;
 pub mod config;
@@ -25,3 +26,4 @@ pub mod reconcile;
 pub mod scaling;
 pub mod service;
 pub mod state;
+pub mod sweep;
