@@ -10,8 +10,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::MapData;
-use std::os::fd::AsFd;
 use serde::{Deserialize, Serialize};
+use std::os::fd::AsFd;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
@@ -189,8 +189,7 @@ fn spawn_sweeper(
     tx: mpsc::Sender<Sweep>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let (ct_pin, backends_pin) = pins;
-    let ct =
-        MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
+    let ct = MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
     let backends = MapData::from_pin(&backends_pin)
         .with_context(|| format!("opening {}", backends_pin.display()))?;
     Ok(std::thread::spawn(move || loop {
@@ -482,6 +481,7 @@ impl Daemon {
     fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
         match req {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Request::FlowContext => Ok(Reply::FlowContext(Box::new(self.flow_context()))),
             Request::Events { group } => Ok(Reply::Events(
                 self.state
                     .events
@@ -507,7 +507,7 @@ impl Daemon {
     /// A change through the API; its result message.
     fn change(&mut self, req: Request) -> Result<String, ApiError> {
         match req {
-            Request::Status | Request::Events { .. } => {
+            Request::Status | Request::Events { .. } | Request::FlowContext => {
                 Err(ApiError::Invalid("not a change".into()))
             }
             Request::Reload => self.reload(),
@@ -697,6 +697,54 @@ impl Daemon {
         }
         if reattached {
             self.persist();
+        }
+    }
+
+    /// Names, ids and sizes for `xlb flows` / `xlb lookup`, which read the maps off this loop.
+    fn flow_context(&self) -> crate::flows::FlowContext {
+        let states: HashMap<u64, String> = self
+            .state
+            .groups
+            .values()
+            .flat_map(|g| g.members.iter().map(|m| (m.uid, m.state().to_string())))
+            .collect();
+        let d = &self.state.config.daemon;
+        crate::flows::FlowContext {
+            pin_dir: self.dp.pin_dir().map(Path::to_path_buf),
+            ring_size: self.dp.opts.ring_size,
+            hash_seed: self.dp.opts.hash_seed,
+            idle: crate::flows::idle_config(d.tcp_idle_timeout, d.udp_idle_timeout),
+            services: self
+                .desired
+                .services
+                .iter()
+                .map(|s| crate::flows::FlowService {
+                    id: s.id,
+                    name: s.name.clone(),
+                    vip: s.vip,
+                    port: s.port,
+                    protocol: s.protocol.number(),
+                })
+                .collect(),
+            backends: self
+                .desired
+                .backends
+                .iter()
+                .map(|(id, b)| {
+                    (
+                        *id,
+                        crate::flows::FlowBackend {
+                            group: b.key.group.clone(),
+                            addr: b.key.addr,
+                            port: b.key.port,
+                            state: states
+                                .get(&b.member)
+                                .cloned()
+                                .unwrap_or_else(|| "unknown".into()),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 

@@ -528,6 +528,11 @@ impl Dataplane {
             .map(|d| (d.join(MAP_CONNTRACK), d.join(MAP_BACKENDS)))
     }
 
+    /// The bpffs directory the maps are pinned in (None: ephemeral).
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
     /// Index of the first Maglev entry of `service_id`'s table `slot`.
     pub fn table_base(&self, service_id: u32, slot: u32) -> u32 {
         lb_common::maglev_index(service_id, slot, self.opts.ring_size, 0)

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
 pub mod endpoint;
+pub mod flows;
 pub mod health;
 pub mod instance;
 pub mod links;

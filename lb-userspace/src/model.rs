@@ -233,6 +233,8 @@ pub enum Request {
     Events {
         group: Option<String>,
     },
+    /// What `xlb flows` and `xlb lookup` need from the owner (no map reads).
+    FlowContext,
 }
 
 impl Request {
@@ -240,7 +242,7 @@ impl Request {
     /// it asks for, for the trail of changes. None for reads.
     pub fn change(&self) -> Option<(String, String)> {
         Some(match self {
-            Self::Status | Self::Events { .. } => return None,
+            Self::Status | Self::Events { .. } | Self::FlowContext => return None,
             Self::Reload => (String::new(), "reload".into()),
             Self::AddBackend { group, body } => (
                 group.clone(),
@@ -300,6 +302,7 @@ pub enum Reply {
     Status(Box<Status>),
     Done(ChangeResult),
     Events(Vec<Event>),
+    FlowContext(Box<crate::flows::FlowContext>),
 }
 
 /// A request with the channel its answer goes back on.

@@ -618,7 +618,9 @@ impl Reconciler {
     ) -> Result<usize, ReconcileError> {
         let doomed: Vec<FlowKey> = found
             .iter()
-            .filter(|(key, id)| !self.backends.contains_key(id) && dp.flow_backend(key) == Some(*id))
+            .filter(|(key, id)| {
+                !self.backends.contains_key(id) && dp.flow_backend(key) == Some(*id)
+            })
             .map(|(key, _)| *key)
             .collect();
         if doomed.is_empty() {

@@ -195,11 +195,20 @@ mod tests {
         let tcp = PROTO_TCP;
         let udp = lb_common::PROTO_UDP;
         assert_eq!(cfg.verdict(tcp, &ct(now - 349 * S, 0), now), Verdict::Open);
-        assert_eq!(cfg.verdict(tcp, &ct(now - 350 * S, 0), now), Verdict::Expired);
+        assert_eq!(
+            cfg.verdict(tcp, &ct(now - 350 * S, 0), now),
+            Verdict::Expired
+        );
         assert_eq!(cfg.verdict(udp, &ct(now - 119 * S, 0), now), Verdict::Open);
-        assert_eq!(cfg.verdict(udp, &ct(now - 120 * S, 0), now), Verdict::Expired);
+        assert_eq!(
+            cfg.verdict(udp, &ct(now - 120 * S, 0), now),
+            Verdict::Expired
+        );
         // A closing TCP flow: open while it talks, ended after 2 s, deleted after 10 s.
-        assert_eq!(cfg.verdict(tcp, &ct(now - S, CT_F_CLOSING), now), Verdict::Open);
+        assert_eq!(
+            cfg.verdict(tcp, &ct(now - S, CT_F_CLOSING), now),
+            Verdict::Open
+        );
         assert_eq!(
             cfg.verdict(tcp, &ct(now - 2 * S, CT_F_CLOSING), now),
             Verdict::Ended
@@ -209,7 +218,10 @@ mod tests {
             Verdict::Expired
         );
         // The flag means nothing to UDP.
-        assert_eq!(cfg.verdict(udp, &ct(now - 60 * S, CT_F_CLOSING), now), Verdict::Open);
+        assert_eq!(
+            cfg.verdict(udp, &ct(now - 60 * S, CT_F_CLOSING), now),
+            Verdict::Open
+        );
         // A timestamp ahead of the sweep's clock (read just before a packet) is fresh.
         assert_eq!(cfg.verdict(tcp, &ct(now + S, 0), now), Verdict::Open);
     }

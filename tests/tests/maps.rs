@@ -219,7 +219,13 @@ fn batch_sweep_deletes_idle_entries_and_keeps_live_ones() {
         ("idle tcp", PROTO_TCP, web, 301 * s, 0),
         ("idle udp", PROTO_UDP, dns, 61 * s, 0),
         ("udp idle 200s", PROTO_UDP, dns, 200 * s, 0),
-        ("tcp idle 200s (under its limit)", PROTO_TCP, web, 200 * s, 0),
+        (
+            "tcp idle 200s (under its limit)",
+            PROTO_TCP,
+            web,
+            200 * s,
+            0,
+        ),
         ("closing, talking", PROTO_TCP, web, 0, CT_F_CLOSING),
         ("closed, ended", PROTO_TCP, web, 3 * s, CT_F_CLOSING),
         ("closed, quiet", PROTO_TCP, web, 11 * s, CT_F_CLOSING),
@@ -248,8 +254,16 @@ fn batch_sweep_deletes_idle_entries_and_keeps_live_ones() {
     assert!(free[free_id as usize] && !free[web as usize] && !free[dns as usize]);
     let out = sweep::sweep_once(ct_fd, &free, &cfg, now).unwrap();
     assert_eq!(out.scanned, 20_000, "every entry is read once");
-    assert_eq!(out.expired, 3 * 2000 + 2000, "idle tcp, idle udp, udp 200s, closed quiet");
-    assert_eq!(out.open.get(&web), Some(&(3 * 2000)), "live, 200s and talking tcp");
+    assert_eq!(
+        out.expired,
+        3 * 2000 + 2000,
+        "idle tcp, idle udp, udp 200s, closed quiet"
+    );
+    assert_eq!(
+        out.open.get(&web),
+        Some(&(3 * 2000)),
+        "live, 200s and talking tcp"
+    );
     assert_eq!(out.open.get(&dns), Some(&2000));
     assert_eq!(out.stale.len(), 2000);
     assert!(out.stale.iter().all(|(_, id)| *id == free_id));
@@ -270,6 +284,9 @@ fn batch_sweep_deletes_idle_entries_and_keeps_live_ones() {
     with_gone.push(keys[4 * 2000 + 1].1); // the first "udp 200s": deleted already
     with_gone.push(keys[2000].1); // a live udp one
     let n = xlb::batch::delete_batch(ct_fd, &with_gone).unwrap();
-    assert_eq!(n, 4, "three live tcp and one udp deleted, the missing key skipped");
+    assert_eq!(
+        n, 4,
+        "three live tcp and one udp deleted, the missing key skipped"
+    );
     assert!(!fx.has_flow(&keys[2000].1));
 }
