@@ -910,6 +910,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut opts = LoadOptions {
         ring_size: d.maglev_table_size,
         conntrack_size: d.conntrack_size,
+        reverse_size: d.reverse_size,
         max_services: d.max_services,
         hash_seed: d.hash_seed.unwrap_or_else(random_seed),
     };
@@ -1185,6 +1186,7 @@ mod tests {
             load: LoadOptions {
                 ring_size: 1021,
                 conntrack_size: 1024,
+                reverse_size: 1024,
                 max_services: 4,
                 hash_seed: 7,
             },

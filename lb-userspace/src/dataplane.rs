@@ -79,6 +79,10 @@ type Result<T> = std::result::Result<T, DataplaneError>;
 pub struct LoadOptions {
     pub ring_size: u32,
     pub conntrack_size: u32,
+    /// Entries of `REVERSE` (`[daemon] reverse_size`); state files of earlier versions,
+    /// which lack it, read as 0 (only their hash seed is used).
+    #[serde(default)]
+    pub reverse_size: u32,
     pub max_services: u32,
     pub hash_seed: u32,
 }
@@ -167,7 +171,7 @@ impl Dataplane {
             (MAP_MAGLEV, table, size_of::<u32>()),
             (MAP_BACKENDS, MAX_BACKENDS, size_of::<BackendInfo>()),
             (MAP_CONNTRACK, opts.conntrack_size, size_of::<CtValue>()),
-            (MAP_REVERSE, opts.conntrack_size, size_of::<RevValue>()),
+            (MAP_REVERSE, opts.reverse_size, size_of::<RevValue>()),
             (MAP_SERVICE_STATS, opts.max_services, size_of::<Counters>()),
             (MAP_BACKEND_STATS, MAX_BACKENDS, size_of::<Counters>()),
             (MAP_GLOBAL_STATS, global::SLOTS, size_of::<u64>()),
@@ -221,6 +225,7 @@ impl Dataplane {
         let opts = LoadOptions {
             ring_size: 0,
             conntrack_size: 0,
+            reverse_size: 0,
             max_services: 0,
             hash_seed: 0,
         };
@@ -302,7 +307,7 @@ impl Dataplane {
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
             .map_max_entries(MAP_MAGLEV, table)
             .map_max_entries(MAP_CONNTRACK, opts.conntrack_size)
-            .map_max_entries(MAP_REVERSE, opts.conntrack_size)
+            .map_max_entries(MAP_REVERSE, opts.reverse_size)
             .load(crate::ebpf::OBJECT);
         if ephemeral {
             // The maps live on through their file descriptors.

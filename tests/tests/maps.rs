@@ -290,3 +290,55 @@ fn batch_sweep_deletes_idle_entries_and_keeps_live_ones() {
     );
     assert!(!fx.has_flow(&keys[2000].1));
 }
+
+/// `REVERSE` has its own size (`[daemon] reverse_size`): the loader makes it that size, and a
+/// restart adopting the pinned maps refuses another size with the message to clean up.
+#[test]
+fn reverse_table_has_its_own_size_checked_on_adopt() {
+    use xlb::dataplane::{Dataplane, DataplaneError, LoadOptions, Pinning};
+
+    if skip() {
+        return;
+    }
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/xlbt-reverse-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
+    let opts = LoadOptions {
+        ring_size: 1021,
+        conntrack_size: 4096,
+        reverse_size: 2048,
+        max_services: 2,
+        hash_seed: 1,
+    };
+    {
+        let dp = Dataplane::load(opts, Pinning::Dir(dir.clone())).expect("load");
+        assert!(!dp.adopted);
+        let info = aya::maps::MapInfo::from_pin(dir.join(lb_common::MAP_REVERSE)).unwrap();
+        assert_eq!(info.max_entries(), 2048);
+        let info = aya::maps::MapInfo::from_pin(dir.join(lb_common::MAP_CONNTRACK)).unwrap();
+        assert_eq!(info.max_entries(), 4096);
+    }
+    let other = LoadOptions {
+        reverse_size: 4096,
+        ..opts
+    };
+    match Dataplane::load(other, Pinning::Dir(dir.clone())) {
+        Err(e @ DataplaneError::Incompatible { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("REVERSE holds 2048 entries, this configuration needs 4096"),
+                "{msg}"
+            );
+            assert!(msg.contains("xlb stop --cleanup"), "{msg}");
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a REVERSE of another size was adopted"),
+    }
+    let dp = Dataplane::load(opts, Pinning::Dir(dir.clone())).expect("adopt");
+    assert!(dp.adopted);
+}
