@@ -8,7 +8,8 @@
 //! 4. `maglev`: table build times, and a backend change until it is live;
 //! 5. `control`: backend death until removal (with health checks), scaling trigger (by hand
 //!    and by a policy) until the first packet at the new backend;
-//! 6. `memory`: daemon RSS and BPF map memory for 1 and 100 services.
+//! 6. `memory`: daemon RSS and BPF map memory for 1 and 100 services;
+//! 7. `sweep`: CPU time of one conntrack sweep (batch map calls) of a full 1Mi-entry table.
 //!
 //! `cargo xtask bench` (a debug build of xtask) builds the release binaries with the `xlb`
 //! feature of xtask and runs the release xtask, so that the in-process measurements are of
@@ -24,6 +25,8 @@ mod prog;
 #[cfg_attr(not(feature = "xlb"), allow(dead_code))]
 mod rawbpf;
 mod results;
+#[cfg(feature = "xlb")]
+mod sweep;
 mod sys;
 mod topo;
 mod traffic;
@@ -75,16 +78,20 @@ enum Scenario {
     /// 6: memory.
     #[value(alias = "6")]
     Memory,
+    /// 7: conntrack sweep of a full table.
+    #[value(alias = "7")]
+    Sweep,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Prog,
         Scenario::Forwarding,
         Scenario::Tcp,
         Scenario::Maglev,
         Scenario::Control,
         Scenario::Memory,
+        Scenario::Sweep,
     ];
 
     fn name(self) -> &'static str {
@@ -95,6 +102,7 @@ impl Scenario {
             Scenario::Maglev => "maglev",
             Scenario::Control => "control",
             Scenario::Memory => "memory",
+            Scenario::Sweep => "sweep",
         }
     }
 }
@@ -419,6 +427,14 @@ fn run(args: Args) -> Result<()> {
         }
     }
 
+    if has(Scenario::Sweep) {
+        eprintln!("bench: 7. conntrack sweep of a full table");
+        match sweep_scenario() {
+            Ok(x) => r.sweep = Some(x),
+            Err(e) => fail(&mut r, Scenario::Sweep, e),
+        }
+    }
+
     r.meta.duration_s = started.elapsed().as_secs_f64();
     r.judge();
     let host = r
@@ -476,6 +492,18 @@ fn prog_scenario(p: &Params) -> Result<results::ProgResults> {
 
 #[cfg(not(feature = "xlb"))]
 fn prog_scenario(_: &Params) -> Result<results::ProgResults> {
+    bail!(
+        "this xtask was built without its `xlb` feature (run `cargo xtask bench`, which builds it)"
+    )
+}
+
+#[cfg(feature = "xlb")]
+fn sweep_scenario() -> Result<results::SweepResults> {
+    sweep::run()
+}
+
+#[cfg(not(feature = "xlb"))]
+fn sweep_scenario() -> Result<results::SweepResults> {
     bail!(
         "this xtask was built without its `xlb` feature (run `cargo xtask bench`, which builds it)"
     )
