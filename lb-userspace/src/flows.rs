@@ -244,6 +244,9 @@ fn parse_socket(what: &str, s: &str) -> Result<SocketAddr, FlowsError> {
     })
 }
 
+/// The ids a filter accepts; None: any.
+type IdFilter = Option<Vec<u32>>;
+
 impl LookupQuery {
     /// Protocol number, client and VIP; an error for a query that names no flow.
     pub fn parse(&self) -> Result<(u8, SocketAddr, SocketAddr), FlowsError> {
@@ -290,7 +293,7 @@ impl FlowContext {
     }
 
     /// The filter of a flows query: service ids and backend ids it accepts (None: any).
-    fn filter(&self, q: &FlowsQuery) -> Result<(Option<Vec<u32>>, Option<Vec<u32>>), FlowsError> {
+    fn filter(&self, q: &FlowsQuery) -> Result<(IdFilter, IdFilter), FlowsError> {
         let services = match &q.service {
             None => None,
             Some(name) => {
