@@ -491,10 +491,14 @@ async fn with_flow_context<T: Serialize + Send + 'static>(
         Reply::FlowContext(ctx) => ctx,
         other => return Err(unexpected(&other)),
     };
-    let _permit = FLOW_READS.acquire().await.map_err(|_| shutting_down())?;
-    let result = tokio::task::spawn_blocking(move || read(&ctx))
-        .await
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The permit goes with the read: a client that hangs up does not free it early.
+    let permit = FLOW_READS.acquire().await.map_err(|_| shutting_down())?;
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read(&ctx)
+    })
+    .await
+    .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match result {
         Ok(v) => ok(StatusCode::OK, v),
         Err(e @ crate::flows::FlowsError::Invalid(_)) => {
