@@ -8,6 +8,10 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_RING_SIZE: u32 = 65537;
 /// Default size of the connection tracking LRU (`[daemon] conntrack_size`).
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1_000_000;
+/// Entries of `UNCONFIRMED` (TCP handshakes, UDP flows without a reply yet) per entry of
+/// `CONNTRACK`: a quarter, at least `MIN_UNCONFIRMED_SIZE`.
+pub const UNCONFIRMED_DIVISOR: u32 = 4;
+pub const MIN_UNCONFIRMED_SIZE: u32 = 1024;
 /// Every service has two Maglev tables: the live one and the one being written.
 pub const SLOTS_PER_SERVICE: u32 = 2;
 /// Index in `MAGLEV` of entry `pos` of the table in `slot` of service `service_id`, for
@@ -30,6 +34,7 @@ pub const MAP_MAGLEV: &str = "MAGLEV";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
 pub const MAP_REVERSE: &str = "REVERSE";
+pub const MAP_UNCONFIRMED: &str = "UNCONFIRMED";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
@@ -151,7 +156,16 @@ pub mod global {
     /// `xdp:xdp_devmap_xmit` tracepoint, counted by `xlb_xmit` for frames from interfaces in
     /// `TX_PORTS`): `forwarded` counts them too, this says how many did not leave.
     pub const XMIT_DROPS: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// Flows pinned in `UNCONFIRMED`: TCP handshakes (a SYN that missed the table) and new
+    /// UDP flows.
+    pub const UNCONFIRMED_NEW: u32 = 24;
+    /// Flows moved from `UNCONFIRMED` to the connection table: TCP by the client's first
+    /// packet after its SYN, UDP by the first reply.
+    pub const CONFIRMED: u32 = 25;
+    /// Backend SYN-ACKs and RSTs of handshakes without any entry (evicted from
+    /// `UNCONFIRMED`), translated without making one.
+    pub const SYNACK_STATELESS: u32 = 26;
+    pub const COUNT: u32 = 27;
     /// Size of the `GLOBAL_STATS` array: room for counters of later versions, so that a
     /// restart adopts the pinned array.
     pub const SLOTS: u32 = 64;
@@ -181,6 +195,9 @@ pub mod global {
         "egress_kernel",
         "ext_headers_passed",
         "xmit_drops",
+        "unconfirmed",
+        "confirmed",
+        "synack_stateless",
     ];
 }
 
@@ -198,6 +215,8 @@ pub const CT_F_ANSWERED: u32 = 2;
 /// `CtValue::flags`: a refusal of this flow's handshake was withheld (`redispatch`): the next
 /// one is forwarded.
 pub const CT_F_WITHHELD: u32 = 4;
+/// `CtValue::flags`: the flow was counted as a new flow (confirmed, and answered since).
+pub const CT_F_COUNTED: u32 = 8;
 
 /// `BackendInfo::flags`: the backend may receive new flows.
 pub const BE_F_ACTIVE: u8 = 1;

@@ -243,15 +243,19 @@ pub struct Counters {
     /// Client → backend packets and bytes (as received).
     pub packets: u64,
     pub bytes: u64,
-    /// Flows placed by a Maglev lookup (new, or moved off a dead backend).
+    /// Flows confirmed: their backend answered (TCP: anything but a RST on a flow pinned at
+    /// the client's first non-SYN packet; UDP: the first reply). A flood of SYNs or one-packet
+    /// UDP flows cannot inflate it.
     pub new_flows: u64,
     /// Backend → client packets and bytes.
     pub reply_packets: u64,
     pub reply_bytes: u64,
     /// Packets dropped because no backend was usable.
     pub dropped: u64,
+    /// TCP SYNs (without ACK) from clients.
+    pub syns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 48);
+const _: () = assert!(core::mem::size_of::<Counters>() == 56);
 
 impl Counters {
     pub fn add(&mut self, o: &Counters) {
@@ -261,6 +265,7 @@ impl Counters {
         self.reply_packets += o.reply_packets;
         self.reply_bytes += o.reply_bytes;
         self.dropped += o.dropped;
+        self.syns += o.syns;
     }
 }
 

@@ -7,17 +7,19 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    csum, global, FlowKey, NextHop, ServiceKey, AF_INET, BA_F_SHARED, BE_F_ESTABLISHED_OK,
+    csum, global, CtValue, FlowKey, NextHop, ServiceKey, AF_INET, BA_F_SHARED, BE_F_ESTABLISHED_OK,
     ICMP_QUOTE_MAX, NH_F_KERNEL, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, PROTO_UDP, TCP_ACK,
     TCP_SYN,
 };
 
 use crate::{
     maps::{
-        count, passive, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS, REVERSE, SERVICES,
+        count, passive, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS, NH_SCRATCH, REVERSE,
+        SERVICES, UNCONFIRMED,
     },
     nat::{csum_replace16, resolve, transmit, Target, DONE, NH_LOCAL, NH_NO_NEIGH, NH_OK},
     parse::{malformed, pass, ptr_at, Pkt, IPPROTO_ICMP, IPPROTO_ICMPV6},
+    prog::table_backend,
 };
 
 /// Read `N` bytes at `off`.
@@ -173,7 +175,9 @@ fn to_backend(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
         family: p.key.family,
         _pad: [0; 2],
     };
-    let Some(ct) = CONNTRACK.get_ptr(&key) else {
+    // A flow without an entry (a handshake's SYN-ACK among them) is not known here: the
+    // error is the kernel's.
+    let Some(ct) = flow_entry(&key) else {
         return NOT_OURS;
     };
     // SAFETY: map value pointers checked for null.
@@ -276,25 +280,20 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
         }
     };
     let nh: *mut NextHop;
-    let rkey = FlowKey {
-        src: q.edst,
-        dst: q.esrc,
-        sport: q.edport,
-        dport: q.esport,
-        proto: q.proto,
-        family: p.key.family,
-        _pad: [0; 2],
-    };
-    let shared = if baflags & BA_F_SHARED != 0 {
+    if baflags & BA_F_SHARED != 0 {
         // A shared address's flows are known by their reverse entries only.
+        let rkey = FlowKey {
+            src: q.edst,
+            dst: q.esrc,
+            sport: q.edport,
+            dport: q.esport,
+            proto: q.proto,
+            family: p.key.family,
+            _pad: [0; 2],
+        };
         let Some(rv) = REVERSE.get_ptr_mut(&rkey) else {
             return NOT_OURS;
         };
-        Some(rv)
-    } else {
-        None
-    };
-    if let Some(rv) = shared {
         // SAFETY: as above.
         unsafe {
             t.addr = (*rv).vip;
@@ -317,15 +316,30 @@ fn to_client(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
             family: p.key.family,
             _pad: [0; 2],
         };
-        let Some(ct) = CONNTRACK.get_ptr_mut(&key) else {
-            return NOT_OURS;
-        };
-        // SAFETY: as above.
-        unsafe {
-            if (*ct).backend_id != backend_id {
-                return NOT_OURS;
+        match flow_entry(&key) {
+            // SAFETY: as above.
+            Some(ct) => unsafe {
+                if (*ct).backend_id != backend_id {
+                    return NOT_OURS;
+                }
+                nh = &mut (*ct).reply_nh;
+            },
+            // A handshake whose entry was evicted: ours if the table picks this backend.
+            None => {
+                if q.proto != PROTO_TCP || table_backend(&key) != backend_id {
+                    return NOT_OURS;
+                }
+                let Some(s) = NH_SCRATCH.get_ptr_mut(0) else {
+                    return NOT_OURS;
+                };
+                // An unset hop (`resolve` fills it): zero ifindex and expiry.
+                // SAFETY: a per-CPU map value checked for null.
+                unsafe {
+                    (*s).ifindex = 0;
+                    (*s).expires_ns = 0;
+                }
+                nh = s;
             }
-            nh = &mut (*ct).reply_nh;
         }
     }
     // SAFETY: a pointer into a map value checked for null.
@@ -351,7 +365,7 @@ fn pinned_to(p: &Pkt, q: &Quote, t: &Target, backend_id: u32) -> bool {
         family: p.key.family,
         _pad: [0; 2],
     };
-    match CONNTRACK.get_ptr(&key) {
+    match flow_entry(&key) {
         // SAFETY: a map value pointer checked for null.
         Some(ct) => unsafe { (*ct).backend_id == backend_id },
         None => false,
@@ -386,6 +400,16 @@ fn refused_syn(ctx: &XdpContext, p: &Pkt, q: &Quote, backend_id: u32, t: &Target
         return true;
     }
     false
+}
+
+/// A client flow's entry: in the connection table, or (a handshake, a UDP flow not answered
+/// yet) in `UNCONFIRMED`.
+#[inline(always)]
+fn flow_entry(key: &FlowKey) -> Option<*mut CtValue> {
+    match CONNTRACK.get_ptr_mut(key) {
+        Some(ct) => Some(ct),
+        None => UNCONFIRMED.get_ptr_mut(key),
+    }
 }
 
 /// The quoted packet of an ICMP error.

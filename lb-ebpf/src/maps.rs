@@ -1,7 +1,7 @@
 //! Maps and load-time globals. All maps are pinned by name (in the daemon's `pin_path`), so a
 //! restarted daemon adopts them and established flows survive. Names and default sizes come
 //! from `lb_common::consts`; the daemon resizes MAGLEV, SERVICES, SERVICE_STATS and
-//! CONNTRACK/REVERSE at load time.
+//! CONNTRACK/REVERSE/UNCONFIRMED at load time.
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
@@ -10,7 +10,7 @@ use lb_common::{
     BackendAddr, BackendAddrValue, BackendInfo, Counters, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, VlanInfo, DEFAULT_CONNTRACK_SIZE,
     DEFAULT_MAX_SERVICES, DEFAULT_RING_SIZE, FRAG_TABLE_SIZE, MAX_BACKENDS, MAX_TX_PORTS,
-    MAX_VLANS, SLOTS_PER_SERVICE,
+    MAX_VLANS, SLOTS_PER_SERVICE, UNCONFIRMED_DIVISOR,
 };
 
 /// Maglev table size (prime). Set by the loader.
@@ -48,6 +48,14 @@ pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 /// Client flow (client → VIP) → backend.
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
+
+/// Flows not confirmed yet (client flow → backend, as in `CONNTRACK`): TCP handshakes (their
+/// SYN seen) and UDP flows without a reply. A flood of SYNs or of one-packet flows evicts only
+/// these, never the confirmed flows in `CONNTRACK`. The client's first packet after its SYN
+/// (TCP) or the first reply (UDP) moves a flow to `CONNTRACK`. Sized by the daemon.
+#[map(name = "UNCONFIRMED")]
+pub static UNCONFIRMED: LruHashMap<FlowKey, CtValue> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE / UNCONFIRMED_DIVISOR, 0);
 
 /// Backend flow (backend → client) → VIP to restore: only for flows to backend addresses
 /// that several services share (see `BACKEND_ADDRS`).

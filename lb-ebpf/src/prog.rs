@@ -9,8 +9,9 @@ use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
     BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
-    CT_F_WITHHELD, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS, LAST_SEEN_GRANULARITY_NS, NO_BACKEND,
-    PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    CT_F_COUNTED, CT_F_WITHHELD, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS,
+    LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -19,6 +20,7 @@ use crate::{
         count, counters, hash_seed, passive, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
         BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
         PASSIVE_CONF, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, SYN_SAMPLES, TX_PORTS,
+        UNCONFIRMED,
     },
     nat::{self, Rewrite, Target, NH_LOCAL, NH_OK},
     parse::*,
@@ -185,7 +187,18 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
     // A flow keeps its backend while the backend is healthy or draining.
     let mut backend_id = NO_BACKEND;
     let mut be: *const BackendInfo = core::ptr::null();
-    match CONNTRACK.get_ptr_mut(&p.key) {
+    let tcp = p.key.proto == PROTO_TCP;
+    let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // Confirmed flows are in the connection table; a TCP handshake (its SYN seen) and a UDP
+    // flow without a reply wait in `UNCONFIRMED`.
+    let mut confirmed = true;
+    let mut entry = CONNTRACK.get_ptr_mut(&p.key);
+    if entry.is_none() {
+        count(global::CONNTRACK_MISS);
+        entry = UNCONFIRMED.get_ptr_mut(&p.key);
+        confirmed = false;
+    }
+    match entry {
         // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         Some(ct) => unsafe {
             let id = (*ct).backend_id;
@@ -199,10 +212,15 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
                     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                         (*ct).flags |= CT_F_CLOSING;
                     }
+                    // The client's first packet after its SYN (the handshake's ACK) confirms
+                    // a TCP flow: into the connection table.
+                    if !confirmed && tcp && !syn {
+                        confirm(&p.key, ct);
+                    }
                 }
             }
         },
-        None => count(global::CONNTRACK_MISS),
+        None => {}
     }
     let new_flow = be.is_null();
     if new_flow {
@@ -226,22 +244,27 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             Some(b) if unsafe { (*b).flags } & BE_F_ACTIVE != 0 => be = b,
             _ => return Ok(no_backend(service_id)),
         }
-        pin_flow(p, service_id, backend_id, be, now);
+        // A SYN and a new UDP flow are pinned in `UNCONFIRMED` (a flood of SYNs or of
+        // one-packet flows evicts only such entries); a TCP flow seen past its SYN (moved
+        // here, or evicted) and a flow whose confirmed entry named a backend now gone, in the
+        // connection table.
+        let into_ct = confirmed || (tcp && !syn);
+        pin_flow(p, ids(service_id, backend_id), be, now, into_ct);
         passive_new_flow(p, backend_id, h);
     }
     // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     let (addr, port) = unsafe { (&(*be).addr, (*be).port) };
 
-    let nf = new_flow as u64;
+    let syns = syn as u64;
     if let Some(c) = counters(&SERVICE_STATS, service_id) {
         c.packets += 1;
         c.bytes += len;
-        c.new_flows += nf;
+        c.syns += syns;
     }
     if let Some(c) = counters(&BACKEND_STATS, backend_id) {
         c.packets += 1;
         c.bytes += len;
-        c.new_flows += nf;
+        c.syns += syns;
     }
 
     if p.first_fragment {
@@ -368,7 +391,8 @@ fn orphan_fragment(p: &Pkt) -> u32 {
 /// Remember a new flow's backend (and, for a backend address several services share, how to
 /// rewrite its replies).
 #[inline(never)]
-fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, now: u64) {
+fn pin_flow(p: &Pkt, ids: u64, be: *const BackendInfo, now: u64, into_ct: bool) {
+    let (service_id, backend_id) = ((ids >> 32) as u32, ids as u32);
     let ct = CtValue {
         backend_id,
         service_id,
@@ -381,7 +405,12 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
         _pad: 0,
         reply_nh: NO_HOP,
     };
-    let _ = CONNTRACK.insert(&p.key, &ct, 0);
+    if into_ct {
+        let _ = CONNTRACK.insert(&p.key, &ct, 0);
+    } else {
+        let _ = UNCONFIRMED.insert(&p.key, &ct, 0);
+        count(global::UNCONFIRMED_NEW);
+    }
     // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     if unsafe { (*be).flags } & BE_F_SHARED == 0 {
         return;
@@ -409,7 +438,7 @@ fn pin_flow(p: &Pkt, service_id: u32, backend_id: u32, be: *const BackendInfo, n
     let _ = REVERSE.insert(&rkey, &rv, 0);
 }
 
-const NO_HOP: NextHop = NextHop {
+pub const NO_HOP: NextHop = NextHop {
     ifindex: 0,
     mtu: 0,
     vlan: 0,
@@ -430,19 +459,26 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     let (vip, vport, service_id, backend_id) =
         unsafe { ((*ba).vip, (*ba).vport, (*ba).service_id, (*ba).backend_id) };
     let key = client_key(p, &vip, vport);
+    let mut confirmed = true;
     let ct = match CONNTRACK.get_ptr_mut(&key) {
         Some(ct) => ct,
-        None => return Ok(STRAY),
+        None => match unconfirmed(&key) {
+            Some((ct, c)) => {
+                confirmed = c;
+                ct
+            }
+            None => return Ok(STRAY),
+        },
     };
     // SAFETY: as above.
     if unsafe { (*ct).backend_id } != backend_id {
         return Ok(MOVED);
     }
     // Passive health: handshakes answered or refused, UDP flows answered (cold: only SYN-ACKs,
-    // RSTs and a flow's first reply get there).
+    // RSTs and a flow's first reply get there); a flow's first answer confirms it.
     // SAFETY: as above.
-    if p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || unsafe { (*ct).flags } & CT_F_ANSWERED == 0 {
-        if passive_reply(p, ct, &vip, vport) == REDISPATCH {
+    if p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || unsafe { (*ct).flags } & DONE != DONE {
+        if answer(p, ct, &vip, vport, confirmed) == REDISPATCH {
             return Ok(redispatched());
         }
     }
@@ -465,6 +501,70 @@ fn reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue) -> Result<u32, 
     ))
 }
 
+/// A reply's flow in `UNCONFIRMED` (none in the connection table): a UDP flow is confirmed
+/// by it (moved to the connection table), a TCP handshake stays there until the client's
+/// ACK. The entry, and whether it is in the connection table now.
+#[inline(always)]
+fn unconfirmed(key: &FlowKey) -> Option<(*mut CtValue, bool)> {
+    let u = UNCONFIRMED.get_ptr_mut(key)?;
+    if key.proto == PROTO_TCP {
+        return Some((u, false));
+    }
+    confirm(key, u);
+    Some((CONNTRACK.get_ptr_mut(key)?, true))
+}
+
+/// Move a flow from `UNCONFIRMED` to the connection table.
+#[inline(never)]
+fn confirm(key: &FlowKey, u: *mut CtValue) {
+    // SAFETY: a map value pointer checked for null by the caller.
+    let v = unsafe { *u };
+    if CONNTRACK.insert(key, &v, 0).is_ok() {
+        let _ = UNCONFIRMED.remove(key);
+        count(global::CONFIRMED);
+    }
+}
+
+/// `CtValue::flags` of a flow whose replies skip `answer`.
+const DONE: u32 = CT_F_ANSWERED | CT_F_COUNTED;
+
+/// A backend's reply on flow `ct` that carries SYN or RST, or whose flow was not answered or
+/// counted yet: passive health's bookkeeping, and a confirmed flow's (`confirmed`: in the
+/// connection table) first answer that is not a RST counts it as a new flow of its service
+/// and backend. Answers `REDISPATCH` for a refusal that must not reach the client, else
+/// `FLOW_OK`.
+#[inline(never)]
+fn answer(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2], confirmed: bool) -> u32 {
+    if passive_reply(p, ct, vip, vport) == REDISPATCH {
+        return REDISPATCH;
+    }
+    if p.tcp_flags & TCP_RST != 0 {
+        return FLOW_OK;
+    }
+    // SAFETY: a map value pointer checked for null by the caller.
+    unsafe {
+        if !confirmed {
+            // A handshake's SYN-ACK: answered, counted once the client confirms it.
+            (*ct).flags |= CT_F_ANSWERED;
+            return FLOW_OK;
+        }
+        if (*ct).flags & CT_F_COUNTED != 0 {
+            (*ct).flags |= CT_F_ANSWERED;
+            return FLOW_OK;
+        }
+        (*ct).flags |= DONE;
+    }
+    // SAFETY: as above.
+    let (service_id, backend_id) = unsafe { ((*ct).service_id, (*ct).backend_id) };
+    if let Some(c) = counters(&SERVICE_STATS, service_id) {
+        c.new_flows += 1;
+    }
+    if let Some(c) = counters(&BACKEND_STATS, backend_id) {
+        c.new_flows += 1;
+    }
+    FLOW_OK
+}
+
 #[inline(always)]
 fn stray_dropped() -> u32 {
     count(global::STRAY_DROPPED);
@@ -481,10 +581,14 @@ fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop
         service_id: (ids >> 32) as u32,
         // SAFETY: a helper without arguments.
         last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // An established flow's reply (evicted, swept): answered already, not a new flow.
+        // A RST may refuse a handshake: left unanswered for passive health.
+        flags: if p.tcp_flags & TCP_RST != 0 {
             CT_F_CLOSING
+        } else if p.tcp_flags & TCP_FIN != 0 {
+            CT_F_CLOSING | CT_F_ANSWERED
         } else {
-            0
+            CT_F_ANSWERED
         },
         _pad: 0,
         reply_nh: *nh,
@@ -492,30 +596,28 @@ fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop
     let _ = CONNTRACK.insert(&key, &ct, 0);
 }
 
-/// The backend the Maglev table of the service `ba` names picks for the client flow a reply
-/// `p` belongs to (`NO_BACKEND` if none).
+/// The backend the Maglev table of its service picks for client flow `key` (client → VIP),
+/// `NO_BACKEND` if none.
 #[inline(never)]
-fn maglev_backend(p: &Pkt, ba: *const BackendAddrValue) -> u32 {
-    // SAFETY: a map value pointer checked for null by the caller.
-    let (vip, vport) = unsafe { ((*ba).vip, (*ba).vport) };
+pub fn table_backend(key: &FlowKey) -> u32 {
     let skey = ServiceKey {
-        addr: vip,
-        port: vport,
-        proto: p.key.proto,
-        family: p.key.family,
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
     };
     let Some(svc) = SERVICES.get_ptr(&skey) else {
         return NO_BACKEND;
     };
-    // SAFETY: as above.
+    // SAFETY: a map value pointer checked for null.
     let (service_id, slot) = unsafe { ((*svc).id, (*svc).slot) };
     let ring = ring_size();
     let h = flow_hash(
-        &p.key.dst,
-        &vip,
-        p.key.dport,
-        vport,
-        p.key.proto,
+        &key.src,
+        &key.dst,
+        key.sport,
+        key.dport,
+        key.proto,
         hash_seed(),
     );
     let Some(pos) = h.checked_rem(ring) else {
@@ -600,7 +702,7 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
         return pass_l4(p);
     }
     let shared = baflags & BA_F_SHARED != 0;
-    if !shared && maglev_backend(p, ba) != backend_id {
+    if !shared && table_backend(&client_key(p, &vip, vport)) != backend_id {
         return pass_l4(p);
     }
     let Some(nh) = NH_SCRATCH.get_ptr_mut(0) else {
@@ -629,8 +731,17 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
         Some(b) if unsafe { (*b).flags } & BE_F_ESTABLISHED_OK != 0 => {}
         _ => return stray_dropped(),
     }
-    recreate_flow(p, &vip, vport, ids(service_id, backend_id), nh);
-    count(global::STRAY_RECREATED);
+    if p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+        // The answer to a SYN balanced without an entry (a SYN-ACK, or a RST refusing it),
+        // or a RST ending an evicted flow: translated as it is, no entry made (the client's
+        // ACK pins an accepted flow).
+        if stateless_answer(p, backend_id, &vip, vport) == REDISPATCH {
+            return redispatched();
+        }
+    } else {
+        recreate_flow(p, &vip, vport, ids(service_id, backend_id), nh);
+        count(global::STRAY_RECREATED);
+    }
     count_reply(ctx, service_id, backend_id);
     send_reply(
         ctx,
@@ -697,14 +808,18 @@ const FLOW_MOVED: u32 = 1;
 #[inline(never)]
 fn client_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], backend_id: u32) -> u32 {
     let key = client_key(p, vip, vport);
-    match CONNTRACK.get_ptr_mut(&key) {
+    let entry = match CONNTRACK.get_ptr_mut(&key) {
+        Some(ct) => Some((ct, true)),
+        None => unconfirmed(&key),
+    };
+    match entry {
         // SAFETY: a map value pointer checked for null.
-        Some(ct) => unsafe {
+        Some((ct, confirmed)) => unsafe {
             if (*ct).backend_id != backend_id {
                 return FLOW_MOVED;
             }
-            if (p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || (*ct).flags & CT_F_ANSWERED == 0)
-                && passive_reply(p, ct, vip, vport) == REDISPATCH
+            if (p.tcp_flags & (TCP_SYN | TCP_RST) != 0 || (*ct).flags & DONE != DONE)
+                && answer(p, ct, vip, vport, confirmed) == REDISPATCH
             {
                 return REDISPATCH;
             }
@@ -792,22 +907,7 @@ fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u
             c.synacks += 1;
             // SAFETY: as above.
             unsafe { (*ct).flags |= CT_F_ANSWERED };
-            if let Some(s) = SYN_SAMPLES.get_ptr_mut(backend_id) {
-                let h = flow_hash(
-                    &p.key.dst,
-                    vip,
-                    p.key.dport,
-                    vport,
-                    p.key.proto,
-                    hash_seed(),
-                );
-                // SAFETY: a map value pointer checked for null.
-                unsafe {
-                    if (*s).flow_hash == h {
-                        (*s).answered = 1;
-                    }
-                }
-            }
+            sample_answered(p, backend_id, vip, vport);
         }
         return FLOW_OK;
     }
@@ -826,6 +926,57 @@ fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u
         // re-created): answered, so that its later replies skip this bookkeeping.
         // SAFETY: as above.
         unsafe { (*ct).flags |= CT_F_ANSWERED };
+    }
+    FLOW_OK
+}
+
+/// A SYN-ACK answers `backend_id`'s sampled SYN if it is this flow's (client → `vip`:`vport`).
+#[inline(always)]
+fn sample_answered(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) {
+    if let Some(s) = SYN_SAMPLES.get_ptr_mut(backend_id) {
+        let h = flow_hash(
+            &p.key.dst,
+            vip,
+            p.key.dport,
+            vport,
+            p.key.proto,
+            hash_seed(),
+        );
+        // SAFETY: a map value pointer checked for null.
+        unsafe {
+            if (*s).flow_hash == h {
+                (*s).answered = 1;
+            }
+        }
+    }
+}
+
+/// Passive health of a SYN-ACK or RST whose flow has no entry (its SYN was balanced without
+/// one): a SYN-ACK answers the handshake, a RST refuses it. `REDISPATCH` if the refusal is
+/// withheld (`redispatch`; with no entry to remember a first refusal by, every refusal of a
+/// backend with `redispatch` is withheld while its service has backends: the backend is
+/// marked down within milliseconds, and the client's SYN retransmission goes elsewhere).
+#[inline(never)]
+fn stateless_answer(p: &Pkt, backend_id: u32, vip: &[u8; 16], vport: [u8; 2]) -> u32 {
+    let synack = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    if synack {
+        count(global::SYNACK_STATELESS);
+    }
+    let Some(c) = passive(backend_id) else {
+        return FLOW_OK;
+    };
+    if synack {
+        c.synacks += 1;
+        sample_answered(p, backend_id, vip, vport);
+        return FLOW_OK;
+    }
+    if p.tcp_flags & TCP_RST == 0 {
+        return FLOW_OK;
+    }
+    c.refused += 1;
+    if refusal_withheld(p, backend_id, vip, vport, true) {
+        c.redispatched += 1;
+        return REDISPATCH;
     }
     FLOW_OK
 }

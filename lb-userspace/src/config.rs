@@ -14,6 +14,7 @@
 //! state_file = "/run/xlb/state.json"    # absolute
 //! tcp_idle_timeout = "350s"    # 1s..7d: a TCP flow idle this long is forgotten
 //! udp_idle_timeout = "120s"    # 1s..7d: the same for UDP
+//! http_listen = "127.0.0.1:9470"        # optional: GET /metrics and the status page
 //!
 //! [[service]]
 //! name = "web"
@@ -284,6 +285,9 @@ pub struct DaemonConfig {
     /// The same for UDP (1s-7d).
     #[serde(serialize_with = "serialize_duration")]
     pub udp_idle_timeout: Duration,
+    /// Where `GET /metrics` (Prometheus) and the status page are served; off when None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// How the XDP program is attached.
@@ -997,6 +1001,7 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             "state_file",
             "tcp_idle_timeout",
             "udp_idle_timeout",
+            "http_listen",
         ],
     )?;
 
@@ -1183,6 +1188,11 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
         Some(at) => at.duration_in(cx, MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT)?,
     };
 
+    let http_listen = match t.get("http_listen") {
+        None => None,
+        Some(at) => Some(parse_http_listen(cx, &at)?),
+    };
+
     Ok((
         DaemonConfig {
             interfaces,
@@ -1197,12 +1207,35 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             state_file,
             tcp_idle_timeout,
             udp_idle_timeout,
+            http_listen,
         },
         DaemonPos {
             maglev_table_size: maglev_pos,
             max_services: max_services_pos,
         },
     ))
+}
+
+/// `http_listen = "ADDR:PORT"` (`[V6ADDR]:PORT` for IPv6): an IP address, not a name, and a
+/// port from 1 to 65535.
+fn parse_http_listen(cx: &Cx<'_>, at: &At<'_>) -> Result<std::net::SocketAddr, ConfigError> {
+    let text = at.str(cx)?;
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        at.err(
+            cx,
+            format!(
+                "\"{text}\" is not an address and port such as \"127.0.0.1:9470\" or \
+                 \"[::1]:9470\" (an IP address, not a host name)"
+            ),
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(at.err(cx, "port 0: give the port to listen on (1 - 65535)"));
+    }
+    if addr.ip().is_multicast() {
+        return Err(at.err(cx, format!("{} is a multicast address", addr.ip())));
+    }
+    Ok(addr)
 }
 
 fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos), ConfigError> {
@@ -3011,6 +3044,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                 state_file: PathBuf::from("/run/xlb/state.json"),
                 tcp_idle_timeout: Duration::from_secs(350),
                 udp_idle_timeout: Duration::from_secs(120),
+                http_listen: None,
             }
         );
         assert_eq!(
@@ -3683,6 +3717,7 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
                 state_file: PathBuf::from("/var/lib/xlb/state.json"),
                 tcp_idle_timeout: Duration::from_secs(5400),
                 udp_idle_timeout: Duration::from_secs(45),
+                http_listen: None,
             }
         );
         let [plain, web, dns] = &c.target_groups[..] else {
@@ -3843,6 +3878,35 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
             serde_json::to_value(AllUnhealthy::FailOpen).unwrap(),
             "fail_open"
         );
+    }
+
+    #[test]
+    fn http_listen_is_an_address_and_port() {
+        assert_eq!(parse(MINIMAL, "x").unwrap().daemon.http_listen, None);
+        let c = parse(&format!("{MINIMAL}http_listen = \"127.0.0.1:9470\"\n"), "x").unwrap();
+        assert_eq!(
+            c.daemon.http_listen,
+            Some("127.0.0.1:9470".parse().unwrap())
+        );
+        let c = parse(&format!("{MINIMAL}http_listen = \"[::1]:9470\"\n"), "x").unwrap();
+        assert_eq!(c.daemon.http_listen, Some("[::1]:9470".parse().unwrap()));
+        for (bad, says) in [
+            ("\"localhost:9470\"", "not an address and port"),
+            ("\"127.0.0.1\"", "not an address and port"),
+            ("\"::1:9470\"", "not an address and port"),
+            ("\"127.0.0.1:0\"", "port 0"),
+            ("\"127.0.0.1:65536\"", "not an address and port"),
+            ("\"224.0.0.1:9470\"", "multicast"),
+            ("9470", "expected a string"),
+        ] {
+            let (line, col, field, msg) = fail(&format!("{MINIMAL}http_listen = {bad}\n"));
+            assert_eq!(
+                (line, col, field.as_str()),
+                (3, 15, "daemon.http_listen"),
+                "{bad}"
+            );
+            assert!(msg.contains(says), "{bad}: {msg}");
+        }
     }
 
     #[test]

@@ -231,6 +231,8 @@ enum HookResult {
     Metrics {
         group: String,
         lines: Vec<String>,
+        /// The command ran and exited 0 (for the metrics).
+        ok: bool,
     },
 }
 
@@ -287,14 +289,14 @@ fn spawn_hook(job: HookJob, tx: mpsc::Sender<HookResult>) {
                     ("XLB_TARGET_GROUP", group.clone()),
                     ("XLB_BACKENDS", backends.join(" ")),
                 ];
-                let lines = match scaling::run_hook(&command, &env, timeout).await {
-                    Ok(out) => out.lines,
+                let (lines, ok) = match scaling::run_hook(&command, &env, timeout).await {
+                    Ok(out) => (out.lines, true),
                     Err(e) => {
                         warn!(group = %group, error = %e, "metric_command failed");
-                        Vec::new()
+                        (Vec::new(), false)
                     }
                 };
-                HookResult::Metrics { group, lines }
+                HookResult::Metrics { group, lines, ok }
             }
         };
         let _ = tx.send(result).await;
@@ -370,6 +372,10 @@ struct Daemon {
     seen_up: HashMap<String, bool>,
     /// The ifindex XDP was last attached to, per interface.
     attached_ifindex: HashMap<String, u32>,
+    /// Metrics counted here and the snapshots the HTTP listener serves.
+    telemetry: crate::metrics::Telemetry,
+    /// Entries in the connection table at the last sweep.
+    conntrack_entries: Option<u64>,
 }
 
 impl Daemon {
@@ -452,6 +458,7 @@ impl Daemon {
         // The service manager hears RELOADING=1 … READY=1 around it, accepted or not.
         crate::service::notify_reloading();
         let r = self.reload_config();
+        self.telemetry.live.reload(r.is_ok());
         crate::service::notify_ready(&self.status_line());
         r
     }
@@ -544,6 +551,7 @@ impl Daemon {
         for job in jobs {
             spawn_hook(job, self.hook_tx.clone());
         }
+        self.telemetry.scaling(&self.state);
         if changed {
             if let Err(e) = self.apply() {
                 error!(error = %e, "applying a scaling change failed");
@@ -630,6 +638,12 @@ impl Daemon {
     }
 
     fn hook_done(&mut self, r: HookResult) {
+        let (group, hook, ok) = match &r {
+            HookResult::Launch { group, result } => (group, "scale_out", result.is_ok()),
+            HookResult::Terminate { group, result, .. } => (group, "scale_in", result.is_ok()),
+            HookResult::Metrics { group, ok, .. } => (group, "metrics", *ok),
+        };
+        self.telemetry.live.hook_run(group, hook, ok);
         let changed = match r {
             HookResult::Launch { group, result } => self.state.launch_done(&group, result),
             HookResult::Terminate {
@@ -640,7 +654,7 @@ impl Daemon {
                 self.state.terminate_done(&group, &backend, result);
                 false
             }
-            HookResult::Metrics { group, lines } => {
+            HookResult::Metrics { group, lines, .. } => {
                 self.state.metrics_done(&group, &lines);
                 false
             }
@@ -748,6 +762,20 @@ impl Daemon {
         }
     }
 
+    /// Hand the HTTP listener a fresh snapshot (when it is on).
+    fn publish(&mut self) {
+        if !self.telemetry.publishing() {
+            return;
+        }
+        let status = self.status();
+        self.telemetry.publish(
+            status,
+            &self.state.events,
+            self.conntrack_entries,
+            u64::from(self.dp.opts.conntrack_size),
+        );
+    }
+
     fn status(&self) -> Status {
         let now = Instant::now();
         let mut per_member: HashMap<u64, (TrafficCounters, bool)> = HashMap::new();
@@ -760,6 +788,7 @@ impl Daemon {
             e.0.reply_packets += c.reply_packets;
             e.0.reply_bytes += c.reply_bytes;
             e.0.dropped += c.dropped;
+            e.0.syns += c.syns;
             e.1 |= b.active;
         }
         let services = self
@@ -969,6 +998,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         xdp_mode: d.xdp_mode,
         seen_up: HashMap::new(),
         attached_ifindex: HashMap::new(),
+        telemetry: crate::metrics::Telemetry::new(),
+        conntrack_entries: None,
         dp,
     };
     daemon
@@ -1009,6 +1040,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let _api = api::serve(&d.api_socket, api_tx)
         .await
         .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
+    let _http = match d.http_listen {
+        Some(addr) => {
+            let rx = daemon.telemetry.subscribe();
+            daemon.publish();
+            Some(crate::web::serve(addr, rx, daemon.telemetry.live.clone()).await?)
+        }
+        None => None,
+    };
     if let Some(pins) = daemon.dp.sweeper_pins() {
         let cfg = sweep::SweepConfig {
             tcp_idle: d.tcp_idle_timeout,
@@ -1057,6 +1096,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Some(r) = hook_rx.recv() => daemon.hook_done(r),
             Some(l) = links_rx.recv() => daemon.links_changed(&l),
             Some((token, outcome)) = check_rx.recv() => {
+                daemon.telemetry.check(&daemon.state, &token, &outcome);
                 if let Some(t) = daemon.state.observe(&token, &outcome) {
                     let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
                     daemon.state.push_event(&t.group, "health", msg, Default::default());
@@ -1074,6 +1114,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 }
                 let desired = daemon.desired.clone();
                 daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);
+                daemon.conntrack_entries = Some(sweep.entries);
             }
             _ = tick.tick() => {
                 let left = daemon.state.finish_drains(Instant::now());
@@ -1089,6 +1130,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 if let Err(e) = daemon.reconciler.prepare_idle_slots(&mut daemon.dp) {
                     warn!(error = %e, "preparing the idle table slots failed");
                 }
+                daemon.publish();
             }
         }
     }

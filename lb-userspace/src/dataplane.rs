@@ -112,6 +112,8 @@ pub struct Maps {
     pub maglev: Array<MapData, u32>,
     pub backends: Array<MapData, BackendInfo>,
     pub conntrack: HashMap<MapData, FlowKey, CtValue>,
+    /// UDP flows without a reply yet (`UNCONFIRMED`).
+    pub unconfirmed: HashMap<MapData, FlowKey, CtValue>,
     pub reverse: HashMap<MapData, FlowKey, RevValue>,
     pub service_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
@@ -152,6 +154,12 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
     ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
 }
 
+/// Entries of `UNCONFIRMED` (UDP flows without a reply yet) for a connection table of
+/// `conntrack_size` entries.
+pub fn unconfirmed_size(conntrack_size: u32) -> u32 {
+    (conntrack_size / lb_common::UNCONFIRMED_DIVISOR).max(lb_common::MIN_UNCONFIRMED_SIZE)
+}
+
 macro_rules! typed {
     ($ty:ident, $ebpf:expr, $name:expr) => {
         $ty::try_from(take($ebpf, $name)?).map_err(|source| DataplaneError::Map {
@@ -163,7 +171,7 @@ macro_rules! typed {
 
 impl Dataplane {
     /// Map name → (max_entries, value_size) for these options.
-    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 18] {
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 19] {
         use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
         [
@@ -172,6 +180,11 @@ impl Dataplane {
             (MAP_BACKENDS, MAX_BACKENDS, size_of::<BackendInfo>()),
             (MAP_CONNTRACK, opts.conntrack_size, size_of::<CtValue>()),
             (MAP_REVERSE, opts.reverse_size, size_of::<RevValue>()),
+            (
+                lb_common::MAP_UNCONFIRMED,
+                unconfirmed_size(opts.conntrack_size),
+                size_of::<CtValue>(),
+            ),
             (MAP_SERVICE_STATS, opts.max_services, size_of::<Counters>()),
             (MAP_BACKEND_STATS, MAX_BACKENDS, size_of::<Counters>()),
             (MAP_GLOBAL_STATS, global::SLOTS, size_of::<u64>()),
@@ -308,6 +321,10 @@ impl Dataplane {
             .map_max_entries(MAP_MAGLEV, table)
             .map_max_entries(MAP_CONNTRACK, opts.conntrack_size)
             .map_max_entries(MAP_REVERSE, opts.reverse_size)
+            .map_max_entries(
+                lb_common::MAP_UNCONFIRMED,
+                unconfirmed_size(opts.conntrack_size),
+            )
             .load(crate::ebpf::OBJECT);
         if ephemeral {
             // The maps live on through their file descriptors.
@@ -331,6 +348,7 @@ impl Dataplane {
         let maglev = typed!(Array, &mut ebpf, MAP_MAGLEV);
         let backends = typed!(Array, &mut ebpf, MAP_BACKENDS);
         let conntrack = typed!(HashMap, &mut ebpf, MAP_CONNTRACK);
+        let unconfirmed = typed!(HashMap, &mut ebpf, lb_common::MAP_UNCONFIRMED);
         let reverse = typed!(HashMap, &mut ebpf, MAP_REVERSE);
         let service_stats = typed!(PerCpuArray, &mut ebpf, MAP_SERVICE_STATS);
         let backend_stats = typed!(PerCpuArray, &mut ebpf, MAP_BACKEND_STATS);
@@ -355,6 +373,7 @@ impl Dataplane {
                 maglev,
                 backends,
                 conntrack,
+                unconfirmed,
                 reverse,
                 service_stats,
                 backend_stats,

@@ -20,8 +20,8 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::{
     BackendInfo, CtValue, FlowKey, ServiceInfo, ServiceKey, BE_F_ACTIVE, BE_F_ESTABLISHED_OK,
-    CT_F_ANSWERED, CT_F_CLOSING, MAP_BACKENDS, MAP_CONNTRACK, MAP_MAGLEV, MAP_SERVICES, NO_BACKEND,
-    PROTO_TCP, PROTO_UDP, SVC_F_EMPTY,
+    CT_F_ANSWERED, CT_F_CLOSING, MAP_BACKENDS, MAP_CONNTRACK, MAP_MAGLEV, MAP_SERVICES,
+    MAP_UNCONFIRMED, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_F_EMPTY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +131,10 @@ pub struct FlowEntry {
     pub state: String,
     /// The backend answered the flow (a SYN-ACK for TCP, any reply for UDP).
     pub answered: bool,
+    /// The entry is in `UNCONFIRMED` (a TCP handshake before the client's ACK, a UDP flow
+    /// before its first reply), not in the connection table.
+    #[serde(default)]
+    pub unconfirmed: bool,
 }
 
 /// `GET /v1/flows` answer.
@@ -289,6 +293,7 @@ impl FlowContext {
             idle_secs: (idle_ns / 100_000_000) as f64 / 10.0,
             state: state.into(),
             answered: ct.flags & CT_F_ANSWERED != 0,
+            unconfirmed: false,
         }
     }
 
@@ -347,41 +352,45 @@ pub fn list(ctx: &FlowContext, q: &FlowsQuery) -> Result<FlowList, FlowsError> {
     }
     let (services, backends) = ctx.filter(q)?;
     let dir = ctx.pin_dir.as_deref().ok_or(FlowsError::NotPinned)?;
-    let map = open_map(dir, MAP_CONNTRACK)?;
-    let data: &MapData = match &map {
-        Map::LruHashMap(d) | Map::HashMap(d) => d,
-        _ => {
-            return Err(FlowsError::Invalid(format!(
-                "{MAP_CONNTRACK} is not a hash map"
-            )))
-        }
-    };
     let now = sweep::monotonic_coarse_ns();
     let mut flows = Vec::new();
     let mut truncated = false;
-    let scanned = batch::lookup_batch::<FlowKey, CtValue>(data.fd().as_fd(), CHUNK, |ks, vs| {
-        for (k, v) in ks.iter().zip(vs) {
-            if services
-                .as_ref()
-                .is_some_and(|s| !s.contains(&v.service_id))
-                || backends
-                    .as_ref()
-                    .is_some_and(|b| !b.contains(&v.backend_id))
-            {
-                continue;
-            }
-            if flows.len() == limit {
-                truncated = true;
-                return ControlFlow::Break(());
-            }
-            flows.push(ctx.entry(k, v, now));
+    let mut scanned = 0;
+    // The connection table, then the flows waiting in `UNCONFIRMED` (when this version of
+    // the data path has it).
+    for name in [MAP_CONNTRACK, MAP_UNCONFIRMED] {
+        if truncated || (name == MAP_UNCONFIRMED && !dir.join(name).exists()) {
+            continue;
         }
-        ControlFlow::Continue(())
-    })
-    .map_err(|source| FlowsError::Read {
-        name: MAP_CONNTRACK,
-        source,
-    })?;
+        let map = open_map(dir, name)?;
+        let data: &MapData = match &map {
+            Map::LruHashMap(d) | Map::HashMap(d) => d,
+            _ => return Err(FlowsError::Invalid(format!("{name} is not a hash map"))),
+        };
+        let unconfirmed = name == MAP_UNCONFIRMED;
+        scanned += batch::lookup_batch::<FlowKey, CtValue>(data.fd().as_fd(), CHUNK, |ks, vs| {
+            for (k, v) in ks.iter().zip(vs) {
+                if services
+                    .as_ref()
+                    .is_some_and(|s| !s.contains(&v.service_id))
+                    || backends
+                        .as_ref()
+                        .is_some_and(|b| !b.contains(&v.backend_id))
+                {
+                    continue;
+                }
+                if flows.len() == limit {
+                    truncated = true;
+                    return ControlFlow::Break(());
+                }
+                let mut e = ctx.entry(k, v, now);
+                e.unconfirmed = unconfirmed;
+                flows.push(e);
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(|source| FlowsError::Read { name, source })?;
+    }
     flows.sort_by(|a, b| {
         (a.service.as_deref(), a.client.ip(), a.client.port()).cmp(&(
             b.service.as_deref(),
@@ -401,6 +410,8 @@ pub fn list(ctx: &FlowContext, q: &FlowsQuery) -> Result<FlowList, FlowsError> {
 pub trait LookupMaps {
     fn service(&self, key: &ServiceKey) -> Option<ServiceInfo>;
     fn flow(&self, key: &FlowKey) -> Option<CtValue>;
+    /// The flow's entry in `UNCONFIRMED`.
+    fn unconfirmed(&self, key: &FlowKey) -> Option<CtValue>;
     fn backend(&self, id: u32) -> Option<BackendInfo>;
     fn maglev(&self, index: u32) -> Option<u32>;
 }
@@ -409,6 +420,8 @@ pub trait LookupMaps {
 pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
     conntrack: HashMap<MapData, FlowKey, CtValue>,
+    /// None for a data path without the map.
+    unconfirmed: Option<HashMap<MapData, FlowKey, CtValue>>,
     backends: Array<MapData, BackendInfo>,
     maglev: Array<MapData, u32>,
 }
@@ -422,6 +435,14 @@ impl PinnedMaps {
                 .map_err(conv(MAP_SERVICES))?,
             conntrack: HashMap::try_from(open_map(dir, MAP_CONNTRACK)?)
                 .map_err(conv(MAP_CONNTRACK))?,
+            unconfirmed: if dir.join(MAP_UNCONFIRMED).exists() {
+                Some(
+                    HashMap::try_from(open_map(dir, MAP_UNCONFIRMED)?)
+                        .map_err(conv(MAP_UNCONFIRMED))?,
+                )
+            } else {
+                None
+            },
             backends: Array::try_from(open_map(dir, MAP_BACKENDS)?).map_err(conv(MAP_BACKENDS))?,
             maglev: Array::try_from(open_map(dir, MAP_MAGLEV)?).map_err(conv(MAP_MAGLEV))?,
         })
@@ -434,6 +455,9 @@ impl LookupMaps for PinnedMaps {
     }
     fn flow(&self, key: &FlowKey) -> Option<CtValue> {
         self.conntrack.get(key, 0).ok()
+    }
+    fn unconfirmed(&self, key: &FlowKey) -> Option<CtValue> {
+        self.unconfirmed.as_ref()?.get(key, 0).ok()
     }
     fn backend(&self, id: u32) -> Option<BackendInfo> {
         self.backends.get(&id, 0).ok()
@@ -504,23 +528,35 @@ pub fn lookup(
     };
 
     let mut why_not_entry = String::from("the flow has no connection-table entry");
-    if let Some(ct) = maps.flow(&key) {
+    // The connection table first, then `UNCONFIRMED`, as the data path looks.
+    let found = match maps.flow(&key) {
+        Some(ct) => Some((ct, false)),
+        None => maps.unconfirmed(&key).map(|ct| (ct, true)),
+    };
+    if let Some((ct, unconfirmed)) = found {
         let usable = maps
             .backend(ct.backend_id)
             .is_some_and(|b| b.flags & BE_F_ESTABLISHED_OK != 0);
-        a.entry = Some(ctx.entry(&key, &ct, now_ns));
+        let mut e = ctx.entry(&key, &ct, now_ns);
+        e.unconfirmed = unconfirmed;
+        a.entry = Some(e);
         a.entry_usable = Some(usable);
+        let which = if unconfirmed {
+            "its entry in UNCONFIRMED (a handshake, or a UDP flow not answered yet)"
+        } else {
+            "its connection-table entry"
+        };
         if usable {
             a.via = Via::ConnectionTable;
             set_backend(&mut a, ct.backend_id);
             a.reason = format!(
-                "its connection-table entry names {}, which keeps established flows",
+                "{which} names {}, which keeps established flows",
                 describe(ct.backend_id)
             );
             return Ok(a);
         }
         why_not_entry = format!(
-            "its connection-table entry names {}, which may no longer keep established flows",
+            "{which} names {}, which may no longer keep established flows",
             describe(ct.backend_id)
         );
     }
@@ -601,6 +637,9 @@ pub fn render_flows(list: &FlowList) -> String {
         if f.answered {
             state.push_str(", answered");
         }
+        if f.unconfirmed {
+            state.push_str(", unconfirmed");
+        }
         rows.push(vec![
             f.protocol.clone(),
             f.client.to_string(),
@@ -652,11 +691,16 @@ pub fn render_lookup(a: &LookupAnswer) -> String {
     if let Some(e) = &a.entry {
         let _ = writeln!(
             out,
-            "  entry: backend id {}, idle {}, {}{}",
+            "  entry: backend id {}, idle {}, {}{}{}",
             e.backend_id,
             idle_text(e.idle_secs),
             e.state,
-            if e.answered { ", answered" } else { "" }
+            if e.answered { ", answered" } else { "" },
+            if e.unconfirmed {
+                " (in UNCONFIRMED)"
+            } else {
+                ""
+            }
         );
     }
     if let (Some(slot), Some(table)) = (a.slot, a.table) {
@@ -726,6 +770,7 @@ mod tests {
     struct Fake {
         services: Map<ServiceKey, ServiceInfo>,
         flows: Map<FlowKey, CtValue>,
+        unconfirmed: Map<FlowKey, CtValue>,
         backends: Map<u32, BackendInfo>,
         maglev: Map<u32, u32>,
     }
@@ -736,6 +781,9 @@ mod tests {
         }
         fn flow(&self, key: &FlowKey) -> Option<CtValue> {
             self.flows.get(key).copied()
+        }
+        fn unconfirmed(&self, key: &FlowKey) -> Option<CtValue> {
+            self.unconfirmed.get(key).copied()
         }
         fn backend(&self, id: u32) -> Option<BackendInfo> {
             // An array: every id below its size reads (all zero when free).
@@ -862,8 +910,21 @@ mod tests {
             "{}",
             a.reason
         );
+        // A handshake in UNCONFIRMED counts as well, after the connection table.
+        let mut u = f.flows.remove(&key).unwrap();
+        u.backend_id = 0;
+        f.unconfirmed.insert(key, u);
+        let a = lookup(&ctx(), &f, &q("tcp", CLIENT, VIP), 100 * S).unwrap();
+        assert_eq!((a.via, a.backend_id), (Via::ConnectionTable, Some(0)));
+        assert!(a.entry.as_ref().unwrap().unconfirmed);
+        assert!(a.reason.contains("UNCONFIRMED"), "{}", a.reason);
+        assert!(render_lookup(&a).contains("(in UNCONFIRMED)"));
+        f.flows.insert(key, ct);
+        let a = lookup(&ctx(), &f, &q("tcp", CLIENT, VIP), 100 * S).unwrap();
+        assert_eq!(a.backend_id, Some(1), "the connection table first");
         // Its backend gone (id free): the Maglev slot picks again.
         f.backends.remove(&1);
+        f.unconfirmed.clear();
         let a = lookup(&ctx(), &f, &q("tcp", CLIENT, VIP), 100 * S).unwrap();
         assert_eq!(
             (a.via, a.backend_id, a.entry_usable),

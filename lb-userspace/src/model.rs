@@ -46,6 +46,9 @@ pub struct TrafficCounters {
     pub reply_packets: u64,
     pub reply_bytes: u64,
     pub dropped: u64,
+    /// TCP SYNs from clients (`new_flows` counts confirmed flows only).
+    #[serde(default)]
+    pub syns: u64,
 }
 
 impl From<lb_common::Counters> for TrafficCounters {
@@ -57,6 +60,7 @@ impl From<lb_common::Counters> for TrafficCounters {
             reply_packets: c.reply_packets,
             reply_bytes: c.reply_bytes,
             dropped: c.dropped,
+            syns: c.syns,
         }
     }
 }

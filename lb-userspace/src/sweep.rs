@@ -52,6 +52,8 @@ pub struct Sweep {
     pub stale: Vec<(FlowKey, u32)>,
     /// Entries read.
     pub scanned: u64,
+    /// Entries left in the table (read less deleted), for the metrics.
+    pub entries: u64,
     /// Expired entries deleted (idle, or closed and quiet).
     pub expired: u64,
 }
@@ -123,6 +125,7 @@ pub fn sweep_once(
         open: HashMap::new(),
         stale: Vec::new(),
         scanned: 0,
+        entries: 0,
         expired: 0,
     };
     let mut open = vec![0u64; MAX_BACKENDS as usize];
@@ -162,6 +165,7 @@ pub fn sweep_once(
     if let Some(e) = delete_err {
         return Err(e);
     }
+    s.entries = s.scanned.saturating_sub(s.expired);
     s.open = open
         .into_iter()
         .enumerate()

@@ -623,7 +623,15 @@ fn fin_and_rst_mark_the_flow_closing() {
         family: lb_common::AF_INET,
         _pad: [0; 2],
     };
-    let flags = |sport| fx.dp.maps().conntrack.get(&key(sport), 0).unwrap().flags;
+    // The flow's entry: in CONNTRACK, or (a handshake) in UNCONFIRMED.
+    let flags = |sport| {
+        let m = fx.dp.maps();
+        m.conntrack
+            .get(&key(sport), 0)
+            .or_else(|_| m.unconfirmed.get(&key(sport), 0))
+            .unwrap()
+            .flags
+    };
     let tcp = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, fin: bool, rst: bool| {
         let mut f = Vec::new();
         let (smac, dmac) = if src == CLIENT4 {
@@ -1082,4 +1090,90 @@ fn passive_health_counters() {
         XDP_DROP,
         "no active backend: no new flow"
     );
+}
+
+/// A refused handshake whose backend then fails, with `redispatch`: the refusal is withheld;
+/// the client's SYN retransmission meets its entry (naming the failed backend), goes to a
+/// live backend by the new table and is pinned there, and that backend's SYN-ACK reaches the
+/// client.
+#[test]
+fn syn_retransmission_after_a_refusal_moves_the_flow() {
+    if skip() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    for a in ["198.18.2.11", "198.18.2.12", "198.18.2.13"] {
+        check(&mut fx, a, true);
+    }
+    fx.apply();
+    let (ci, bi) = (fx.ifindex_client, fx.ifindex_backends);
+    let (c, l, lbb) = (CLIENT_MAC, LB_CLIENT_MAC, LB_BACKENDS_MAC);
+    let syn = |port| tcp4_flags(c, l, CLIENT4, VIP4_MULTI, port, 80, true, false, false);
+    // A client port the table sends to 198.18.2.12 (an unshared address).
+    let port = (31000..32000)
+        .find(|p| {
+            let (rc, out) = fx.run(&syn(*p), ci);
+            rc == XDP_REDIRECT && out[30..34] == B4_2
+        })
+        .expect("a port to 198.18.2.12");
+    let key = flow_key(
+        IpAddr::from(CLIENT4),
+        IpAddr::from(VIP4_MULTI),
+        port,
+        80,
+        lb_common::PROTO_TCP,
+    );
+    assert!(fx.has_flow(&key), "the SYN made an (unconfirmed) entry");
+    // With `redispatch` (set by hand here), its RST is withheld.
+    let id = fx
+        .state
+        .desired()
+        .unwrap()
+        .backends
+        .values()
+        .find(|b| b.key.addr.to_string() == "198.18.2.12" && b.key.port == 8080)
+        .map(|b| b.id)
+        .unwrap();
+    let mut info = fx.dp.maps().backends.get(&id, 0).unwrap();
+    info.flags |= lb_common::BE_F_REDISPATCH;
+    fx.dp.forge_maps().backends.set(id, info, 0).unwrap();
+    let rst = tcp4_flags(
+        backend_mac(2),
+        lbb,
+        B4_2,
+        CLIENT4,
+        8080,
+        port,
+        false,
+        true,
+        true,
+    );
+    assert_eq!(fx.run(&rst, bi).0, XDP_DROP, "withheld");
+    let pc = fx.dp.passive_counters(id);
+    assert_eq!((pc.refused, pc.redispatched), (1, 1), "{pc:?}");
+    // 198.18.2.12 fails; the retransmitted SYN goes elsewhere.
+    check(&mut fx, "198.18.2.12", false);
+    fx.apply();
+    let (rc, out) = fx.run(&syn(port), ci);
+    assert_eq!(rc, XDP_REDIRECT);
+    let to: [u8; 4] = out[30..34].try_into().unwrap();
+    assert_ne!(to, B4_2, "not to the failed backend");
+    let i = if to == B4_1 { 1 } else { 3 };
+    let synack = tcp4_flags(
+        backend_mac(i),
+        lbb,
+        to,
+        CLIENT4,
+        8080,
+        port,
+        true,
+        true,
+        false,
+    );
+    let (rc, out) = fx.run(&synack, bi);
+    assert_eq!(
+        rc, XDP_REDIRECT,
+        "the live backend's SYN-ACK reaches the client"
+    );
+    assert_eq!(out[26..30], VIP4_MULTI, "from the VIP");
 }

@@ -121,11 +121,11 @@ fn icmp_errors_both_ways() {
         Some("forwarded"),
     );
     r.case(
-        "flow v6 tcp 50002 → web6",
-        cin(syn(C6, VIP6, 50002, 80, 64)),
+        "flow v6 tcp 50002 → web6 (a segment after the handshake pins it; a SYN alone does not)",
+        cin(t(C6, VIP6, 50002, 80, 64)),
         ci,
         XDP_REDIRECT,
-        Exp::Frame(tob(1, syn(C6, B61, 50002, 8080, 63))),
+        Exp::Frame(tob(1, t(C6, B61, 50002, 8080, 63))),
         Some("forwarded"),
     );
     r.case(
@@ -1994,6 +1994,231 @@ fn multi_ports_to(last: u8, n: usize) -> Vec<u16> {
     panic!("no multi flows to 198.18.2.{last}");
 }
 
+/// A TCP segment with `flags` (see `tcp_flags`) in an IP packet with TTL `ttl`.
+fn tf(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: &str, ttl: u8) -> Vec<u8> {
+    ipx(
+        src,
+        dst,
+        ttl,
+        PROTO_TCP,
+        &tcp_flags(src, dst, sport, dport, flags),
+    )
+}
+
+/// Service counters summed over every service id the fixture uses: (new flows, SYNs).
+fn flow_counts(fx: &Fixture) -> (u64, u64) {
+    (0..16).fold((0, 0), |(n, s), id| {
+        let c = fx.dp.service_counters(id);
+        (n + c.new_flows, s + c.syns)
+    })
+}
+
+/// Flood protection: a SYN that misses the table is pinned in `UNCONFIRMED` (a SYN flood
+/// evicts only such entries), its SYN-ACK answers it there, and the client's ACK moves the flow
+/// to the connection table; a flow counts as new when its backend answers it after that (SYNs
+/// separately); a UDP flow waits in `UNCONFIRMED` until its first reply; a handshake whose
+/// entry was evicted has its SYN-ACK translated without an entry.
+#[test]
+fn handshakes_and_unconfirmed_udp() {
+    if skip() {
+        return;
+    }
+    let mut r = Runner::new(Fixture::new());
+    let (ci, bi) = (r.fx.ifindex_client, r.fx.ifindex_backends);
+    let k = flow_key(C6, VIP6, 51000, 80, PROTO_TCP);
+    let (n0, s0) = flow_counts(&r.fx);
+    r.case(
+        "handshake: v6 SYN to web6: forwarded, pinned in UNCONFIRMED",
+        cin(syn(C6, VIP6, 51000, 80, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, syn(C6, B61, 51000, 8080, 63))),
+        Some("unconfirmed"),
+    );
+    let (c, any) = (r.fx.has_confirmed_flow(&k), r.fx.has_flow(&k));
+    r.expect(
+        "handshake: unconfirmed entry only",
+        !c && any,
+        &format!("confirmed {c}, any {any}"),
+    );
+    r.case(
+        "handshake: its retransmission follows the entry",
+        cin(syn(C6, VIP6, 51000, 80, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, syn(C6, B61, 51000, 8080, 63))),
+        Some("forwarded"),
+    );
+    r.case(
+        "handshake: the backend's SYN-ACK: to the client from the VIP",
+        bin(1, tf(B61, C6, 8080, 51000, "SA", 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(tf(VIP6, C6, 80, 51000, "SA", 63))),
+        Some("replies"),
+    );
+    let c = r.fx.has_confirmed_flow(&k);
+    r.expect("handshake: still unconfirmed", !c, "a CONNTRACK entry");
+    let (n1, s1) = flow_counts(&r.fx);
+    r.expect(
+        "handshake: two SYNs counted, no new flow yet",
+        (n1 - n0, s1 - s0) == (0, 2),
+        &format!("new flows +{}, SYNs +{}", n1 - n0, s1 - s0),
+    );
+    r.case(
+        "handshake: the client's ACK confirms the flow",
+        cin(tf(C6, VIP6, 51000, 80, "A", 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, tf(C6, B61, 51000, 8080, "A", 63))),
+        Some("confirmed"),
+    );
+    let c = r.fx.has_confirmed_flow(&k);
+    r.expect("handshake: in CONNTRACK", c, "no CONNTRACK entry");
+    r.case(
+        "handshake: the backend's first data: counted",
+        bin(1, t(B61, C6, 8080, 51000, 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(t(VIP6, C6, 80, 51000, 63))),
+        Some("replies"),
+    );
+    r.case(
+        "handshake: and its second data",
+        bin(1, t(B61, C6, 8080, 51000, 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(t(VIP6, C6, 80, 51000, 63))),
+        Some("replies"),
+    );
+    let (n2, _) = flow_counts(&r.fx);
+    r.expect(
+        "handshake: one new flow, once answered",
+        n2 - n1 == 1,
+        &format!("new flows +{}", n2 - n1),
+    );
+
+    // A refused handshake: the RST goes to the client; no new flow.
+    r.case(
+        "refusal: v6 SYN",
+        cin(syn(C6, VIP6, 51001, 80, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, syn(C6, B61, 51001, 8080, 63))),
+        Some("unconfirmed"),
+    );
+    r.case(
+        "refusal: the backend's RST: to the client from the VIP",
+        bin(1, tf(B61, C6, 8080, 51001, "RA", 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(tf(VIP6, C6, 80, 51001, "RA", 63))),
+        Some("replies"),
+    );
+    let (n3, _) = flow_counts(&r.fx);
+    r.expect(
+        "refusal: not a new flow",
+        n3 == n2,
+        &format!("new flows +{}", n3 - n2),
+    );
+
+    // A handshake whose entry a flood evicted: its SYN-ACK is translated without an entry.
+    let k3 = flow_key(C6, VIP6, 51003, 80, PROTO_TCP);
+    r.case(
+        "evicted: v6 SYN",
+        cin(syn(C6, VIP6, 51003, 80, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, syn(C6, B61, 51003, 8080, 63))),
+        Some("unconfirmed"),
+    );
+    r.fx.delete_flow(&k3);
+    r.case(
+        "evicted: its SYN-ACK: to the client from the VIP, no entry made",
+        bin(1, tf(B61, C6, 8080, 51003, "SA", 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(tf(VIP6, C6, 80, 51003, "SA", 63))),
+        Some("synack_stateless"),
+    );
+    let has = r.fx.has_flow(&k3);
+    r.expect("evicted: no entry", !has, "an entry");
+    r.case(
+        "evicted: the client's ACK pins the flow where the table sends it",
+        cin(tf(C6, VIP6, 51003, 80, "A", 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, tf(C6, B61, 51003, 8080, "A", 63))),
+        Some("conntrack_miss"),
+    );
+    let c = r.fx.has_confirmed_flow(&k3);
+    r.expect("evicted: in CONNTRACK", c, "no CONNTRACK entry");
+
+    // A SYN-ACK for a client port the table sends elsewhere is no balanced flow's: passed.
+    let other = multi_ports_to(13, 1)[0];
+    r.case(
+        name(format!(
+            "handshake: SYN-ACK from .12 to client port {other} (the table sends it to .13): passed"
+        )),
+        bin(2, tf(B2, C4, 8080, other, "SA", 64)),
+        bi,
+        XDP_PASS,
+        Exp::Same,
+        None,
+    );
+
+    // UDP: unconfirmed until answered.
+    let ku = flow_key(C4, VIP, 51002, 53, PROTO_UDP);
+    r.case(
+        "udp: a new flow waits in UNCONFIRMED",
+        cin(u(C4, VIP, 51002, 53, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(2, u(C4, B2, 51002, 5353, 63))),
+        Some("unconfirmed"),
+    );
+    let (c, any) = (r.fx.has_confirmed_flow(&ku), r.fx.has_flow(&ku));
+    r.expect(
+        "udp: unconfirmed entry only",
+        !c && any,
+        &format!("confirmed {c}, any {any}"),
+    );
+    r.case(
+        "udp: its next datagram follows the unconfirmed entry",
+        cin(u(C4, VIP, 51002, 53, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(2, u(C4, B2, 51002, 5353, 63))),
+        Some("forwarded"),
+    );
+    let (n4, _) = flow_counts(&r.fx);
+    r.case(
+        "udp: the first reply confirms it",
+        bin(2, u(B2, C4, 5353, 51002, 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(u(VIP, C4, 53, 51002, 63))),
+        Some("confirmed"),
+    );
+    let c = r.fx.has_confirmed_flow(&ku);
+    r.expect("udp: moved to CONNTRACK", c, "no CONNTRACK entry");
+    r.case(
+        "udp: a second reply",
+        bin(2, u(B2, C4, 5353, 51002, 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(u(VIP, C4, 53, 51002, 63))),
+        Some("replies"),
+    );
+    let (n5, _) = flow_counts(&r.fx);
+    r.expect(
+        "udp: one new flow",
+        n5 - n4 == 1,
+        &format!("new flows +{}", n5 - n4),
+    );
+    r.finish("handshakes", 16);
+}
+
 /// Backend packets without a connection-table entry: translated without state where the
 /// address serves one service and the service's table sends the client there; passed where
 /// the table sends the client elsewhere, the client talks to the backend address directly, or
@@ -2129,10 +2354,10 @@ fn stray_replies() {
     let q2 = to_b3[1];
     r.case(
         name(format!("stray: multi flow {q2} pinned to 198.18.2.13")),
-        cin(syn(C4, VIPM, q2, 80, 64)),
+        cin(t(C4, VIPM, q2, 80, 64)),
         ci,
         XDP_REDIRECT,
-        Exp::Frame(tob(3, syn(C4, B3, q2, 8080, 63))),
+        Exp::Frame(tob(3, t(C4, B3, q2, 8080, 63))),
         Some("forwarded"),
     );
     r.case(

@@ -125,7 +125,11 @@ impl World for FxWorld<'_> {
         self.backends.get(id as usize).copied().unwrap_or_default()
     }
     fn conntrack(&self, k: &FlowKey) -> Option<CtValue> {
-        self.fx.dp.maps().conntrack.get(k, 0).ok()
+        let m = self.fx.dp.maps();
+        m.conntrack
+            .get(k, 0)
+            .ok()
+            .or_else(|| m.unconfirmed.get(k, 0).ok())
     }
     fn reverse(&self, k: &FlowKey) -> Option<RevValue> {
         self.fx.dp.maps().reverse.get(k, 0).ok()

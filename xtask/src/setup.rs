@@ -12,8 +12,17 @@ const BPF_LINKER: &str = "0.10.4";
 /// The cargo-fuzz version `cargo xtask fuzz` uses.
 const CARGO_FUZZ: &str = "0.13.2";
 
-/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "nftables", "iputils-ping", "procps"];
+/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`, and
+/// for `tests/tests/observe.rs` a Prometheus server and headless Chromium.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "nftables",
+    "iputils-ping",
+    "procps",
+    "prometheus",
+    "chromium",
+];
 
 pub fn setup() -> Result<()> {
     rust_src()?;

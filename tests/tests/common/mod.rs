@@ -316,17 +316,24 @@ impl Fixture {
     }
 
     /// Whether CONNTRACK holds the client flow `key`.
+    /// Whether a client flow has an entry: in CONNTRACK, or (UDP without a reply yet) in
+    /// UNCONFIRMED.
     pub fn has_flow(&self, key: &lb_common::FlowKey) -> bool {
+        self.dp.maps().conntrack.get(key, 0).is_ok()
+            || self.dp.maps().unconfirmed.get(key, 0).is_ok()
+    }
+
+    /// Whether a client flow is in CONNTRACK (confirmed: TCP past its SYN, UDP answered).
+    pub fn has_confirmed_flow(&self, key: &lb_common::FlowKey) -> bool {
         self.dp.maps().conntrack.get(key, 0).is_ok()
     }
 
-    /// Delete a client flow from CONNTRACK (as an eviction or a sweep would).
+    /// Delete a client flow from CONNTRACK and UNCONFIRMED (as an eviction or a sweep would).
     pub fn delete_flow(&mut self, key: &lb_common::FlowKey) {
-        self.dp
-            .forge_maps()
-            .conntrack
-            .remove(key)
-            .expect("CONNTRACK entry");
+        let maps = self.dp.forge_maps();
+        let a = maps.conntrack.remove(key).is_ok();
+        let b = maps.unconfirmed.remove(key).is_ok();
+        assert!(a || b, "no entry to delete");
     }
 
     pub fn global(&self, name: &str) -> u64 {

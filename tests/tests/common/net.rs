@@ -69,6 +69,26 @@ pub fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, syn: bool, payload:
     out
 }
 
+/// A TCP segment without payload with the flags `flags` ("SA": SYN-ACK, "R": RST, "RA":
+/// RST-ACK, "A": ACK), correct checksum.
+pub fn tcp_flags(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: &str) -> Vec<u8> {
+    let mut h = TcpHeader::new(sport, dport, 1000, 64240);
+    h.syn = flags.contains('S');
+    h.ack = flags.contains('A');
+    h.rst = flags.contains('R');
+    h.fin = flags.contains('F');
+    if h.ack {
+        h.acknowledgment_number = 5000;
+    }
+    h.checksum = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => h.calc_checksum_ipv4_raw(s.octets(), d.octets(), &[]),
+        (IpAddr::V6(s), IpAddr::V6(d)) => h.calc_checksum_ipv6_raw(s.octets(), d.octets(), &[]),
+        _ => panic!("mixed families"),
+    }
+    .unwrap();
+    h.to_bytes().to_vec()
+}
+
 /// A UDP datagram (header + payload) with a correct checksum for `src` → `dst`.
 pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let h = match (src, dst) {

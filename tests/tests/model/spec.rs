@@ -48,6 +48,8 @@ pub trait World {
     /// The Maglev table entry `index` of a service's table `slot`.
     fn maglev(&self, service_id: u32, slot: u32, index: u32) -> u32;
     fn backend(&self, id: u32) -> BackendInfo;
+    /// A client flow's entry: in `CONNTRACK`, or (a handshake, a UDP flow not answered yet)
+    /// in `UNCONFIRMED`.
     fn conntrack(&self, k: &FlowKey) -> Option<CtValue>;
     fn reverse(&self, k: &FlowKey) -> Option<RevValue>;
     fn backend_addr(&self, k: &BackendAddr) -> Option<BackendAddrValue>;
@@ -551,6 +553,8 @@ fn to_service(
             if id == NO_BACKEND || w.backend(id).flags & BE_F_ACTIVE == 0 {
                 return Expect::drop("to service, no backend", "no_backend");
             }
+            // Pinned: a handshake or a UDP flow in `UNCONFIRMED`, other TCP in the
+            // connection table (the model reads both as one).
             pin = Some((key, id));
             (id, "to service, new flow")
         }
@@ -567,6 +571,37 @@ fn to_service(
         e.frag_rec = frag_rec(p, id, b.addr, true, &e);
     }
     e
+}
+
+/// The backend id the service's Maglev table picks for client flow `key` (client → VIP).
+fn table_backend(w: &dyn World, key: &FlowKey) -> Option<u32> {
+    let svc = w.service(&ServiceKey {
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
+    })?;
+    let h = flow_hash(
+        &key.src,
+        &key.dst,
+        key.sport,
+        key.dport,
+        key.proto,
+        w.hash_seed(),
+    );
+    let id = w.maglev(svc.id, svc.slot % SLOTS_PER_SERVICE, h % w.ring_size());
+    (id != NO_BACKEND).then_some(id)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+/// The TCP flags of a TCP packet whose header is present (0 otherwise).
+fn tcp_flags(f: &[u8], p: &Parsed) -> u8 {
+    if p.proto != 6 || matches!(p.frag, Frag::Later(..)) {
+        return 0;
+    }
+    f.get(p.l4 + 13).copied().unwrap_or(0)
 }
 
 fn frag_rec(p: &Parsed, id: u32, addr: [u8; 16], forward: bool, e: &Expect) -> Option<FragRec> {
@@ -662,13 +697,25 @@ fn from_backend(
                 _ => {}
             }
             let ckey = flow_key(p.dst, ba.vip, dport, ba.vport, p.proto, p.family);
-            (
-                ba.vip,
-                ba.vport,
-                "stray reply, recreated",
-                "stray_recreated",
-                Some((ckey, ba.backend_id)),
-            )
+            if tcp_flags(f, p) & (TCP_SYN | TCP_RST) != 0 {
+                // A SYN-ACK or RST answering a handshake whose entry was evicted: translated,
+                // no entry made.
+                (
+                    ba.vip,
+                    ba.vport,
+                    "stray reply, syn-ack or rst",
+                    "replies",
+                    None,
+                )
+            } else {
+                (
+                    ba.vip,
+                    ba.vport,
+                    "stray reply, recreated",
+                    "stray_recreated",
+                    Some((ckey, ba.backend_id)),
+                )
+            }
         }
     };
     let mut out = f.to_vec();
@@ -1037,7 +1084,17 @@ fn icmp(f: &[u8], ingress: u32, w: &dyn World, p: &Parsed) -> Expect {
             };
             if let Some((vip, vport, bid)) = vip {
                 let key = flow_key(qsrc, vip, qsport, vport, qproto, p.family);
-                if w.conntrack(&key).is_some_and(|ct| ct.backend_id == bid) {
+                // A TCP flow without an entry (a handshake, its SYN balanced without one) is
+                // the flow the service's table sends to this backend (unshared addresses).
+                let ours = match w.conntrack(&key) {
+                    Some(ct) => ct.backend_id == bid,
+                    None => {
+                        qproto == PROTO_TCP
+                            && ba.flags & BA_F_SHARED == 0
+                            && table_backend(w, &key) == Some(bid)
+                    }
+                };
+                if ours {
                     return icmp_translate(
                         f,
                         ingress,
