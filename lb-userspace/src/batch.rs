@@ -153,6 +153,21 @@ pub fn delete_batch<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<u64> {
     Ok(deleted)
 }
 
+/// CPU time this thread has used in user mode and in the kernel (`getrusage(RUSAGE_THREAD)`):
+/// the kernel's share of a sweep is its batch calls.
+pub fn thread_user_system_time() -> (std::time::Duration, std::time::Duration) {
+    // SAFETY: an all-zero `rusage` is valid and getrusage only writes it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable `rusage`.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Default::default();
+    }
+    let tv = |t: libc::timeval| {
+        std::time::Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000)
+    };
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
 /// CPU time this thread has used (user and system), for the sweep's cost.
 pub fn thread_cpu_time() -> std::time::Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)

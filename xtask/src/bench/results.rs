@@ -67,6 +67,9 @@ pub struct SweepCase {
     pub open: u64,
     /// CPU time of the sweeping thread (user + system).
     pub cpu_ms: f64,
+    /// Of which in user mode and in the kernel (`getrusage`, tick-based: coarser).
+    pub user_ms: f64,
+    pub system_ms: f64,
     pub wall_ms: f64,
 }
 
@@ -694,18 +697,20 @@ pub fn markdown(r: &Results, charts: &ChartFiles) -> String {
              8192 entries, a verdict per entry, `BPF_MAP_DELETE_BATCH` of each chunk's expired \
              entries. CPU time of the sweeping thread (`CLOCK_THREAD_CPUTIME_ID`, the kernel's \
              work in the batch calls included).\n\n\
-             | case | entries read | deleted | CPU | wall |\n|---|---:|---:|---:|---:|",
+             | case | entries read | deleted | CPU | of which user / kernel | wall |\n|---|---:|---:|---:|---:|---:|",
             thousands(s.table_size.into()),
             thousands(s.filled)
         );
         for c in &s.cases {
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {:.0} ms | {:.0} ms |",
+                "| {} | {} | {} | {:.0} ms | {:.0} / {:.0} ms | {:.0} ms |",
                 c.name,
                 thousands(c.entries),
                 thousands(c.deleted),
                 c.cpu_ms,
+                c.user_ms,
+                c.system_ms,
                 c.wall_ms
             );
         }

@@ -75,11 +75,13 @@ fn measure(dp: &Dataplane, name: &str, cfg: &SweepConfig, now: u64) -> Result<Sw
     let ct = IterableMap::map(&maps.conntrack).fd().as_fd();
     let backends = IterableMap::map(&maps.backends).fd().as_fd();
     let cpu0 = xlb::batch::thread_cpu_time();
+    let (user0, sys0) = xlb::batch::thread_user_system_time();
     let t0 = Instant::now();
     let free = sweep::free_backends(backends)?;
     let s = sweep::sweep_once(ct, &free, cfg, now)?;
     let wall = t0.elapsed();
     let cpu = xlb::batch::thread_cpu_time() - cpu0;
+    let (user1, sys1) = xlb::batch::thread_user_system_time();
     ensure!(
         s.stale.is_empty(),
         "{name}: entries of live backends reported as stale"
@@ -90,11 +92,13 @@ fn measure(dp: &Dataplane, name: &str, cfg: &SweepConfig, now: u64) -> Result<Sw
         deleted: s.expired,
         open: s.open.values().sum(),
         cpu_ms: cpu.as_secs_f64() * 1e3,
+        user_ms: (user1 - user0).as_secs_f64() * 1e3,
+        system_ms: (sys1 - sys0).as_secs_f64() * 1e3,
         wall_ms: wall.as_secs_f64() * 1e3,
     };
     eprintln!(
-        "bench:   {name}: {} entries read, {} deleted, {:.1} ms CPU ({:.1} ms wall)",
-        case.entries, case.deleted, case.cpu_ms, case.wall_ms
+        "bench:   {name}: {} entries read, {} deleted, {:.1} ms CPU (user {:.0}, kernel {:.0}; {:.1} ms wall)",
+        case.entries, case.deleted, case.cpu_ms, case.user_ms, case.system_ms, case.wall_ms
     );
     Ok(case)
 }
