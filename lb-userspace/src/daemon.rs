@@ -197,13 +197,14 @@ fn spawn_sweeper(
         let result = sweep::free_backends(backends.fd().as_fd()).and_then(|free| {
             sweep::sweep_once(ct.fd().as_fd(), &free, &cfg, monotonic_coarse_ns())
         });
+        let used = crate::batch::thread_cpu_time().saturating_sub(cpu);
         match result {
             Ok(s) => {
                 if s.expired > 0 {
                     debug!(
                         scanned = s.scanned,
                         expired = s.expired,
-                        cpu_ms = (crate::batch::thread_cpu_time() - cpu).as_millis() as u64,
+                        cpu_ms = used.as_millis() as u64,
                         "conntrack sweep deleted expired entries"
                     );
                 }
@@ -213,7 +214,7 @@ fn spawn_sweeper(
             }
             Err(e) => warn!(error = %e, "conntrack sweep failed"),
         }
-        std::thread::sleep(SWEEP_EVERY);
+        std::thread::sleep(sweep::pause_after(used, SWEEP_EVERY));
     }))
 }
 

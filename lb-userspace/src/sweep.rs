@@ -33,6 +33,17 @@ pub const SWEEP_STALE_MAX: usize = 65_536;
 /// Entries read per `BPF_MAP_LOOKUP_BATCH` call.
 pub const SWEEP_CHUNK: usize = 8192;
 
+/// The sweeper uses at most 1 / this of one CPU: after a sweep that cost `c` of CPU it
+/// pauses at least `c × (this − 1)`.
+pub const CPU_SHARE_DIVISOR: u32 = 10;
+
+/// How long to pause after a sweep that cost `used` of CPU: `every`, or longer for a table
+/// so large that sweeping it every `every` would take more than 1 / [`CPU_SHARE_DIVISOR`]
+/// of a CPU.
+pub fn pause_after(used: Duration, every: Duration) -> Duration {
+    every.max(used.saturating_mul(CPU_SHARE_DIVISOR - 1))
+}
+
 /// The idle timeouts of `[daemon]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SweepConfig {
@@ -187,6 +198,21 @@ mod tests {
             flags,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_costly_sweep_pauses_longer() {
+        let every = Duration::from_secs(1);
+        assert_eq!(pause_after(Duration::from_millis(20), every), every);
+        assert_eq!(pause_after(Duration::from_millis(111), every), every);
+        assert_eq!(
+            pause_after(Duration::from_millis(112), every),
+            Duration::from_millis(1008)
+        );
+        assert_eq!(
+            pause_after(Duration::from_millis(400), every),
+            Duration::from_millis(3600)
+        );
     }
 
     #[test]
