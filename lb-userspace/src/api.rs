@@ -14,6 +14,8 @@
 //! | `POST /v1/reload`                            |               | 200 [`ChangeResult`]        |
 //! | `GET  /v1/flows?service=&backend=&limit=`    |               | 200 [`crate::flows::FlowList`] |
 //! | `GET  /v1/lookup?protocol=&client=&vip=`     |               | 200 [`crate::flows::LookupAnswer`] |
+//! | `POST /v1/node/drain`                        |               | 200 [`ChangeResult`]        |
+//! | `POST /v1/node/undrain`                      |               | 200 [`ChangeResult`]        |
 //! | `POST /v1/diff`                              | [`DiffRequest`]| 200 [`ChangePreview`] (changes nothing) |
 //!
 //! Every error answers `{"error": "..."}` ([`ApiErrorBody`]): the owner's [`ApiError`] with its
@@ -386,6 +388,8 @@ pub fn router(tx: mpsc::Sender<Envelope>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/flows", get(flows))
         .route("/v1/lookup", get(lookup))
+        .route("/v1/node/drain", post(node_drain))
+        .route("/v1/node/undrain", post(node_undrain))
         .route("/v1/diff", post(diff))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -584,6 +588,14 @@ async fn reload(State(tx): Tx) -> Answer {
     change(&tx, Request::Reload, StatusCode::OK).await
 }
 
+async fn node_drain(State(tx): Tx) -> Answer {
+    change(&tx, Request::NodeDrain, StatusCode::OK).await
+}
+
+async fn node_undrain(State(tx): Tx) -> Answer {
+    change(&tx, Request::NodeUndrain, StatusCode::OK).await
+}
+
 async fn scale(State(tx): Tx, path: GroupPath, body: Body) -> Answer {
     let request = route_request(BodyRoute::Scale, path, body)?;
     change(&tx, request, StatusCode::OK).await
@@ -772,6 +784,8 @@ pub(crate) mod testing {
                         dropped: 5,
                         ..Default::default()
                     },
+                    forwarding: None,
+                    table_fingerprint: "0123456789abcdef".into(),
                 },
                 ServiceStatus {
                     name: "api-v6".into(),
@@ -781,6 +795,8 @@ pub(crate) mod testing {
                     target_group: "api6".into(),
                     backends_in_table: 2,
                     counters: TrafficCounters::default(),
+                    forwarding: None,
+                    table_fingerprint: "fedcba9876543210".into(),
                 },
             ],
             groups: vec![
@@ -816,6 +832,7 @@ pub(crate) mod testing {
                 ("dropped".to_string(), 0),
                 ("malformed".to_string(), 3),
             ]),
+            announce: None,
         }
     }
 
@@ -892,6 +909,10 @@ pub(crate) mod testing {
             }
             Request::Reload => Err(ApiError::Invalid(
                 "xlb.toml:3:1: daemon.foo: unknown key".into(),
+            )),
+            Request::NodeDrain => done("draining: withdrawing 1 VIPs".into()),
+            Request::NodeUndrain => Err(ApiError::Invalid(
+                "the config has no [daemon.announce]".into(),
             )),
             Request::Scale { group, body } => {
                 known(&group)?;

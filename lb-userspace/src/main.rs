@@ -165,6 +165,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// This node's place in a fleet ([daemon.announce]): drain it for maintenance, or bring
+    /// it back.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// A live view of services and backends with their rates (new flows, packets and bytes
     /// per second in and out, like `ipvsadm --rate`) and open flows, refreshed every second;
     /// q, Esc or Ctrl-C quits.
@@ -188,6 +194,45 @@ enum Command {
     },
     /// Print the man page (roff; e.g. `xlb man > /usr/share/man/man1/xlb.1`).
     Man,
+    /// The backend side of DSR: attach an XDP program to DEV that strips IPIP and GUE
+    /// addressed to this host and hands the inner packet to the stack; runs in the
+    /// foreground until SIGINT/SIGTERM, then detaches and prints its counters.
+    Decap {
+        /// The interface the tunnel packets arrive on
+        #[arg(long, short, value_name = "DEV")]
+        interface: String,
+        /// Strip only packets whose inner destination is ADDR (repeatable; every inner
+        /// destination when omitted)
+        #[arg(long = "vip", value_name = "ADDR")]
+        vips: Vec<std::net::IpAddr>,
+        /// GUE's UDP port
+        #[arg(long, value_name = "PORT", default_value_t = lb_common::DEFAULT_GUE_PORT,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        gue_port: u16,
+        /// XDP attach mode: auto, native or generic
+        #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "native", "generic"])]
+        xdp_mode: String,
+        /// Print the counters of the `xlb decap` running on DEV and exit
+        #[arg(long)]
+        stats: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Withdraw every VIP this node announces, keep forwarding what still arrives, and report
+    /// drained (`xlb status`) once nothing arrives or drain_timeout runs out. Stays drained
+    /// across restarts until `xlb node undrain`.
+    Drain {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Announce again the VIPs this node can serve (after `xlb node drain`).
+    #[command(visible_alias = "resume")]
+    Undrain {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// The protocol of `xlb lookup`.
@@ -432,6 +477,10 @@ fn main() -> ExitCode {
                 },
             ),
         },
+        Command::Node { command } => match command {
+            NodeCommand::Drain { client: args } => client(args, Action::NodeDrain),
+            NodeCommand::Undrain { client: args } => client(args, Action::NodeUndrain),
+        },
         Command::Top {
             once,
             socket,
@@ -475,6 +524,33 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Decap {
+            interface,
+            vips,
+            gue_port,
+            xdp_mode,
+            stats,
+        } => {
+            let result = if stats {
+                xlb::dsr::pinned_counters(&interface)
+                    .map(|c| print!("{}", xlb::dsr::format_counters(&c)))
+                    .map_err(|e| anyhow::anyhow!("no `xlb decap` running on {interface}? ({e})"))
+            } else {
+                let mode = match xdp_mode.as_str() {
+                    "native" => xlb::config::XdpMode::Native,
+                    "generic" => xlb::config::XdpMode::Generic,
+                    _ => xlb::config::XdpMode::Auto,
+                };
+                xlb::dsr::run(&interface, &vips, gue_port, mode)
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xlb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Stop {
             config: ConfigArg { config },
             cleanup,

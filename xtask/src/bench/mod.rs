@@ -9,7 +9,9 @@
 //! 5. `control`: backend death until removal (with health checks), scaling trigger (by hand
 //!    and by a policy) until the first packet at the new backend;
 //! 6. `memory`: daemon RSS and BPF map memory for 1 and 100 services;
-//! 7. `sweep`: CPU time of one conntrack sweep (batch map calls) of a full 1Mi-entry table.
+//! 7. `fleet`: three xlb nodes behind a BIRD router with ECMP: connections broken and
+//!    stalled, and the router's reaction time, when a node dies, is drained, comes back;
+//! 8. `sweep`: CPU time of one conntrack sweep (batch map calls) of a full 1Mi-entry table.
 //!
 //! `cargo xtask bench` (a debug build of xtask) builds the release binaries with the `xlb`
 //! feature of xtask and runs the release xtask, so that the in-process measurements are of
@@ -17,6 +19,7 @@
 
 mod charts;
 mod control;
+mod fleet;
 mod load;
 mod maglev;
 mod memory;
@@ -78,19 +81,23 @@ enum Scenario {
     /// 6: memory.
     #[value(alias = "6")]
     Memory,
-    /// 7: conntrack sweep of a full table.
+    /// 7: a fleet of nodes failing over (needs BIRD 2).
     #[value(alias = "7")]
+    Fleet,
+    /// 8: conntrack sweep of a full table.
+    #[value(alias = "8")]
     Sweep,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Prog,
         Scenario::Forwarding,
         Scenario::Tcp,
         Scenario::Maglev,
         Scenario::Control,
         Scenario::Memory,
+        Scenario::Fleet,
         Scenario::Sweep,
     ];
 
@@ -102,6 +109,7 @@ impl Scenario {
             Scenario::Maglev => "maglev",
             Scenario::Control => "control",
             Scenario::Memory => "memory",
+            Scenario::Fleet => "fleet",
             Scenario::Sweep => "sweep",
         }
     }
@@ -208,6 +216,7 @@ const CHILD_ENV: &str = "XLB_BENCH_CHILD";
 
 /// Namespace prefixes of the bench (all start with `xlbb`).
 const NS_PREFIXES: [&str; 3] = ["xlbbench-", "xlbbfx-", "xlbbmem-"];
+// (The fleet scenario's namespaces are `xlbbench-fl-*`.)
 
 pub fn bench(args: Args) -> Result<()> {
     crate::require_root("bench")?;
@@ -427,8 +436,15 @@ fn run(args: Args) -> Result<()> {
         }
     }
 
+    if has(Scenario::Fleet) {
+        eprintln!("bench: 7. fleet failover");
+        match fleet::run(&p) {
+            Ok(x) => r.fleet = Some(x),
+            Err(e) => fail(&mut r, Scenario::Fleet, e),
+        }
+    }
     if has(Scenario::Sweep) {
-        eprintln!("bench: 7. conntrack sweep of a full table");
+        eprintln!("bench: 8. conntrack sweep of a full table");
         match sweep_scenario() {
             Ok(x) => r.sweep = Some(x),
             Err(e) => fail(&mut r, Scenario::Sweep, e),
