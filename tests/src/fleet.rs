@@ -92,13 +92,23 @@ impl Forwarding {
         }
     }
 
+    /// The backends' echo (TCP) and UDP ports: NAT translates 7000 → 9000 and 53 → 5353; a
+    /// DSR backend receives the client's packet unchanged, so it serves the service ports.
+    pub fn ports(&self) -> (u16, u16) {
+        match self {
+            Forwarding::Nat => (9000, 5353),
+            Forwarding::Dsr { .. } => (7000, 53),
+        }
+    }
+
     /// The lines each `[[service]]` gets.
     fn service_lines(&self) -> String {
         match self {
             Forwarding::Nat => String::new(),
-            Forwarding::Dsr { encap } => {
-                format!("forwarding = \"dsr\"\ndsr_encap = \"{encap}\"\n")
-            }
+            // The outer sources: one prefix for every node (the backends never answer them).
+            Forwarding::Dsr { encap } => format!(
+                "forwarding = \"dsr\"\ndsr_encap = \"{encap}\"\ndsr_source_prefix = \"198.18.99.0/24\"\n"
+            ),
         }
     }
 }
@@ -216,17 +226,19 @@ target_group = \"dns-servers\"
 {fwd}
 [[target_group]]
 name = \"echo-servers\"
-port = 9000
+port = {echo}
 backends = [{list}]
 
 [[target_group]]
 name = \"dns-servers\"
-port = 5353
+port = {udp}
 backends = [{list}]
 ",
         paths = Xlbd::daemon_paths(name),
         sock = bird_socket.display(),
         fwd = forwarding.service_lines(),
+        echo = forwarding.ports().0,
+        udp = forwarding.ports().1,
     )
 }
 
@@ -435,11 +447,26 @@ impl FleetLab {
                 )?);
             }
         }
+        let (echo, udp) = self.forwarding.ports();
         for (k, b) in self.backends.iter().enumerate() {
             let name = crate::lab::backend_name(k + 1);
+            let echo = echo.to_string();
+            // DSR: UDP answers must come from the VIP (a socket bound to it).
+            let udp = match self.forwarding {
+                Forwarding::Nat => ["--udp".to_string(), udp.to_string()],
+                Forwarding::Dsr { .. } => ["--udp-bind".to_string(), format!("{VIP_V4}:{udp}")],
+            };
             self.servers.push(b.spawn(
                 &lab_bin,
-                ["serve", "--name", &name, "--udp", "5353", "--echo", "9000"],
+                [
+                    "serve",
+                    "--name",
+                    &name,
+                    udp[0].as_str(),
+                    udp[1].as_str(),
+                    "--echo",
+                    echo.as_str(),
+                ],
             )?);
         }
 

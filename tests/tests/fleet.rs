@@ -4,9 +4,9 @@
 //! `xlb node drain`, and both coming back, because every node picks the same backend for a
 //! flow (same config, same hash seed) and translates replies without state (NAT mode).
 //!
-//! DSR: `FORWARDING` (or `XLB_FLEET_FORWARDING`) is the hook for running the same scenario
-//! in DSR mode once it exists: `dsr-ipip` or `dsr-gue` give the services `forwarding = "dsr"`,
-//! drop the return route through the nodes and run `xlb decap` on the backends (see
+//! The same scenario runs in DSR mode (GUE; `XLB_FLEET_FORWARDING=dsr-ipip` for the first one
+//! runs IPIP): the services get `forwarding = "dsr"`, the return route through the nodes is
+//! dropped, the VIP goes on the backends' loopback and `xlb decap` runs on them (see
 //! `xlb_lab::fleet::Forwarding`).
 //!
 //! Needs root and BIRD 2 (`cargo xtask setup` installs `bird2`); skipped with a message
@@ -29,9 +29,8 @@ use xlb_lab::{
     fleet::{self, FleetLab, VIP_V4},
 };
 
-/// How the services forward: `"nat"` today. After the DSR work lands, `"dsr-ipip"` or
-/// `"dsr-gue"` runs the same scenario with direct server return (the lead switches it on);
-/// `XLB_FLEET_FORWARDING` overrides it for one run.
+/// How the first scenario's services forward (`nat`; `XLB_FLEET_FORWARDING=dsr-ipip` or
+/// `dsr-gue` overrides it for one run). The second scenario runs DSR with GUE.
 const FORWARDING: &str = "nat";
 const NODES: usize = 3;
 const TCP_CONNS: usize = 60;
@@ -190,8 +189,22 @@ fn fleet_survives_node_failure_drain_and_rejoin() -> Result<()> {
     let forwarding = fleet::Forwarding::parse(
         &std::env::var("XLB_FLEET_FORWARDING").unwrap_or_else(|_| FORWARDING.to_string()),
     )?;
+    fleet_scenario(forwarding, "fl")
+}
+
+/// The same scenario in direct-server-return mode (GUE): the backends answer the clients
+/// straight, the nodes see only the client → server direction.
+#[test]
+fn dsr_fleet_survives_node_failure_drain_and_rejoin() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    fleet_scenario(fleet::Forwarding::parse("dsr-gue")?, "fd")
+}
+
+fn fleet_scenario(forwarding: fleet::Forwarding, tag: &str) -> Result<()> {
     eprintln!("forwarding: {forwarding:?}");
-    let prefix = format!("xlbt-fl{}", std::process::id());
+    let prefix = format!("xlbt-{tag}{}", std::process::id());
     let mut lab = FleetLab::with_forwarding(&prefix, NODES, 3, forwarding)?;
     for i in 1..=NODES {
         lab.start_xlb(i)?;

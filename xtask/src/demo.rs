@@ -33,6 +33,10 @@ pub struct Args {
     /// demo drains, kills and brings back nodes (needs BIRD 2, installed by setup).
     #[arg(long)]
     fleet: bool,
+    /// With `--fleet`: how the services forward: `dsr-gue` (direct server return, the
+    /// backends running `xlb decap`), `dsr-ipip` or `nat`.
+    #[arg(long, value_name = "MODE", default_value = "dsr-gue")]
+    forwarding: String,
 }
 
 /// Set by SIGINT/SIGTERM/SIGHUP: stop and clean up.
@@ -133,7 +137,7 @@ pub fn demo(args: Args) -> Result<()> {
         .min(MAX_DURATION);
     catch_stop_signals()?;
     if args.fleet {
-        return crate::demo_fleet::demo(args.rate, duration);
+        return crate::demo_fleet::demo(args.rate, duration, &args.forwarding);
     }
 
     crate::setup::setup()?;

@@ -38,7 +38,7 @@ struct Client {
     failed: u64,
 }
 
-pub fn demo(rate: u32, duration: Duration) -> Result<()> {
+pub fn demo(rate: u32, duration: Duration, forwarding: &str) -> Result<()> {
     crate::require_root("demo --fleet")?;
     anyhow::ensure!((1..=1000).contains(&rate), "--rate must be in 1..=1000");
     crate::setup::setup()?;
@@ -52,7 +52,9 @@ pub fn demo(rate: u32, duration: Duration) -> Result<()> {
     }
     let prefix = format!("{}-fleet", xlb_lab::DEMO_PREFIX);
     eprintln!("building the fleet lab (namespaces {prefix}-*)");
-    let mut lab = FleetLab::new(&prefix, NODES, BACKENDS)?;
+    let forwarding = fleet::Forwarding::parse(forwarding)?;
+    eprintln!("forwarding: {forwarding:?}");
+    let mut lab = FleetLab::with_forwarding(&prefix, NODES, BACKENDS, forwarding)?;
     for i in 1..=NODES {
         lab.start_xlb(i)?;
     }
