@@ -12,6 +12,8 @@
 //! | `POST /v1/groups/{group}/backends/drain`     | [`BackendRef`]| 200 [`ChangeResult`]        |
 //! | `POST /v1/groups/{group}/backends/weight`    | [`SetWeight`] | 200 [`ChangeResult`]        |
 //! | `POST /v1/reload`                            |               | 200 [`ChangeResult`]        |
+//! | `GET  /v1/flows?service=&backend=&limit=`    |               | 200 [`crate::flows::FlowList`] |
+//! | `GET  /v1/lookup?protocol=&client=&vip=`     |               | 200 [`crate::flows::LookupAnswer`] |
 //! | `POST /v1/node/drain`                        |               | 200 [`ChangeResult`]        |
 //! | `POST /v1/node/undrain`                      |               | 200 [`ChangeResult`]        |
 //! | `POST /v1/diff`                              | [`DiffRequest`]| 200 [`ChangePreview`] (changes nothing) |
@@ -384,6 +386,8 @@ pub fn router(tx: mpsc::Sender<Envelope>) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/groups/{group}/scale", post(scale))
         .route("/v1/events", get(events))
+        .route("/v1/flows", get(flows))
+        .route("/v1/lookup", get(lookup))
         .route("/v1/node/drain", post(node_drain))
         .route("/v1/node/undrain", post(node_undrain))
         .route("/v1/diff", post(diff))
@@ -613,6 +617,70 @@ async fn events(
     }
 }
 
+// ---- flows and lookup: the owner answers names and ids, the maps are read here ----
+
+/// Map reads of `flows` / `lookup` running at once at most (each may read a large table).
+static FLOW_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Run `read` with the owner's flow context on a blocking thread.
+async fn with_flow_context<T: Serialize + Send + 'static>(
+    tx: &mpsc::Sender<Envelope>,
+    read: impl FnOnce(&crate::flows::FlowContext) -> Result<T, crate::flows::FlowsError>
+        + Send
+        + 'static,
+) -> Answer {
+    let ctx = match ask(tx, Request::FlowContext).await? {
+        Reply::FlowContext(ctx) => ctx,
+        other => return Err(unexpected(&other)),
+    };
+    // The permit goes with the read: a client that hangs up does not free it early.
+    let permit = FLOW_READS.acquire().await.map_err(|_| shutting_down())?;
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read(&ctx)
+    })
+    .await
+    .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match result {
+        Ok(v) => ok(StatusCode::OK, v),
+        Err(e @ crate::flows::FlowsError::Invalid(_)) => {
+            Err(fail(StatusCode::BAD_REQUEST, e.to_string()))
+        }
+        Err(e) => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn flows(
+    State(tx): Tx,
+    query: Result<
+        axum::extract::Query<crate::flows::FlowsQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Answer {
+    let q = query
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, e.body_text()))?
+        .0;
+    with_flow_context(&tx, move |ctx| crate::flows::list(ctx, &q)).await
+}
+
+async fn lookup(
+    State(tx): Tx,
+    query: Result<
+        axum::extract::Query<crate::flows::LookupQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Answer {
+    let q = query
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, e.body_text()))?
+        .0;
+    with_flow_context(&tx, move |ctx| {
+        q.parse()?;
+        let maps = crate::flows::PinnedMaps::open(ctx)?;
+        crate::flows::lookup(ctx, &maps, &q, crate::sweep::monotonic_coarse_ns())
+    })
+    .await
+}
+
 /// `POST /v1/diff`: an empty body (or `{}`) compares the daemon's own config file.
 async fn diff(State(tx): Tx, body: Body) -> Answer {
     let bytes = body_bytes(body)?;
@@ -793,6 +861,23 @@ pub(crate) mod testing {
         let done = |m: String| Ok(Reply::Done(ChangeResult { message: m }));
         match request {
             Request::Status => Ok(Reply::Status(Box::new(status.clone()))),
+            Request::FlowContext => Ok(Reply::FlowContext(Box::new(crate::flows::FlowContext {
+                pin_dir: None,
+                ring_size: 1021,
+                hash_seed: 7,
+                idle: crate::flows::idle_config(
+                    std::time::Duration::from_secs(350),
+                    std::time::Duration::from_secs(120),
+                ),
+                services: vec![crate::flows::FlowService {
+                    id: 0,
+                    name: "web".into(),
+                    vip: "198.18.100.1".parse().unwrap(),
+                    port: 80,
+                    protocol: lb_common::PROTO_TCP,
+                }],
+                backends: Default::default(),
+            }))),
             Request::AddBackend { group, body } => {
                 known(&group)?;
                 if body.address == "10.0.0.1:8080" {
@@ -1208,6 +1293,41 @@ mod tests {
         let (code, body) = call(&f, Method::GET, "/v1/reload", None).await;
         assert_eq!(code, 405);
         error_of(&body);
+    }
+
+    /// The flows routes check their queries (400) before reading any map; the canned owner
+    /// has no pinned maps, so a valid query answers 500 saying so.
+    #[tokio::test]
+    async fn flows_and_lookup_routes_check_their_queries() {
+        let f = start().await;
+        for (path, code, want) in [
+            ("/v1/flows?limit=0", 400, "out of range"),
+            ("/v1/flows?limit=100001", 400, "out of range"),
+            ("/v1/flows?limit=x", 400, "limit"),
+            ("/v1/flows?service=nope", 400, "no service named"),
+            ("/v1/flows?backend=bad", 400, "not an IP address"),
+            ("/v1/flows?service=web&limit=5", 500, "not pinned"),
+            (
+                "/v1/lookup?protocol=sctp&client=198.18.1.2:1&vip=198.18.100.1:80",
+                400,
+                "protocol",
+            ),
+            (
+                "/v1/lookup?protocol=tcp&client=198.18.1.2&vip=198.18.100.1:80",
+                400,
+                "ADDR:PORT",
+            ),
+            ("/v1/lookup?protocol=tcp", 400, "client"),
+            (
+                "/v1/lookup?protocol=tcp&client=198.18.1.2:1&vip=198.18.100.1:80",
+                500,
+                "not pinned",
+            ),
+        ] {
+            let (c, body) = call(&f, Method::GET, path, None).await;
+            assert_eq!(c, code, "{path}: {body}");
+            assert!(error_of(&body).contains(want), "{path}: {body}");
+        }
     }
 
     #[tokio::test]

@@ -189,6 +189,18 @@ pub enum Action {
     Events {
         group: Option<String>,
     },
+    /// `xlb flows`
+    Flows {
+        service: Option<String>,
+        backend: Option<String>,
+        limit: usize,
+    },
+    /// `xlb lookup`
+    Lookup {
+        protocol: String,
+        client: String,
+        vip: String,
+    },
     NodeDrain,
     NodeUndrain,
     /// What a reload would change: of `config` (its text and the name it was read from), or
@@ -258,6 +270,34 @@ impl Action {
                     Some(g) => format!("/v1/events?group={}", encode_segment(g)),
                     None => "/v1/events".into(),
                 },
+                None,
+            ),
+            Self::Flows {
+                service,
+                backend,
+                limit,
+            } => {
+                let mut path = format!("/v1/flows?limit={limit}");
+                if let Some(s) = service {
+                    let _ = write!(path, "&service={}", encode_segment(s));
+                }
+                if let Some(b) = backend {
+                    let _ = write!(path, "&backend={}", encode_segment(b));
+                }
+                (Method::GET, path, None)
+            }
+            Self::Lookup {
+                protocol,
+                client,
+                vip,
+            } => (
+                Method::GET,
+                format!(
+                    "/v1/lookup?protocol={}&client={}&vip={}",
+                    encode_segment(protocol),
+                    encode_segment(client),
+                    encode_segment(vip)
+                ),
                 None,
             ),
         }
@@ -331,6 +371,18 @@ pub fn format_answer(
                 return Ok(pretty(&value));
             }
             Ok(render_events(&parse::<Vec<Event>>(value)?))
+        }
+        Action::Flows { .. } => {
+            if json {
+                return Ok(pretty(&value));
+            }
+            Ok(crate::flows::render_flows(&parse(value)?))
+        }
+        Action::Lookup { .. } => {
+            if json {
+                return Ok(pretty(&value));
+            }
+            Ok(crate::flows::render_lookup(&parse(value)?))
         }
         Action::Diff { .. } => {
             if json {
@@ -413,6 +465,14 @@ impl Table {
             out.push('\n');
         }
     }
+}
+
+/// Rows (the first is the header) as the tables of the other commands are rendered.
+pub fn render_rows(rows: &[Vec<String>], out: &mut String) {
+    Table {
+        rows: rows.to_vec(),
+    }
+    .render(out);
 }
 
 /// `addr:port`, IPv6 in brackets.

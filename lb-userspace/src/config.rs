@@ -5,6 +5,7 @@
 //! interfaces = ["eth0"]        # required
 //! xdp_mode = "auto"            # auto | native | generic
 //! conntrack_size = 1000000
+//! reverse_size = 1000000       # the reverse-NAT table; defaults to conntrack_size
 //! maglev_table_size = 65537    # a prime
 //! max_services = 64            # max_services × 2 × maglev_table_size <= 2^28
 //! hash_seed = 12345            # optional
@@ -293,6 +294,9 @@ pub struct DaemonConfig {
     pub xdp_mode: XdpMode,
     /// Entries of the connection tracking LRU.
     pub conntrack_size: u32,
+    /// Entries of the reverse-NAT LRU (`REVERSE`: flows of backend addresses several
+    /// services share); defaults to `conntrack_size`.
+    pub reverse_size: u32,
     /// Entries of each service's Maglev table (a prime).
     pub maglev_table_size: u32,
     /// Services the maps are sized for.
@@ -1179,6 +1183,7 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             "interfaces",
             "xdp_mode",
             "conntrack_size",
+            "reverse_size",
             "maglev_table_size",
             "max_services",
             "hash_seed",
@@ -1245,6 +1250,15 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
 
     let conntrack_size = match t.get("conntrack_size") {
         None => DEFAULT_CONNTRACK_SIZE,
+        Some(at) => at.int_in(
+            cx,
+            i64::from(MIN_CONNTRACK_SIZE),
+            i64::from(MAX_CONNTRACK_SIZE),
+        )? as u32,
+    };
+
+    let reverse_size = match t.get("reverse_size") {
+        None => conntrack_size,
         Some(at) => at.int_in(
             cx,
             i64::from(MIN_CONNTRACK_SIZE),
@@ -1383,6 +1397,7 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             interfaces,
             xdp_mode,
             conntrack_size,
+            reverse_size,
             maglev_table_size,
             max_services,
             hash_seed,
@@ -3435,6 +3450,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                 interfaces: vec!["veth-client".into(), "veth-backends".into()],
                 xdp_mode: XdpMode::Auto,
                 conntrack_size: 1_000_000,
+                reverse_size: 1_000_000,
                 maglev_table_size: DEFAULT_RING_SIZE,
                 max_services: DEFAULT_MAX_SERVICES,
                 hash_seed: None,
@@ -3567,6 +3583,10 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
         .unwrap();
         assert_eq!(c.daemon.xdp_mode, XdpMode::Generic);
         assert_eq!(c.daemon.conntrack_size, 2048);
+        assert_eq!(
+            c.daemon.reverse_size, 2048,
+            "reverse_size follows conntrack_size"
+        );
         assert_eq!(c.daemon.maglev_table_size, 1021);
         assert_eq!(c.daemon.max_services, 4096);
         assert_eq!(c.daemon.hash_seed, Some(u32::MAX));
@@ -3848,6 +3868,19 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
         assert_eq!(field, "daemon.conntrack_size");
         let (_, _, field, _) = fail(&format!("{MINIMAL}conntrack_size = 100000001\n"));
         assert_eq!(field, "daemon.conntrack_size");
+        let (_, _, field, _) = fail(&format!("{MINIMAL}reverse_size = 1023\n"));
+        assert_eq!(field, "daemon.reverse_size");
+        let (_, _, field, _) = fail(&format!("{MINIMAL}reverse_size = 100000001\n"));
+        assert_eq!(field, "daemon.reverse_size");
+        let c = parse(
+            &format!("{MINIMAL}conntrack_size = 4096\nreverse_size = 1024\n"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.daemon.conntrack_size, c.daemon.reverse_size),
+            (4096, 1024)
+        );
         let (_, _, field, _) = fail(&format!("{MINIMAL}max_services = 0\n"));
         assert_eq!(field, "daemon.max_services");
         let (_, _, field, _) = fail(&format!("{MINIMAL}max_services = 4097\n"));
@@ -4095,6 +4128,7 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
                 interfaces: vec!["eth0".into()],
                 xdp_mode: XdpMode::Auto,
                 conntrack_size: DEFAULT_CONNTRACK_SIZE,
+                reverse_size: DEFAULT_CONNTRACK_SIZE,
                 maglev_table_size: 1021,
                 max_services: 4096,
                 hash_seed: None,

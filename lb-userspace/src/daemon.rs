@@ -9,9 +9,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use lb_common::{CtValue, FlowKey, CT_F_CLOSING, PROTO_TCP};
+use aya::maps::MapData;
 use serde::{Deserialize, Serialize};
+use std::os::fd::AsFd;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
@@ -32,13 +32,12 @@ use crate::{
     reconcile::{Links, Reconciler},
     scaling,
     state::{CheckToken, Desired, HookJob, Persisted, State},
+    sweep::{self, Sweep},
 };
 
 const BPFFS: &str = "/sys/fs/bpf";
-/// How often open flows are counted (and drains can finish).
+/// How often open flows are counted and expired ones deleted (and drains can finish).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// A TCP flow that saw a FIN or RST counts as ended once it has been quiet this long.
-const CLOSING_GRACE: Duration = Duration::from_secs(2);
 
 /// Mount bpffs at /sys/fs/bpf unless it is there already.
 pub fn ensure_bpffs() -> Result<()> {
@@ -180,83 +179,42 @@ fn monotonic_coarse_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// A conntrack sweep's result: open flows per backend id, and the entries that named a
-/// backend id free in `BACKENDS` when the sweep read them (for the owner to decide on).
-struct Sweep {
-    at: Instant,
-    /// Entries in the table (any state), for the metrics.
-    entries: u64,
-    open: HashMap<u32, u64>,
-    stale: Vec<(FlowKey, u32)>,
-}
-
-/// Entries of free backend ids one sweep reports at most (the rest wait for the next).
-const SWEEP_STALE_MAX: usize = 65_536;
-
-/// Count open flows per backend every [`SWEEP_EVERY`] on a thread of its own (the table can
-/// hold millions of flows), and report the entries of backend ids that are free. The
-/// sweeper only reads (`CONNTRACK`, `BACKENDS`): the owner loop decides which of the entries
-/// it reports to delete, and the reconciler deletes them.
+/// Sweep the connection table every [`SWEEP_EVERY`] on a thread of its own (the table can
+/// hold millions of flows; see [`crate::sweep`]): count open flows per backend, delete
+/// expired entries, and report the entries of backend ids that are free, for the owner loop
+/// to decide on (the reconciler deletes those).
 fn spawn_sweeper(
     pins: (PathBuf, PathBuf),
-    tcp_idle: Duration,
-    udp_idle: Duration,
+    cfg: sweep::SweepConfig,
     tx: mpsc::Sender<Sweep>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let (ct_pin, backends_pin) = pins;
-    let data =
-        MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
-    let map: BpfHashMap<MapData, FlowKey, CtValue> =
-        BpfHashMap::try_from(Map::LruHashMap(data)).context("conntrack map")?;
-    let data = MapData::from_pin(&backends_pin)
+    let ct = MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
+    let backends = MapData::from_pin(&backends_pin)
         .with_context(|| format!("opening {}", backends_pin.display()))?;
-    let backends: aya::maps::Array<MapData, lb_common::BackendInfo> =
-        aya::maps::Array::try_from(Map::Array(data)).context("backends map")?;
     Ok(std::thread::spawn(move || loop {
-        let at = Instant::now();
-        let now = monotonic_coarse_ns();
-        let free: std::collections::HashSet<u32> = (0..lb_common::MAX_BACKENDS)
-            .filter(|id| {
-                backends
-                    .get(id, 0)
-                    .is_ok_and(|b| b == lb_common::BackendInfo::default())
-            })
-            .collect();
-        let mut open: HashMap<u32, u64> = HashMap::new();
-        let mut stale = Vec::new();
-        let mut entries = 0u64;
-        for item in map.iter() {
-            let Ok((key, ct)) = item else { continue };
-            entries += 1;
-            if free.contains(&ct.backend_id) {
-                if stale.len() < SWEEP_STALE_MAX {
-                    stale.push((key, ct.backend_id));
+        let cpu = crate::batch::thread_cpu_time();
+        let result = sweep::free_backends(backends.fd().as_fd()).and_then(|free| {
+            sweep::sweep_once(ct.fd().as_fd(), &free, &cfg, monotonic_coarse_ns())
+        });
+        let used = crate::batch::thread_cpu_time().saturating_sub(cpu);
+        match result {
+            Ok(s) => {
+                if s.expired > 0 {
+                    debug!(
+                        scanned = s.scanned,
+                        expired = s.expired,
+                        cpu_ms = used.as_millis() as u64,
+                        "conntrack sweep deleted expired entries"
+                    );
                 }
-                continue;
+                if tx.blocking_send(s).is_err() {
+                    return;
+                }
             }
-            let idle = Duration::from_nanos(now.saturating_sub(ct.last_seen_ns));
-            let limit = if key.proto == PROTO_TCP {
-                tcp_idle
-            } else {
-                udp_idle
-            };
-            let closed = ct.flags & CT_F_CLOSING != 0 && idle >= CLOSING_GRACE;
-            if idle < limit && !closed {
-                *open.entry(ct.backend_id).or_default() += 1;
-            }
+            Err(e) => warn!(error = %e, "conntrack sweep failed"),
         }
-        if tx
-            .blocking_send(Sweep {
-                at,
-                entries,
-                open,
-                stale,
-            })
-            .is_err()
-        {
-            return;
-        }
-        std::thread::sleep(SWEEP_EVERY);
+        std::thread::sleep(sweep::pause_after(used, SWEEP_EVERY));
     }))
 }
 
@@ -647,6 +605,7 @@ impl Daemon {
     fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
         match req {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Request::FlowContext => Ok(Reply::FlowContext(Box::new(self.flow_context()))),
             Request::Diff(d) => self.diff(d),
             Request::Events { group } => Ok(Reply::Events(
                 self.state
@@ -673,7 +632,7 @@ impl Daemon {
     /// A change through the API; its result message.
     fn change(&mut self, req: Request) -> Result<String, ApiError> {
         match req {
-            Request::Status | Request::Events { .. } | Request::Diff(_) => {
+            Request::Status | Request::Events { .. } | Request::FlowContext | Request::Diff(_) => {
                 Err(ApiError::Invalid("not a change".into()))
             }
             Request::Reload => self.reload(),
@@ -889,6 +848,54 @@ impl Daemon {
         }
     }
 
+    /// Names, ids and sizes for `xlb flows` / `xlb lookup`, which read the maps off this loop.
+    fn flow_context(&self) -> crate::flows::FlowContext {
+        let states: HashMap<u64, String> = self
+            .state
+            .groups
+            .values()
+            .flat_map(|g| g.members.iter().map(|m| (m.uid, m.state().to_string())))
+            .collect();
+        let d = &self.state.config.daemon;
+        crate::flows::FlowContext {
+            pin_dir: self.dp.pin_dir().map(Path::to_path_buf),
+            ring_size: self.dp.opts.ring_size,
+            hash_seed: self.dp.opts.hash_seed,
+            idle: crate::flows::idle_config(d.tcp_idle_timeout, d.udp_idle_timeout),
+            services: self
+                .desired
+                .services
+                .iter()
+                .map(|s| crate::flows::FlowService {
+                    id: s.id,
+                    name: s.name.clone(),
+                    vip: s.vip,
+                    port: s.port,
+                    protocol: s.protocol.number(),
+                })
+                .collect(),
+            backends: self
+                .desired
+                .backends
+                .iter()
+                .map(|(id, b)| {
+                    (
+                        *id,
+                        crate::flows::FlowBackend {
+                            group: b.key.group.clone(),
+                            addr: b.key.addr,
+                            port: b.key.port,
+                            state: states
+                                .get(&b.member)
+                                .cloned()
+                                .unwrap_or_else(|| "unknown".into()),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// Hand the HTTP listener a fresh snapshot (when it is on).
     fn publish(&mut self) {
         if !self.telemetry.publishing() {
@@ -1079,6 +1086,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut opts = LoadOptions {
         ring_size: d.maglev_table_size,
         conntrack_size: d.conntrack_size,
+        reverse_size: d.reverse_size,
         max_services: d.max_services,
         hash_seed: d.hash_seed.unwrap_or_else(random_seed),
     };
@@ -1198,7 +1206,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         None => None,
     };
     if let Some(pins) = daemon.dp.sweeper_pins() {
-        spawn_sweeper(pins, d.tcp_idle_timeout, d.udp_idle_timeout, sweep_tx)?;
+        let cfg = sweep::SweepConfig {
+            tcp_idle: d.tcp_idle_timeout,
+            udp_idle: d.udp_idle_timeout,
+        };
+        spawn_sweeper(pins, cfg, sweep_tx)?;
     }
     match links::spawn_watcher(d.interfaces.clone(), links_tx) {
         Ok(_) => {}
@@ -1403,6 +1415,7 @@ mod tests {
             load: LoadOptions {
                 ring_size: 1021,
                 conntrack_size: 1024,
+                reverse_size: 1024,
                 max_services: 4,
                 hash_seed: 7,
             },

@@ -79,6 +79,10 @@ type Result<T> = std::result::Result<T, DataplaneError>;
 pub struct LoadOptions {
     pub ring_size: u32,
     pub conntrack_size: u32,
+    /// Entries of `REVERSE` (`[daemon] reverse_size`); state files of earlier versions,
+    /// which lack it, read as 0 (only their hash seed is used).
+    #[serde(default)]
+    pub reverse_size: u32,
     pub max_services: u32,
     pub hash_seed: u32,
 }
@@ -177,7 +181,7 @@ impl Dataplane {
             (MAP_MAGLEV, table, size_of::<u32>()),
             (MAP_BACKENDS, MAX_BACKENDS, size_of::<BackendInfo>()),
             (MAP_CONNTRACK, opts.conntrack_size, size_of::<CtValue>()),
-            (MAP_REVERSE, opts.conntrack_size, size_of::<RevValue>()),
+            (MAP_REVERSE, opts.reverse_size, size_of::<RevValue>()),
             (
                 lb_common::MAP_UNCONFIRMED,
                 unconfirmed_size(opts.conntrack_size),
@@ -241,6 +245,7 @@ impl Dataplane {
         let opts = LoadOptions {
             ring_size: 0,
             conntrack_size: 0,
+            reverse_size: 0,
             max_services: 0,
             hash_seed: 0,
         };
@@ -323,7 +328,7 @@ impl Dataplane {
             .map_max_entries(lb_common::MAP_DSR, opts.max_services)
             .map_max_entries(MAP_MAGLEV, table)
             .map_max_entries(MAP_CONNTRACK, opts.conntrack_size)
-            .map_max_entries(MAP_REVERSE, opts.conntrack_size)
+            .map_max_entries(MAP_REVERSE, opts.reverse_size)
             .map_max_entries(
                 lb_common::MAP_UNCONFIRMED,
                 unconfirmed_size(opts.conntrack_size),
@@ -557,6 +562,11 @@ impl Dataplane {
             .map(|d| (d.join(MAP_CONNTRACK), d.join(MAP_BACKENDS)))
     }
 
+    /// The bpffs directory the maps are pinned in (None: ephemeral).
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
     /// Index of the first Maglev entry of `service_id`'s table `slot`.
     pub fn table_base(&self, service_id: u32, slot: u32) -> u32 {
         lb_common::maglev_index(service_id, slot, self.opts.ring_size, 0)
@@ -708,6 +718,20 @@ impl MapWriter for Dataplane {
 
     fn remove_flow(&mut self, key: &FlowKey) -> std::result::Result<(), MapError> {
         self.maps.conntrack.remove(key)
+    }
+
+    fn remove_flows(&mut self, keys: &[FlowKey]) -> std::result::Result<usize, MapError> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let fd = IterableMap::map(&self.maps.conntrack).fd().as_fd();
+        crate::batch::delete_batch(fd, keys)
+            .map(|n| n as usize)
+            .map_err(|io_error| {
+                MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_delete_batch",
+                    io_error,
+                })
+            })
     }
     fn set_passive_conf(
         &mut self,

@@ -11,6 +11,7 @@
 //!   their sending; [`top`]: `xlb top`.
 pub mod alert;
 pub mod api;
+pub mod batch;
 pub mod cli;
 pub mod commit;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod dsr;
 pub mod ebpf;
 pub mod endpoint;
 pub mod fleet;
+pub mod flows;
 pub mod health;
 pub mod instance;
 pub mod links;
@@ -32,5 +34,6 @@ pub mod reconcile;
 pub mod scaling;
 pub mod service;
 pub mod state;
+pub mod sweep;
 pub mod top;
 pub mod web;

@@ -133,6 +133,38 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List connection-table entries: client, service, backend, idle time and state (read
+    /// with batch map calls, at most --limit of them).
+    Flows {
+        /// Only flows of this service (by name)
+        #[arg(long)]
+        service: Option<String>,
+        /// Only flows pinned to this backend: ADDR or ADDR:PORT
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        backend: Option<String>,
+        /// Show at most N flows (1-100000)
+        #[arg(long, value_name = "N", default_value_t = xlb::flows::DEFAULT_LIMIT,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+                  .range(1..=xlb::flows::MAX_LIMIT as u64))]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Say which backend a flow goes to and why (its connection-table entry, or the live
+    /// Maglev table's slot), without sending a packet.
+    Lookup {
+        /// The protocol
+        #[arg(value_enum)]
+        protocol: LookupProtocol,
+        /// The client's address and port: ADDR:PORT or [V6ADDR]:PORT
+        #[arg(value_name = "CLIENT_ADDR:PORT")]
+        from: std::net::SocketAddr,
+        /// The service's VIP and port
+        #[arg(value_name = "VIP:PORT")]
+        vip: std::net::SocketAddr,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// This node's place in a fleet ([daemon.announce]): drain it for maintenance, or bring
     /// it back.
     Node {
@@ -201,6 +233,13 @@ enum NodeCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// The protocol of `xlb lookup`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LookupProtocol {
+    Tcp,
+    Udp,
 }
 
 #[derive(Subcommand)]
@@ -359,6 +398,35 @@ fn main() -> ExitCode {
             group,
             client: args,
         } => client(args, Action::Events { group }),
+        Command::Flows {
+            service,
+            backend,
+            limit,
+            client: args,
+        } => client(
+            args,
+            Action::Flows {
+                service,
+                backend,
+                limit,
+            },
+        ),
+        Command::Lookup {
+            protocol,
+            from,
+            vip,
+            client: args,
+        } => client(
+            args,
+            Action::Lookup {
+                protocol: match protocol {
+                    LookupProtocol::Tcp => "tcp".into(),
+                    LookupProtocol::Udp => "udp".into(),
+                },
+                client: from.to_string(),
+                vip: vip.to_string(),
+            },
+        ),
         Command::Backend { command } => match command {
             BackendCommand::Add {
                 group,
@@ -522,7 +590,9 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    const SUBCOMMANDS: [&str; 12] = [
+    const SUBCOMMANDS: [&str; 14] = [
+        "flows",
+        "lookup",
         "run",
         "stop",
         "check",
@@ -604,6 +674,8 @@ mod tests {
             "XLB RELOAD",
             "XLB SCALE",
             "XLB EVENTS",
+            "XLB FLOWS",
+            "XLB LOOKUP",
             "XLB COMPLETIONS",
             "XLB MAN",
         ] {
@@ -639,6 +711,16 @@ mod tests {
             &["xlb", "reload", "--socket", "/x"],
             &["xlb", "scale", "g", "--desired", "3", "--socket", "/x"],
             &["xlb", "events", "--socket", "/x"],
+            &["xlb", "flows", "--limit", "5", "--socket", "/x"],
+            &[
+                "xlb",
+                "lookup",
+                "tcp",
+                "198.18.1.2:4000",
+                "198.18.100.1:80",
+                "--socket",
+                "/x",
+            ],
         ] {
             let cli = parse(cmd).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
             assert!(matches!(
@@ -649,6 +731,8 @@ mod tests {
                     | Command::Reload { .. }
                     | Command::Scale { .. }
                     | Command::Events { .. }
+                    | Command::Flows { .. }
+                    | Command::Lookup { .. }
             ));
         }
     }
@@ -717,5 +801,80 @@ mod tests {
         std::env::remove_var("XLB_LOG_FORMAT");
         assert_eq!(from_env, LogFormat::Json);
         assert_eq!(flag_wins, LogFormat::Text);
+    }
+}
+
+#[cfg(test)]
+mod flow_args {
+    use super::*;
+
+    #[test]
+    fn flows_and_lookup_arguments() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        match parse(&["xlb", "flows"]).unwrap().command {
+            Command::Flows {
+                limit,
+                service,
+                backend,
+                ..
+            } => assert_eq!((limit, service, backend), (100, None, None)),
+            _ => panic!("not flows"),
+        }
+        match parse(&[
+            "xlb",
+            "flows",
+            "--service",
+            "web",
+            "--backend",
+            "198.18.2.11:8080",
+            "--limit",
+            "100000",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Flows {
+                limit,
+                service,
+                backend,
+                ..
+            } => assert_eq!(
+                (limit, service.as_deref(), backend.as_deref()),
+                (100_000, Some("web"), Some("198.18.2.11:8080"))
+            ),
+            _ => panic!("not flows"),
+        }
+        for bad in ["0", "100001", "x"] {
+            assert!(parse(&["xlb", "flows", "--limit", bad]).is_err(), "{bad}");
+        }
+        match parse(&[
+            "xlb",
+            "lookup",
+            "udp",
+            "[2001:db8:1::2]:5000",
+            "[2001:db8:100::1]:53",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Lookup {
+                protocol,
+                from,
+                vip,
+                ..
+            } => {
+                assert_eq!(protocol, LookupProtocol::Udp);
+                assert_eq!(from.to_string(), "[2001:db8:1::2]:5000");
+                assert_eq!(vip.port(), 53);
+            }
+            _ => panic!("not lookup"),
+        }
+        for bad in [
+            &["xlb", "lookup", "icmp", "198.18.1.2:1", "198.18.100.1:80"][..],
+            &["xlb", "lookup", "tcp", "198.18.1.2", "198.18.100.1:80"],
+            &["xlb", "lookup", "tcp", "198.18.1.2:1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

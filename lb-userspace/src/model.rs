@@ -278,6 +278,8 @@ pub enum Request {
     Events {
         group: Option<String>,
     },
+    /// What `xlb flows` and `xlb lookup` need from the owner (no map reads).
+    FlowContext,
     /// `xlb node drain`: withdraw every VIP, keep forwarding what still arrives.
     NodeDrain,
     /// `xlb node undrain`: announce again.
@@ -291,7 +293,7 @@ impl Request {
     /// it asks for, for the trail of changes. None for reads.
     pub fn change(&self) -> Option<(String, String)> {
         Some(match self {
-            Self::Status | Self::Events { .. } | Self::Diff(_) => return None,
+            Self::Status | Self::Events { .. } | Self::FlowContext | Self::Diff(_) => return None,
             Self::Reload => (String::new(), "reload".into()),
             Self::AddBackend { group, body } => (
                 group.clone(),
@@ -353,6 +355,7 @@ pub enum Reply {
     Status(Box<Status>),
     Done(ChangeResult),
     Events(Vec<Event>),
+    FlowContext(Box<crate::flows::FlowContext>),
     Diff(Box<ChangePreview>),
 }
 

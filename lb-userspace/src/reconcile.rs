@@ -55,6 +55,17 @@ pub trait MapWriter {
     fn flow_backend(&self, key: &FlowKey) -> Option<u32>;
     /// Delete the connection-tracking entry `key`.
     fn remove_flow(&mut self, key: &FlowKey) -> Result<(), MapError>;
+    /// Delete the connection-tracking entries `keys` (those already gone are skipped);
+    /// answers how many were deleted. [`Dataplane`] makes one `BPF_MAP_DELETE_BATCH` call.
+    fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<usize, MapError> {
+        let mut n = 0;
+        for k in keys {
+            if self.remove_flow(k).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
     /// `PASSIVE_CONF[id] = conf` (passive health's SYN sampling of backend `id`).
     fn set_passive_conf(&mut self, id: u32, conf: PassiveConf) -> Result<(), MapError>;
     /// `DSR[id] = conf` (how DSR service `id` sends packets to its backends).
@@ -626,15 +637,17 @@ impl Reconciler {
         dp: &mut impl MapWriter,
         found: &[(FlowKey, u32)],
     ) -> Result<usize, ReconcileError> {
-        let mut removed = 0;
-        for (key, id) in found {
-            if self.backends.contains_key(id) || dp.flow_backend(key) != Some(*id) {
-                continue;
-            }
-            dp.remove_flow(key).map_err(map_err("CONNTRACK"))?;
-            removed += 1;
+        let doomed: Vec<FlowKey> = found
+            .iter()
+            .filter(|(key, id)| {
+                !self.backends.contains_key(id) && dp.flow_backend(key) == Some(*id)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
         }
-        Ok(removed)
+        dp.remove_flows(&doomed).map_err(map_err("CONNTRACK"))
     }
 
     /// Write what the link watcher saw: `VLANS` made equal to `links.vlans` (new and changed

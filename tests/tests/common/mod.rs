@@ -231,6 +231,7 @@ impl Fixture {
             LoadOptions {
                 ring_size: cfg.daemon.maglev_table_size,
                 conntrack_size: cfg.daemon.conntrack_size,
+                reverse_size: cfg.daemon.reverse_size,
                 max_services: cfg.daemon.max_services,
                 hash_seed: cfg.daemon.hash_seed.unwrap(),
             },

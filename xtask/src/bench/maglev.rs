@@ -118,6 +118,7 @@ fn changes(n: usize, m: u32, count: usize) -> Result<super::results::TableChange
         LoadOptions {
             ring_size: m,
             conntrack_size: 1024,
+            reverse_size: 1024,
             max_services: 1,
             hash_seed: 1,
         },

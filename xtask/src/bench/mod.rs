@@ -10,7 +10,8 @@
 //!    and by a policy) until the first packet at the new backend;
 //! 6. `memory`: daemon RSS and BPF map memory for 1 and 100 services;
 //! 7. `fleet`: three xlb nodes behind a BIRD router with ECMP: connections broken and
-//!    stalled, and the router's reaction time, when a node dies, is drained, comes back.
+//!    stalled, and the router's reaction time, when a node dies, is drained, comes back;
+//! 8. `sweep`: CPU time of one conntrack sweep (batch map calls) of a full 1Mi-entry table.
 //!
 //! `cargo xtask bench` (a debug build of xtask) builds the release binaries with the `xlb`
 //! feature of xtask and runs the release xtask, so that the in-process measurements are of
@@ -27,6 +28,8 @@ mod prog;
 #[cfg_attr(not(feature = "xlb"), allow(dead_code))]
 mod rawbpf;
 mod results;
+#[cfg(feature = "xlb")]
+mod sweep;
 mod sys;
 mod topo;
 mod traffic;
@@ -81,10 +84,13 @@ enum Scenario {
     /// 7: a fleet of nodes failing over (needs BIRD 2).
     #[value(alias = "7")]
     Fleet,
+    /// 8: conntrack sweep of a full table.
+    #[value(alias = "8")]
+    Sweep,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Prog,
         Scenario::Forwarding,
         Scenario::Tcp,
@@ -92,6 +98,7 @@ impl Scenario {
         Scenario::Control,
         Scenario::Memory,
         Scenario::Fleet,
+        Scenario::Sweep,
     ];
 
     fn name(self) -> &'static str {
@@ -103,6 +110,7 @@ impl Scenario {
             Scenario::Control => "control",
             Scenario::Memory => "memory",
             Scenario::Fleet => "fleet",
+            Scenario::Sweep => "sweep",
         }
     }
 }
@@ -435,6 +443,13 @@ fn run(args: Args) -> Result<()> {
             Err(e) => fail(&mut r, Scenario::Fleet, e),
         }
     }
+    if has(Scenario::Sweep) {
+        eprintln!("bench: 8. conntrack sweep of a full table");
+        match sweep_scenario() {
+            Ok(x) => r.sweep = Some(x),
+            Err(e) => fail(&mut r, Scenario::Sweep, e),
+        }
+    }
 
     r.meta.duration_s = started.elapsed().as_secs_f64();
     r.judge();
@@ -493,6 +508,18 @@ fn prog_scenario(p: &Params) -> Result<results::ProgResults> {
 
 #[cfg(not(feature = "xlb"))]
 fn prog_scenario(_: &Params) -> Result<results::ProgResults> {
+    bail!(
+        "this xtask was built without its `xlb` feature (run `cargo xtask bench`, which builds it)"
+    )
+}
+
+#[cfg(feature = "xlb")]
+fn sweep_scenario() -> Result<results::SweepResults> {
+    sweep::run()
+}
+
+#[cfg(not(feature = "xlb"))]
+fn sweep_scenario() -> Result<results::SweepResults> {
     bail!(
         "this xtask was built without its `xlb` feature (run `cargo xtask bench`, which builds it)"
     )

@@ -161,6 +161,7 @@ fn fixture() -> Result<Fixture> {
         LoadOptions {
             ring_size: cfg.daemon.maglev_table_size,
             conntrack_size: cfg.daemon.conntrack_size,
+            reverse_size: cfg.daemon.reverse_size,
             max_services: cfg.daemon.max_services,
             hash_seed: cfg.daemon.hash_seed.unwrap_or(7),
         },
