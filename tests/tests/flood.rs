@@ -130,7 +130,8 @@ struct Conn {
     last_ok: Instant,
     max_gap: Duration,
     exchanges: u64,
-    error: Option<String>,
+    /// What broke the connection, and when.
+    error: Option<(Instant, String)>,
 }
 
 impl Conn {
@@ -206,14 +207,13 @@ impl Conn {
     }
 
     fn fail(&mut self, what: String) {
-        self.error = Some(what);
+        self.error = Some((Instant::now(), what));
     }
 }
 
 /// Keep every connection exchanging lines every `PERIOD` until `stop` is set (one thread,
 /// nonblocking sockets). Returns the connections with their records.
-fn keep_busy(mut conns: Vec<Conn>, stop: &AtomicBool, limit: Instant) -> Vec<Conn> {
-    let start = Instant::now();
+fn keep_busy(mut conns: Vec<Conn>, stop: &AtomicBool, start: Instant, limit: Instant) -> Vec<Conn> {
     for (i, c) in conns.iter_mut().enumerate() {
         // Spread the exchanges over the period.
         c.next_send = start + PERIOD * i as u32 / CONNECTIONS as u32;
@@ -228,7 +228,9 @@ fn keep_busy(mut conns: Vec<Conn>, stop: &AtomicBool, limit: Instant) -> Vec<Con
     }
     let end = Instant::now();
     for c in &mut conns {
-        c.max_gap = c.max_gap.max(end - c.last_ok);
+        // Up to the end, or to the failure.
+        let last = c.error.as_ref().map_or(end, |(t, _)| *t);
+        c.max_gap = c.max_gap.max(last.saturating_duration_since(c.last_ok));
     }
     conns
 }
@@ -372,18 +374,36 @@ fn run(name: &str, phases: &[Phase]) {
         + AFTER
         + Duration::from_secs(20);
     let client = lab.client_ns();
+    let t0 = Instant::now();
+    let ms = |t: Instant| t.duration_since(t0).as_secs_f64();
+    let mut timeline = Vec::new();
     let (conns, floods, adds) = std::thread::scope(|s| {
-        let busy = s.spawn(|| client.enter(|| keep_busy(conns, &stop, limit)));
+        let busy = s.spawn(|| client.enter(|| keep_busy(conns, &stop, t0, limit)));
         std::thread::sleep(BEFORE);
         let mut floods = Vec::new();
         let mut adds = Vec::new();
         for p in phases {
             let (kind, port) = (p.kind, p.port);
+            let c0 = counters(&xlb).unwrap_or_default();
+            timeline.push(format!(
+                "{:6.2} s: {kind:?} flood to port {port}",
+                ms(Instant::now())
+            ));
             let f = s.spawn(move || client.enter(|| flood(kind, port)));
             std::thread::sleep(ADD_AT);
             // A table change while the flood runs.
             adds.push(xlb.cli(&["backend", "add", p.group, &p.add]));
-            floods.push((kind, port, f.join().expect("flood thread")));
+            timeline.push(format!(
+                "{:6.2} s: {} joined {}",
+                ms(Instant::now()),
+                p.add,
+                p.group
+            ));
+            let sent = f.join().expect("flood thread");
+            timeline.push(format!("{:6.2} s: the flood ended", ms(Instant::now())));
+            let pinned = counter(&counters(&xlb).unwrap_or_default(), "unconfirmed")
+                .saturating_sub(counter(&c0, "unconfirmed"));
+            floods.push((kind, port, sent, pinned));
         }
         std::thread::sleep(AFTER);
         stop.store(true, Ordering::Relaxed);
@@ -393,7 +413,8 @@ fn run(name: &str, phases: &[Phase]) {
 
     let report = |what: &str| {
         format!(
-            "{what}\ncounters before: {before}\ncounters after: {after}\n{}",
+            "{what}\ntimeline:\n{}\ncounters before: {before}\ncounters after: {after}\n{}",
+            timeline.join("\n"),
             xlb_lab::lab::tail(&xlb.log_text(), 20)
         )
     };
@@ -409,21 +430,22 @@ fn run(name: &str, phases: &[Phase]) {
             ))
         );
     }
-    for (kind, port, f) in &floods {
+    for (kind, port, f, pinned) in &floods {
         let f = f.as_ref().expect("flood");
         eprintln!(
             "{kind:?} flood to port {port}: {} packets in {:.2} s, {:.0} packets/s ({} sends \
-             refused)",
+             refused); unconfirmed +{pinned}",
             f.packets,
             f.took.as_secs_f64(),
             f.rate(),
             f.refused
         );
     }
+    eprintln!("{}", timeline.join("\n"));
     let delta = |c: &str| counter(&after, c).saturating_sub(counter(&before, c));
-    let unconfirmed = delta("unconfirmed");
     eprintln!(
-        "unconfirmed +{unconfirmed}, confirmed +{}, synack_stateless +{}, stray_recreated +{}",
+        "in all: unconfirmed +{}, confirmed +{}, synack_stateless +{}, stray_recreated +{}",
+        delta("unconfirmed"),
         delta("confirmed"),
         delta("synack_stateless"),
         delta("stray_recreated"),
@@ -436,15 +458,6 @@ fn run(name: &str, phases: &[Phase]) {
         worst.as_secs_f64() * 1e3
     );
 
-    // The floods reached xlb and churned UNCONFIRMED many times over.
-    let want = 10 * UNCONFIRMED_SIZE * phases.len() as u64;
-    assert!(
-        unconfirmed >= want,
-        "{}",
-        report(&format!(
-            "the floods pinned only {unconfirmed} unconfirmed flows (want at least {want})"
-        ))
-    );
     // Every established connection survived, and kept exchanging.
     let broken: Vec<String> = conns
         .iter()
@@ -454,7 +467,12 @@ fn run(name: &str, phases: &[Phase]) {
             format!(
                 "connection {i} (port {}): {} after {} exchanges, longest gap {:.0} ms",
                 c.local_port,
-                c.error.as_deref().unwrap_or("alive"),
+                c.error
+                    .as_ref()
+                    .map_or("alive".to_string(), |(t, e)| format!(
+                        "{e} at {:.2} s",
+                        ms(*t)
+                    )),
                 c.exchanges,
                 c.max_gap.as_secs_f64() * 1e3
             )
@@ -469,6 +487,18 @@ fn run(name: &str, phases: &[Phase]) {
             broken.join("\n")
         ))
     );
+    // Each flood reached xlb and churned UNCONFIRMED many times over.
+    let want = 10 * UNCONFIRMED_SIZE;
+    for (kind, port, _, pinned) in &floods {
+        assert!(
+            *pinned >= want,
+            "{}",
+            report(&format!(
+                "the {kind:?} flood to port {port} pinned only {pinned} unconfirmed flows \
+                 (want at least {want})"
+            ))
+        );
+    }
 }
 
 /// The issue's check: a SYN flood to the TCP service, then a flood of one-packet UDP flows,
