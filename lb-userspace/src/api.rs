@@ -12,6 +12,7 @@
 //! | `POST /v1/groups/{group}/backends/drain`     | [`BackendRef`]| 200 [`ChangeResult`]        |
 //! | `POST /v1/groups/{group}/backends/weight`    | [`SetWeight`] | 200 [`ChangeResult`]        |
 //! | `POST /v1/reload`                            |               | 200 [`ChangeResult`]        |
+//! | `POST /v1/diff`                              | [`DiffRequest`]| 200 [`ChangePreview`] (changes nothing) |
 //!
 //! Every error answers `{"error": "..."}` ([`ApiErrorBody`]): the owner's [`ApiError`] with its
 //! status, 400 for a malformed body, 404 for an unknown route, 405 for a wrong method, 413 for
@@ -44,7 +45,7 @@ use crate::model::{
     SetWeight,
 };
 #[cfg(doc)]
-use crate::model::{BackendStatus, ChangeResult, Status};
+use crate::model::{BackendStatus, ChangePreview, ChangeResult, DiffRequest, Status};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -132,13 +133,53 @@ impl Drop for ApiServer {
 /// nothing answers on, and fails if something does; the socket is mode 0600 before the first
 /// connection can be accepted.
 pub async fn serve(socket: &Path, tx: mpsc::Sender<Envelope>) -> Result<ApiServer, ApiServeError> {
+    serve_with(socket, tx, None).await
+}
+
+/// `daemon.api_group`: the group whose members may read the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+impl ApiGroup {
+    /// Look the group up by name.
+    pub fn lookup(name: &str) -> Result<ApiGroup, String> {
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(ApiGroup {
+                name: name.to_string(),
+                gid: g.gid.as_raw(),
+            }),
+            Ok(None) => Err(format!(
+                "daemon.api_group: there is no group named {name:?}"
+            )),
+            Err(e) => Err(format!("daemon.api_group: looking up group {name:?}: {e}")),
+        }
+    }
+}
+
+/// [`serve`], and with `group` the socket (and a directory it creates) belongs to that group
+/// with mode 0660 (0750): its members may read; every connection's peer credentials
+/// (`SO_PEERCRED`) are checked, and only uid 0 may change anything.
+pub async fn serve_with(
+    socket: &Path,
+    tx: mpsc::Sender<Envelope>,
+    group: Option<ApiGroup>,
+) -> Result<ApiServer, ApiServeError> {
     if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(if group.is_some() { 0o750 } else { 0o700 })
                 .create(parent)
                 .map_err(io_err(socket, "creating its directory"))?;
+            if let Some(g) = &group {
+                give_to_group(parent, g, 0o750)
+                    .map_err(io_err(socket, "giving its directory to daemon.api_group"))?;
+            }
+        } else if let Some(g) = &group {
+            warn_unreachable(parent, g);
         }
     }
     remove_stale(socket).await?;
@@ -148,12 +189,21 @@ pub async fn serve(socket: &Path, tx: mpsc::Sender<Envelope>) -> Result<ApiServe
         let _ = std::fs::remove_file(socket);
         return Err(io_err(socket, "setting its mode to 0600")(e));
     }
+    if let Some(g) = &group {
+        if let Err(e) = give_to_group(socket, g, 0o660) {
+            let _ = std::fs::remove_file(socket);
+            return Err(io_err(socket, "giving it to daemon.api_group (this needs CAP_CHOWN, or a directory of that group with the setgid bit: install -d -g GROUP -m 2750 DIR)")(e));
+        }
+        info!(group = %g.name, gid = g.gid, "the API socket is readable by the group; changes stay root's");
+    }
     let identity = std::fs::symlink_metadata(socket)
         .map(|m| (m.dev(), m.ino()))
         .ok();
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let app = router(tx);
+    let app = router(tx)
+        .layer(axum::middleware::from_fn(only_root_changes))
+        .into_make_service_with_connect_info::<PeerCred>();
     let path = socket.to_path_buf();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -172,6 +222,85 @@ pub async fn serve(socket: &Path, tx: mpsc::Sender<Envelope>) -> Result<ApiServe
         shutdown: Some(shutdown_tx),
         task: Some(task),
     })
+}
+
+/// Give `path` to group `g` with `mode`: chown (which needs CAP_CHOWN unless the group is
+/// ours), unless it belongs to the group already (a setgid directory of that group).
+fn give_to_group(path: &Path, g: &ApiGroup, mode: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.gid() != g.gid {
+        std::os::unix::fs::lchown(path, None, Some(g.gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Warn when the members of `g` cannot reach into `dir` (an existing directory).
+fn warn_unreachable(dir: &Path, g: &ApiGroup) {
+    if let Ok(m) = std::fs::metadata(dir) {
+        let mode = m.mode();
+        let group_x = m.gid() == g.gid && mode & 0o010 != 0;
+        if !group_x && mode & 0o001 == 0 {
+            warn!(
+                dir = %dir.display(),
+                group = %g.name,
+                "members of daemon.api_group cannot reach the API socket: its directory is mode \
+                 {:o} and not of that group",
+                mode & 0o7777
+            );
+        }
+    }
+}
+
+/// The credentials of a connection's peer (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for PeerCred
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        PeerCred {
+            uid: cred.map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        }
+    }
+}
+
+/// Whether a request only reads (any uid in `api_group` may): every GET, and the diff.
+pub fn is_read(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::GET || method == axum::http::Method::HEAD || path == "/v1/diff"
+}
+
+/// Refuse changes from any peer but uid 0 (with 403 and a message that says so).
+async fn only_root_changes(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<PeerCred>>()
+        .map(|c| c.0);
+    let allowed = match peer {
+        // In-process use of the router (tests): no peer to check.
+        None => true,
+        Some(p) => p.uid == Some(0) || is_read(req.method(), req.uri().path()),
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    let uid = peer
+        .and_then(|p| p.uid)
+        .map_or("unknown".to_string(), |u| u.to_string());
+    warn!(uid = %uid, method = %req.method(), path = %req.uri().path(), "a change from a non-root peer was refused");
+    fail(
+        StatusCode::FORBIDDEN,
+        format!(
+            "permission denied: changes need root (uid 0); uid {uid} may only read (status, \
+             backends, events, diff) through daemon.api_group"
+        ),
+    )
+    .into_response()
 }
 
 /// If `socket` exists: fail if something listens on it, remove it if nothing does.
@@ -253,6 +382,7 @@ pub fn router(tx: mpsc::Sender<Envelope>) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/groups/{group}/scale", post(scale))
         .route("/v1/events", get(events))
+        .route("/v1/diff", post(diff))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -471,6 +601,24 @@ async fn events(
     }
 }
 
+/// `POST /v1/diff`: an empty body (or `{}`) compares the daemon's own config file.
+async fn diff(State(tx): Tx, body: Body) -> Answer {
+    let bytes = body_bytes(body)?;
+    let req: crate::model::DiffRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        json_body(
+            &bytes,
+            r#"{"config": "TOML TEXT", "file": "NAME"} or nothing"#,
+        )
+        .map_err(|m| fail(StatusCode::BAD_REQUEST, m))?
+    };
+    match ask(&tx, Request::Diff(req)).await? {
+        Reply::Diff(p) => ok(StatusCode::OK, p),
+        other => Err(unexpected(&other)),
+    }
+}
+
 async fn not_found(uri: axum::http::Uri) -> Fail {
     fail(
         StatusCode::NOT_FOUND,
@@ -666,6 +814,39 @@ pub(crate) mod testing {
                     return Err(ApiError::Invalid("desired 11 is above max 10".into()));
                 }
                 done(format!("{group}: desired {}", body.desired))
+            }
+            Request::Diff(d) => {
+                if d.config.as_deref().is_some_and(|c| c.contains("bad")) {
+                    return Err(ApiError::Invalid(format!(
+                        "{}:1:1: toml: bad",
+                        d.file.unwrap_or_default()
+                    )));
+                }
+                Ok(Reply::Diff(Box::new(ChangePreview {
+                    config_file: d.file.unwrap_or_else(|| "/etc/xlb/xlb.toml".into()),
+                    notes: vec![],
+                    services: vec![ServiceDiff {
+                        name: "web".into(),
+                        change: "changed".into(),
+                        details: vec![],
+                        backends_before: 3,
+                        backends_after: 4,
+                        table_size: 65537,
+                        moved_entries: Some(16384),
+                        moved_share: Some(16384.0 / 65537.0),
+                        open_flows: 120,
+                        flows_on_leaving: 0,
+                    }],
+                    backends: vec![BackendDiff {
+                        group: "web".into(),
+                        backend: "10.0.0.4".into(),
+                        change: "added".into(),
+                        weight_before: None,
+                        weight_after: Some(1),
+                        open_flows: 0,
+                    }],
+                    alerts: vec![],
+                })))
             }
             Request::Events { group } => Ok(Reply::Events(vec![crate::model::Event {
                 time: 1.5e9,
@@ -903,6 +1084,51 @@ mod tests {
         let (code, body) = call(&f, Method::GET, "/v1/events", None).await;
         assert_eq!(code, 200, "{body}");
         assert_eq!(body[0]["group"], "web");
+    }
+
+    #[tokio::test]
+    async fn diff_route_changes_nothing_and_reports_errors() {
+        let f = start().await;
+        let (code, v) = call(&f, Method::POST, "/v1/diff", None).await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["config_file"], "/etc/xlb/xlb.toml");
+        assert_eq!(v["services"][0]["moved_entries"], 16384);
+        let body = json!({"config": "[daemon]\n", "file": "new.toml"});
+        let (code, v) = call(&f, Method::POST, "/v1/diff", Some(body)).await;
+        assert_eq!((code, v["config_file"].as_str()), (200, Some("new.toml")));
+        let body = json!({"config": "bad", "file": "new.toml"});
+        let (code, v) = call(&f, Method::POST, "/v1/diff", Some(body)).await;
+        assert_eq!((code, error_of(&v)), (400, "new.toml:1:1: toml: bad"));
+        let (code, _) = call(&f, Method::POST, "/v1/diff", Some(json!({"config": 3}))).await;
+        assert_eq!(code, 400);
+        assert!(is_read(&Method::POST, "/v1/diff"));
+        assert!(is_read(&Method::GET, "/v1/status"));
+        assert!(!is_read(&Method::POST, "/v1/reload"));
+        assert!(!is_read(&Method::POST, "/v1/groups/web/backends"));
+    }
+
+    #[tokio::test]
+    async fn api_group_owns_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("run/xlb/xlb.sock");
+        // A group this (root) process may give files to: its own.
+        let gid = nix::unistd::getegid().as_raw();
+        let group = ApiGroup {
+            name: "test".into(),
+            gid,
+        };
+        let _server = serve_with(&sock, spawn_owner(), Some(group)).await.unwrap();
+        let m = std::fs::metadata(&sock).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), gid);
+        let d = std::fs::metadata(sock.parent().unwrap()).unwrap();
+        assert_eq!(d.permissions().mode() & 0o777, 0o750);
+        // Root changes things as before.
+        let (code, _) = request(&sock, Method::POST, "/v1/reload", None)
+            .await
+            .unwrap();
+        assert_eq!(code, 400, "the canned owner's invalid config, not 403");
+        assert!(ApiGroup::lookup("no-such-group-xlb").is_err());
     }
 
     #[tokio::test]

@@ -20,7 +20,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
-use crate::model::{BackendState, BackendStatus, ChangeResult, Event, GroupStatus, Status};
+use crate::model::{
+    BackendState, BackendStatus, ChangePreview, ChangeResult, Event, GroupStatus, Status,
+};
 
 /// Where `xlb run` serves the API unless its config says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
@@ -34,7 +36,7 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
-    #[error("permission denied on {}: the xlb API needs root (try sudo)", path.display())]
+    #[error("permission denied on {}: the xlb API needs root, or membership of its daemon.api_group to read (try sudo)", path.display())]
     PermissionDenied { path: PathBuf },
     #[error("talking to xlb at {}: {message}", path.display())]
     Protocol { path: PathBuf, message: String },
@@ -65,7 +67,20 @@ pub fn socket_path(socket: Option<&Path>, config: Option<&Path>) -> PathBuf {
 
 /// The API socket a config file sets, if it sets one.
 pub fn api_socket_from_config(path: &Path) -> Option<PathBuf> {
-    crate::config::load(path).ok().map(|c| c.daemon.api_socket)
+    match crate::config::load(path) {
+        Ok(c) => Some(c.daemon.api_socket),
+        // A config that does not validate (`xlb diff` of a broken file) may still name the
+        // socket: the daemon then reports what is wrong with it.
+        Err(_) => std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| {
+                t.get("daemon")?
+                    .get("api_socket")?
+                    .as_str()
+                    .map(PathBuf::from)
+            }),
+    }
 }
 
 /// Send one request with a JSON body (if any); answer the status code and the JSON body
@@ -174,6 +189,11 @@ pub enum Action {
     Events {
         group: Option<String>,
     },
+    /// What a reload would change: of `config` (its text and the name it was read from), or
+    /// of the daemon's own config file when None.
+    Diff {
+        config: Option<(String, String)>,
+    },
 }
 
 impl Action {
@@ -220,6 +240,13 @@ impl Action {
                 Method::POST,
                 format!("/v1/groups/{}/scale", encode_segment(group)),
                 Some(json!({ "desired": desired })),
+            ),
+            Self::Diff { config } => (
+                Method::POST,
+                "/v1/diff".into(),
+                config
+                    .as_ref()
+                    .map(|(text, file)| json!({ "config": text, "file": file })),
             ),
             Self::Events { group } => (
                 Method::GET,
@@ -301,6 +328,12 @@ pub fn format_answer(
             }
             Ok(render_events(&parse::<Vec<Event>>(value)?))
         }
+        Action::Diff { .. } => {
+            if json {
+                return Ok(pretty(&value));
+            }
+            Ok(render_diff(&parse::<ChangePreview>(value)?))
+        }
         _ => {
             if json {
                 return Ok(pretty(&value));
@@ -337,22 +370,22 @@ pub async fn run(socket: &Path, action: &Action, json: bool) -> ExitCode {
 // ---- rendering ----
 
 /// Columns, left-aligned, separated by three spaces; the last column is not padded.
-struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Self {
             rows: vec![header.iter().map(|h| h.to_string()).collect()],
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let mut widths = vec![0; cols];
         for row in &self.rows {
@@ -479,6 +512,78 @@ fn group_row(g: &GroupStatus) -> Vec<String> {
         fail_open,
         scaling,
     ]
+}
+
+/// `xlb diff` / `xlb reload --dry-run` as a human reads it.
+pub fn render_diff(p: &ChangePreview) -> String {
+    let mut out = String::new();
+    if p.is_empty() {
+        let _ = writeln!(out, "loading {} would change nothing", p.config_file);
+        return out;
+    }
+    let _ = writeln!(out, "loading {} would change:", p.config_file);
+    for n in &p.notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
+    for a in &p.alerts {
+        let _ = writeln!(out, "  {a}");
+    }
+    out.push('\n');
+    let mut t = Table::new(&[
+        "SERVICE",
+        "CHANGE",
+        "BACKENDS",
+        "TABLE MOVED",
+        "OPEN FLOWS",
+        "ON LEAVING BACKENDS",
+        "DETAILS",
+    ]);
+    for s in &p.services {
+        let moved = match (s.moved_entries, s.moved_share) {
+            (Some(n), Some(share)) => format!("{:.1}% ({n} of {})", share * 100.0, s.table_size),
+            _ => "-".into(),
+        };
+        let backends = if s.backends_before == s.backends_after {
+            s.backends_after.to_string()
+        } else {
+            format!("{} → {}", s.backends_before, s.backends_after)
+        };
+        t.row(vec![
+            s.name.clone(),
+            s.change.clone(),
+            backends,
+            moved,
+            s.open_flows.to_string(),
+            s.flows_on_leaving.to_string(),
+            s.details.join("; "),
+        ]);
+    }
+    t.render(&mut out);
+    if !p.backends.is_empty() {
+        out.push('\n');
+        let mut t = Table::new(&["GROUP", "BACKEND", "CHANGE", "WEIGHT", "OPEN FLOWS"]);
+        for b in &p.backends {
+            let weight = match (b.weight_before, b.weight_after) {
+                (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
+                (_, Some(w)) | (Some(w), None) => w.to_string(),
+                (None, None) => "-".into(),
+            };
+            t.row(vec![
+                b.group.clone(),
+                b.backend.clone(),
+                b.change.clone(),
+                weight,
+                b.open_flows.to_string(),
+            ]);
+        }
+        t.render(&mut out);
+    }
+    out.push_str(
+        "\nTABLE MOVED: share of the Maglev table whose new flows would go to another backend\n\
+         (open flows stay where they are). ON LEAVING BACKENDS: open flows on backends that\n\
+         would drain (they finish within the deregistration delay) or go (they move).\n",
+    );
+    out
 }
 
 /// `xlb events` as a human reads it: time (UTC), group, kind, message and metrics.
@@ -802,6 +907,52 @@ mod tests {
     }
 
     #[test]
+    fn diff_table() {
+        use crate::model::{BackendDiff, ServiceDiff};
+        let mut p = ChangePreview {
+            config_file: "new.toml".into(),
+            notes: vec![],
+            services: vec![ServiceDiff {
+                name: "web".into(),
+                change: "changed".into(),
+                details: vec![],
+                backends_before: 3,
+                backends_after: 4,
+                table_size: 65537,
+                moved_entries: Some(16384),
+                moved_share: Some(16384.0 / 65537.0),
+                open_flows: 120,
+                flows_on_leaving: 7,
+            }],
+            backends: vec![BackendDiff {
+                group: "web".into(),
+                backend: "10.0.0.4".into(),
+                change: "added".into(),
+                weight_before: None,
+                weight_after: Some(1),
+                open_flows: 0,
+            }],
+            alerts: vec!["alert pager added".into()],
+        };
+        let t = render_diff(&p);
+        assert!(
+            t.starts_with("loading new.toml would change:\n  alert pager added\n"),
+            "{t}"
+        );
+        let line = t.lines().find(|l| l.starts_with("web ")).unwrap();
+        assert!(
+            line.contains("3 → 4") && line.contains("25.0% (16384 of 65537)"),
+            "{line}"
+        );
+        assert!(line.contains(" 120 ") && line.contains(" 7"), "{line}");
+        assert!(t.contains("10.0.0.4   added"), "{t}");
+        p.services[0].change = "unchanged".into();
+        p.backends.clear();
+        p.alerts.clear();
+        assert_eq!(render_diff(&p), "loading new.toml would change nothing\n");
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(format_since(0.2), "0s");
         assert_eq!(format_since(59.9), "59s");
@@ -831,6 +982,16 @@ mod tests {
         assert_eq!(socket_path(Some(sock), None), sock);
         assert_eq!(socket_path(None, Some(cfg)), Path::new(DEFAULT_SOCKET));
         assert_eq!(socket_path(None, None), Path::new(DEFAULT_SOCKET));
+        // A config that does not validate still names its socket (`xlb diff` of a broken
+        // file reaches the daemon, which says what is wrong).
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("x.toml");
+        std::fs::write(
+            &broken,
+            "[daemon]\napi_socket = \"/run/a/b.sock\"\nbogus = 1\n",
+        )
+        .unwrap();
+        assert_eq!(socket_path(None, Some(&broken)), Path::new("/run/a/b.sock"));
     }
 
     #[test]

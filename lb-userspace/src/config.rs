@@ -13,6 +13,7 @@
 //! state_file = "/run/xlb/state.json"    # absolute
 //! tcp_idle_timeout = "350s"    # 1s..7d: a TCP flow idle this long is forgotten
 //! udp_idle_timeout = "120s"    # 1s..7d: the same for UDP
+//! api_group = "xlb"            # optional: its members may read the API; changes stay root's
 //! http_listen = "127.0.0.1:9470"        # optional: GET /metrics and the status page
 //!
 //! [[service]]
@@ -89,6 +90,14 @@
 //! [[target_group.scaling.schedule]] # at each time cron names (UTC): set desired, min and/or max
 //! cron = "0 8 * * MON-FRI"     # 5 fields, or 6 with seconds first; @daily and the like
 //! desired = 6                  # 0..1000 each, at least one of desired, min, max
+//!
+//! [[alert]]                    # any number (see config/alerts.rs for every key)
+//! name = "backend-down"
+//! when = "backend_unhealthy"   # also all_unhealthy, group_at_max, hook_failed,
+//!                              # drop_rate_above, reload_failed
+//! group = "web-servers"        # optional filter (or service = "web")
+//! command = "/usr/local/bin/page-oncall"   # event as JSON on stdin; or webhook = "http://..."
+//! repeat_interval = "1h"       # at most one firing notification per backend per hour
 //! ```
 //!
 //! Metrics: `new_flows_per_second_per_backend`, `packets_per_second_per_backend`,
@@ -128,6 +137,11 @@ use serde::{Serialize, Serializer};
 use crate::endpoint::check_unicast;
 
 use crate::maglev::is_prime;
+
+mod alerts;
+pub use alerts::{
+    AlertConfig, AlertSink, AlertWhen, DEFAULT_ALERT_TIMEOUT, DEFAULT_REPEAT_INTERVAL,
+};
 
 /// Smallest allowed `conntrack_size`.
 pub const MIN_CONNTRACK_SIZE: u32 = 1024;
@@ -253,6 +267,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub services: Vec<ServiceConfig>,
     pub target_groups: Vec<TargetGroupConfig>,
+    /// `[[alert]]` rules.
+    pub alerts: Vec<AlertConfig>,
 }
 
 /// `[daemon]`
@@ -281,6 +297,9 @@ pub struct DaemonConfig {
     /// The same for UDP (1s-7d).
     #[serde(serialize_with = "serialize_duration")]
     pub udp_idle_timeout: Duration,
+    /// A group whose members may read the API (the socket gets it, mode 0660); changes stay
+    /// root's.
+    pub api_group: Option<String>,
     /// Where `GET /metrics` (Prometheus) and the status page are served; off when None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<std::net::SocketAddr>,
@@ -905,7 +924,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         path: String::new(),
     };
     let root = root.table(&cx, "a table")?;
-    root.allow(&cx, &["daemon", "service", "target_group"])?;
+    root.allow(&cx, &["daemon", "service", "target_group", "alert"])?;
 
     let (daemon, dpos) = parse_daemon(&cx, &root)?;
 
@@ -943,10 +962,12 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    let alerts = alerts::parse_alerts(&cx, &root, &services, &target_groups)?;
     let config = Config {
         daemon,
         services,
         target_groups,
+        alerts,
     };
     validate(&cx, &config, &dpos, &spos, &gpos)?;
     Ok(config)
@@ -996,6 +1017,7 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             "state_file",
             "tcp_idle_timeout",
             "udp_idle_timeout",
+            "api_group",
             "http_listen",
         ],
     )?;
@@ -1174,6 +1196,11 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
         Some(at) => at.duration_in(cx, MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT)?,
     };
 
+    let api_group = match t.get("api_group") {
+        None => None,
+        Some(at) => Some(api_group(cx, &at)?),
+    };
+
     let http_listen = match t.get("http_listen") {
         None => None,
         Some(at) => Some(parse_http_listen(cx, &at)?),
@@ -1181,6 +1208,7 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
 
     Ok((
         DaemonConfig {
+            api_group,
             interfaces,
             xdp_mode,
             conntrack_size,
@@ -1199,6 +1227,23 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             max_services: max_services_pos,
         },
     ))
+}
+
+/// `daemon.api_group`: a group name as `groupadd` takes it (it is looked up when xlb starts).
+fn api_group(cx: &Cx<'_>, at: &At<'_>) -> Result<String, ConfigError> {
+    let name = at.name(cx)?;
+    let ok = name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with('-');
+    if !ok {
+        return Err(at.err(
+            cx,
+            format!("\"{name}\" is not a group name (letters, digits, _ - . and at most 32)"),
+        ));
+    }
+    Ok(name)
 }
 
 /// `http_listen = "ADDR:PORT"` (`[V6ADDR]:PORT` for IPv6): an IP address, not a name, and a
@@ -3028,6 +3073,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                 state_file: PathBuf::from("/run/xlb/state.json"),
                 tcp_idle_timeout: Duration::from_secs(350),
                 udp_idle_timeout: Duration::from_secs(120),
+                api_group: None,
                 http_listen: None,
             }
         );
@@ -3683,6 +3729,7 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
                 state_file: PathBuf::from("/var/lib/xlb/state.json"),
                 tcp_idle_timeout: Duration::from_secs(5400),
                 udp_idle_timeout: Duration::from_secs(45),
+                api_group: None,
                 http_listen: None,
             }
         );
@@ -5354,6 +5401,8 @@ desired = 6
         assert_eq!((s.min, s.max, s.desired), (2, 10, 2));
         assert_eq!(s.policies.len(), 2);
         assert_eq!(s.schedules.len(), 1);
+        assert_eq!(c.daemon.api_group.as_deref(), Some("xlb"));
+        assert_eq!(c.alerts.len(), 1);
     }
 
     // ---- passive health ----

@@ -415,6 +415,13 @@ struct Daemon {
     seen_up: HashMap<String, bool>,
     /// The ifindex XDP was last attached to, per interface.
     attached_ifindex: HashMap<String, u32>,
+    /// Open flows per backend id, from the last conntrack sweep (for `xlb diff`).
+    last_open: HashMap<u32, u64>,
+    /// `[[alert]]` rules, and their sender.
+    alerts: crate::alert::Alerter,
+    alert_sender: crate::alert::Sender,
+    /// `state.events_total` when the alerts last looked.
+    alerts_seen: u64,
     /// Metrics counted here and the snapshots the HTTP listener serves.
     telemetry: crate::metrics::Telemetry,
     /// Entries in the connection table at the last sweep.
@@ -528,9 +535,65 @@ impl Daemon {
         })
     }
 
+    /// `xlb diff` / `xlb reload --dry-run`: the config (given, or the config file, read as
+    /// a reload reads it) against the running state; nothing changes.
+    fn diff(&self, req: crate::model::DiffRequest) -> Result<Reply, ApiError> {
+        let (cfg, file) = match req.config {
+            Some(text) => {
+                let file = req.file.unwrap_or_else(|| "(config)".into());
+                let cfg =
+                    config::parse(&text, &file).map_err(|e| ApiError::Invalid(e.to_string()))?;
+                (cfg, file)
+            }
+            None => {
+                let cfg = config::load(&self.config_path)
+                    .map_err(|e| ApiError::Invalid(e.to_string()))?;
+                (cfg, self.config_path.display().to_string())
+            }
+        };
+        let preview = crate::diff::preview(
+            &self.state,
+            &self.desired,
+            self.dp.opts.ring_size,
+            cfg,
+            &file,
+            &self.last_open,
+        )?;
+        Ok(Reply::Diff(Box::new(preview)))
+    }
+
+    /// Evaluate the `[[alert]]` rules on what the loop knows now and send what is due (on
+    /// tasks of their own).
+    fn alert_round(&mut self) {
+        self.alerts.set_rules(&self.state.config.alerts);
+        let fresh = self.state.events_total.saturating_sub(self.alerts_seen) as usize;
+        self.alerts_seen = self.state.events_total;
+        let skip = self.state.events.len().saturating_sub(fresh);
+        let new_events = self.state.events.iter().skip(skip).cloned().collect();
+        if self.state.config.alerts.is_empty() {
+            return;
+        }
+        let mut drops: Vec<(Option<String>, u64)> = vec![(
+            None,
+            self.dp
+                .global_counters()
+                .into_iter()
+                .find(|(k, _)| *k == "dropped")
+                .map_or(0, |(_, v)| v),
+        )];
+        for s in &self.desired.services {
+            drops.push((Some(s.name.clone()), self.dp.service_counters(s.id).dropped));
+        }
+        let snap = crate::alert::Snapshot::of(&self.state, drops, new_events);
+        for n in self.alerts.evaluate(Instant::now(), &snap) {
+            self.alert_sender.send(n);
+        }
+    }
+
     fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
         match req {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Request::Diff(d) => self.diff(d),
             Request::Events { group } => Ok(Reply::Events(
                 self.state
                     .events
@@ -556,7 +619,7 @@ impl Daemon {
     /// A change through the API; its result message.
     fn change(&mut self, req: Request) -> Result<String, ApiError> {
         match req {
-            Request::Status | Request::Events { .. } => {
+            Request::Status | Request::Events { .. } | Request::Diff(_) => {
                 Err(ApiError::Invalid("not a change".into()))
             }
             Request::Reload => self.reload(),
@@ -991,6 +1054,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         xdp_mode: d.xdp_mode,
         seen_up: HashMap::new(),
         attached_ifindex: HashMap::new(),
+        last_open: HashMap::new(),
+        alerts: crate::alert::Alerter::default(),
+        alert_sender: crate::alert::Sender::default(),
+        alerts_seen: 0,
         telemetry: crate::metrics::Telemetry::new(),
         conntrack_entries: None,
         dp,
@@ -1030,7 +1097,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     daemon.persist();
 
-    let _api = api::serve(&d.api_socket, api_tx)
+    let api_group = match &d.api_group {
+        None => None,
+        Some(name) => Some(api::ApiGroup::lookup(name).map_err(anyhow::Error::msg)?),
+    };
+    let _api = api::serve_with(&d.api_socket, api_tx, api_group)
         .await
         .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
     let _http = match d.http_listen {
@@ -1103,6 +1174,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 }
                 let desired = daemon.desired.clone();
                 daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);
+                daemon.last_open = sweep.open;
                 daemon.conntrack_entries = Some(sweep.entries);
             }
             _ = tick.tick() => {
@@ -1116,6 +1188,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                 }
                 daemon.scaling_round();
+                daemon.alert_round();
                 if let Err(e) = daemon.reconciler.prepare_idle_slots(&mut daemon.dp) {
                     warn!(error = %e, "preparing the idle table slots failed");
                 }

@@ -6,13 +6,17 @@
 //!   [`commit`]: changes as transactions (checked first, undone when the maps refuse them);
 //! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
 //! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
-//! - [`service`]: capabilities, systemd notification, log format.
+//! - [`service`]: capabilities, systemd notification, log format;
+//! - [`diff`]: what a reload would change (`xlb diff`); [`alert`]: `[[alert]]` rules and
+//!   their sending; [`top`]: `xlb top`.
+pub mod alert;
 pub mod api;
 pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod diff;
 pub mod ebpf;
 pub mod endpoint;
 pub mod health;
@@ -26,4 +30,5 @@ pub mod reconcile;
 pub mod scaling;
 pub mod service;
 pub mod state;
+pub mod top;
 pub mod web;

@@ -98,6 +98,19 @@ enum Command {
     },
     /// Reload the config file, as SIGHUP does, and report whether it was accepted.
     Reload {
+        /// Change nothing: print what the reload would change (as `xlb diff` does for the
+        /// daemon's own config file)
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print what loading a config would change, without changing anything: services and
+    /// backends added, removed, re-weighted or drained; per service the share of its Maglev
+    /// table that would send new flows elsewhere and the open flows on backends that would
+    /// leave. The config is the file of --config (read here, validated by the daemon as a
+    /// reload would), else the daemon's own config file.
+    Diff {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -119,6 +132,20 @@ enum Command {
         group: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// A live view of services and backends with their rates (new flows, packets and bytes
+    /// per second in and out, like `ipvsadm --rate`) and open flows, refreshed every second;
+    /// q, Esc or Ctrl-C quits.
+    Top {
+        /// Print one frame (two readings 1 s apart) and exit, without the terminal mode
+        #[arg(long)]
+        once: bool,
+        /// The daemon's API socket [default: daemon.api_socket of --config, else /run/xlb/xlb.sock]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Find the API socket in this config file (daemon.api_socket) unless --socket is given
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Print a shell completion script (e.g. `xlb completions bash >
     /// /etc/bash_completion.d/xlb`).
@@ -254,7 +281,30 @@ fn main() -> ExitCode {
             group,
             client: args,
         } => client(args, Action::Backends { group }),
-        Command::Reload { client: args } => client(args, Action::Reload),
+        Command::Reload {
+            dry_run,
+            client: args,
+        } => client(
+            args,
+            if dry_run {
+                Action::Diff { config: None }
+            } else {
+                Action::Reload
+            },
+        ),
+        Command::Diff { client: args } => {
+            let config = match &args.config {
+                None => None,
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(text) => Some((text, path.display().to_string())),
+                    Err(e) => {
+                        eprintln!("xlb: reading {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            client(args, Action::Diff { config })
+        }
         Command::Scale {
             group,
             desired,
@@ -314,6 +364,18 @@ fn main() -> ExitCode {
                 },
             ),
         },
+        Command::Top {
+            once,
+            socket,
+            config,
+        } => {
+            let socket = xlb::cli::socket_path(socket.as_deref(), config.as_deref());
+            if once {
+                xlb::top::once(&socket)
+            } else {
+                xlb::top::interactive(&socket)
+            }
+        }
         Command::Completions { shell } => {
             print!("{}", completions(shell));
             ExitCode::SUCCESS

@@ -237,6 +237,8 @@ pub enum Request {
     Events {
         group: Option<String>,
     },
+    /// What a reload would change (`xlb diff`, `xlb reload --dry-run`); changes nothing.
+    Diff(DiffRequest),
 }
 
 impl Request {
@@ -244,7 +246,7 @@ impl Request {
     /// it asks for, for the trail of changes. None for reads.
     pub fn change(&self) -> Option<(String, String)> {
         Some(match self {
-            Self::Status | Self::Events { .. } => return None,
+            Self::Status | Self::Events { .. } | Self::Diff(_) => return None,
             Self::Reload => (String::new(), "reload".into()),
             Self::AddBackend { group, body } => (
                 group.clone(),
@@ -304,10 +306,87 @@ pub enum Reply {
     Status(Box<Status>),
     Done(ChangeResult),
     Events(Vec<Event>),
+    Diff(Box<ChangePreview>),
 }
 
 /// A request with the channel its answer goes back on.
 pub struct Envelope {
     pub request: Request,
     pub reply: tokio::sync::oneshot::Sender<Result<Reply, ApiError>>,
+}
+
+/// The body of `POST /v1/diff`: the config to compare with the running one. Without `config`
+/// the daemon reads its own config file, as a reload would.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffRequest {
+    /// The config file's text.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// The name its errors give the file (the path the client read it from).
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// What loading a config would change, and how much traffic it would move.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangePreview {
+    /// The config compared with the running one.
+    pub config_file: String,
+    /// What the reload would say besides (e.g. `[daemon]` changes that need a restart).
+    pub notes: Vec<String>,
+    pub services: Vec<ServiceDiff>,
+    pub backends: Vec<BackendDiff>,
+    /// Alert rules added, removed or changed (by name).
+    #[serde(default)]
+    pub alerts: Vec<String>,
+}
+
+impl ChangePreview {
+    /// Whether loading the config changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.notes.is_empty()
+            && self.alerts.is_empty()
+            && self.backends.is_empty()
+            && self.services.iter().all(|s| s.change == "unchanged")
+    }
+}
+
+/// One service in a [`ChangePreview`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDiff {
+    pub name: String,
+    /// `added`, `removed`, `changed` (its VIP, port, protocol or target group, or its table)
+    /// or `unchanged`.
+    pub change: String,
+    /// What changed in its definition, e.g. `target_group web → web2`.
+    pub details: Vec<String>,
+    /// Backends in its Maglev table now and after.
+    pub backends_before: usize,
+    pub backends_after: usize,
+    /// Entries of the Maglev table (of `table_size`) that would point at another backend:
+    /// new flows hashing there go elsewhere. None for a service added or removed.
+    pub table_size: u32,
+    pub moved_entries: Option<u64>,
+    /// `moved_entries / table_size`, 0..1.
+    pub moved_share: Option<f64>,
+    /// Open flows (connection-table entries, from the last sweep) of its backends now.
+    pub open_flows: u64,
+    /// Of those, flows pinned to backends that would leave it: drained ones keep their flows
+    /// until they end or the deregistration delay runs out; removed ones move at once.
+    pub flows_on_leaving: u64,
+}
+
+/// One backend that would change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendDiff {
+    pub group: String,
+    /// `ADDR` or `ADDR:PORT` as configured.
+    pub backend: String,
+    /// `added`, `removed` (at once: its group goes), `drained` (no longer listed: it drains
+    /// for the deregistration delay), `undrained` (listed again while draining), `reweighted`.
+    pub change: String,
+    pub weight_before: Option<u32>,
+    pub weight_after: Option<u32>,
+    /// Its open flows now (from the last sweep).
+    pub open_flows: u64,
 }

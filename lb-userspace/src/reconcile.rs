@@ -20,7 +20,7 @@ use tracing::{debug, info};
 use crate::{
     dataplane::Dataplane,
     maglev::{self, MaglevBackend},
-    state::Desired,
+    state::{Desired, DesiredService},
 };
 
 /// Every map write the reconciler makes, and the few reads it needs to decide them: what a
@@ -200,6 +200,24 @@ impl TableSource {
     }
 }
 
+/// What builds `svc`'s Maglev table: its active backends, in order.
+fn table_source(desired: &Desired, svc: &DesiredService) -> TableSource {
+    TableSource::Built(
+        svc.backends
+            .iter()
+            .filter_map(|id| desired.backends.get(id))
+            .filter(|b| b.active)
+            .map(|b| (b.key.maglev_key(), b.weight, b.id))
+            .collect(),
+    )
+}
+
+/// The Maglev table (backend ids; [`NO_BACKEND`] when it has none) that `apply` writes for
+/// `svc` of `desired`: what `xlb diff` compares.
+pub fn service_table(desired: &Desired, svc: &DesiredService, ring: u32) -> Vec<u32> {
+    table_source(desired, svc).table(ring)
+}
+
 /// Index of the first Maglev entry of `service_id`'s table `slot`.
 pub fn table_base(ring: u32, service_id: u32, slot: u32) -> u32 {
     lb_common::maglev_index(service_id, slot, ring, 0)
@@ -363,19 +381,9 @@ impl Reconciler {
 
         // 2. Tables and service entries.
         for svc in &desired.services {
-            let members: Vec<_> = svc
-                .backends
-                .iter()
-                .filter_map(|id| desired.backends.get(id))
-                .filter(|b| b.active)
-                .collect();
-            let source = TableSource::Built(
-                members
-                    .iter()
-                    .map(|b| (b.key.maglev_key(), b.weight, b.id))
-                    .collect(),
-            );
-            let flags = if members.is_empty() { SVC_F_EMPTY } else { 0 };
+            let source = table_source(desired, svc);
+            let empty = matches!(&source, TableSource::Built(m) if m.is_empty());
+            let flags = if empty { SVC_F_EMPTY } else { 0 };
             let key = svc.key();
 
             let current = self.services.get(&svc.id);
@@ -429,7 +437,7 @@ impl Reconciler {
             self.services
                 .insert(svc.id, WrittenService { key, slot, flags });
             report.tables_swapped += 1;
-            debug!(service = %svc.name, slot, backends = members.len(), "table swapped");
+            debug!(service = %svc.name, slot, "table swapped");
         }
 
         // 2b. Backends that lost a flag, now that no live table sends new flows to them.

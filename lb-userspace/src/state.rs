@@ -575,6 +575,8 @@ pub struct State {
     pub swept_at: Option<Instant>,
     /// Recent events, oldest first.
     pub events: VecDeque<Event>,
+    /// Events pushed since the start (the alerts read the ones they have not seen).
+    pub events_total: u64,
 }
 
 fn initial_health(cfg: &TargetGroupConfig, now: Instant) -> HealthTracker {
@@ -605,6 +607,7 @@ impl State {
             next_uid: 0,
             swept_at: None,
             events: VecDeque::new(),
+            events_total: 0,
             config: config.clone(),
         };
         for tg in &config.target_groups {
@@ -1291,6 +1294,7 @@ impl State {
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();
         }
+        self.events_total += 1;
         self.events.push_back(Event {
             time,
             group: group.to_string(),
