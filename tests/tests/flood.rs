@@ -5,11 +5,13 @@
 //! 198.18.128.0/17), bounded in count and time, at the highest rate the generator reaches.
 //! While the flood runs, a fourth backend joins both groups (the Maglev tables change). Every
 //! established connection must survive: no reset, no EOF, no gap over 3 s between successful
-//! exchanges. SYNs and new UDP flows wait in `UNCONFIRMED` (see README, "What the data path
-//! does with each packet"), so the flood churns only that table; if it evicted the established
-//! flows from the connection table, their next packets would be balanced by the changed table
-//! and about a quarter of them would reach the new backend, which resets them (with SYNs and
-//! new UDP flows pinned straight into the connection table, 21 to 29 of the 100 are reset).
+//! exchanges; and the floods' flows must never reach the connection table (its size, read
+//! from `/metrics`, stays at the established flows). SYNs and new UDP flows wait in
+//! `UNCONFIRMED` (see README, "What the data path does with each packet"), so the flood
+//! churns only that table; if it evicted the established flows from the connection table,
+//! their next packets would be balanced by the changed table and about a quarter of them
+//! would reach the new backend, which resets them (with SYNs and new UDP flows pinned
+//! straight into the connection table, 21 to 29 of the 100 were reset).
 //!
 //! The UDP flood of the main test goes to a service whose backends answer nothing (one-packet
 //! flows). An ignored test floods a UDP service whose servers answer every datagram: each
@@ -31,6 +33,7 @@ use anyhow::{bail, Context, Result};
 use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use xlb_lab::{
+    client,
     lab::{Lab, CLIENT_V4, VIP_V4},
     xlbd::{cleanup_stale_pins, Xlbd},
 };
@@ -70,6 +73,10 @@ const AFTER: Duration = Duration::from_secs(2);
 /// The source range of the flood (RFC 2544 test range, outside every lab subnet).
 const FLOOD_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 0);
 const FLOOD_PREFIX: u8 = 17;
+/// Where the daemon serves `/metrics` (in the balancer's namespace), and how often the test
+/// reads the connection table's size from it during a flood.
+const METRICS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9470));
+const SAMPLE: Duration = Duration::from_millis(250);
 /// The backend that joins during the flood (its namespace is in the lab from the start).
 const NEW_BACKEND: &str = "198.18.2.14";
 
@@ -88,6 +95,7 @@ fn config(name: &str) -> String {
         r#"[daemon]
 interfaces = ["veth-client", "veth-backends"]
 conntrack_size = {CONNTRACK_SIZE}
+http_listen = "{METRICS}"
 {paths}
 [[service]]
 name = "echo"
@@ -320,6 +328,20 @@ fn flood(kind: Flood, port: u16, seed: u64, max: u64) -> Result<Sent> {
     })
 }
 
+/// `xlb_conntrack_entries` from the daemon's `/metrics` (in the balancer's namespace), if it
+/// answers within a second.
+fn conntrack_entries(lab: &Lab) -> Option<u64> {
+    let r = lab
+        .lb_ns()
+        .enter(|| client::http_request(METRICS, "GET", "/metrics", None, Duration::from_secs(1)))
+        .ok()?;
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix("xlb_conntrack_entries "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
 fn counters(xlb: &Xlbd) -> Result<serde_json::Value> {
     let text = xlb.cli_ok(&["status", "--json"])?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| text.clone())?;
@@ -406,7 +428,14 @@ fn run(name: &str, phases: &[Phase]) {
                     s.spawn(move || client.enter(|| flood(kind, port, seed, max)))
                 })
                 .collect();
-            std::thread::sleep(ADD_AT);
+            // The connection table's size while the flood runs (the daemon counts it once a
+            // second).
+            let mut entries = Vec::new();
+            let added = Instant::now() + ADD_AT;
+            while Instant::now() < added {
+                entries.extend(conntrack_entries(&lab));
+                std::thread::sleep(SAMPLE);
+            }
             // A table change while the flood runs.
             adds.push(xlb.cli(&["backend", "add", p.group, &p.add]));
             timeline.push(format!(
@@ -415,6 +444,10 @@ fn run(name: &str, phases: &[Phase]) {
                 p.add,
                 p.group
             ));
+            while !fs.iter().all(|f| f.is_finished()) {
+                entries.extend(conntrack_entries(&lab));
+                std::thread::sleep(SAMPLE);
+            }
             let sent = fs
                 .into_iter()
                 .map(|f| f.join().expect("flood thread"))
@@ -435,7 +468,7 @@ fn run(name: &str, phases: &[Phase]) {
             timeline.push(format!("{:6.2} s: the flood ended", ms(Instant::now())));
             let pinned = counter(&counters(&xlb).unwrap_or_default(), "unconfirmed")
                 .saturating_sub(counter(&c0, "unconfirmed"));
-            floods.push((kind, port, sent, pinned));
+            floods.push((kind, port, sent, pinned, entries));
         }
         std::thread::sleep(AFTER);
         stop.store(true, Ordering::Relaxed);
@@ -462,11 +495,11 @@ fn run(name: &str, phases: &[Phase]) {
             ))
         );
     }
-    for (kind, port, f, pinned) in &floods {
+    for (kind, port, f, pinned, entries) in &floods {
         let f = f.as_ref().expect("flood");
         eprintln!(
             "{kind:?} flood to port {port}: {} packets in {:.2} s, {:.0} packets/s ({} sends \
-             refused); unconfirmed +{pinned}",
+             refused); unconfirmed +{pinned}; connection table entries {entries:?}",
             f.packets,
             f.took.as_secs_f64(),
             f.rate(),
@@ -521,7 +554,7 @@ fn run(name: &str, phases: &[Phase]) {
     );
     // Each flood reached xlb and churned UNCONFIRMED many times over.
     let want = 10 * UNCONFIRMED_SIZE;
-    for (kind, port, _, pinned) in &floods {
+    for (kind, port, _, pinned, _) in &floods {
         assert!(
             *pinned >= want,
             "{}",
@@ -531,6 +564,23 @@ fn run(name: &str, phases: &[Phase]) {
             ))
         );
     }
+    // The floods' flows never reached the connection table: it held the established flows
+    // and few more (it fills up at once when the flood's flows go there).
+    let entries: Vec<u64> = floods.iter().flat_map(|f| f.4.iter().copied()).collect();
+    assert!(
+        !entries.is_empty(),
+        "{}",
+        report("the connection table's size was never read from /metrics during the floods")
+    );
+    let most = entries.iter().copied().max().unwrap_or_default();
+    assert!(
+        most <= CONNTRACK_SIZE / 2,
+        "{}",
+        report(&format!(
+            "the connection table held {most} entries during the floods (of {CONNTRACK_SIZE}): \
+             the flood's flows went there"
+        ))
+    );
 }
 
 /// The issue's check: a SYN flood to the TCP service, then a flood of one-packet UDP flows,
