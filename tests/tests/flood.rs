@@ -41,9 +41,8 @@ use xlb_lab::{
 /// One flood at a time (should more tests join this file).
 static TURN: Mutex<()> = Mutex::new(());
 
-/// `conntrack_size` at its minimum; `UNCONFIRMED` then has its minimum too.
+/// `conntrack_size` at its minimum (`UNCONFIRMED` then has its minimum too: 1,024).
 const CONNTRACK_SIZE: u64 = 1024;
-const UNCONFIRMED_SIZE: u64 = 1024;
 const ECHO_PORT: u16 = 7000;
 /// UDP service whose servers answer every datagram (the lab servers on 5353).
 const UDP_PORT: u16 = 53;
@@ -558,7 +557,7 @@ fn run(name: &str, phases: &[Phase]) {
         ))
     );
     // Each flood reached xlb and churned UNCONFIRMED many times over.
-    let want = 10 * UNCONFIRMED_SIZE;
+    let want = 10 * u64::from(xlb::dataplane::unconfirmed_size(CONNTRACK_SIZE as u32));
     for (kind, port, _, pinned, _) in &floods {
         assert!(
             *pinned >= want,
