@@ -48,6 +48,8 @@ pub const MAP_ADDRS: &str = "ADDRS";
 pub const MAP_PASSIVE_STATS: &str = "PASSIVE_STATS";
 pub const MAP_SYN_SAMPLES: &str = "SYN_SAMPLES";
 pub const MAP_PASSIVE_CONF: &str = "PASSIVE_CONF";
+/// Per-service DSR settings (`DsrConf`, indexed by service id).
+pub const MAP_DSR: &str = "DSR";
 /// Entries of `ADDRS`: every VIP and backend address (port and protocol zero).
 pub const MAX_ADDRS: u32 = 2 * MAX_BACKENDS;
 
@@ -95,6 +97,8 @@ pub const PROG_XDP_PASS: &str = "xlb_pass";
 pub const PROG_XDP_TX: &str = "xlb_tx";
 /// Tracepoint program counting frames the egress of a redirect dropped.
 pub const PROG_XMIT: &str = "xlb_xmit";
+/// The backend side of DSR: strips IPIP / GUE addressed to its host (`xlb decap`).
+pub const PROG_XDP_DECAP: &str = "xlb_decap";
 
 /// Indexes into the `GLOBAL_STATS` per-CPU array.
 pub mod global {
@@ -242,9 +246,53 @@ pub const ADDR_F_BACKEND: u32 = 2;
 /// `NextHop::flags`: the egress interface cannot take redirected XDP frames (not in
 /// `TX_PORTS`): rewritten packets are handed to the kernel.
 pub const NH_F_KERNEL: u32 = 1;
+/// `NextHop::flags`: the route is through a gateway (the destination is not on a directly
+/// connected link): DSR `l2` cannot use it.
+pub const NH_F_GATEWAY: u32 = 2;
 /// `BackendInfo::flags`: passive health's `redispatch`: the first RST (or ICMP unreachable)
 /// the backend sends in answer to a flow's SYN is not forwarded, so that the client's SYN
 /// retransmission goes to a healthy backend once the backend is marked down (a second
 /// refusal of the same flow is forwarded; with the backend marked down, every refusal is
 /// withheld while its service has other backends).
 pub const BE_F_REDISPATCH: u8 = 8;
+
+/// `ServiceInfo::flags`: direct server return: client packets go to the backend unchanged
+/// (MACs rewritten, or encapsulated), as the service's `DSR` entry says; replies never pass.
+pub const SVC_F_DSR: u32 = 2;
+/// `DsrConf::encap`: MACs rewritten only (backend on a directly connected link).
+pub const DSR_ENCAP_L2: u8 = 1;
+/// `DsrConf::encap`: IPv4-in-IPv4 / IPv6-in-IPv6.
+pub const DSR_ENCAP_IPIP: u8 = 2;
+/// `DsrConf::encap`: IP in GUE (UDP, 4-byte GUE header, variant 0).
+pub const DSR_ENCAP_GUE: u8 = 3;
+/// The GUE port xlb uses unless configured (Katran's).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// Bytes of the GUE header xlb writes (version 0, no optional fields).
+pub const GUE_HDR_LEN: usize = 4;
+/// `FragValue::flags`: the datagram's service is in DSR mode: later fragments are sent the
+/// same way (with `FRAG_F_FORWARD`).
+pub const FRAG_F_DSR: u32 = 4;
+
+/// `xlb_decap`: maps and counters.
+pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
+pub const MAP_DECAP_CONF: &str = "DECAP_CONF";
+/// Inner destinations `xlb decap` accepts at most (`--vip`).
+pub const MAX_DECAP_VIPS: u32 = 1024;
+/// `DECAP_CONF` indexes (u32 values): the GUE port (host order), and whether the VIP list
+/// applies (1) or every inner destination is accepted (0).
+pub const DECAP_CONF_GUE_PORT: u32 = 0;
+pub const DECAP_CONF_VIP_FILTER: u32 = 1;
+pub mod decap {
+    /// IPIP / GUE packets addressed to this host, stripped and passed to the stack.
+    pub const DECAPSULATED: u32 = 0;
+    /// Everything else, passed untouched.
+    pub const PASSED: u32 = 1;
+    /// Tunnel packets addressed to this host that cannot be decapsulated (truncated, bad
+    /// GUE header, inner family mismatch): dropped.
+    pub const MALFORMED: u32 = 2;
+    /// Tunnel packets whose inner destination is not one of `--vip`: passed untouched.
+    pub const NOT_VIP: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] = ["decapsulated", "passed", "malformed", "not_vip"];
+}

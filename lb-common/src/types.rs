@@ -288,3 +288,29 @@ mod pod {
     unsafe impl aya::Pod for SynSample {}
     unsafe impl aya::Pod for PassiveConf {}
 }
+
+/// Value of the `DSR` array, indexed by service id: how a service in direct-server-return
+/// mode sends client packets to its backends (read when its `ServiceInfo` has `SVC_F_DSR`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DsrConf {
+    /// The outer source prefix (`ipip`, `gue`): its network address, IPv4 in the first 4
+    /// bytes, network order.
+    pub src_prefix: [u8; 16],
+    /// The host bits of the outer source taken from the flow hash: a mask over the last 4
+    /// bytes of the address (network order as a `u32` read from memory).
+    pub src_mask: [u8; 4],
+    /// `DSR_ENCAP_*`
+    pub encap: u8,
+    pub _pad: u8,
+    /// GUE's UDP destination port, network order.
+    pub gue_port: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<DsrConf>() == 24);
+
+/// Keys of the `DECAP_VIPS` map of `xlb_decap`: an inner destination address the program
+/// decapsulates for (port and protocol zero, as an `AddrKey`).
+pub type DecapVipKey = ServiceKey;
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DsrConf {}

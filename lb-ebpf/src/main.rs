@@ -10,11 +10,17 @@
 //! replies, VLANs, malformed headers) is specified by README's "What the data path does with
 //! each packet"; the modules: `parse` (bounds checks, Ethernet/VLAN, IPv4, IPv6 extension
 //! headers, TCP/UDP checks), `prog` (classification, connection table, Maglev, fragments,
-//! replies), `nat` (rewrites, next hops, transmission), `icmp` (error translation and the
-//! "too big" errors xlb sends), `maps`.
+//! replies), `nat` (rewrites, next hops, transmission), `encap` (direct server return: MACs
+//! only, IPIP or GUE to the backend), `icmp` (error translation and the "too big" errors xlb
+//! sends), `maps`. `xlb_decap` (`decap`) is the backend side of DSR: it strips IPIP / GUE
+//! addressed to its host and passes the inner packet to the stack.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod decap;
+#[cfg(target_arch = "bpf")]
+mod encap;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]

@@ -150,6 +150,10 @@ pub static DIRECT: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65536,
 #[map(name = "NH_SCRATCH")]
 pub static NH_SCRATCH: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1, 0);
 
+/// Service id → its DSR settings (services with `SVC_F_DSR`).
+#[map(name = "DSR")]
+pub static DSR: Array<lb_common::DsrConf> = Array::pinned(DEFAULT_MAX_SERVICES, 0);
+
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = GLOBAL_STATS.get_ptr_mut(idx) {

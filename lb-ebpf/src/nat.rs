@@ -14,7 +14,9 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::{csum, global, NextHop, AF_INET, NEXTHOP_TTL_NS, NH_F_KERNEL, PROTO_TCP};
+use lb_common::{
+    csum, global, NextHop, AF_INET, NEXTHOP_TTL_NS, NH_F_GATEWAY, NH_F_KERNEL, PROTO_TCP,
+};
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
@@ -314,6 +316,18 @@ fn fib_lookup(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], out: &m
         out.flags = 0;
         if TX_PORTS.get(ifindex).is_none() {
             out.flags = NH_F_KERNEL;
+        }
+        // The kernel writes the gateway into the destination when the route has one.
+        // SAFETY: plain integers of the parameter block the kernel filled.
+        let via_gateway = unsafe {
+            if p.key.family == AF_INET {
+                fib.__bindgen_anon_4.ipv4_dst != words(dst)[0]
+            } else {
+                fib.__bindgen_anon_4.ipv6_dst != words(dst)
+            }
+        };
+        if via_gateway {
+            out.flags |= NH_F_GATEWAY;
         }
         return NH_OK;
     }

@@ -9,13 +9,13 @@ use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
     BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
-    CT_F_COUNTED, CT_F_WITHHELD, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS,
-    LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_EMPTY,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    CT_F_COUNTED, CT_F_WITHHELD, FRAG_F_DSR, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS,
+    LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_DSR,
+    SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
-    icmp,
+    encap, icmp,
     maps::{
         count, counters, hash_seed, passive, port_in, ring_size, ADDRS, BACKENDS, BACKEND_ADDRS,
         BACKEND_STATS, CONNTRACK, DIRECT, FRAGS, GLOBAL_STATS, MAGLEV, NEXTHOPS, NH_SCRATCH,
@@ -216,6 +216,9 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
                     // a TCP flow: into the connection table.
                     if !confirmed && tcp && !syn {
                         confirm(&p.key, ct);
+                        if flags & SVC_F_DSR != 0 {
+                            dsr_new_flow(service_id, id);
+                        }
                     }
                 }
             }
@@ -249,7 +252,13 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         // here, or evicted) and a flow whose confirmed entry named a backend now gone, in the
         // connection table.
         let into_ct = confirmed || (tcp && !syn);
-        pin_flow(p, ids(service_id, backend_id), be, now, into_ct);
+        if flags & SVC_F_DSR != 0 {
+            // No reply will ever confirm a DSR flow: UDP flows go to the connection table at
+            // once; a handshake waits for the client's ACK as above.
+            pin_dsr(p, ids(service_id, backend_id), now, into_ct || !tcp);
+        } else {
+            pin_flow(p, ids(service_id, backend_id), be, now, into_ct);
+        }
         passive_new_flow(p, backend_id, h);
     }
     // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
@@ -267,8 +276,10 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
         c.syns += syns;
     }
 
+    let dsr = flags & SVC_F_DSR != 0;
     if p.first_fragment {
-        remember_fragments(p, addr, ids(service_id, backend_id), FRAG_F_FORWARD);
+        let f = if dsr { FRAG_F_DSR } else { 0 };
+        remember_fragments(p, addr, ids(service_id, backend_id), FRAG_F_FORWARD | f);
     }
     // Backend ids are below MAX_BACKENDS, the size of NEXTHOPS: the lookup cannot fail.
     let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
@@ -276,6 +287,11 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
     };
     // SAFETY: a map value pointer checked for null.
     let nh = unsafe { &mut *nh };
+    if dsr {
+        // Direct server return: the packet goes to the backend unchanged (encap.rs).
+        let r = encap::send(ctx, p, service_id, addr, nh);
+        return Ok(encap::answer_too_big(ctx, p, r));
+    }
     let t = Target { addr: *addr, port };
     Ok(nat::send(ctx, p, Rewrite::Dst, &t, nh))
 }
@@ -350,6 +366,10 @@ fn later_fragment(ctx: &XdpContext, p: &Pkt) -> u32 {
         if let Some(c) = counters(&BACKEND_STATS, backend_id) {
             c.packets += 1;
             c.bytes += len;
+        }
+        if flags & FRAG_F_DSR != 0 {
+            let r = encap::send(ctx, p, service_id, &addr, nh);
+            return encap::answer_too_big(ctx, p, r);
         }
         nat::send(ctx, p, Rewrite::Dst, &Target { addr, port: [0; 2] }, nh)
     } else {
@@ -436,6 +456,45 @@ fn pin_flow(p: &Pkt, ids: u64, be: *const BackendInfo, now: u64, into_ct: bool) 
         nh: NO_HOP,
     };
     let _ = REVERSE.insert(&rkey, &rv, 0);
+}
+
+/// Pin a flow of a DSR service (`ids`: service id << 32 | backend id) in the connection
+/// table (`into_ct`, counted as a new flow: no answer will ever count it) or `UNCONFIRMED`;
+/// there is nothing to translate back (no `REVERSE` entry).
+#[inline(never)]
+fn pin_dsr(p: &Pkt, ids: u64, now: u64, into_ct: bool) {
+    let (service_id, backend_id) = ((ids >> 32) as u32, ids as u32);
+    let ct = CtValue {
+        backend_id,
+        service_id,
+        last_seen_ns: now,
+        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            CT_F_CLOSING
+        } else {
+            0
+        },
+        _pad: 0,
+        reply_nh: NO_HOP,
+    };
+    if into_ct {
+        let _ = CONNTRACK.insert(&p.key, &ct, 0);
+        dsr_new_flow(service_id, backend_id);
+    } else {
+        let _ = UNCONFIRMED.insert(&p.key, &ct, 0);
+        count(global::UNCONFIRMED_NEW);
+    }
+}
+
+/// A DSR flow entered the connection table: counted as new there (NAT flows are counted
+/// when their backend first answers, which a DSR balancer never sees).
+#[inline(always)]
+fn dsr_new_flow(service_id: u32, backend_id: u32) {
+    if let Some(c) = counters(&SERVICE_STATS, service_id) {
+        c.new_flows += 1;
+    }
+    if let Some(c) = counters(&BACKEND_STATS, backend_id) {
+        c.new_flows += 1;
+    }
 }
 
 pub const NO_HOP: NextHop = NextHop {

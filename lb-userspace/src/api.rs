@@ -704,6 +704,7 @@ pub(crate) mod testing {
                         dropped: 5,
                         ..Default::default()
                     },
+                    forwarding: None,
                 },
                 ServiceStatus {
                     name: "api-v6".into(),
@@ -713,6 +714,7 @@ pub(crate) mod testing {
                     target_group: "api6".into(),
                     backends_in_table: 2,
                     counters: TrafficCounters::default(),
+                    forwarding: None,
                 },
             ],
             groups: vec![

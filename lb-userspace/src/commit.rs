@@ -292,6 +292,9 @@ pub mod fake {
             self.passive_conf.insert(id, conf);
             Ok(())
         }
+        fn set_dsr(&mut self, _id: u32, _conf: lb_common::DsrConf) -> Result<(), MapError> {
+            self.write()
+        }
     }
 }
 

@@ -22,6 +22,10 @@
 //! port = 80
 //! protocol = "tcp"             # tcp | udp
 //! target_group = "web-servers"
+//! forwarding = "nat"           # nat | dsr (direct server return: the backends answer clients)
+//! # dsr_encap = "gue"          # with dsr: l2 | ipip | gue
+//! # dsr_source_prefix = "198.18.99.0/24"   # ipip, gue: outer sources, picked by flow hash
+//! # dsr_gue_port = 6080        # gue: UDP port
 //!
 //! [[target_group]]
 //! name = "web-servers"
@@ -342,6 +346,123 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// Name of a `[[target_group]]`.
     pub target_group: String,
+    /// How client packets reach the backends (`forwarding`, `dsr_*`).
+    #[serde(skip_serializing_if = "Forwarding::is_nat")]
+    pub forwarding: Forwarding,
+}
+
+/// `forwarding` of a service: NAT (the default) or direct server return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum Forwarding {
+    /// Destination rewritten to the backend, replies rewritten back through xlb.
+    #[default]
+    Nat,
+    /// Direct server return: packets reach the backend with the VIP as destination; the
+    /// backend answers the client itself.
+    Dsr(DsrConfig),
+}
+
+impl Forwarding {
+    pub fn is_nat(&self) -> bool {
+        matches!(self, Forwarding::Nat)
+    }
+
+    pub fn dsr(&self) -> Option<&DsrConfig> {
+        match self {
+            Forwarding::Nat => None,
+            Forwarding::Dsr(d) => Some(d),
+        }
+    }
+}
+
+/// The `dsr_*` keys of a service with `forwarding = "dsr"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct DsrConfig {
+    /// `dsr_encap`
+    pub encap: DsrEncap,
+    /// `dsr_source_prefix` (`ipip`, `gue`): the outer source addresses, chosen within it by
+    /// the flow hash (at most its 16 lowest host bits vary).
+    pub source_prefix: Option<Prefix>,
+    /// `dsr_gue_port` (`gue`): the UDP destination port.
+    pub gue_port: u16,
+}
+
+/// `dsr_encap`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsrEncap {
+    /// MACs rewritten only: backends on a directly connected link.
+    L2,
+    /// IPv4-in-IPv4 / IPv6-in-IPv6.
+    Ipip,
+    /// IP in GUE (UDP).
+    Gue,
+}
+
+impl DsrEncap {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DsrEncap::L2 => "l2",
+            DsrEncap::Ipip => "ipip",
+            DsrEncap::Gue => "gue",
+        }
+    }
+}
+
+impl fmt::Display for DsrEncap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An address prefix (`198.18.99.0/24`, `2001:db8:99::/112`); host bits are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Host bits that vary with the flow hash: those of the prefix, at most 16.
+    pub fn hash_bits(&self) -> u32 {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        (max - u32::from(self.len)).min(16)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').ok_or_else(|| {
+            format!("\"{s}\" is not a prefix (address/length, e.g. \"198.18.99.0/24\")")
+        })?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("\"{a}\" in \"{s}\" is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = match l.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => {
+                return Err(format!(
+                    "prefix length \"{l}\" in \"{s}\" must be 0..={max}"
+                ))
+            }
+        };
+        Ok(Prefix { addr, len })
+    }
+}
+
+impl Serialize for Prefix {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -1270,7 +1391,20 @@ fn parse_http_listen(cx: &Cx<'_>, at: &At<'_>) -> Result<std::net::SocketAddr, C
 
 fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos), ConfigError> {
     let t = at.table(cx, "a table")?;
-    t.allow(cx, &["name", "vip", "port", "protocol", "target_group"])?;
+    t.allow(
+        cx,
+        &[
+            "name",
+            "vip",
+            "port",
+            "protocol",
+            "target_group",
+            "forwarding",
+            "dsr_encap",
+            "dsr_source_prefix",
+            "dsr_gue_port",
+        ],
+    )?;
 
     let name_at = t.require(cx, "name")?;
     let name = name_at.name(cx)?;
@@ -1306,6 +1440,7 @@ fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos)
 
     let tg_at = t.require(cx, "target_group")?;
     let target_group = tg_at.name(cx)?;
+    let forwarding = parse_forwarding(cx, &t, vip)?;
 
     Ok((
         ServiceConfig {
@@ -1314,6 +1449,7 @@ fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos)
             port,
             protocol,
             target_group,
+            forwarding,
         },
         ServicePos {
             table: t.pos,
@@ -1322,6 +1458,101 @@ fn parse_service(cx: &Cx<'_>, at: &At<'_>) -> Result<(ServiceConfig, ServicePos)
             target_group: tg_at.pos,
         },
     ))
+}
+
+/// A service's `forwarding` and `dsr_*` keys.
+fn parse_forwarding(cx: &Cx<'_>, t: &Table<'_>, vip: IpAddr) -> Result<Forwarding, ConfigError> {
+    let fwd_at = t.get("forwarding");
+    let dsr = match &fwd_at {
+        None => false,
+        Some(at) => match at.str(cx)? {
+            "nat" => false,
+            "dsr" => true,
+            other => {
+                return Err(at.err(
+                    cx,
+                    format!("unknown forwarding \"{other}\" (expected \"nat\" or \"dsr\")"),
+                ))
+            }
+        },
+    };
+    if !dsr {
+        for key in ["dsr_encap", "dsr_source_prefix", "dsr_gue_port"] {
+            if let Some(at) = t.get(key) {
+                return Err(at.err(cx, format!("{key} applies only with forwarding = \"dsr\"")));
+            }
+        }
+        return Ok(Forwarding::Nat);
+    }
+    let Some(encap_at) = t.get("dsr_encap") else {
+        let message = "forwarding = \"dsr\" needs dsr_encap = \"l2\", \"ipip\" or \"gue\"";
+        return Err(match &fwd_at {
+            Some(at) => at.err(cx, message),
+            None => t.err_here(cx, message),
+        });
+    };
+    let encap = match encap_at.str(cx)? {
+        "l2" => DsrEncap::L2,
+        "ipip" => DsrEncap::Ipip,
+        "gue" => DsrEncap::Gue,
+        other => {
+            return Err(encap_at.err(
+                cx,
+                format!("unknown dsr_encap \"{other}\" (expected \"l2\", \"ipip\" or \"gue\")"),
+            ))
+        }
+    };
+    let source_prefix = match t.get("dsr_source_prefix") {
+        Some(at) if encap == DsrEncap::L2 => {
+            return Err(at.err(
+                cx,
+                "dsr_source_prefix applies only to dsr_encap = \"ipip\" or \"gue\" \
+                 (l2 keeps the client's packet as it is)",
+            ))
+        }
+        Some(at) => {
+            let p: Prefix = at.str(cx)?.parse().map_err(|m: String| at.err(cx, m))?;
+            if p.addr.is_ipv4() != vip.is_ipv4() {
+                return Err(at.err(
+                    cx,
+                    format!(
+                        "dsr_source_prefix {p} is {} but the vip {vip} is {}: the outer header \
+                         has the family of the inner one",
+                        family(p.addr),
+                        family(vip)
+                    ),
+                ));
+            }
+            Some(p)
+        }
+        None if encap == DsrEncap::L2 => None,
+        None => {
+            return Err(encap_at.err(
+                cx,
+                format!(
+                    "dsr_encap = \"{encap}\" needs dsr_source_prefix (the outer source \
+                     addresses, e.g. \"{}\")",
+                    if vip.is_ipv4() {
+                        "198.18.99.0/24"
+                    } else {
+                        "2001:db8:99::/112"
+                    }
+                ),
+            ))
+        }
+    };
+    let gue_port = match t.get("dsr_gue_port") {
+        Some(at) if encap != DsrEncap::Gue => {
+            return Err(at.err(cx, "dsr_gue_port applies only to dsr_encap = \"gue\""))
+        }
+        Some(at) => at.port(cx)?,
+        None => lb_common::DEFAULT_GUE_PORT,
+    };
+    Ok(Forwarding::Dsr(DsrConfig {
+        encap,
+        source_prefix,
+        gue_port,
+    }))
 }
 
 fn parse_target_group(
@@ -2343,6 +2574,25 @@ fn validate(
                 ),
             ));
         }
+        if s.forwarding.dsr().is_some() {
+            if let Some(bi) =
+                (0..g.backends.len()).find(|&bi| g.backend_port(&g.backends[bi], s.port) != s.port)
+            {
+                let b = &g.backends[bi];
+                return Err(cx.err(
+                    gpos[gi].backends[bi],
+                    format!("target_group[{gi}].backends[{bi}]"),
+                    format!(
+                        "backend {} cannot serve service[{si}] \"{}\" with forwarding = \"dsr\": \
+                         the backend receives the client's packet to the vip unchanged and answers \
+                         from it, so it must listen on the service port {}",
+                        format_addr_port(b.address, g.backend_port(b, s.port)),
+                        s.name,
+                        s.port
+                    ),
+                ));
+            }
+        }
         let mut seen: HashSet<(IpAddr, u16)> = HashSet::new();
         for (bi, b) in g.backends.iter().enumerate() {
             let port = g.backend_port(b, s.port);
@@ -3086,6 +3336,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     port: 80,
                     protocol: Protocol::Tcp,
                     target_group: "web-servers".into(),
+                    forwarding: Forwarding::Nat,
                 },
                 ServiceConfig {
                     name: "dns".into(),
@@ -3093,6 +3344,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     port: 53,
                     protocol: Protocol::Udp,
                     target_group: "dns-servers".into(),
+                    forwarding: Forwarding::Nat,
                 },
                 ServiceConfig {
                     name: "web6".into(),
@@ -3100,6 +3352,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                     port: 80,
                     protocol: Protocol::Tcp,
                     target_group: "web-servers-v6".into(),
+                    forwarding: Forwarding::Nat,
                 },
             ]
         );
@@ -5530,5 +5783,207 @@ desired = 6
             "{MINIMAL}[target_group.passive_health]\nredispatch = true\n"
         ));
         assert!(msg.contains("there is none"), "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod dsr_tests {
+    use super::*;
+
+    /// A DSR service on line 6; the keys after `target_group` are `extra`'s (from line 11).
+    fn dsr(extra: &str) -> String {
+        format!(
+            r#"[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "web"
+{extra}
+[[target_group]]
+name = "web"
+backends = ["198.18.2.11", "198.18.2.12"]
+"#
+        )
+    }
+
+    fn fail(text: &str) -> (usize, usize, String, String) {
+        match parse(text, "xlb.toml") {
+            Ok(c) => panic!("expected an error, parsed {c:?}"),
+            Err(ConfigError::Invalid {
+                line,
+                column,
+                field,
+                message,
+                ..
+            }) => (line, column, field, message),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn forwarding_defaults_and_values() {
+        let c = parse(&dsr(""), "x").unwrap();
+        assert_eq!(c.services[0].forwarding, Forwarding::Nat);
+        let c = parse(&dsr("forwarding = \"nat\"\n"), "x").unwrap();
+        assert_eq!(c.services[0].forwarding, Forwarding::Nat);
+        let c = parse(&dsr("forwarding = \"dsr\"\ndsr_encap = \"l2\"\n"), "x").unwrap();
+        assert_eq!(
+            c.services[0].forwarding,
+            Forwarding::Dsr(DsrConfig {
+                encap: DsrEncap::L2,
+                source_prefix: None,
+                gue_port: 6080
+            })
+        );
+        let c = parse(
+            &dsr("forwarding = \"dsr\"\ndsr_encap = \"gue\"\ndsr_source_prefix = \"198.18.99.0/24\"\n"),
+            "x",
+        )
+        .unwrap();
+        let d = *c.services[0].forwarding.dsr().unwrap();
+        assert_eq!(d.encap, DsrEncap::Gue);
+        assert_eq!(d.gue_port, 6080);
+        assert_eq!(d.source_prefix.unwrap().to_string(), "198.18.99.0/24");
+        assert_eq!(d.source_prefix.unwrap().hash_bits(), 8);
+        let c = parse(
+            &dsr("forwarding = \"dsr\"\ndsr_encap = \"gue\"\ndsr_source_prefix = \"198.18.0.0/15\"\ndsr_gue_port = 7777\n"),
+            "x",
+        )
+        .unwrap();
+        let d = *c.services[0].forwarding.dsr().unwrap();
+        assert_eq!(
+            (d.gue_port, d.source_prefix.unwrap().hash_bits()),
+            (7777, 16)
+        );
+        // JSON: NAT services say nothing new; DSR ones say how.
+        let json = serde_json::to_value(&c.services[0]).unwrap();
+        assert_eq!(json["forwarding"]["mode"], "dsr");
+        assert_eq!(json["forwarding"]["encap"], "gue");
+        assert_eq!(json["forwarding"]["source_prefix"], "198.18.0.0/15");
+        let nat = serde_json::to_value(&parse(&dsr(""), "x").unwrap().services[0]).unwrap();
+        assert!(nat.get("forwarding").is_none());
+    }
+
+    #[test]
+    fn dsr_map_value() {
+        let c = parse(
+            &dsr("forwarding = \"dsr\"\ndsr_encap = \"ipip\"\ndsr_source_prefix = \"198.18.99.77/24\"\n"),
+            "x",
+        )
+        .unwrap();
+        let v = crate::dsr::map_value(&c.services[0].forwarding).unwrap();
+        assert_eq!(v.encap, lb_common::DSR_ENCAP_IPIP);
+        assert_eq!(&v.src_prefix[..4], &[198, 18, 99, 0], "host bits cleared");
+        assert_eq!(v.src_mask, [0, 0, 0, 0xff]);
+        let v6 = Forwarding::Dsr(DsrConfig {
+            encap: DsrEncap::Gue,
+            source_prefix: Some("2001:db8:99::/64".parse().unwrap()),
+            gue_port: 6080,
+        });
+        let v = crate::dsr::map_value(&v6).unwrap();
+        assert_eq!(v.src_mask, [0, 0, 0xff, 0xff], "at most 16 bits vary");
+        assert_eq!(v.gue_port, 6080u16.to_be_bytes());
+        assert_eq!(crate::dsr::map_value(&Forwarding::Nat), None);
+    }
+
+    #[test]
+    fn forwarding_errors() {
+        let (line, col, field, msg) = fail(&dsr("forwarding = \"tunnel\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (10, 14, "service[0].forwarding")
+        );
+        assert!(msg.contains("\"nat\" or \"dsr\""), "{msg}");
+
+        let (line, _, field, msg) = fail(&dsr("forwarding = \"dsr\"\n"));
+        assert_eq!((line, field.as_str()), (10, "service[0].forwarding"));
+        assert!(msg.contains("needs dsr_encap"), "{msg}");
+
+        let (line, col, field, msg) = fail(&dsr("forwarding = \"dsr\"\ndsr_encap = \"vxlan\"\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (11, 13, "service[0].dsr_encap")
+        );
+        assert!(msg.contains("\"l2\", \"ipip\" or \"gue\""), "{msg}");
+
+        let (line, _, field, msg) = fail(&dsr("dsr_encap = \"l2\"\n"));
+        assert_eq!((line, field.as_str()), (10, "service[0].dsr_encap"));
+        assert!(msg.contains("only with forwarding = \"dsr\""), "{msg}");
+
+        let (line, _, field, msg) = fail(&dsr("forwarding = \"dsr\"\ndsr_encap = \"ipip\"\n"));
+        assert_eq!((line, field.as_str()), (11, "service[0].dsr_encap"));
+        assert!(msg.contains("needs dsr_source_prefix"), "{msg}");
+
+        let (line, _, field, msg) = fail(&dsr(
+            "forwarding = \"dsr\"\ndsr_encap = \"l2\"\ndsr_source_prefix = \"198.18.99.0/24\"\n",
+        ));
+        assert_eq!((line, field.as_str()), (12, "service[0].dsr_source_prefix"));
+        assert!(msg.contains("only to dsr_encap"), "{msg}");
+
+        let (line, _, field, msg) = fail(&dsr(
+            "forwarding = \"dsr\"\ndsr_encap = \"ipip\"\ndsr_source_prefix = \"2001:db8:99::/112\"\n",
+        ));
+        assert_eq!((line, field.as_str()), (12, "service[0].dsr_source_prefix"));
+        assert!(
+            msg.contains("is IPv6 but the vip 198.18.100.1 is IPv4"),
+            "{msg}"
+        );
+
+        for bad in [
+            "198.18.99.0",
+            "198.18.99.0/33",
+            "nonsense/24",
+            "198.18.99.0/x",
+        ] {
+            let (line, _, field, _) = fail(&dsr(&format!(
+                "forwarding = \"dsr\"\ndsr_encap = \"gue\"\ndsr_source_prefix = \"{bad}\"\n"
+            )));
+            assert_eq!(
+                (line, field.as_str()),
+                (12, "service[0].dsr_source_prefix"),
+                "{bad}"
+            );
+        }
+
+        let (line, _, field, msg) = fail(&dsr(
+            "forwarding = \"dsr\"\ndsr_encap = \"ipip\"\ndsr_source_prefix = \"198.18.99.0/24\"\ndsr_gue_port = 6081\n",
+        ));
+        assert_eq!((line, field.as_str()), (13, "service[0].dsr_gue_port"));
+        assert!(msg.contains("only to dsr_encap = \"gue\""), "{msg}");
+
+        let (line, _, field, _) = fail(&dsr(
+            "forwarding = \"dsr\"\ndsr_encap = \"gue\"\ndsr_source_prefix = \"198.18.99.0/24\"\ndsr_gue_port = 0\n",
+        ));
+        assert_eq!((line, field.as_str()), (13, "service[0].dsr_gue_port"));
+    }
+
+    #[test]
+    fn dsr_backends_use_the_service_port() {
+        let text = dsr("forwarding = \"dsr\"\ndsr_encap = \"l2\"\n").replace(
+            "backends = [\"198.18.2.11\", \"198.18.2.12\"]",
+            "backends = [\"198.18.2.11\", \"198.18.2.12:8080\"]",
+        );
+        let (line, _, field, msg) = fail(&text);
+        assert_eq!((line, field.as_str()), (15, "target_group[0].backends[1]"));
+        assert!(msg.contains("must listen on the service port 80"), "{msg}");
+        // The group's port counts too; the same group without DSR is fine.
+        let text = dsr("forwarding = \"dsr\"\ndsr_encap = \"l2\"\n").replace(
+            "name = \"web\"\nbackends",
+            "name = \"web\"\nport = 8080\nbackends",
+        );
+        let (_, _, field, _) = fail(&text);
+        assert_eq!(field, "target_group[0].backends[0]");
+        assert!(parse(
+            &dsr("").replace(
+                "name = \"web\"\nbackends",
+                "name = \"web\"\nport = 8080\nbackends"
+            ),
+            "x"
+        )
+        .is_ok());
     }
 }

@@ -864,6 +864,7 @@ impl Daemon {
                     .filter(|id| self.desired.backends.get(id).is_some_and(|b| b.active))
                     .count(),
                 counters: self.dp.service_counters(s.id).into(),
+                forwarding: s.forwarding.dsr().map(|d| format!("dsr/{}", d.encap)),
             })
             .collect();
         let groups = self

@@ -134,6 +134,8 @@ pub struct Maps {
     pub syn_samples: Array<MapData, lb_common::SynSample>,
     /// Passive health: per-backend settings (written by the daemon).
     pub passive_conf: Array<MapData, lb_common::PassiveConf>,
+    /// DSR settings per service id.
+    pub dsr: Array<MapData, lb_common::DsrConf>,
 }
 
 /// The loaded program and its maps.
@@ -167,7 +169,7 @@ macro_rules! typed {
 
 impl Dataplane {
     /// Map name → (max_entries, value_size) for these options.
-    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 19] {
+    fn expected_maps(opts: &LoadOptions) -> [(&'static str, u32, usize); 20] {
         use std::mem::size_of;
         let table = opts.max_services * SLOTS_PER_SERVICE * opts.ring_size;
         [
@@ -225,6 +227,11 @@ impl Dataplane {
                 lb_common::MAP_PASSIVE_CONF,
                 MAX_BACKENDS,
                 size_of::<lb_common::PassiveConf>(),
+            ),
+            (
+                lb_common::MAP_DSR,
+                opts.max_services,
+                size_of::<lb_common::DsrConf>(),
             ),
         ]
     }
@@ -313,6 +320,7 @@ impl Dataplane {
             .override_global(lb_common::GLOBAL_HASH_SEED, &opts.hash_seed, true)
             .map_max_entries(MAP_SERVICES, opts.max_services)
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
+            .map_max_entries(lb_common::MAP_DSR, opts.max_services)
             .map_max_entries(MAP_MAGLEV, table)
             .map_max_entries(MAP_CONNTRACK, opts.conntrack_size)
             .map_max_entries(MAP_REVERSE, opts.conntrack_size)
@@ -358,6 +366,7 @@ impl Dataplane {
         let passive_stats = typed!(PerCpuArray, &mut ebpf, lb_common::MAP_PASSIVE_STATS);
         let syn_samples = typed!(Array, &mut ebpf, lb_common::MAP_SYN_SAMPLES);
         let passive_conf = typed!(Array, &mut ebpf, lb_common::MAP_PASSIVE_CONF);
+        let dsr = typed!(Array, &mut ebpf, lb_common::MAP_DSR);
         Ok(Self {
             opts,
             adopted,
@@ -383,6 +392,7 @@ impl Dataplane {
                 passive_stats,
                 syn_samples,
                 passive_conf,
+                dsr,
             },
         })
     }
@@ -705,6 +715,10 @@ impl MapWriter for Dataplane {
         conf: lb_common::PassiveConf,
     ) -> std::result::Result<(), MapError> {
         self.maps.passive_conf.set(id, conf, 0)
+    }
+
+    fn set_dsr(&mut self, id: u32, conf: lb_common::DsrConf) -> std::result::Result<(), MapError> {
+        self.maps.dsr.set(id, conf, 0)
     }
 }
 

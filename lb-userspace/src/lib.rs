@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod diff;
+pub mod dsr;
 pub mod ebpf;
 pub mod endpoint;
 pub mod health;

@@ -156,6 +156,28 @@ enum Command {
     },
     /// Print the man page (roff; e.g. `xlb man > /usr/share/man/man1/xlb.1`).
     Man,
+    /// The backend side of DSR: attach an XDP program to DEV that strips IPIP and GUE
+    /// addressed to this host and hands the inner packet to the stack; runs in the
+    /// foreground until SIGINT/SIGTERM, then detaches and prints its counters.
+    Decap {
+        /// The interface the tunnel packets arrive on
+        #[arg(long, short, value_name = "DEV")]
+        interface: String,
+        /// Strip only packets whose inner destination is ADDR (repeatable; every inner
+        /// destination when omitted)
+        #[arg(long = "vip", value_name = "ADDR")]
+        vips: Vec<std::net::IpAddr>,
+        /// GUE's UDP port
+        #[arg(long, value_name = "PORT", default_value_t = lb_common::DEFAULT_GUE_PORT,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        gue_port: u16,
+        /// XDP attach mode: auto, native or generic
+        #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "native", "generic"])]
+        xdp_mode: String,
+        /// Print the counters of the `xlb decap` running on DEV and exit
+        #[arg(long)]
+        stats: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -407,6 +429,33 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Decap {
+            interface,
+            vips,
+            gue_port,
+            xdp_mode,
+            stats,
+        } => {
+            let result = if stats {
+                xlb::dsr::pinned_counters(&interface)
+                    .map(|c| print!("{}", xlb::dsr::format_counters(&c)))
+                    .map_err(|e| anyhow::anyhow!("no `xlb decap` running on {interface}? ({e})"))
+            } else {
+                let mode = match xdp_mode.as_str() {
+                    "native" => xlb::config::XdpMode::Native,
+                    "generic" => xlb::config::XdpMode::Generic,
+                    _ => xlb::config::XdpMode::Auto,
+                };
+                xlb::dsr::run(&interface, &vips, gue_port, mode)
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xlb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Stop {
             config: ConfigArg { config },
             cleanup,

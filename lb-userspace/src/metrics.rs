@@ -771,6 +771,7 @@ pub(crate) mod tests_support {
                         dropped: 4,
                         syns: 33,
                     },
+                    forwarding: None,
                 }],
                 groups: vec![GroupStatus {
                     name: "web-servers".into(),

@@ -155,6 +155,10 @@ pub struct ServiceStatus {
     /// Backends in the service's live Maglev table.
     pub backends_in_table: usize,
     pub counters: TrafficCounters,
+    /// `"dsr/l2"`, `"dsr/ipip"` or `"dsr/gue"` for a service in direct-server-return mode;
+    /// absent for NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

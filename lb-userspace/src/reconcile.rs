@@ -57,6 +57,8 @@ pub trait MapWriter {
     fn remove_flow(&mut self, key: &FlowKey) -> Result<(), MapError>;
     /// `PASSIVE_CONF[id] = conf` (passive health's SYN sampling of backend `id`).
     fn set_passive_conf(&mut self, id: u32, conf: PassiveConf) -> Result<(), MapError>;
+    /// `DSR[id] = conf` (how DSR service `id` sends packets to its backends).
+    fn set_dsr(&mut self, id: u32, conf: lb_common::DsrConf) -> Result<(), MapError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,8 @@ pub struct Reconciler {
     tx_ports: Option<Vec<u32>>,
     /// What `PASSIVE_CONF` holds other than zeros, by backend id.
     passive: HashMap<u32, PassiveConf>,
+    /// What `DSR` holds for the services in DSR mode, by service id.
+    dsr: HashMap<u32, lb_common::DsrConf>,
 }
 
 /// What the link watcher saw: the VLAN devices of the namespace and the ifindex of each
@@ -383,7 +387,15 @@ impl Reconciler {
         for svc in &desired.services {
             let source = table_source(desired, svc);
             let empty = matches!(&source, TableSource::Built(m) if m.is_empty());
-            let flags = if empty { SVC_F_EMPTY } else { 0 };
+            let mut flags = if empty { SVC_F_EMPTY } else { 0 };
+            if let Some(conf) = crate::dsr::map_value(&svc.forwarding) {
+                // Written before the service entry that names it.
+                if self.dsr.get(&svc.id) != Some(&conf) {
+                    dp.set_dsr(svc.id, conf).map_err(map_err("DSR"))?;
+                    self.dsr.insert(svc.id, conf);
+                }
+                flags |= lb_common::SVC_F_DSR;
+            }
             let key = svc.key();
 
             let current = self.services.get(&svc.id);
@@ -449,8 +461,9 @@ impl Reconciler {
 
         // 3. Where replies from each backend address go: the one service it serves, or
         // "shared" (several services: replies use the flows' REVERSE entries).
+        // DSR services have no replies to translate.
         let mut want: HashMap<BackendAddr, BackendAddrValue> = HashMap::new();
-        for svc in &desired.services {
+        for svc in desired.services.iter().filter(|s| s.forwarding.is_nat()) {
             let (vip, _) = crate::dataplane::addr_bytes(svc.vip);
             for id in &svc.backends {
                 let Some(b) = desired.backends.get(id) else {

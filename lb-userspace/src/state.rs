@@ -111,6 +111,9 @@ pub struct DesiredService {
     /// Backend ids of every member of the group; the active ones form the Maglev table, in
     /// this order.
     pub backends: Vec<u32>,
+    /// NAT or direct server return (`SVC_F_DSR` and its `DSR` entry).
+    #[serde(skip_serializing_if = "crate::config::Forwarding::is_nat")]
+    pub forwarding: crate::config::Forwarding,
 }
 
 impl DesiredService {
@@ -752,11 +755,13 @@ impl State {
                 protocol: svc.protocol,
                 target_group: svc.target_group.clone(),
                 backends: ids,
+                forwarding: svc.forwarding,
             });
         }
-        // Backend addresses (with port and protocol) that more than one service reaches.
+        // Backend addresses (with port and protocol) that more than one service reaches
+        // (services in NAT mode: DSR replies never pass through xlb).
         let mut users: HashMap<lb_common::BackendAddr, HashSet<u32>> = HashMap::new();
-        for svc in &out.services {
+        for svc in out.services.iter().filter(|s| s.forwarding.is_nat()) {
             for id in &svc.backends {
                 if let Some(b) = out.backends.get(id) {
                     users
@@ -766,7 +771,7 @@ impl State {
                 }
             }
         }
-        for svc in &out.services {
+        for svc in out.services.iter().filter(|s| s.forwarding.is_nat()) {
             for id in &svc.backends {
                 if let Some(b) = out.backends.get_mut(id) {
                     if users[&b.addr_key(svc.protocol)].len() > 1 {

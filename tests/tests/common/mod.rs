@@ -165,6 +165,12 @@ pub fn mac(m: [u8; 6]) -> String {
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::with_config(CONFIG)
+    }
+
+    /// The fixture namespace with the program filled from `config` (its interfaces:
+    /// `veth-client` and `veth-backends`).
+    pub fn with_config(config: &str) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ns = Netns::new(format!("xlbfx-{}-{n}", std::process::id())).expect("netns");
@@ -220,7 +226,7 @@ impl Fixture {
             )
         });
 
-        let cfg = config::parse(CONFIG, "fixtures.toml").expect("fixture config");
+        let cfg = config::parse(config, "fixtures.toml").expect("fixture config");
         let mut dp = Dataplane::load(
             LoadOptions {
                 ring_size: cfg.daemon.maglev_table_size,

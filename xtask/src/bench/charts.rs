@@ -156,7 +156,7 @@ pub fn draw_all(r: &Results, dir: &Path, stem: &str) -> Result<results::ChartFil
                         .replace("established flow, ", "est. ")
                         .replace(" in the table", "")
                         .replace(
-                            "new TCP flow (SYN): Maglev + conntrack insert",
+                            "new TCP flow (SYN): Maglev + UNCONFIRMED insert",
                             "new flow (SYN)",
                         )
                         .replace("non-service traffic (XDP_PASS)", "pass")
