@@ -11,7 +11,7 @@
 //! churns only that table; if it evicted the established flows from the connection table,
 //! their next packets would be balanced by the changed table and about a quarter of them
 //! would reach the new backend, which resets them (with SYNs and new UDP flows pinned
-//! straight into the connection table, 21 to 29 of the 100 were reset).
+//! straight into the connection table, 21 to 31 of the 100 were reset).
 //!
 //! The UDP flood of the main test goes to a service whose backends answer nothing (one-packet
 //! flows). An ignored test floods a UDP service whose servers answer every datagram: each
