@@ -12,6 +12,8 @@
 //! | `POST /v1/groups/{group}/backends/drain`     | [`BackendRef`]| 200 [`ChangeResult`]        |
 //! | `POST /v1/groups/{group}/backends/weight`    | [`SetWeight`] | 200 [`ChangeResult`]        |
 //! | `POST /v1/reload`                            |               | 200 [`ChangeResult`]        |
+//! | `POST /v1/node/drain`                        |               | 200 [`ChangeResult`]        |
+//! | `POST /v1/node/undrain`                      |               | 200 [`ChangeResult`]        |
 //! | `POST /v1/diff`                              | [`DiffRequest`]| 200 [`ChangePreview`] (changes nothing) |
 //!
 //! Every error answers `{"error": "..."}` ([`ApiErrorBody`]): the owner's [`ApiError`] with its
@@ -382,6 +384,8 @@ pub fn router(tx: mpsc::Sender<Envelope>) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/groups/{group}/scale", post(scale))
         .route("/v1/events", get(events))
+        .route("/v1/node/drain", post(node_drain))
+        .route("/v1/node/undrain", post(node_undrain))
         .route("/v1/diff", post(diff))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -580,6 +584,14 @@ async fn reload(State(tx): Tx) -> Answer {
     change(&tx, Request::Reload, StatusCode::OK).await
 }
 
+async fn node_drain(State(tx): Tx) -> Answer {
+    change(&tx, Request::NodeDrain, StatusCode::OK).await
+}
+
+async fn node_undrain(State(tx): Tx) -> Answer {
+    change(&tx, Request::NodeUndrain, StatusCode::OK).await
+}
+
 async fn scale(State(tx): Tx, path: GroupPath, body: Body) -> Answer {
     let request = route_request(BodyRoute::Scale, path, body)?;
     change(&tx, request, StatusCode::OK).await
@@ -705,6 +717,7 @@ pub(crate) mod testing {
                         ..Default::default()
                     },
                     forwarding: None,
+                    table_fingerprint: "0123456789abcdef".into(),
                 },
                 ServiceStatus {
                     name: "api-v6".into(),
@@ -715,6 +728,7 @@ pub(crate) mod testing {
                     backends_in_table: 2,
                     counters: TrafficCounters::default(),
                     forwarding: None,
+                    table_fingerprint: "fedcba9876543210".into(),
                 },
             ],
             groups: vec![
@@ -750,6 +764,7 @@ pub(crate) mod testing {
                 ("dropped".to_string(), 0),
                 ("malformed".to_string(), 3),
             ]),
+            announce: None,
         }
     }
 
@@ -809,6 +824,10 @@ pub(crate) mod testing {
             }
             Request::Reload => Err(ApiError::Invalid(
                 "xlb.toml:3:1: daemon.foo: unknown key".into(),
+            )),
+            Request::NodeDrain => done("draining: withdrawing 1 VIPs".into()),
+            Request::NodeUndrain => Err(ApiError::Invalid(
+                "the config has no [daemon.announce]".into(),
             )),
             Request::Scale { group, body } => {
                 known(&group)?;

@@ -189,6 +189,8 @@ pub enum Action {
     Events {
         group: Option<String>,
     },
+    NodeDrain,
+    NodeUndrain,
     /// What a reload would change: of `config` (its text and the name it was read from), or
     /// of the daemon's own config file when None.
     Diff {
@@ -236,6 +238,8 @@ impl Action {
                 Some(json!({ "address": address, "weight": weight })),
             ),
             Self::Reload => (Method::POST, "/v1/reload".into(), None),
+            Self::NodeDrain => (Method::POST, "/v1/node/drain".into(), None),
+            Self::NodeUndrain => (Method::POST, "/v1/node/undrain".into(), None),
             Self::Scale { group, desired } => (
                 Method::POST,
                 format!("/v1/groups/{}/scale", encode_segment(group)),
@@ -678,6 +682,8 @@ pub fn render_status(s: &Status) -> String {
         t.render(&mut out);
     }
 
+    render_fleet(s, &mut out);
+
     out.push('\n');
     let nonzero: Vec<_> = s.global.iter().filter(|(_, v)| **v != 0).collect();
     if nonzero.is_empty() {
@@ -690,6 +696,52 @@ pub fn render_status(s: &Status) -> String {
         t.render(&mut out);
     }
     out
+}
+
+/// The fleet part of `xlb status`: each service's table fingerprint (equal on every node
+/// that sends each flow to the same backend) and, with `[daemon.announce]`, the node's state
+/// and its announcements.
+fn render_fleet(s: &Status, out: &mut String) {
+    if !s.services.is_empty() {
+        out.push('\n');
+        let mut t = Table::new(&["SERVICE", "TABLE-FINGERPRINT"]);
+        for svc in &s.services {
+            let fp = if svc.table_fingerprint.is_empty() {
+                "-".to_string()
+            } else {
+                svc.table_fingerprint.clone()
+            };
+            t.row(vec![svc.name.clone(), fp]);
+        }
+        t.render(out);
+    }
+    let Some(a) = &s.announce else {
+        return;
+    };
+    out.push('\n');
+    let mut node = a.node.clone();
+    if let Some(left) = a.drain_remaining_secs {
+        let _ = write!(node, " (drain_timeout in {})", format_since(left));
+    }
+    let _ = writeln!(out, "node:        {node}");
+    let routes = match (&a.route_error, a.routes_in_sync) {
+        (Some(e), _) => format!("table {}: retrying after: {e}", a.table),
+        (None, true) => format!("table {}: in sync", a.table),
+        (None, false) => format!("table {}: writing", a.table),
+    };
+    let _ = writeln!(out, "routes:      {routes}");
+    let _ = writeln!(out, "{:<13}{}", format!("{}:", a.via), a.bird);
+    if !a.vips.is_empty() {
+        let mut t = Table::new(&["VIP", "ANNOUNCED", "WHY"]);
+        for v in &a.vips {
+            t.row(vec![
+                v.vip.to_string(),
+                if v.announced { "yes" } else { "no" }.to_string(),
+                v.reason.clone(),
+            ]);
+        }
+        t.render(out);
+    }
 }
 
 /// `xlb backends` as a human reads it.
@@ -837,6 +889,66 @@ mod tests {
             !out.contains("dropped"),
             "zero counters are left out:\n{out}"
         );
+    }
+
+    #[test]
+    fn status_shows_fingerprints_and_announcements() {
+        let mut s = canned_status();
+        let out = render_status(&s);
+        let fps = block(&out, "SERVICE");
+        assert_aligned(fps);
+        assert_eq!(
+            fps,
+            "SERVICE   TABLE-FINGERPRINT\nweb       0123456789abcdef\napi-v6    fedcba9876543210"
+        );
+        assert!(
+            !out.contains("node:"),
+            "no [daemon.announce], no node line:\n{out}"
+        );
+
+        s.announce = Some(crate::model::AnnounceStatus {
+            via: "bird".into(),
+            table: 100,
+            node: "draining".into(),
+            drain_remaining_secs: Some(125.0),
+            routes_in_sync: true,
+            route_error: None,
+            bird: "up (BIRD 2.0.12 ready.)".into(),
+            vips: vec![
+                crate::model::VipAnnouncement {
+                    vip: "192.0.2.10".parse().unwrap(),
+                    announced: false,
+                    reason: "node draining".into(),
+                },
+                crate::model::VipAnnouncement {
+                    vip: "2001:db8::100".parse().unwrap(),
+                    announced: true,
+                    reason: "serving".into(),
+                },
+            ],
+        });
+        let out = render_status(&s);
+        let node = block(&out, "node:");
+        assert!(
+            node.contains("node:        draining (drain_timeout in 2m)\n"),
+            "{node}"
+        );
+        assert!(node.contains("routes:      table 100: in sync\n"), "{node}");
+        assert!(
+            node.contains("bird:        up (BIRD 2.0.12 ready.)\n"),
+            "{node}"
+        );
+        assert!(
+            node.contains("192.0.2.10      no          node draining\n"),
+            "{node}"
+        );
+        assert!(
+            node.ends_with("2001:db8::100   yes         serving"),
+            "{node}"
+        );
+        // The JSON round trip keeps it (the CLI reads what the daemon serializes).
+        let back: Status = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -16,6 +16,16 @@
 //! api_group = "xlb"            # optional: its members may read the API; changes stay root's
 //! http_listen = "127.0.0.1:9470"        # optional: GET /metrics and the status page
 //!
+//! # Optional: a fleet of nodes; announce the VIPs this node can serve through BIRD, which
+//! # exports the routes xlb keeps in a kernel table of its own.
+//! [daemon.announce]
+//! via = "bird"                 # required
+//! table = 100                  # 1..2^32-1, not 253-255: xlb's kernel routing table
+//! bird_socket = "/run/bird/bird.ctl"   # only read, for `xlb status`
+//! require_healthy = true       # announce a VIP only with a healthy backend
+//! drain_timeout = "300s"       # 0s..1d: `xlb node drain` is drained after this at the latest
+//! drain_quiet = "5s"           # 1s..1h: ... or once no packet to a service arrived this long
+//!
 //! [[service]]
 //! name = "web"
 //! vip = "198.18.100.1"
@@ -301,6 +311,9 @@ pub struct DaemonConfig {
     /// The same for UDP (1s-7d).
     #[serde(serialize_with = "serialize_duration")]
     pub udp_idle_timeout: Duration,
+    /// `[daemon.announce]`: announce the VIPs to routers through BIRD (a fleet of nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceConfig>,
     /// A group whose members may read the API (the socket gets it, mode 0660); changes stay
     /// root's.
     pub api_group: Option<String>,
@@ -308,6 +321,42 @@ pub struct DaemonConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<std::net::SocketAddr>,
 }
+
+/// `[daemon.announce]`: how this node makes routers send it the VIPs' traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnnounceConfig {
+    /// Who announces: BIRD (the only one), which exports what xlb puts in `table`.
+    pub via: AnnounceVia,
+    /// The kernel routing table xlb keeps one route per VIP it can serve in (1 - 2^32-1,
+    /// not 253-255); BIRD's kernel protocol learns them from there.
+    pub table: u32,
+    /// BIRD's control socket: only read, to report in `xlb status` whether BIRD runs.
+    pub bird_socket: PathBuf,
+    /// Announce a VIP only while one of its services has a healthy backend.
+    pub require_healthy: bool,
+    /// `xlb node drain`: report drained after this long at the latest (0s - 1d).
+    #[serde(serialize_with = "serialize_duration")]
+    pub drain_timeout: Duration,
+    /// `xlb node drain`: report drained once no packet to a service arrived this long
+    /// (1s - 1h), or once no flow is open.
+    #[serde(serialize_with = "serialize_duration")]
+    pub drain_quiet: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnounceVia {
+    Bird,
+}
+
+/// `[daemon.announce] table` by default.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 100;
+/// The kernel's own tables: default, main, local.
+const RESERVED_TABLES: [u32; 3] = [253, 254, 255];
+/// Debian's BIRD 2 control socket.
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_DRAIN_QUIET: Duration = Duration::from_secs(5);
 
 /// How the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -1138,6 +1187,7 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             "state_file",
             "tcp_idle_timeout",
             "udp_idle_timeout",
+            "announce",
             "api_group",
             "http_listen",
         ],
@@ -1341,6 +1391,7 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             state_file,
             tcp_idle_timeout,
             udp_idle_timeout,
+            announce: parse_announce(cx, &t)?,
             http_listen,
         },
         DaemonPos {
@@ -1348,6 +1399,75 @@ fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPo
             max_services: max_services_pos,
         },
     ))
+}
+
+/// `[daemon.announce]`: the fleet's route announcements (see [`AnnounceConfig`]).
+fn parse_announce(cx: &Cx<'_>, daemon: &Table<'_>) -> Result<Option<AnnounceConfig>, ConfigError> {
+    let Some(at) = daemon.get("announce") else {
+        return Ok(None);
+    };
+    let t = at.table(cx, "a table ([daemon.announce])")?;
+    t.allow(
+        cx,
+        &[
+            "via",
+            "table",
+            "bird_socket",
+            "require_healthy",
+            "drain_timeout",
+            "drain_quiet",
+        ],
+    )?;
+    let via = t.require(cx, "via")?;
+    match via.str(cx)? {
+        "bird" => {}
+        other => {
+            return Err(via.err(
+                cx,
+                format!("unknown announcer \"{other}\" (expected \"bird\")"),
+            ))
+        }
+    }
+    let table = match t.get("table") {
+        None => DEFAULT_ANNOUNCE_TABLE,
+        Some(at) => {
+            let v = at.int_in(cx, 1, i64::from(u32::MAX))? as u32;
+            if RESERVED_TABLES.contains(&v) {
+                return Err(at.err(
+                    cx,
+                    format!(
+                        "table {v} is one of the kernel's own (253 default, 254 main, 255 local); \
+                         give xlb a table of its own"
+                    ),
+                ));
+            }
+            v
+        }
+    };
+    let bird_socket = match t.get("bird_socket") {
+        None => PathBuf::from(DEFAULT_BIRD_SOCKET),
+        Some(at) => PathBuf::from(at.file_path(cx, true)?),
+    };
+    let require_healthy = match t.get("require_healthy") {
+        None => true,
+        Some(at) => at.bool(cx)?,
+    };
+    let drain_timeout = match t.get("drain_timeout") {
+        None => DEFAULT_DRAIN_TIMEOUT,
+        Some(at) => at.duration_in(cx, Duration::ZERO, Duration::from_secs(86_400))?,
+    };
+    let drain_quiet = match t.get("drain_quiet") {
+        None => DEFAULT_DRAIN_QUIET,
+        Some(at) => at.duration_in(cx, Duration::from_secs(1), Duration::from_secs(3600))?,
+    };
+    Ok(Some(AnnounceConfig {
+        via: AnnounceVia::Bird,
+        table,
+        bird_socket,
+        require_healthy,
+        drain_timeout,
+        drain_quiet,
+    }))
 }
 
 /// `daemon.api_group`: a group name as `groupadd` takes it (it is looked up when xlb starts).
@@ -3323,6 +3443,7 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
                 state_file: PathBuf::from("/run/xlb/state.json"),
                 tcp_idle_timeout: Duration::from_secs(350),
                 udp_idle_timeout: Duration::from_secs(120),
+                announce: None,
                 api_group: None,
                 http_listen: None,
             }
@@ -3982,6 +4103,7 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
                 state_file: PathBuf::from("/var/lib/xlb/state.json"),
                 tcp_idle_timeout: Duration::from_secs(5400),
                 udp_idle_timeout: Duration::from_secs(45),
+                announce: None,
                 api_group: None,
                 http_listen: None,
             }
@@ -5783,6 +5905,109 @@ desired = 6
             "{MINIMAL}[target_group.passive_health]\nredispatch = true\n"
         ));
         assert!(msg.contains("there is none"), "{msg}");
+    }
+
+    #[test]
+    fn announce_section() {
+        // Absent: nothing announced.
+        assert_eq!(parse(MINIMAL, "xlb.toml").unwrap().daemon.announce, None);
+        // Defaults.
+        let c = parse(
+            &format!("{MINIMAL}[daemon.announce]\nvia = \"bird\"\n"),
+            "xlb.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.daemon.announce,
+            Some(AnnounceConfig {
+                via: AnnounceVia::Bird,
+                table: DEFAULT_ANNOUNCE_TABLE,
+                bird_socket: PathBuf::from(DEFAULT_BIRD_SOCKET),
+                require_healthy: true,
+                drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+                drain_quiet: DEFAULT_DRAIN_QUIET,
+            })
+        );
+        // Every key, inline too; and it serializes back.
+        let c = parse(
+            "[daemon]\ninterfaces = [\"eth0\"]\nannounce = { via = \"bird\", table = 4000, \
+             bird_socket = \"/run/bird/node1.ctl\", require_healthy = false, \
+             drain_timeout = \"0s\", drain_quiet = \"2s\" }\n",
+            "xlb.toml",
+        )
+        .unwrap();
+        let a = c.daemon.announce.clone().unwrap();
+        assert_eq!(a.table, 4000);
+        assert_eq!(a.bird_socket, PathBuf::from("/run/bird/node1.ctl"));
+        assert!(!a.require_healthy);
+        assert_eq!(a.drain_timeout, Duration::ZERO);
+        assert_eq!(a.drain_quiet, Duration::from_secs(2));
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["daemon"]["announce"]["via"], "bird");
+        assert_eq!(json["daemon"]["announce"]["drain_quiet"], "2s");
+        // hash_seed: the fleet's other half, settable to the same value on every node.
+        let c = parse(&format!("{MINIMAL}hash_seed = 7\n"), "xlb.toml").unwrap();
+        assert_eq!(c.daemon.hash_seed, Some(7));
+    }
+
+    #[test]
+    fn error_announce() {
+        let head = format!("{MINIMAL}[daemon.announce]\n");
+        for (body, field, needle) in [
+            (
+                "table = 1\n",
+                "daemon.announce.via",
+                "missing required key `via`",
+            ),
+            (
+                "via = \"exabgp\"\n",
+                "daemon.announce.via",
+                "expected \"bird\"",
+            ),
+            (
+                "via = \"bird\"\ntable = 254\n",
+                "daemon.announce.table",
+                "kernel's own",
+            ),
+            (
+                "via = \"bird\"\ntable = 0\n",
+                "daemon.announce.table",
+                "out of range",
+            ),
+            (
+                "via = \"bird\"\nbird_socket = \"bird.ctl\"\n",
+                "daemon.announce.bird_socket",
+                "absolute",
+            ),
+            (
+                "via = \"bird\"\nrequire_healthy = 1\n",
+                "daemon.announce.require_healthy",
+                "boolean",
+            ),
+            (
+                "via = \"bird\"\ndrain_timeout = \"2d\"\n",
+                "daemon.announce.drain_timeout",
+                "out of range",
+            ),
+            (
+                "via = \"bird\"\ndrain_quiet = \"0s\"\n",
+                "daemon.announce.drain_quiet",
+                "out of range",
+            ),
+            (
+                "via = \"bird\"\nprefix = 32\n",
+                "daemon.announce.prefix",
+                "unknown key",
+            ),
+        ] {
+            let (line, _, f, msg) = fail(&format!("{head}{body}"));
+            assert_eq!(f, field, "{body}: {msg}");
+            assert!(msg.contains(needle), "{body}: {msg}");
+            assert!(line >= 3, "{body}: line {line}");
+        }
+        let (_, _, f, msg) = fail(&format!("{MINIMAL}announce = 3\n"));
+        assert_eq!(f, "daemon.announce");
+        assert!(msg.contains("a table"), "{msg}");
     }
 }
 

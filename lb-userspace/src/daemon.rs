@@ -415,6 +415,10 @@ struct Daemon {
     seen_up: HashMap<String, bool>,
     /// The ifindex XDP was last attached to, per interface.
     attached_ifindex: HashMap<String, u32>,
+    /// `[daemon.announce]`: the fleet's announcements (None without that section).
+    fleet: Option<crate::fleet::Fleet>,
+    /// Each service's table fingerprint, for `xlb status`.
+    fingerprints: crate::fleet::FingerprintCache,
     /// Open flows per backend id, from the last conntrack sweep (for `xlb diff`).
     last_open: HashMap<u32, u64>,
     /// `[[alert]]` rules, and their sender.
@@ -468,6 +472,56 @@ impl Daemon {
     fn after_change(&mut self) {
         self.sync_checks();
         self.persist();
+        self.fleet_update();
+    }
+
+    /// Tell the announcer what the node can serve now; log and record a finished drain.
+    fn fleet_update(&mut self) {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        let services: Vec<crate::fleet::ServiceReadiness> = self
+            .desired
+            .services
+            .iter()
+            .map(|s| crate::fleet::ServiceReadiness {
+                vip: s.vip,
+                in_table: s
+                    .backends
+                    .iter()
+                    .any(|id| self.desired.backends.get(id).is_some_and(|b| b.active)),
+                healthy: self.state.groups.get(&s.target_group).is_some_and(|g| {
+                    g.members
+                        .iter()
+                        .any(|m| m.state() == crate::model::BackendState::Healthy)
+                }),
+            })
+            .collect();
+        let node = crate::fleet::NodeReadiness {
+            attached: self.interfaces.iter().all(|i| {
+                self.attachments.iter().any(|a| a.iface == *i)
+                    && self.attached_ifindex.contains_key(i)
+                    && self.seen_up.get(i) != Some(&false)
+            }),
+            maps_ok: !self.retry_apply,
+        };
+        let packets = self
+            .desired
+            .services
+            .iter()
+            .map(|s| self.dp.service_counters(s.id).packets)
+            .sum();
+        let open_flows = self
+            .state
+            .groups
+            .values()
+            .flat_map(|g| g.members.iter())
+            .map(|m| m.active_flows)
+            .sum();
+        if let Some(msg) = fleet.update(Instant::now(), &services, node, packets, open_flows) {
+            info!("{msg}");
+            self.state.push_event("", "node", msg, Default::default());
+        }
     }
 
     fn sync_checks(&mut self) {
@@ -639,6 +693,22 @@ impl Daemon {
             }
             Request::SetWeight { group, body } => {
                 self.transact(|s| s.set_weight(&group, &body.address, body.weight))
+            }
+            Request::NodeDrain | Request::NodeUndrain => {
+                let Some(fleet) = self.fleet.as_mut() else {
+                    return Err(ApiError::Invalid(
+                        "the config has no [daemon.announce]: this node announces nothing to \
+                         drain"
+                            .into(),
+                    ));
+                };
+                let r = if matches!(req, Request::NodeDrain) {
+                    fleet.drain(Instant::now())
+                } else {
+                    fleet.undrain()
+                };
+                self.fleet_update();
+                r
             }
         }
     }
@@ -865,6 +935,17 @@ impl Daemon {
                     .count(),
                 counters: self.dp.service_counters(s.id).into(),
                 forwarding: s.forwarding.dsr().map(|d| format!("dsr/{}", d.encap)),
+                table_fingerprint: self.fingerprints.get(
+                    s.id,
+                    s.backends
+                        .iter()
+                        .filter_map(|id| self.desired.backends.get(id))
+                        .filter(|b| b.active)
+                        .map(|b| (b.key.maglev_key(), b.weight))
+                        .collect(),
+                    self.dp.opts.ring_size,
+                    self.dp.opts.hash_seed,
+                ),
             })
             .collect();
         let groups = self
@@ -963,6 +1044,7 @@ impl Daemon {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            announce: self.fleet.as_ref().map(|f| f.status(now)),
         }
     }
 }
@@ -1055,6 +1137,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         xdp_mode: d.xdp_mode,
         seen_up: HashMap::new(),
         attached_ifindex: HashMap::new(),
+        fleet: None,
+        fingerprints: Default::default(),
         last_open: HashMap::new(),
         alerts: crate::alert::Alerter::default(),
         alert_sender: crate::alert::Sender::default(),
@@ -1131,6 +1215,21 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         api = %d.api_socket.display(),
         "xlb is running"
     );
+    // Announce only now that XDP is attached and the maps are written.
+    if let Some(a) = d.announce.clone() {
+        if d.hash_seed.is_none() {
+            warn!(
+                "[daemon.announce] without hash_seed: this node's seed is random, so other \
+                 nodes of the fleet send the same flow to other backends (set the same \
+                 hash_seed on every node)"
+            );
+        }
+        daemon.fleet = Some(
+            crate::fleet::Fleet::start(a, &d.state_file)
+                .context("starting the announcer ([daemon.announce])")?,
+        );
+        daemon.fleet_update();
+    }
     crate::service::notify_ready(&daemon.status_line());
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -1189,6 +1288,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                 }
                 daemon.scaling_round();
+                daemon.fleet_update();
                 daemon.alert_round();
                 if let Err(e) = daemon.reconciler.prepare_idle_slots(&mut daemon.dp) {
                     warn!(error = %e, "preparing the idle table slots failed");
@@ -1198,6 +1298,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     }
     crate::service::notify_stopping();
+    if let Some(f) = &daemon.fleet {
+        f.withdraw_all(Duration::from_secs(3)).await;
+    }
     info!("stopping; XDP stays attached and keeps forwarding (`xlb stop --cleanup` detaches it)");
     daemon.persist();
     for (name, value) in daemon.dp.global_counters() {
@@ -1257,7 +1360,16 @@ pub fn stop(config_path: &Path, cleanup: bool) -> Result<()> {
         };
         let r = instance::remove_pins(&d.pin_path, &names)
             .with_context(|| format!("removing pinned objects from {}", d.pin_path.display()))?;
-        for f in [d.state_file.clone(), instance::manifest_path(&d.state_file)] {
+        // XDP no longer forwards here: routers must stop sending the VIPs' traffic (the
+        // routes a killed daemon left), and a fresh start is not drained.
+        if let Some(a) = &d.announce {
+            crate::fleet::withdraw_blocking(a.table);
+        }
+        for f in [
+            d.state_file.clone(),
+            instance::manifest_path(&d.state_file),
+            crate::fleet::drain_marker(&d.state_file),
+        ] {
             match std::fs::remove_file(&f) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

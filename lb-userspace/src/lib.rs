@@ -20,6 +20,7 @@ pub mod diff;
 pub mod dsr;
 pub mod ebpf;
 pub mod endpoint;
+pub mod fleet;
 pub mod health;
 pub mod instance;
 pub mod links;

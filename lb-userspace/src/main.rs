@@ -133,6 +133,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// This node's place in a fleet ([daemon.announce]): drain it for maintenance, or bring
+    /// it back.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// A live view of services and backends with their rates (new flows, packets and bytes
     /// per second in and out, like `ipvsadm --rate`) and open flows, refreshed every second;
     /// q, Esc or Ctrl-C quits.
@@ -177,6 +183,23 @@ enum Command {
         /// Print the counters of the `xlb decap` running on DEV and exit
         #[arg(long)]
         stats: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Withdraw every VIP this node announces, keep forwarding what still arrives, and report
+    /// drained (`xlb status`) once nothing arrives or drain_timeout runs out. Stays drained
+    /// across restarts until `xlb node undrain`.
+    Drain {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Announce again the VIPs this node can serve (after `xlb node drain`).
+    #[command(visible_alias = "resume")]
+    Undrain {
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -385,6 +408,10 @@ fn main() -> ExitCode {
                     weight,
                 },
             ),
+        },
+        Command::Node { command } => match command {
+            NodeCommand::Drain { client: args } => client(args, Action::NodeDrain),
+            NodeCommand::Undrain { client: args } => client(args, Action::NodeUndrain),
         },
         Command::Top {
             once,

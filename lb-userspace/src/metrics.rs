@@ -410,6 +410,66 @@ fn gauge_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// A fleet's series: each service's table fingerprint (equal on nodes that send every flow
+/// to the same backend: `count by (service) (count by (service, fingerprint)
+/// (xlb_service_table_fingerprint)) > 1` finds nodes that disagree) and, with
+/// `[daemon.announce]`, the node's state, each VIP's announcement, the routes and BIRD.
+fn fleet_metrics(reg: &mut Registry, s: &crate::model::Status) {
+    let fp = Gauges::default();
+    for sv in &s.services {
+        fp.get_or_create(&labels([
+            ("service", sv.name.as_str()),
+            ("group", sv.target_group.as_str()),
+            ("fingerprint", sv.table_fingerprint.as_str()),
+        ]))
+        .set(1);
+    }
+    reg.register(
+        "service_table_fingerprint",
+        "Always 1; the fingerprint of the service's live Maglev table as backend addresses, \
+         hash seed and size (equal on every node that sends a flow to the same backend)",
+        fp,
+    );
+    let Some(a) = &s.announce else {
+        return;
+    };
+    let node = Gauges::default();
+    for st in ["serving", "draining", "drained"] {
+        node.get_or_create(&labels([("state", st)]))
+            .set(i64::from(a.node == st));
+    }
+    reg.register(
+        "node_state",
+        "1 for the node's state in the fleet (serving, draining, drained), 0 for the others",
+        node,
+    );
+    let vips = Gauges::default();
+    for v in &a.vips {
+        vips.get_or_create(&labels([("vip", v.vip.to_string().as_str())]))
+            .set(i64::from(v.announced));
+    }
+    reg.register(
+        "vip_announced",
+        "1 while the node wants the VIP announced (its route is in the announce table once \
+         xlb_announce_routes_in_sync is 1), else 0",
+        vips,
+    );
+    let sync: Gauge = Gauge::default();
+    sync.set(i64::from(a.routes_in_sync));
+    reg.register(
+        "announce_routes_in_sync",
+        "1 when the announce table holds exactly the routes xlb wants",
+        sync,
+    );
+    let bird: Gauge = Gauge::default();
+    bird.set(i64::from(a.bird.starts_with("up")));
+    reg.register(
+        "bird_up",
+        "1 when BIRD's control socket answered the last probe (every 5 s)",
+        bird,
+    );
+}
+
 /// The Prometheus text exposition (version 0.0.4) of `snap` and `live`.
 pub fn render(snap: &Snapshot, live: &Live) -> String {
     let mut reg = Registry::with_prefix("xlb");
@@ -642,6 +702,8 @@ pub fn render(snap: &Snapshot, live: &Live) -> String {
         sc_launching,
     );
 
+    fleet_metrics(&mut reg, s);
+
     // The connection table.
     if let Some(n) = snap.conntrack_entries {
         let g: Gauge = Gauge::default();
@@ -772,6 +834,7 @@ pub(crate) mod tests_support {
                         syns: 33,
                     },
                     forwarding: None,
+                    table_fingerprint: "0123456789abcdef".into(),
                 }],
                 groups: vec![GroupStatus {
                     name: "web-servers".into(),
@@ -797,6 +860,7 @@ pub(crate) mod tests_support {
                     ],
                 }],
                 global,
+                announce: None,
             },
             started_unix: 1_700_000_000.0,
             taken_unix: 1_700_000_060.0,
@@ -969,6 +1033,8 @@ mod tests {
                         "hook",
                         "outcome",
                         "version",
+                        "fingerprint",
+                        "vip",
                         "le"
                     ]
                     .contains(&k.as_str()),
@@ -977,6 +1043,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn fleet_series() {
+        let mut snap = fake_snapshot();
+        let text = render(&snap, &live_with_some());
+        let (types, samples) = parse(&text);
+        let web = [
+            ("service", "web"),
+            ("group", "web-servers"),
+            ("fingerprint", "0123456789abcdef"),
+        ];
+        assert_eq!(
+            value(&samples, "xlb_service_table_fingerprint", &web),
+            Some(1.0)
+        );
+        // No [daemon.announce]: no node series.
+        assert!(!types.contains_key("xlb_node_state"), "{text}");
+        snap.status.announce = Some(crate::model::AnnounceStatus {
+            via: "bird".into(),
+            table: 100,
+            node: "draining".into(),
+            drain_remaining_secs: Some(10.0),
+            routes_in_sync: true,
+            route_error: None,
+            bird: "unreachable at /run/bird/bird.ctl: no such file".into(),
+            vips: vec![crate::model::VipAnnouncement {
+                vip: "198.18.100.1".parse().unwrap(),
+                announced: false,
+                reason: "node draining".into(),
+            }],
+        });
+        let text = render(&snap, &live_with_some());
+        let (_, samples) = parse(&text);
+        let v = |name: &str, l: &[(&str, &str)]| value(&samples, name, l);
+        assert_eq!(v("xlb_node_state", &[("state", "draining")]), Some(1.0));
+        assert_eq!(v("xlb_node_state", &[("state", "serving")]), Some(0.0));
+        assert_eq!(
+            v("xlb_vip_announced", &[("vip", "198.18.100.1")]),
+            Some(0.0)
+        );
+        assert_eq!(v("xlb_announce_routes_in_sync", &[]), Some(1.0));
+        assert_eq!(v("xlb_bird_up", &[]), Some(0.0));
     }
 
     #[test]

@@ -159,6 +159,10 @@ pub struct ServiceStatus {
     /// absent for NAT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<String>,
+    /// Fingerprint of the service's Maglev table as backend addresses (with the hash seed
+    /// and table size): nodes of a fleet that send a flow to the same backend show the same.
+    #[serde(default)]
+    pub table_fingerprint: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,6 +183,39 @@ pub struct Status {
     pub groups: Vec<GroupStatus>,
     /// Global data-path counters by name (`passed`, `dropped`, `malformed`, ...).
     pub global: BTreeMap<String, u64>,
+    /// `[daemon.announce]`: the node's announcements; None without that section.
+    #[serde(default)]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// The node's place in a fleet: what it announces and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// `"bird"`.
+    pub via: String,
+    /// The kernel routing table the announced routes are kept in.
+    pub table: u32,
+    /// `serving`, `draining` or `drained`.
+    pub node: String,
+    /// While draining: seconds until it is reported drained at the latest.
+    pub drain_remaining_secs: Option<f64>,
+    /// Whether the routes in `table` are what xlb wants (false while a write is retried).
+    pub routes_in_sync: bool,
+    /// The last error writing routes, if the last attempt failed.
+    pub route_error: Option<String>,
+    /// `up (BIRD 2.0.12 ready.)` or `unreachable at PATH: why` (checked every few seconds).
+    pub bird: String,
+    pub vips: Vec<VipAnnouncement>,
+}
+
+/// One VIP: announced or not, and why not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipAnnouncement {
+    pub vip: std::net::IpAddr,
+    /// xlb wants it announced (the route is in the table once `routes_in_sync`).
+    pub announced: bool,
+    /// `serving`, or why it is withdrawn: `node drained`, `no healthy backend`, ...
+    pub reason: String,
 }
 
 /// A backend named in a request: `ADDR`, `ADDR:PORT` or `[V6ADDR]:PORT`.
@@ -241,6 +278,10 @@ pub enum Request {
     Events {
         group: Option<String>,
     },
+    /// `xlb node drain`: withdraw every VIP, keep forwarding what still arrives.
+    NodeDrain,
+    /// `xlb node undrain`: announce again.
+    NodeUndrain,
     /// What a reload would change (`xlb diff`, `xlb reload --dry-run`); changes nothing.
     Diff(DiffRequest),
 }
@@ -272,6 +313,8 @@ impl Request {
             Self::Scale { group, body } => {
                 (group.clone(), format!("scale to desired {}", body.desired))
             }
+            Self::NodeDrain => (String::new(), "drain the node".into()),
+            Self::NodeUndrain => (String::new(), "undrain the node".into()),
         })
     }
 }

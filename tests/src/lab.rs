@@ -600,27 +600,27 @@ fn udp_answers(to: SocketAddr) -> bool {
 }
 
 /// `ip -n NS ARGS` (ARGS split on spaces).
-fn ip(ns: &Netns, args: &str) -> Result<()> {
+pub(crate) fn ip(ns: &Netns, args: &str) -> Result<()> {
     let mut a = vec!["-n", ns.name()];
     a.extend(args.split_whitespace());
     crate::cmd::ip(a).map(drop)
 }
 
-fn addr(ns: &Netns, dev: &str, a: IpAddr, len: u8) -> Result<()> {
+pub(crate) fn addr(ns: &Netns, dev: &str, a: IpAddr, len: u8) -> Result<()> {
     match a {
         IpAddr::V4(_) => ip(ns, &format!("addr add {a}/{len} dev {dev}")),
         IpAddr::V6(_) => ip(ns, &format!("-6 addr add {a}/{len} dev {dev} nodad")),
     }
 }
 
-fn ethtool(ns: &Netns, dev: &str, features: &str) -> Result<()> {
+pub(crate) fn ethtool(ns: &Netns, dev: &str, features: &str) -> Result<()> {
     let mut a = vec!["ethtool", "-K", dev];
     a.extend(features.split_whitespace());
     ns.exec(a).map(drop)
 }
 
 /// One bounded ping (up to 3 tries of `ping -c1 -W1`).
-fn ping(ns: &Netns, to: IpAddr) -> Result<()> {
+pub(crate) fn ping(ns: &Netns, to: IpAddr) -> Result<()> {
     let family = if to.is_ipv4() { "-4" } else { "-6" };
     let to = to.to_string();
     let mut last = None;

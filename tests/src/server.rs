@@ -32,6 +32,9 @@ pub struct ServeConfig {
     pub http: Vec<u16>,
     pub udp: Vec<u16>,
     pub echo: Vec<u16>,
+    /// UDP sockets bound to one address (a DSR backend answers from the VIP it was asked on:
+    /// a socket on the wildcard address would answer from the route's source instead).
+    pub udp_bind: Vec<SocketAddr>,
 }
 
 /// The addresses actually bound, in the order of the config's ports.
@@ -76,13 +79,23 @@ pub async fn start(cfg: &ServeConfig) -> Result<Bound> {
         bound.udp.push(sock.local_addr()?);
         tokio::spawn(udp_loop(sock, state.clone()));
     }
+    for &addr in &cfg.udp_bind {
+        let std = std::net::UdpSocket::bind(addr).with_context(|| format!("UDP {addr}"))?;
+        std.set_nonblocking(true)?;
+        let sock = UdpSocket::from_std(std)?;
+        bound.udp.push(sock.local_addr()?);
+        tokio::spawn(udp_loop(sock, state.clone()));
+    }
     Ok(bound)
 }
 
 /// Runs the servers until the process is killed (what `xlb-lab serve` does).
 pub fn run(cfg: &ServeConfig) -> Result<()> {
     ensure!(
-        !(cfg.http.is_empty() && cfg.udp.is_empty() && cfg.echo.is_empty()),
+        !(cfg.http.is_empty()
+            && cfg.udp.is_empty()
+            && cfg.echo.is_empty()
+            && cfg.udp_bind.is_empty()),
         "nothing to serve: give --http, --udp or --echo ports"
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -315,6 +328,7 @@ mod tests {
             http: vec![0],
             udp: vec![0],
             echo: vec![0],
+            udp_bind: vec![],
         };
         let bound = rt.block_on(start(&cfg)).unwrap();
         let t = Duration::from_secs(5);

@@ -62,6 +62,12 @@ impl Xlbd {
 
     /// [`Xlbd::start`] under `launch`'s wrapper and with its environment.
     pub fn start_with(lab: &Lab, name: &str, config: &str, launch: Launch) -> Result<Xlbd> {
+        Self::start_in(lab.lb_ns().name(), name, config, launch)
+    }
+
+    /// [`Xlbd::start_with`] in the network namespace named `netns` (e.g. one node of a
+    /// fleet: each with its own `name`, so its pins, state and socket are its own).
+    pub fn start_in(netns: &str, name: &str, config: &str, launch: Launch) -> Result<Xlbd> {
         let run_dir = PathBuf::from(format!("/run/{name}"));
         std::fs::create_dir_all(&run_dir)?;
         let cfg = run_dir.join("xlb.toml");
@@ -73,7 +79,7 @@ impl Xlbd {
             socket: run_dir.join("xlb.sock"),
             pin_path: PathBuf::from(format!("/sys/fs/bpf/{name}")),
             run_dir,
-            lb_ns: lab.lb_ns().name().to_string(),
+            lb_ns: netns.to_string(),
             child: None,
             launch,
         };
@@ -232,13 +238,27 @@ impl Drop for Xlbd {
         if let Some(mut c) = self.child.take() {
             let _ = c.stop();
         }
-        // Detach XDP and remove the pinned maps and the state file.
-        let _ = Command::new(&self.bin)
-            .args(["stop", "--cleanup", "--config"])
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // Detach XDP and remove the pinned maps and the state file: inside the daemon's
+        // namespace while it exists (a cleanup also withdraws announced routes there).
+        let netns = PathBuf::from(format!("/run/netns/{}", self.lb_ns));
+        let inside = netns.exists()
+            && Command::new("nsenter")
+                .arg(format!("--net={}", netns.display()))
+                .arg(&self.bin)
+                .args(["stop", "--cleanup", "--config"])
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !inside {
+            let _ = Command::new(&self.bin)
+                .args(["stop", "--cleanup", "--config"])
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.pin_path);
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }

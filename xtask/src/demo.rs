@@ -16,7 +16,7 @@ use xlb_lab::config::DEMO_CONFIG;
 use xlb_lab::lab::{self, Lab};
 
 /// The longest a demo runs, whatever `--duration` says.
-const MAX_DURATION: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// Per-request timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -28,6 +28,15 @@ pub struct Args {
     /// Requests per second, rotating over the services web, dns and web6 (1..=1000).
     #[arg(long, value_name = "N", default_value_t = 50)]
     rate: u32,
+    /// A fleet instead: a router running BIRD with ECMP, three xlb nodes each running BIRD,
+    /// three backends; a live table of where requests go per node and backend while the
+    /// demo drains, kills and brings back nodes (needs BIRD 2, installed by setup).
+    #[arg(long)]
+    fleet: bool,
+    /// With `--fleet`: how the services forward: `dsr-gue` (direct server return, the
+    /// backends running `xlb decap`), `dsr-ipip` or `nat`.
+    #[arg(long, value_name = "MODE", default_value = "dsr-gue")]
+    forwarding: String,
 }
 
 /// Set by SIGINT/SIGTERM/SIGHUP: stop and clean up.
@@ -39,7 +48,7 @@ extern "C" fn on_signal(_: std::ffi::c_int) {
 
 /// Replaces the default action of the stop signals (dying on the spot, leaving the namespaces
 /// behind) with setting [`STOP`], so the guards run.
-fn catch_stop_signals() -> Result<()> {
+pub(crate) fn catch_stop_signals() -> Result<()> {
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::SA_RESTART,
@@ -52,7 +61,7 @@ fn catch_stop_signals() -> Result<()> {
     Ok(())
 }
 
-fn stopped() -> bool {
+pub(crate) fn stopped() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
@@ -127,6 +136,9 @@ pub fn demo(args: Args) -> Result<()> {
         .unwrap_or(MAX_DURATION)
         .min(MAX_DURATION);
     catch_stop_signals()?;
+    if args.fleet {
+        return crate::demo_fleet::demo(args.rate, duration, &args.forwarding);
+    }
 
     crate::setup::setup()?;
     crate::build(false)?;

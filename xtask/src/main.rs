@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod demo_fleet;
 mod fuzz;
 mod setup;
 
@@ -23,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need, where missing: nightly rust-src, bpf-linker,
-    /// cargo-fuzz, Debian packages (iproute2, ethtool, nftables, iputils-ping, procps).
+    /// cargo-fuzz, Debian packages (iproute2, ethtool, nftables, iputils-ping, procps, bird2).
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by lb-userspace's build.rs).
     Build {
@@ -43,7 +44,8 @@ enum Cmd {
     /// model check with 1,000,000 frames (root).
     Fuzz(fuzz::Args),
     /// Run xlb in a lab of network namespaces (1 client, 3 backends) and show live how the
-    /// client's requests spread over the backends. Needs root.
+    /// client's requests spread over the backends (`--fleet`: three xlb nodes behind a BIRD
+    /// router with ECMP). Needs root.
     Demo(demo::Args),
     /// Benchmarks: per-packet cost of the XDP program, forwarding and TCP through xlb and
     /// baselines (kernel routing, nftables DNAT, HAProxy), Maglev, control plane, memory.

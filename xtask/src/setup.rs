@@ -12,14 +12,16 @@ const BPF_LINKER: &str = "0.10.4";
 /// The cargo-fuzz version `cargo xtask fuzz` uses.
 const CARGO_FUZZ: &str = "0.13.2";
 
-/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`, and
-/// for `tests/tests/observe.rs` a Prometheus server and headless Chromium.
+/// Debian packages the lab and the tests use: `ip`, `ethtool`, `nft`, `ping`, `sysctl`; BIRD 2
+/// (`bird`, `birdc`) for the fleet's router and nodes; and for `tests/tests/observe.rs` a
+/// Prometheus server and headless Chromium.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "nftables",
     "iputils-ping",
     "procps",
+    "bird2",
     "prometheus",
     "chromium",
 ];

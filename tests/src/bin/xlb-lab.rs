@@ -1,4 +1,4 @@
-//! `xlb-lab serve --name NAME [--http PORT]... [--udp PORT]... [--echo PORT]...`: the lab
+//! `xlb-lab serve --name NAME [--http PORT]... [--udp PORT]... [--echo PORT]... [--udp-bind ADDR:PORT]...`: the lab
 //! servers a backend runs (see `xlb_lab::server`).
 
 use clap::{Parser, Subcommand};
@@ -27,6 +27,9 @@ enum Cmd {
         /// TCP echo port.
         #[arg(long = "echo", value_name = "PORT")]
         echo: Vec<u16>,
+        /// UDP on one address (a DSR backend's VIP), answered as `--udp`.
+        #[arg(long = "udp-bind", value_name = "ADDR:PORT")]
+        udp_bind: Vec<std::net::SocketAddr>,
     },
 }
 
@@ -37,11 +40,13 @@ fn main() -> anyhow::Result<()> {
             http,
             udp,
             echo,
+            udp_bind,
         } => server::run(&ServeConfig {
             name,
             http,
             udp,
             echo,
+            udp_bind,
         }),
     }
 }

@@ -8,7 +8,9 @@
 //! 4. `maglev`: table build times, and a backend change until it is live;
 //! 5. `control`: backend death until removal (with health checks), scaling trigger (by hand
 //!    and by a policy) until the first packet at the new backend;
-//! 6. `memory`: daemon RSS and BPF map memory for 1 and 100 services.
+//! 6. `memory`: daemon RSS and BPF map memory for 1 and 100 services;
+//! 7. `fleet`: three xlb nodes behind a BIRD router with ECMP: connections broken and
+//!    stalled, and the router's reaction time, when a node dies, is drained, comes back.
 //!
 //! `cargo xtask bench` (a debug build of xtask) builds the release binaries with the `xlb`
 //! feature of xtask and runs the release xtask, so that the in-process measurements are of
@@ -16,6 +18,7 @@
 
 mod charts;
 mod control;
+mod fleet;
 mod load;
 mod maglev;
 mod memory;
@@ -75,16 +78,20 @@ enum Scenario {
     /// 6: memory.
     #[value(alias = "6")]
     Memory,
+    /// 7: a fleet of nodes failing over (needs BIRD 2).
+    #[value(alias = "7")]
+    Fleet,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Prog,
         Scenario::Forwarding,
         Scenario::Tcp,
         Scenario::Maglev,
         Scenario::Control,
         Scenario::Memory,
+        Scenario::Fleet,
     ];
 
     fn name(self) -> &'static str {
@@ -95,6 +102,7 @@ impl Scenario {
             Scenario::Maglev => "maglev",
             Scenario::Control => "control",
             Scenario::Memory => "memory",
+            Scenario::Fleet => "fleet",
         }
     }
 }
@@ -200,6 +208,7 @@ const CHILD_ENV: &str = "XLB_BENCH_CHILD";
 
 /// Namespace prefixes of the bench (all start with `xlbb`).
 const NS_PREFIXES: [&str; 3] = ["xlbbench-", "xlbbfx-", "xlbbmem-"];
+// (The fleet scenario's namespaces are `xlbbench-fl-*`.)
 
 pub fn bench(args: Args) -> Result<()> {
     crate::require_root("bench")?;
@@ -416,6 +425,14 @@ fn run(args: Args) -> Result<()> {
         match memory::run(&bins, &tmp.0) {
             Ok(x) => r.memory = Some(x),
             Err(e) => fail(&mut r, Scenario::Memory, e),
+        }
+    }
+
+    if has(Scenario::Fleet) {
+        eprintln!("bench: 7. fleet failover");
+        match fleet::run(&p) {
+            Ok(x) => r.fleet = Some(x),
+            Err(e) => fail(&mut r, Scenario::Fleet, e),
         }
     }
 

@@ -21,6 +21,8 @@ pub struct Results {
     pub maglev: Option<MaglevResults>,
     pub control: Option<ControlResults>,
     pub memory: Option<MemoryResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetResults>,
     pub targets: Vec<TargetCheck>,
     /// Scenarios that failed: name → error.
     pub errors: BTreeMap<String, String>,
@@ -228,6 +230,32 @@ pub struct DaemonChange {
     pub median_ms: f64,
     pub probe_interval_us: u64,
     pub how: String,
+}
+
+// ---- scenario 7: fleet ----
+
+/// Three nodes behind a BIRD router with ECMP, long-lived connections, nodes failing.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FleetResults {
+    /// Long-lived TCP connections exchanging 64 bytes every 20 ms.
+    pub connections: usize,
+    pub events: Vec<FleetEvent>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FleetEvent {
+    pub event: String,
+    /// From the event until the router's route to the VIP has its new next hops.
+    pub route_changed_ms: f64,
+    /// Connections that failed (reset, closed, echo wrong, 15 s without an answer).
+    pub broken: usize,
+    /// Connections whose longest gap between exchanges around the event was over 200 ms.
+    pub stalled: usize,
+    pub stall_p50_ms: f64,
+    /// The longest gap of any connection around the event.
+    pub stall_max_ms: f64,
+    /// For a drain: from `xlb node drain` until `xlb status` says drained.
+    pub drained_after_ms: Option<f64>,
 }
 
 // ---- scenario 5: control plane ----
@@ -1003,6 +1031,37 @@ pub fn markdown(r: &Results, charts: &ChartFiles) -> String {
             }
             m.push('\n');
         }
+    }
+
+    if let Some(f) = &r.fleet {
+        let _ = writeln!(
+            m,
+            "### 7. Fleet failover
+
+Three xlb nodes (NAT, same config and hash seed) behind a \
+             router running BIRD (BGP hold 3 s, `merge paths`, `fib_multipath_hash_policy = 1`); \
+             {} long-lived TCP connections exchanging 64 bytes every 20 ms. Route change: from \
+             the event until the router's kernel route has its new next hops (polled every \
+             5 ms). Stalled: connections whose longest gap between exchanges around the event \
+             was over 200 ms (they had packets on the path that went and waited for TCP's \
+             retransmission).\n\n| event | route changed | broken | stalled | stall p50 | longest gap | drained after |\n|---|---:|---:|---:|---:|---:|---:|",
+            f.connections
+        );
+        for e in &f.events {
+            let _ = writeln!(
+                m,
+                "| {} | {:.0} ms | **{}** | {} | {:.0} ms | {:.0} ms | {} |",
+                e.event,
+                e.route_changed_ms,
+                e.broken,
+                e.stalled,
+                e.stall_p50_ms,
+                e.stall_max_ms,
+                e.drained_after_ms
+                    .map_or("-".to_string(), |d| format!("{:.1} s", d / 1000.0))
+            );
+        }
+        m.push('\n');
     }
 
     if let Some(mem) = &r.memory {
