@@ -215,9 +215,7 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
                     // The client's first packet after its SYN (the handshake's ACK), or a UDP
                     // client's first packet after a reply, confirms the flow: into the
                     // connection table. (A spoofed source sees no reply and sends no ACK.)
-                    if !confirmed
-                        && ((tcp && !syn) || (!tcp && (*ct).flags & CT_F_ANSWERED != 0))
-                    {
+                    if !confirmed && ((tcp && !syn) || (!tcp && (*ct).flags & CT_F_ANSWERED != 0)) {
                         confirm(&p.key, ct);
                         if flags & SVC_F_DSR != 0 {
                             dsr_new_flow(service_id, id);

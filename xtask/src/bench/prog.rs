@@ -677,8 +677,24 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             (DSR_GUE_PORT, results::CASE_DSR_GUE),
             (DSR_IPIP_PORT, results::CASE_DSR_IPIP),
         ] {
-            let syn = tcp4(CLIENT_MAC, LB_CLIENT_MAC, CLIENT, VIP, 40100, port, Kind::Syn);
-            let data = tcp4(CLIENT_MAC, LB_CLIENT_MAC, CLIENT, VIP, 40100, port, Kind::Data);
+            let syn = tcp4(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                CLIENT,
+                VIP,
+                40100,
+                port,
+                Kind::Syn,
+            );
+            let data = tcp4(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                CLIENT,
+                VIP,
+                40100,
+                port,
+                Kind::Data,
+            );
             for f in [&syn, &data] {
                 let rc = fx.once(prog, f, ci)?;
                 ensure!(rc == XDP_REDIRECT, "{name}: priming returned {rc}");
