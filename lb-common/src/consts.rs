@@ -221,6 +221,10 @@ pub const CT_F_ANSWERED: u32 = 2;
 pub const CT_F_WITHHELD: u32 = 4;
 /// `CtValue::flags`: the flow was counted as a new flow (confirmed, and answered since).
 pub const CT_F_COUNTED: u32 = 8;
+/// `CtValue::flags`: the entry was made (or renewed) by the client's SYN: a RST from the
+/// backend before an answer refuses that handshake (passive health). An entry made from a
+/// packet past the SYN (a moved flow, or a spoofed ACK) has no handshake to refuse.
+pub const CT_F_SYN: u32 = 16;
 
 /// `BackendInfo::flags`: the backend may receive new flows.
 pub const BE_F_ACTIVE: u8 = 1;

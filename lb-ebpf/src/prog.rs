@@ -9,7 +9,7 @@ use lb_common::{
     global, hash::flow_hash, BackendAddrValue, BackendInfo, CtValue, FlowKey, FragKey, FragValue,
     NextHop, RevValue, ServiceInfo, ServiceKey, ADDR_F_BACKEND, ADDR_F_VIP, BA_F_SHARED,
     BE_F_ACTIVE, BE_F_ESTABLISHED_OK, BE_F_REDISPATCH, BE_F_SHARED, CT_F_ANSWERED, CT_F_CLOSING,
-    CT_F_COUNTED, CT_F_WITHHELD, FRAG_F_DSR, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS,
+    CT_F_COUNTED, CT_F_SYN, CT_F_WITHHELD, FRAG_F_DSR, FRAG_F_FORWARD, FRAG_F_PASS, FRAG_TTL_NS,
     LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, SVC_F_DSR,
     SVC_F_EMPTY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
@@ -189,35 +189,52 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
     let mut be: *const BackendInfo = core::ptr::null();
     let tcp = p.key.proto == PROTO_TCP;
     let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // Confirmed flows are in the connection table; a TCP handshake (its SYN seen) and a UDP
-    // flow without a reply wait in `UNCONFIRMED`.
+    let dsr = flags & SVC_F_DSR != 0;
+    // Confirmed flows are in the connection table; others (a TCP handshake, a flow seen first
+    // past its SYN, a UDP flow) wait in `UNCONFIRMED`.
     let mut confirmed = true;
     let mut entry = CONNTRACK.get_ptr_mut(&p.key);
     if entry.is_none() {
-        count(global::CONNTRACK_MISS);
         entry = UNCONFIRMED.get_ptr_mut(&p.key);
         confirmed = false;
+        if entry.is_none() {
+            count(global::CONNTRACK_MISS);
+        }
     }
     match entry {
         // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
         Some(ct) => unsafe {
             let id = (*ct).backend_id;
-            if let Some(b) = BACKENDS.get_ptr(id) {
+            // An entry of another service (a backend id freed and taken again) is a miss.
+            let own = (*ct).service_id == service_id;
+            if let Some(b) = BACKENDS.get_ptr(id).filter(|_| own) {
                 if (*b).flags & BE_F_ESTABLISHED_OK != 0 {
                     backend_id = id;
                     be = b;
                     if now.wrapping_sub((*ct).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
                         (*ct).last_seen_ns = now;
                     }
+                    if syn {
+                        // A new connection on this client port (or the handshake's SYN
+                        // again): its own answer, refusal and count to come.
+                        (*ct).flags = ((*ct).flags & CT_F_WITHHELD) | CT_F_SYN;
+                    }
                     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                         (*ct).flags |= CT_F_CLOSING;
                     }
-                    // The client's first packet after its SYN (the handshake's ACK), or a UDP
-                    // client's first packet after a reply, confirms the flow: into the
-                    // connection table. (A spoofed source sees no reply and sends no ACK.)
-                    if !confirmed && ((tcp && !syn) || (!tcp && (*ct).flags & CT_F_ANSWERED != 0)) {
+                    // The client's packet after its backend answered (the handshake's ACK
+                    // after the SYN-ACK, a UDP datagram after a reply) confirms the flow:
+                    // into the connection table. A spoofed source sees no answer and sends
+                    // nothing after it; a backend answers a spoofed ACK with a RST, which is
+                    // no answer. DSR sees no answers: the client's ACK confirms a handshake.
+                    let ready = if dsr {
+                        tcp && !syn
+                    } else {
+                        p.tcp_flags & (TCP_SYN | TCP_RST) == 0 && (*ct).flags & CT_F_ANSWERED != 0
+                    };
+                    if !confirmed && ready {
                         confirm(&p.key, ct);
-                        if flags & SVC_F_DSR != 0 {
+                        if dsr {
                             dsr_new_flow(service_id, id);
                         }
                     }
@@ -248,17 +265,16 @@ fn forward(ctx: &XdpContext, p: &Pkt, svc: *const ServiceInfo) -> Result<u32, u3
             Some(b) if unsafe { (*b).flags } & BE_F_ACTIVE != 0 => be = b,
             _ => return Ok(no_backend(service_id)),
         }
-        // A SYN and a new UDP flow are pinned in `UNCONFIRMED` (a flood of SYNs or of
-        // one-packet flows evicts only such entries); a TCP flow seen past its SYN (moved
-        // here, or evicted) and a flow whose confirmed entry named a backend now gone, in the
-        // connection table.
-        let into_ct = confirmed || (tcp && !syn);
-        if flags & SVC_F_DSR != 0 {
-            // No reply will ever confirm a DSR flow: UDP flows go to the connection table at
-            // once; a handshake waits for the client's ACK as above.
+        // A new flow is pinned in `UNCONFIRMED` (a flood of SYNs, ACKs or one-packet flows
+        // evicts only such entries); a flow whose confirmed entry named a backend now gone,
+        // in the connection table.
+        if dsr {
+            // No reply will ever confirm a DSR flow: UDP flows and TCP seen past its SYN go to
+            // the connection table at once; a handshake waits for the client's ACK as above.
+            let into_ct = confirmed || (tcp && !syn);
             pin_dsr(p, ids(service_id, backend_id), now, into_ct || !tcp);
         } else {
-            pin_flow(p, ids(service_id, backend_id), be, now, into_ct);
+            pin_flow(p, ids(service_id, backend_id), be, now, confirmed);
         }
         passive_new_flow(p, backend_id, h);
     }
@@ -414,12 +430,15 @@ fn orphan_fragment(p: &Pkt) -> u32 {
 #[inline(never)]
 fn pin_flow(p: &Pkt, ids: u64, be: *const BackendInfo, now: u64, into_ct: bool) {
     let (service_id, backend_id) = ((ids >> 32) as u32, ids as u32);
+    let syn = p.key.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let ct = CtValue {
         backend_id,
         service_id,
         last_seen_ns: now,
         flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             CT_F_CLOSING
+        } else if syn {
+            CT_F_SYN
         } else {
             0
         },
@@ -974,7 +993,8 @@ fn passive_reply(p: &Pkt, ct: *mut CtValue, vip: &[u8; 16], vport: [u8; 2]) -> u
         }
         return FLOW_OK;
     }
-    if p.tcp_flags & TCP_RST != 0 && !answered {
+    // SAFETY: as above.
+    if p.tcp_flags & TCP_RST != 0 && !answered && unsafe { (*ct).flags } & CT_F_SYN != 0 {
         c.refused += 1;
         // SAFETY: as above.
         let first = (unsafe { (*ct).flags } & CT_F_WITHHELD) == 0;

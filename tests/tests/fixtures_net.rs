@@ -2145,15 +2145,67 @@ fn handshakes_and_unconfirmed_udp() {
     let has = r.fx.has_flow(&k3);
     r.expect("evicted: no entry", !has, "an entry");
     r.case(
-        "evicted: the client's ACK pins the flow where the table sends it",
+        "evicted: the client's ACK pins the flow where the table sends it (UNCONFIRMED)",
         cin(tf(C6, VIP6, 51003, 80, "A", 64)),
         ci,
         XDP_REDIRECT,
         Exp::Frame(tob(1, tf(C6, B61, 51003, 8080, "A", 63))),
         Some("conntrack_miss"),
     );
+    let (c, any) = (r.fx.has_confirmed_flow(&k3), r.fx.has_flow(&k3));
+    r.expect(
+        "evicted: unconfirmed",
+        !c && any,
+        &format!("confirmed {c}, any {any}"),
+    );
+    r.case(
+        "evicted: the backend's data answers it",
+        bin(1, t(B61, C6, 8080, 51003, 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(t(VIP6, C6, 80, 51003, 63))),
+        Some("replies"),
+    );
+    r.case(
+        "evicted: the client's next segment confirms it",
+        cin(t(C6, VIP6, 51003, 80, 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, t(C6, B61, 51003, 8080, 63))),
+        Some("confirmed"),
+    );
     let c = r.fx.has_confirmed_flow(&k3);
     r.expect("evicted: in CONNTRACK", c, "no CONNTRACK entry");
+
+    // A spoofed ACK (no handshake): pinned in UNCONFIRMED; the backend's RST is no answer
+    // (and no refusal), so the source's next packet confirms nothing.
+    let k4 = flow_key(C6, VIP6, 51004, 80, PROTO_TCP);
+    r.case(
+        "spoofed ACK: forwarded, unconfirmed",
+        cin(tf(C6, VIP6, 51004, 80, "A", 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, tf(C6, B61, 51004, 8080, "A", 63))),
+        Some("unconfirmed"),
+    );
+    r.case(
+        "spoofed ACK: the backend's RST goes back",
+        bin(1, tf(B61, C6, 8080, 51004, "R", 64)),
+        bi,
+        XDP_REDIRECT,
+        Exp::Frame(toc(tf(VIP6, C6, 80, 51004, "R", 63))),
+        Some("replies"),
+    );
+    r.case(
+        "spoofed ACK: another one stays unconfirmed",
+        cin(tf(C6, VIP6, 51004, 80, "A", 64)),
+        ci,
+        XDP_REDIRECT,
+        Exp::Frame(tob(1, tf(C6, B61, 51004, 8080, "A", 63))),
+        Some("forwarded"),
+    );
+    let c = r.fx.has_confirmed_flow(&k4);
+    r.expect("spoofed ACK: not in CONNTRACK", !c, "a CONNTRACK entry");
 
     // A SYN-ACK for a client port the table sends elsewhere is no balanced flow's: passed.
     let other = multi_ports_to(13, 1)[0];
@@ -2234,7 +2286,7 @@ fn handshakes_and_unconfirmed_udp() {
         n6 == n5,
         &format!("new flows +{}", n6 - n5),
     );
-    r.finish("handshakes", 17);
+    r.finish("handshakes", 22);
 }
 
 /// Backend packets without a connection-table entry: translated without state where the

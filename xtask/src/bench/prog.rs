@@ -599,21 +599,6 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             r.return_value
         );
         let backend = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
-        // Its first data packet confirms the handshake (moves the flow from UNCONFIRMED to
-        // the connection table): the measured packets are an established flow's.
-        ctx[4..8].copy_from_slice(&(data_a.len() as u32).to_ne_bytes());
-        let r = fx.dp.program(prog)?.test_run(TestRunOptions {
-            data_in: Some(&data_a),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..Default::default()
-        })?;
-        ensure!(
-            r.return_value == XDP_REDIRECT,
-            "the first data packet returned {}",
-            r.return_value
-        );
         Ok(backend)
     })?;
     let reply = tcp4(
@@ -625,6 +610,12 @@ pub fn run(p: &Params) -> Result<ProgResults> {
         40000,
         Kind::Data,
     );
+    // The backend's answer, then the client's next packet, confirm flow A (moved from
+    // UNCONFIRMED to the connection table): the measured packets are an established flow's.
+    for (frame, ifindex) in [(&reply, bi), (&data_a, ci)] {
+        let rc = fx.once(prog, frame, ifindex)?;
+        ensure!(rc == XDP_REDIRECT, "confirming flow A: {rc}");
+    }
 
     let mut cases = Vec::new();
     let mut floor = ProgCase {
