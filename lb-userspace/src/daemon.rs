@@ -190,12 +190,25 @@ fn spawn_sweeper(
 ) -> Result<std::thread::JoinHandle<()>> {
     let (ct_pin, backends_pin) = pins;
     let ct = MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
+    let un_pin = ct_pin.with_file_name(lb_common::MAP_UNCONFIRMED);
+    let unconfirmed =
+        MapData::from_pin(&un_pin).with_context(|| format!("opening {}", un_pin.display()))?;
     let backends = MapData::from_pin(&backends_pin)
         .with_context(|| format!("opening {}", backends_pin.display()))?;
     Ok(std::thread::spawn(move || loop {
         let cpu = crate::batch::thread_cpu_time();
         let result = sweep::free_backends(backends.fd().as_fd()).and_then(|free| {
-            sweep::sweep_once(ct.fd().as_fd(), &free, &cfg, monotonic_coarse_ns())
+            let now = monotonic_coarse_ns();
+            let mut s = sweep::sweep_once(ct.fd().as_fd(), &free, &cfg, now)?;
+            // Answered flows waiting in UNCONFIRMED (a UDP request and its reply) are open
+            // flows too; the table's idle ones go as the connection table's do.
+            let u = sweep::sweep_unconfirmed(unconfirmed.fd().as_fd(), &free, &cfg, now)?;
+            for (id, n) in u.open {
+                *s.open.entry(id).or_default() += n;
+            }
+            s.scanned += u.scanned;
+            s.expired += u.expired;
+            Ok(s)
         });
         let used = crate::batch::thread_cpu_time().saturating_sub(cpu);
         match result {

@@ -131,6 +131,29 @@ pub fn sweep_once(
     cfg: &SweepConfig,
     now_ns: u64,
 ) -> io::Result<Sweep> {
+    sweep_table(ct, free, cfg, now_ns, false)
+}
+
+/// One sweep of `UNCONFIRMED` (flows not confirmed yet): an entry its backend answered (a
+/// UDP flow with a reply, a handshake past its SYN-ACK) counts as open; idle ones are deleted
+/// as in the connection table, and so are entries naming a free backend id (an unconfirmed
+/// flow only loses its pin: its next packet is balanced again).
+pub fn sweep_unconfirmed(
+    table: BorrowedFd<'_>,
+    free: &[bool],
+    cfg: &SweepConfig,
+    now_ns: u64,
+) -> io::Result<Sweep> {
+    sweep_table(table, free, cfg, now_ns, true)
+}
+
+fn sweep_table(
+    ct: BorrowedFd<'_>,
+    free: &[bool],
+    cfg: &SweepConfig,
+    now_ns: u64,
+    unconfirmed: bool,
+) -> io::Result<Sweep> {
     let mut s = Sweep {
         at: Instant::now(),
         open: HashMap::new(),
@@ -147,12 +170,15 @@ pub fn sweep_once(
         for (key, v) in keys.iter().zip(values) {
             let id = v.backend_id as usize;
             if free.get(id).copied().unwrap_or(false) {
-                if s.stale.len() < SWEEP_STALE_MAX {
+                if unconfirmed {
+                    expired.push(*key);
+                } else if s.stale.len() < SWEEP_STALE_MAX {
                     s.stale.push((*key, v.backend_id));
                 }
                 continue;
             }
             match cfg.verdict(key.proto, v, now_ns) {
+                Verdict::Open if unconfirmed && v.flags & lb_common::CT_F_ANSWERED == 0 => {}
                 Verdict::Open => {
                     if let Some(n) = open.get_mut(id) {
                         *n += 1;

@@ -757,16 +757,19 @@ fn forget_flows(pin: &std::path::Path, client: IpAddr, port: u16) -> Result<usiz
     let (addr, _) = xlb::dataplane::addr_bytes(client);
     let port = port.to_be_bytes();
     let mut gone = 0;
-    let ct_map = open_map(pin, "CONNTRACK").context("CONNTRACK pin")?;
-    let mut ct: BpfHashMap<MapData, FlowKey, CtValue> = BpfHashMap::try_from(ct_map)?;
-    let keys: Vec<FlowKey> = ct
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.src == addr && k.sport == port)
-        .collect();
-    for k in keys {
-        ct.remove(&k)?;
-        gone += 1;
+    // The flow's entry: in the connection table, or (not confirmed yet) in UNCONFIRMED.
+    for table in ["CONNTRACK", "UNCONFIRMED"] {
+        let ct_map = open_map(pin, table).with_context(|| format!("{table} pin"))?;
+        let mut ct: BpfHashMap<MapData, FlowKey, CtValue> = BpfHashMap::try_from(ct_map)?;
+        let keys: Vec<FlowKey> = ct
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.src == addr && k.sport == port)
+            .collect();
+        for k in keys {
+            ct.remove(&k)?;
+            gone += 1;
+        }
     }
     let rev_map = open_map(pin, "REVERSE").context("REVERSE pin")?;
     let mut rev: BpfHashMap<MapData, FlowKey, RevValue> = BpfHashMap::try_from(rev_map)?;
@@ -784,17 +787,19 @@ fn forget_flows(pin: &std::path::Path, client: IpAddr, port: u16) -> Result<usiz
 
 fn has_flow(pin: &std::path::Path, client: IpAddr, port: u16) -> bool {
     let (addr, _) = xlb::dataplane::addr_bytes(client);
-    let Ok(map) = open_map(pin, "CONNTRACK") else {
-        return false;
-    };
-    let Ok(ct) = BpfHashMap::<MapData, FlowKey, CtValue>::try_from(map) else {
-        return false;
-    };
-    let found = ct
-        .keys()
-        .filter_map(|k| k.ok())
-        .any(|k| k.src == addr && k.sport == port.to_be_bytes());
-    found
+    ["CONNTRACK", "UNCONFIRMED"].into_iter().any(|table| {
+        let Ok(map) = open_map(pin, table) else {
+            return false;
+        };
+        let Ok(ct) = BpfHashMap::<MapData, FlowKey, CtValue>::try_from(map) else {
+            return false;
+        };
+        let found = ct
+            .keys()
+            .filter_map(|k| k.ok())
+            .any(|k| k.src == addr && k.sport == port.to_be_bytes());
+        found
+    })
 }
 
 /// One UDP exchange through the VIP, then the flow is deleted from the connection table and

@@ -71,11 +71,12 @@ fn names_by_port(lab: &Lab, ports: std::ops::Range<u16>) -> BTreeMap<u16, String
     })
 }
 
-/// Delete every CONNTRACK (and UNCONFIRMED) entry of `client`: the next packets of its flows
-/// are new flows. Returns how many CONNTRACK held.
+/// Delete every CONNTRACK and UNCONFIRMED entry of `client` (a UDP request answered once
+/// waits in UNCONFIRMED): the next packets of its flows are new flows. Returns how many
+/// entries there were.
 fn forget_client(pin: &Path, client: IpAddr) -> Result<usize> {
     let (addr, _) = xlb::dataplane::addr_bytes(client);
-    let mut confirmed = 0;
+    let mut gone = 0;
     for name in ["CONNTRACK", "UNCONFIRMED"] {
         let Ok(data) = MapData::from_pin(pin.join(name)) else {
             anyhow::ensure!(name != "CONNTRACK", "no CONNTRACK pin");
@@ -91,11 +92,9 @@ fn forget_client(pin: &Path, client: IpAddr) -> Result<usize> {
         for k in &keys {
             ct.remove(k)?;
         }
-        if name == "CONNTRACK" {
-            confirmed = keys.len();
-        }
+        gone += keys.len();
     }
-    Ok(confirmed)
+    Ok(gone)
 }
 
 #[test]
