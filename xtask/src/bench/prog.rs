@@ -663,43 +663,6 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             Some(("replies", 1)),
             None,
         )?);
-        // Direct server return: an established flow's packet encapsulated (GUE, IPIP).
-        for (port, name) in [
-            (DSR_GUE_PORT, results::CASE_DSR_GUE),
-            (DSR_IPIP_PORT, results::CASE_DSR_IPIP),
-        ] {
-            let syn = tcp4(
-                CLIENT_MAC,
-                LB_CLIENT_MAC,
-                CLIENT,
-                VIP,
-                40100,
-                port,
-                Kind::Syn,
-            );
-            let data = tcp4(
-                CLIENT_MAC,
-                LB_CLIENT_MAC,
-                CLIENT,
-                VIP,
-                40100,
-                port,
-                Kind::Data,
-            );
-            for f in [&syn, &data] {
-                let rc = fx.once(prog, f, ci)?;
-                ensure!(rc == XDP_REDIRECT, "{name}: priming returned {rc}");
-            }
-            cases.push(b.case(
-                name,
-                1,
-                std::slice::from_ref(&data),
-                ci,
-                (XDP_REDIRECT, "XDP_REDIRECT"),
-                Some(("conntrack_miss", 0)),
-                None,
-            )?);
-        }
         // New flows: a SYN of a flow never seen, every packet. Per call: flows 0..n; in the
         // loop: 64Ki fresh flows per call from 1.5Mi on.
         let syns: Vec<Vec<u8>> = (0..n as u64)

@@ -620,11 +620,6 @@ pub const CASE_EST_64K: &str = "established flow, 64Ki flows in the table";
 pub const CASE_EST_1M: &str = "established flow, 1Mi flows in the table";
 #[cfg_attr(not(feature = "xlb"), allow(dead_code))]
 pub const CASE_REPLY: &str = "reply (reverse NAT)";
-/// Measured by the `prog` scenario only (built with the `xlb` feature).
-#[cfg_attr(not(feature = "xlb"), allow(dead_code))]
-pub const CASE_DSR_GUE: &str = "established flow, DSR (GUE encapsulation)";
-#[cfg_attr(not(feature = "xlb"), allow(dead_code))]
-pub const CASE_DSR_IPIP: &str = "established flow, DSR (IPIP encapsulation)";
 pub const CASE_PASS: &str = "non-service traffic (XDP_PASS)";
 
 // ---- markdown ----
