@@ -108,7 +108,7 @@ pub mod global {
     pub const DROPPED: u32 = 1;
     /// Truncated or malformed headers (dropped).
     pub const MALFORMED: u32 = 2;
-    /// Packets to a service whose flow was not in the connection table.
+    /// Packets to a service whose flow was in neither the connection table nor `UNCONFIRMED`.
     pub const CONNTRACK_MISS: u32 = 3;
     /// FIB lookups that failed (packet dropped).
     pub const FIB_FAILED: u32 = 4;

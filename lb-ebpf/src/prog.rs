@@ -448,8 +448,9 @@ fn pin_flow(p: &Pkt, ids: u64, be: *const BackendInfo, now: u64, into_ct: bool) 
     if into_ct {
         let _ = CONNTRACK.insert(&p.key, &ct, 0);
     } else {
-        let _ = UNCONFIRMED.insert(&p.key, &ct, 0);
-        count(global::UNCONFIRMED_NEW);
+        if UNCONFIRMED.insert(&p.key, &ct, 0).is_ok() {
+            count(global::UNCONFIRMED_NEW);
+        }
     }
     // SAFETY: a map value pointer the verifier checked for null (map values live as long as the map).
     if unsafe { (*be).flags } & BE_F_SHARED == 0 {
@@ -500,8 +501,9 @@ fn pin_dsr(p: &Pkt, ids: u64, now: u64, into_ct: bool) {
         let _ = CONNTRACK.insert(&p.key, &ct, 0);
         dsr_new_flow(service_id, backend_id);
     } else {
-        let _ = UNCONFIRMED.insert(&p.key, &ct, 0);
-        count(global::UNCONFIRMED_NEW);
+        if UNCONFIRMED.insert(&p.key, &ct, 0).is_ok() {
+            count(global::UNCONFIRMED_NEW);
+        }
     }
 }
 
@@ -658,10 +660,8 @@ fn recreate_flow(p: &Pkt, vip: &[u8; 16], vport: [u8; 2], ids: u64, nh: &NextHop
         // SAFETY: a helper without arguments.
         last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
         // An established flow's reply (evicted, swept): answered already, not a new flow.
-        // A RST may refuse a handshake: left unanswered for passive health.
-        flags: if p.tcp_flags & TCP_RST != 0 {
-            CT_F_CLOSING
-        } else if p.tcp_flags & TCP_FIN != 0 {
+        // (SYN-ACKs and RSTs without an entry make none: `stateless_answer`.)
+        flags: if p.tcp_flags & TCP_FIN != 0 {
             CT_F_CLOSING | DONE
         } else {
             DONE

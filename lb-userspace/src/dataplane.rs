@@ -112,7 +112,7 @@ pub struct Maps {
     pub maglev: Array<MapData, u32>,
     pub backends: Array<MapData, BackendInfo>,
     pub conntrack: HashMap<MapData, FlowKey, CtValue>,
-    /// UDP flows without a reply yet (`UNCONFIRMED`).
+    /// Flows not confirmed yet (`UNCONFIRMED`): handshakes, new TCP past its SYN, UDP.
     pub unconfirmed: HashMap<MapData, FlowKey, CtValue>,
     pub reverse: HashMap<MapData, FlowKey, RevValue>,
     pub service_stats: PerCpuArray<MapData, Counters>,
