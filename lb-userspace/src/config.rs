@@ -127,8 +127,9 @@
 //! (`service[1].port`, `target_group[0].backends[2].weight`, ...).
 //!
 //! The file is first read into a tree of values that keeps the byte span of every key and value
-//! (the `toml` crate's `Spanned` protocol), then checked by hand, so that unknown keys, wrong
-//! types and bad values all point at the exact place.
+//! (with the `toml` crate's public span API, `toml::de::DeTable::parse`, whose keys and values
+//! are `toml::Spanned`), then checked by hand, so that unknown keys, wrong types and bad values
+//! all point at the exact place.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -148,6 +149,8 @@ use lb_common::consts::{
     PROTO_UDP, SLOTS_PER_SERVICE,
 };
 use serde::{Serialize, Serializer};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 use crate::endpoint::check_unicast;
 
@@ -1091,7 +1094,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates `text`; `file` is the name used in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let cx = Cx { text, file };
-    let root: Node = toml::from_str(text).map_err(|e| cx.syntax_error(&e))?;
+    let root = read_tree(&cx)?;
     let root = At {
         node: &root,
         pos: 0,
@@ -2824,14 +2827,19 @@ impl Cx<'_> {
     /// A TOML syntax error (or duplicate key): the position is exact, the field is guessed
     /// from the text around it.
     fn syntax_error(&self, e: &toml::de::Error) -> ConfigError {
-        let pos = e.span().map_or(0, |s| s.start);
-        let message = e
+        let span = e.span().unwrap_or(0..0);
+        let mut pos = span.start;
+        let mut message = e
             .message()
             .trim()
             .lines()
             .map(str::trim)
             .collect::<Vec<_>>()
             .join("; ");
+        if let Some((at, m)) = self.text.get(span).and_then(trailing_after_value) {
+            pos += at;
+            message = m;
+        }
         let field = field_at(self.text, pos);
         let field = if field.is_empty() {
             "toml".to_owned()
@@ -2840,6 +2848,28 @@ impl Cx<'_> {
         };
         self.err(pos, field, message)
     }
+}
+
+/// `port = 53 53`: the parser reads the words after `=` as one unquoted string ("string values
+/// must be quoted"), but when the first words are a value by themselves (`53`, `true`,
+/// `1979-05-27 07:32:00`), what is wrong is the word after them. Returns the offset of that word
+/// in `bad` and the message.
+fn trailing_after_value(bad: &str) -> Option<(usize, String)> {
+    let words: Vec<(usize, &str)> = bad
+        .split_whitespace()
+        .map(|w| (w.as_ptr() as usize - bad.as_ptr() as usize, w))
+        .collect();
+    (1..words.len()).rev().find_map(|n| {
+        let (at, extra) = words[n];
+        let value = bad[..at].trim_end();
+        DeValue::parse(value).ok()?;
+        Some((
+            at,
+            format!(
+                "unexpected `{extra}` after the value `{value}`; expected a newline or a # comment"
+            ),
+        ))
+    })
 }
 
 /// 1-based line and column (in characters) of byte offset `pos`.
@@ -2925,7 +2955,7 @@ fn field_at(text: &str, pos: usize) -> String {
 
 struct At<'a> {
     node: &'a Node,
-    /// Byte offset of the value (or of its key when the value has no span).
+    /// Byte offset of the value (an implicit table's is that of its key).
     pos: usize,
     path: String,
 }
@@ -2960,7 +2990,7 @@ impl<'a> At<'a> {
                 .enumerate()
                 .map(|(i, node)| At {
                     node,
-                    pos: node.span.as_ref().map_or(self.pos, |s| s.start),
+                    pos: node.span.start,
                     path: format!("{}[{i}]", self.path),
                 })
                 .collect()),
@@ -3117,11 +3147,7 @@ impl<'a> Table<'a> {
     fn allow(&self, cx: &Cx<'_>, allowed: &[&str]) -> Result<(), ConfigError> {
         for e in self.entries {
             if !allowed.contains(&e.key.as_str()) {
-                let pos = e
-                    .key_span
-                    .as_ref()
-                    .or(e.node.span.as_ref())
-                    .map_or(self.pos, |s| s.start);
+                let pos = e.key_span.start;
                 let what = if self.path.is_empty() {
                     "allowed at the top level".to_owned()
                 } else {
@@ -3139,12 +3165,7 @@ impl<'a> Table<'a> {
 
     fn get(&self, key: &str) -> Option<At<'a>> {
         let e = self.entries.iter().find(|e| e.key == key)?;
-        let pos = e
-            .node
-            .span
-            .as_ref()
-            .or(e.key_span.as_ref())
-            .map_or(self.pos, |s| s.start);
+        let pos = e.node.span.start;
         Some(At {
             node: &e.node,
             pos,
@@ -3169,23 +3190,15 @@ impl<'a> Table<'a> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The value tree. `toml` hands out spans through `serde_spanned`'s protocol: asked for a struct
-// with these (private, but stable within toml 0.8) names, its deserializer answers with a map
-// `{start, end, value}` when it knows the span, and with the plain value when it does not
-// (implicit tables, dotted keys). Deserializing through `toml::Spanned<T>` would fail in the
-// second case, so the tree accepts both shapes itself. The test `spans_are_tracked` notices if
-// the protocol changes.
-
-const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: &[&str] = &[SPANNED_START, SPANNED_END, SPANNED_VALUE];
-const DATETIME_FIELD: &str = "$__toml_private_datetime";
+// The value tree. `toml::de::DeTable::parse` (toml's public span API) reads the text into a
+// document whose every key and value carries its byte span; implicit tables (`[a.b]` makes `a`,
+// dotted keys) carry the span of their key. It is copied into this owned tree, with each
+// table's entries in the order they appear in the file (DeTable keeps them sorted by name), so
+// that the first unknown key reported is the first one written.
 
 #[derive(Debug)]
 struct Node {
-    span: Option<Range<usize>>,
+    span: Range<usize>,
     val: Val,
 }
 
@@ -3217,153 +3230,73 @@ impl Val {
 #[derive(Debug)]
 struct Entry {
     key: String,
-    key_span: Option<Range<usize>>,
+    key_span: Range<usize>,
     node: Node,
 }
 
-struct Key {
-    name: String,
-    span: Option<Range<usize>>,
+/// Reads `cx.text` into the value tree; TOML syntax errors (and duplicate keys) are reported
+/// at their place.
+fn read_tree(cx: &Cx<'_>) -> Result<Node, ConfigError> {
+    let root = DeTable::parse(cx.text).map_err(|e| cx.syntax_error(&e))?;
+    let span = root.span();
+    to_node(
+        cx,
+        Spanned::new(span, DeValue::Table(root.into_inner())),
+        "",
+    )
 }
 
-mod de {
-    use super::*;
-    use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
-
-    impl<'de> Deserialize<'de> for Node {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, NodeVisitor)
-        }
-    }
-
-    /// The value inside a spanned map (asking for a span again would recurse).
-    struct Bare(Node);
-
-    impl<'de> Deserialize<'de> for Bare {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(NodeVisitor).map(Bare)
-        }
-    }
-
-    fn bare(val: Val) -> Node {
-        Node { span: None, val }
-    }
-
-    struct NodeVisitor;
-
-    impl<'de> Visitor<'de> for NodeVisitor {
-        type Value = Node;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a TOML value")
-        }
-
-        fn visit_bool<E: Error>(self, v: bool) -> Result<Node, E> {
-            Ok(bare(Val::Bool(v)))
-        }
-
-        fn visit_i64<E: Error>(self, v: i64) -> Result<Node, E> {
-            Ok(bare(Val::Int(v)))
-        }
-
-        fn visit_u64<E: Error>(self, v: u64) -> Result<Node, E> {
-            Ok(bare(Val::Int(i64::try_from(v).unwrap_or(i64::MAX))))
-        }
-
-        fn visit_f64<E: Error>(self, v: f64) -> Result<Node, E> {
-            Ok(bare(Val::Float(v)))
-        }
-
-        fn visit_str<E: Error>(self, v: &str) -> Result<Node, E> {
-            Ok(bare(Val::Str(v.to_owned())))
-        }
-
-        fn visit_string<E: Error>(self, v: String) -> Result<Node, E> {
-            Ok(bare(Val::Str(v)))
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-            let mut items = Vec::new();
-            while let Some(item) = seq.next_element()? {
-                items.push(item);
+fn to_node(cx: &Cx<'_>, value: Spanned<DeValue<'_>>, path: &str) -> Result<Node, ConfigError> {
+    let span = value.span();
+    let val = match value.into_inner() {
+        DeValue::String(s) => Val::Str(s.into_owned()),
+        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(v) => Val::Int(v),
+            Err(_) => {
+                return Err(cx.err(
+                    span.start,
+                    path,
+                    format!("{i} does not fit in a 64-bit integer"),
+                ))
             }
-            Ok(bare(Val::Array(items)))
+        },
+        DeValue::Float(f) => match f.as_str().parse() {
+            Ok(v) => Val::Float(v),
+            Err(_) => return Err(cx.err(span.start, path, format!("{f} is not a float"))),
+        },
+        DeValue::Boolean(b) => Val::Bool(b),
+        DeValue::Datetime(_) => Val::Datetime,
+        DeValue::Array(items) => Val::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| to_node(cx, item, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DeValue::Table(table) => {
+            let mut entries = table
+                .into_iter()
+                .map(|(key, value)| {
+                    let key_span = key.span();
+                    let key = key.into_inner().into_owned();
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    let node = to_node(cx, value, &child)?;
+                    Ok(Entry {
+                        key,
+                        key_span,
+                        node,
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            entries.sort_by_key(|e| e.key_span.start);
+            Val::Table(entries)
         }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-            let Some(first) = map.next_key::<Key>()? else {
-                return Ok(bare(Val::Table(Vec::new())));
-            };
-            if first.span.is_none() && first.name == SPANNED_START {
-                let start: usize = map.next_value()?;
-                expect_key(&mut map, SPANNED_END)?;
-                let end: usize = map.next_value()?;
-                expect_key(&mut map, SPANNED_VALUE)?;
-                let Bare(mut node) = map.next_value()?;
-                node.span = Some(start..end);
-                return Ok(node);
-            }
-            if first.span.is_none() && first.name == DATETIME_FIELD {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                return Ok(bare(Val::Datetime));
-            }
-            let mut entries = Vec::new();
-            let mut key = Some(first);
-            while let Some(k) = key {
-                let node = map.next_value()?;
-                entries.push(Entry {
-                    key: k.name,
-                    key_span: k.span,
-                    node,
-                });
-                key = map.next_key()?;
-            }
-            Ok(bare(Val::Table(entries)))
-        }
-    }
-
-    fn expect_key<'de, A: MapAccess<'de>>(map: &mut A, name: &str) -> Result<(), A::Error> {
-        match map.next_key::<String>()? {
-            Some(k) if k == name => Ok(()),
-            _ => Err(A::Error::custom("malformed spanned value")),
-        }
-    }
-
-    impl<'de> Deserialize<'de> for Key {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, KeyVisitor)
-        }
-    }
-
-    struct KeyVisitor;
-
-    impl<'de> Visitor<'de> for KeyVisitor {
-        type Value = Key;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a key")
-        }
-
-        fn visit_str<E: Error>(self, v: &str) -> Result<Key, E> {
-            Ok(Key {
-                name: v.to_owned(),
-                span: None,
-            })
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
-            expect_key(&mut map, SPANNED_START)?;
-            let start: usize = map.next_value()?;
-            expect_key(&mut map, SPANNED_END)?;
-            let end: usize = map.next_value()?;
-            expect_key(&mut map, SPANNED_VALUE)?;
-            let name: String = map.next_value()?;
-            Ok(Key {
-                name,
-                span: Some(start..end),
-            })
-        }
-    }
+    };
+    Ok(Node { span, val })
 }
 
 #[cfg(test)]
@@ -4006,6 +3939,44 @@ backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
         let (line, _, field, msg) = fail(&sample_with("port = 53", "port = 53\nport = 54"));
         assert_eq!((line, field.as_str()), (17, "service[1].port"));
         assert!(msg.contains("duplicate"), "{msg}");
+    }
+
+    #[test]
+    fn error_syntax_after_a_value_and_huge_integers() {
+        // toml reads `53 53` as one unquoted string; the error points at the word too many.
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}conntrack_size = 2048 4096\n"));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (3, 23, "daemon.conntrack_size")
+        );
+        assert!(
+            msg.contains("unexpected `4096` after the value `2048`"),
+            "{msg}"
+        );
+        let (line, col, field, msg) =
+            fail(&format!("{MINIMAL}hash_seed = 1979-05-27 07:32:00 x\n"));
+        assert_eq!((line, col, field.as_str()), (3, 33, "daemon.hash_seed"));
+        assert!(msg.contains("unexpected `x`"), "{msg}");
+        // A bare word is still a string that must be quoted.
+        let (line, col, field, msg) = fail(&format!("{MINIMAL}xdp_mode = native mode\n"));
+        assert_eq!((line, col, field.as_str()), (3, 12, "daemon.xdp_mode"));
+        assert!(msg.contains("must be quoted"), "{msg}");
+        // Integers beyond 64 bits are an error at their place, not a parse failure elsewhere.
+        let (line, col, field, msg) = fail(&sample_with(
+            "{ address = \"198.18.2.13\", weight = 2 }",
+            "{ address = \"198.18.2.13\", weight = 99999999999999999999 }",
+        ));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (30, 84, "target_group[0].backends[2].weight")
+        );
+        assert!(msg.contains("does not fit in a 64-bit integer"), "{msg}");
+        // Hexadecimal integers are read with their radix.
+        let c = parse(&format!("{MINIMAL}conntrack_size = 0x1000\n"), "x").unwrap();
+        assert_eq!(c.daemon.conntrack_size, 4096);
+        let (_, _, field, msg) = fail(&format!("{MINIMAL}conntrack_size = 0x10\n"));
+        assert_eq!(field, "daemon.conntrack_size");
+        assert!(msg.starts_with("16 is out of range"), "{msg}");
     }
 
     #[test]
