@@ -124,3 +124,27 @@ fn error_syntax_after_a_value_and_huge_integers() {
     assert_eq!(field, "daemon.conntrack_size");
     assert!(msg.starts_with("16 is out of range"), "{msg}");
 }
+
+#[test]
+fn toml_1_1_inline_tables_may_span_lines() {
+    // toml 1.x reads TOML 1.1: an inline table may span lines and end with a comma.
+    let c = parse(
+        &format!(
+            "{MINIMAL}{GROUP}health_check = {{\n    protocol = \"tcp\",\n    interval = \"5s\",\n}}\n"
+        ),
+        "x",
+    )
+    .unwrap();
+    let check = c.target_groups[0].health_check.as_ref().unwrap();
+    assert_eq!(check.protocol, HealthProtocol::Tcp);
+    assert_eq!(check.interval, Duration::from_secs(5));
+    // Positions inside such a table are still exact.
+    let (line, col, field, msg) = fail(&format!(
+        "{MINIMAL}{GROUP}health_check = {{\n    protocol = \"tcp\",\n    intervall = \"5s\",\n}}\n"
+    ));
+    assert_eq!(
+        (line, col, field.as_str()),
+        (8, 5, "target_group[0].health_check.intervall")
+    );
+    assert!(msg.contains("unknown key `intervall`"), "{msg}");
+}
