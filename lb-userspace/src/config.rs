@@ -862,6 +862,22 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
     /// HTTP statuses that count as success (http only; kept at its default for tcp).
     pub success_codes: SuccessCodes,
+    /// What the check connects to: the backend's own address (the default), or, for groups
+    /// behind DSR services only, the VIP through the service's encapsulation.
+    pub target: HealthTarget,
+}
+
+/// `health_check.target`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthTarget {
+    /// The backend's own address and the check port.
+    #[default]
+    Address,
+    /// DSR only: the VIP and the check port, sent to the backend as the (first) service
+    /// using the group sends its clients' packets, so that the check reaches the socket that
+    /// serves the VIP.
+    Vip,
 }
 
 impl Default for HealthCheckConfig {
@@ -876,6 +892,7 @@ impl Default for HealthCheckConfig {
             healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
             unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
             success_codes: SuccessCodes::default(),
+            target: HealthTarget::Address,
         }
     }
 }
@@ -1166,6 +1183,8 @@ struct GroupPos {
     table: usize,
     name: usize,
     backends: Vec<usize>,
+    /// `health_check.target`, when given.
+    hc_target: Option<usize>,
 }
 
 fn parse_daemon(cx: &Cx<'_>, root: &Table<'_>) -> Result<(DaemonConfig, DaemonPos), ConfigError> {
@@ -1747,6 +1766,11 @@ fn parse_target_group(
         None => None,
         Some(at) => Some(parse_health_check(cx, &at)?),
     };
+    let hc_target = t
+        .get("health_check")
+        .and_then(|at| at.table(cx, "").ok())
+        .and_then(|h| h.get("target"))
+        .map(|at| at.pos);
 
     let scaling = match t.get("scaling") {
         None => None,
@@ -1783,6 +1807,7 @@ fn parse_target_group(
             table: t.pos,
             name: name_at.pos,
             backends: positions,
+            hc_target,
         },
     ))
 }
@@ -1805,9 +1830,23 @@ fn parse_health_check(cx: &Cx<'_>, at: &At<'_>) -> Result<HealthCheckConfig, Con
             "healthy_threshold",
             "unhealthy_threshold",
             "success_codes",
+            "target",
         ],
     )?;
     let mut hc = HealthCheckConfig::default();
+
+    if let Some(at) = t.get("target") {
+        hc.target = match at.str(cx)? {
+            "address" => HealthTarget::Address,
+            "vip" => HealthTarget::Vip,
+            other => {
+                return Err(at.err(
+                    cx,
+                    format!("unknown target \"{other}\" (expected \"address\" or \"vip\")"),
+                ))
+            }
+        };
+    }
 
     if let Some(at) = t.get("protocol") {
         hc.protocol = match at.str(cx)? {
@@ -2727,6 +2766,22 @@ fn validate(
                     ),
                 ));
             }
+        }
+        if s.forwarding.is_nat()
+            && g.health_check
+                .as_ref()
+                .is_some_and(|h| h.target == HealthTarget::Vip)
+        {
+            return Err(cx.err(
+                gpos[gi].hc_target.unwrap_or(gpos[gi].table),
+                format!("target_group[{gi}].health_check.target"),
+                format!(
+                    "target = \"vip\" checks through a DSR service's encapsulation, but \
+                     service[{si}] \"{}\" uses this group with forwarding = \"nat\" (its \
+                     backends serve their own address: use target = \"address\")",
+                    s.name
+                ),
+            ));
         }
         let mut seen: HashSet<(IpAddr, u16)> = HashSet::new();
         for (bi, b) in g.backends.iter().enumerate() {
@@ -4108,6 +4163,7 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
                 healthy_threshold: 2,
                 unhealthy_threshold: 5,
                 success_codes: "200-399".parse().unwrap(),
+                target: HealthTarget::Address,
             }
         );
         assert_eq!(*hc, HealthCheckConfig::default());
@@ -4162,6 +4218,7 @@ health_check = { protocol = "tcp", port = 53, interval = "5m", timeout = "2m" }
                 healthy_threshold: 1,
                 unhealthy_threshold: 10,
                 success_codes: "200,204,300-399".parse().unwrap(),
+                target: HealthTarget::Address,
             }
         );
         assert_eq!(web_hc.success_codes.to_string(), "200,204,300-399");
@@ -6244,5 +6301,59 @@ backends = ["198.18.2.11", "198.18.2.12"]
             "x"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn health_check_target() {
+        let check = |target: &str| {
+            format!("[target_group.health_check]\nprotocol = \"tcp\"\ntarget = \"{target}\"\n")
+        };
+        // The default, and both values with DSR.
+        let c = parse(&dsr("forwarding = \"dsr\"\ndsr_encap = \"l2\"\n"), "x").unwrap();
+        assert_eq!(c.target_groups[0].health_check, None);
+        let dsr_l2 = dsr("forwarding = \"dsr\"\ndsr_encap = \"l2\"\n");
+        for (t, want) in [
+            ("address", HealthTarget::Address),
+            ("vip", HealthTarget::Vip),
+        ] {
+            let c = parse(&format!("{dsr_l2}{}", check(t)), "x").unwrap();
+            assert_eq!(
+                c.target_groups[0].health_check.as_ref().unwrap().target,
+                want
+            );
+        }
+        let c = parse(&format!("{dsr_l2}[target_group.health_check]\n"), "x").unwrap();
+        assert_eq!(
+            c.target_groups[0].health_check.as_ref().unwrap().target,
+            HealthTarget::Address
+        );
+        // A NAT service using the group: refused, at the key.
+        let (line, col, field, msg) = fail(&format!("{}{}", dsr(""), check("vip")));
+        assert_eq!(
+            (line, col, field.as_str()),
+            (17, 10, "target_group[0].health_check.target")
+        );
+        assert!(
+            msg.contains("service[0] \"web\" uses this group with forwarding = \"nat\""),
+            "{msg}"
+        );
+        // NAT with target = "address" is fine.
+        assert!(parse(&format!("{}{}", dsr(""), check("address")), "x").is_ok());
+        // A second, NAT service on the same group is refused too.
+        let two = format!(
+            "{}{}",
+            dsr_l2.replace(
+                "[[target_group]]",
+                "[[service]]\nname = \"nat\"\nvip = \"198.18.100.2\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n\n[[target_group]]"
+            ),
+            check("vip")
+        );
+        let (_, _, field, msg) = fail(&two);
+        assert_eq!(field, "target_group[0].health_check.target");
+        assert!(msg.contains("service[1] \"nat\""), "{msg}");
+        // Unknown values.
+        let (_, _, field, msg) = fail(&format!("{dsr_l2}{}", check("backend")));
+        assert_eq!(field, "target_group[0].health_check.target");
+        assert!(msg.contains("expected \"address\" or \"vip\""), "{msg}");
     }
 }

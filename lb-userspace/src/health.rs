@@ -62,6 +62,65 @@ pub struct CheckSpec {
     pub addr: SocketAddr,
     /// Bound on the whole exchange: connect, and for HTTP also request and response.
     pub timeout: Duration,
+    /// DSR `target = "vip"`: the check connects to the VIP (with `addr`'s port) the way
+    /// clients do, its packets marked so that `xlb_hc` sends them to this backend through the
+    /// service's encapsulation (see `vipcheck`). None: to `addr` itself.
+    pub via: Option<ViaVip>,
+}
+
+/// How a check reaches the backend's VIP-serving socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViaVip {
+    pub vip: std::net::IpAddr,
+    /// The service's forwarding (its encapsulation).
+    pub dsr: crate::config::DsrConfig,
+    /// `SO_MARK` of the check's socket (`HC_MARK_BASE | index`), given by
+    /// `vipcheck::VipChecks::assign`; 0 until then.
+    pub mark: u32,
+}
+
+/// Open the check's connection: to the backend's address, or to the VIP with the check's mark
+/// from the local address the kernel would use toward the backend (the backend answers from
+/// the VIP straight to it).
+async fn connect(spec: &CheckSpec) -> io::Result<TcpStream> {
+    let Some(v) = &spec.via else {
+        return TcpStream::connect(spec.addr).await;
+    };
+    let dst = SocketAddr::new(v.vip, spec.addr.port());
+    // The source the routes give for the backend's address (a UDP connect sends nothing).
+    let probe = std::net::UdpSocket::bind(if dst.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    })?;
+    probe.connect(spec.addr)?;
+    let local = probe.local_addr()?.ip();
+    let sock = if dst.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    set_mark(&sock, v.mark)?;
+    sock.bind(SocketAddr::new(local, 0))?;
+    sock.connect(dst).await
+}
+
+fn set_mark(sock: &impl std::os::fd::AsRawFd, mark: u32) -> io::Result<()> {
+    // SAFETY: setsockopt on an open socket with a pointer to a u32 and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The result of one check.
@@ -184,11 +243,11 @@ fn bad(what: impl Into<String>) -> Failure {
 async fn run_check(spec: &CheckSpec) -> Result<Probe, Failure> {
     match &spec.kind {
         CheckKind::Tcp => {
-            let stream = TcpStream::connect(spec.addr).await?;
+            let stream = connect(spec).await?;
             drop(stream);
             Ok(Probe::Connected)
         }
-        CheckKind::Http { path, .. } => http_get(spec.addr, path).await,
+        CheckKind::Http { path, .. } => http_get(spec, path).await,
     }
 }
 
@@ -204,9 +263,14 @@ fn request(addr: SocketAddr, path: &str) -> Result<String, Failure> {
     ))
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Result<Probe, Failure> {
-    let req = request(addr, path)?;
-    let mut stream = TcpStream::connect(addr).await?;
+async fn http_get(spec: &CheckSpec, path: &str) -> Result<Probe, Failure> {
+    // The Host header names what the socket connects to (the VIP through the encapsulation).
+    let host = match &spec.via {
+        Some(v) => SocketAddr::new(v.vip, spec.addr.port()),
+        None => spec.addr,
+    };
+    let req = request(host, path)?;
+    let mut stream = connect(spec).await?;
     stream.write_all(req.as_bytes()).await?;
     read_response(stream).await
 }
@@ -767,6 +831,7 @@ mod tests {
             },
             addr,
             timeout: Duration::from_secs(5),
+            via: None,
         }
     }
 
@@ -775,6 +840,7 @@ mod tests {
             kind: CheckKind::Tcp,
             addr,
             timeout: Duration::from_secs(5),
+            via: None,
         }
     }
 
