@@ -6331,7 +6331,7 @@ backends = ["198.18.2.11", "198.18.2.12"]
         let (line, col, field, msg) = fail(&format!("{}{}", dsr(""), check("vip")));
         assert_eq!(
             (line, col, field.as_str()),
-            (17, 10, "target_group[0].health_check.target")
+            (16, 10, "target_group[0].health_check.target")
         );
         assert!(
             msg.contains("service[0] \"web\" uses this group with forwarding = \"nat\""),
