@@ -136,31 +136,7 @@ impl VipChecks {
     /// needs it, set up the interface, routing and program (an error is logged and retried
     /// at the next call; the checks fail meanwhile).
     pub fn assign<T>(&mut self, wanted: &mut [(T, CheckSpec, Duration)]) {
-        let keys: Vec<(IpAddr, DsrConfig)> = wanted
-            .iter()
-            .filter_map(|(_, s, _)| Some((s.addr.ip(), s.via.as_ref()?.dsr)))
-            .collect();
-        self.marks.retain(|k, _| keys.contains(k));
-        for k in &keys {
-            if self.marks.contains_key(k) {
-                continue;
-            }
-            let used: HashSet<u32> = self.marks.values().copied().collect();
-            let Some(i) = (1..MAX_BACKENDS).find(|i| !used.contains(i)) else {
-                warn!("{}", VipCheckError::TooMany);
-                break;
-            };
-            self.marks.insert(*k, i);
-        }
-        let mut want: StdHashMap<u32, HcTarget> = StdHashMap::new();
-        for (_, s, _) in wanted.iter_mut() {
-            let Some(v) = s.via.as_mut() else { continue };
-            let Some(&i) = self.marks.get(&(s.addr.ip(), v.dsr)) else {
-                continue;
-            };
-            v.mark = HC_MARK_BASE | i;
-            want.insert(v.mark, target(&v.dsr, s.addr.ip(), i));
-        }
+        let want = self.marks_for(wanted);
         if want.is_empty() && self.loaded.is_none() {
             return;
         }
@@ -206,6 +182,47 @@ impl VipChecks {
                 Err(e) => warn!(error = %e, mark = m, "writing {MAP_HC_TARGETS} failed"),
             }
         }
+    }
+
+    /// The mark part of [`Self::assign`]: set every check's mark, and answer what
+    /// `HC_TARGETS` must hold.
+    fn marks_for<T>(
+        &mut self,
+        wanted: &mut [(T, CheckSpec, Duration)],
+    ) -> StdHashMap<u32, HcTarget> {
+        let keys: Vec<(IpAddr, DsrConfig)> = wanted
+            .iter()
+            .filter_map(|(_, s, _)| Some((s.addr.ip(), s.via.as_ref()?.dsr)))
+            .collect();
+        let set: HashSet<&(IpAddr, DsrConfig)> = keys.iter().collect();
+        self.marks.retain(|k, _| set.contains(k));
+        let mut used: HashSet<u32> = self.marks.values().copied().collect();
+        let mut next = 1;
+        for k in &keys {
+            if self.marks.contains_key(k) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            if next >= MAX_BACKENDS {
+                // The check keeps mark 0 and fails (its VIP is not routed to the backend).
+                warn!("{}", VipCheckError::TooMany);
+                break;
+            }
+            used.insert(next);
+            self.marks.insert(*k, next);
+        }
+        let mut want: StdHashMap<u32, HcTarget> = StdHashMap::new();
+        for (_, s, _) in wanted.iter_mut() {
+            let Some(v) = s.via.as_mut() else { continue };
+            let Some(&i) = self.marks.get(&(s.addr.ip(), v.dsr)) else {
+                continue;
+            };
+            v.mark = HC_MARK_BASE | i;
+            want.insert(v.mark, target(&v.dsr, s.addr.ip(), i));
+        }
+        want
     }
 
     /// `xlb_hc`'s counters summed over CPUs (`lb_common::hc::NAMES` order); None before setup.
@@ -488,5 +505,119 @@ pub fn cleanup_blocking() {
         ),
         Ok(Err(e)) => eprintln!("xlb: removing the DSR health-check routing: {e}"),
         Err(e) => eprintln!("xlb: removing the DSR health-check routing: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::{
+        config::{DsrEncap, Prefix},
+        health::{CheckKind, ViaVip},
+    };
+
+    fn dsr(encap: DsrEncap, prefix: Option<&str>) -> DsrConfig {
+        DsrConfig {
+            encap,
+            source_prefix: prefix.map(|p| p.parse::<Prefix>().unwrap()),
+            gue_port: 7777,
+        }
+    }
+
+    fn spec(backend: &str, via: Option<DsrConfig>) -> ((), CheckSpec, Duration) {
+        (
+            (),
+            CheckSpec {
+                kind: CheckKind::Tcp,
+                addr: SocketAddr::new(backend.parse().unwrap(), 80),
+                timeout: Duration::from_secs(1),
+                via: via.map(|dsr| ViaVip {
+                    vip: "198.18.100.1".parse().unwrap(),
+                    dsr,
+                    mark: 0,
+                }),
+            },
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn targets_follow_the_service_forwarding() {
+        let t = target(
+            &dsr(DsrEncap::Gue, Some("198.18.99.77/24")),
+            "198.18.2.11".parse().unwrap(),
+            5,
+        );
+        assert_eq!(t.backend[..4], [198, 18, 2, 11]);
+        assert_eq!(
+            t.src[..4],
+            [198, 18, 99, 1],
+            "the prefix's lowest host address"
+        );
+        assert_eq!(t.family, lb_common::AF_INET);
+        assert_eq!(t.encap, lb_common::DSR_ENCAP_GUE);
+        assert_eq!(t.gue_port, 7777u16.to_be_bytes());
+        assert_eq!(t.gue_sport, 0xc005u16.to_be_bytes());
+        let t = target(
+            &dsr(DsrEncap::Ipip, Some("2001:db8:99::/112")),
+            "2001:db8:2::11".parse().unwrap(),
+            1,
+        );
+        assert_eq!(
+            t.src,
+            "2001:db8:99::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(t.family, lb_common::AF_INET6);
+        assert_eq!(t.encap, lb_common::DSR_ENCAP_IPIP);
+        assert_eq!(t.gue_port, [0, 0]);
+        let t = target(&dsr(DsrEncap::L2, None), "198.18.2.12".parse().unwrap(), 2);
+        assert_eq!(t.encap, lb_common::DSR_ENCAP_L2);
+        assert_eq!(t.src, [0; 16]);
+    }
+
+    #[test]
+    fn marks_are_stable_and_freed() {
+        let gue = dsr(DsrEncap::Gue, Some("198.18.99.0/24"));
+        let l2 = dsr(DsrEncap::L2, None);
+        let mut v = VipChecks::new();
+        let mut w = vec![
+            spec("198.18.2.11", Some(gue)),
+            spec("198.18.2.12", Some(gue)),
+            spec("198.18.2.11", Some(l2)),
+            spec("198.18.2.13", None),
+        ];
+        let want = v.marks_for(&mut w);
+        let marks: Vec<u32> = w
+            .iter()
+            .map(|(_, s, _)| s.via.as_ref().map_or(0, |v| v.mark))
+            .collect();
+        assert_eq!(
+            marks,
+            [HC_MARK_BASE | 1, HC_MARK_BASE | 2, HC_MARK_BASE | 3, 0]
+        );
+        assert_eq!(want.len(), 3);
+        assert_eq!(want[&(HC_MARK_BASE | 3)].encap, lb_common::DSR_ENCAP_L2);
+        // The first backend leaves: the others keep their marks; a new one takes the free one.
+        let mut w = vec![
+            spec("198.18.2.12", Some(gue)),
+            spec("198.18.2.11", Some(l2)),
+            spec("198.18.2.14", Some(gue)),
+        ];
+        let want = v.marks_for(&mut w);
+        let marks: Vec<u32> = w
+            .iter()
+            .map(|(_, s, _)| s.via.as_ref().unwrap().mark)
+            .collect();
+        assert_eq!(
+            marks,
+            [HC_MARK_BASE | 2, HC_MARK_BASE | 3, HC_MARK_BASE | 1]
+        );
+        assert_eq!(want[&(HC_MARK_BASE | 1)].backend[..4], [198, 18, 2, 14]);
+        // No check through a VIP: nothing wanted, nothing set up.
+        let mut w = vec![spec("198.18.2.11", None)];
+        v.assign(&mut w);
+        assert!(v.loaded.is_none() && v.marks.is_empty());
     }
 }
