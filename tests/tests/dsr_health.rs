@@ -5,7 +5,8 @@
 //! checked with `target = "vip"` find it healthy, their checks having reached the VIP socket
 //! through the service's encapsulation (`xlb decap` on the backend counts decapsulated
 //! packets; the server counts requests on each VIP); stopping the VIP server makes them
-//! unhealthy; `xlb stop --cleanup` removes the check interface and rules.
+//! unhealthy; `xlb stop --cleanup` removes the check interface and rules. xlb's host runs
+//! loose reverse-path filtering with a default route, as README asks.
 //!
 //! Needs root (skipped with a message otherwise).
 use std::{
@@ -229,6 +230,21 @@ fn dsr_checks_reach_the_vip_socket_through_the_encapsulation() {
         addrs.push(SocketAddr::new(vip4(last), PORT));
         addrs.push(SocketAddr::new(vip6(last), PORT));
     }
+    // xlb's host as README asks: loose reverse-path filtering with a route to the VIPs (the
+    // replies come in from the VIPs on the backends' link).
+    let lb = lab.lb_ns();
+    for s in [
+        "net.ipv4.conf.all.rp_filter=2",
+        "net.ipv4.conf.veth-backends.rp_filter=2",
+    ] {
+        lb.exec(["sysctl", "-qw", s]).unwrap();
+    }
+    let via4 = lab.client_v4().to_string();
+    let via6 = lab.client_v6().to_string();
+    lb.exec(["ip", "route", "add", "default", "via", &via4])
+        .unwrap();
+    lb.exec(["ip", "-6", "route", "add", "default", "via", &via6])
+        .unwrap();
     let mut d = ChildGuard::spawn(
         decap(&lab, 1, &["--interface", "eth0"]).stdin(std::process::Stdio::null()),
     )
