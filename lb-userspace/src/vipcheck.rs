@@ -134,7 +134,7 @@ impl VipChecks {
     /// Give every check through a VIP its mark (stable while its backend and forwarding
     /// stay), and make `HC_TARGETS` hold exactly those checks' targets; the first time a check
     /// needs it, set up the interface, routing and program (an error is logged and retried
-    /// at the next call; the checks fail meanwhile).
+    /// at the next call, after the daemon's next change; the checks fail meanwhile).
     pub fn assign<T>(&mut self, wanted: &mut [(T, CheckSpec, Duration)]) {
         let want = self.marks_for(wanted);
         if want.is_empty() && self.loaded.is_none() {
