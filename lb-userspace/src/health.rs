@@ -86,6 +86,12 @@ async fn connect(spec: &CheckSpec) -> io::Result<TcpStream> {
     let Some(v) = &spec.via else {
         return TcpStream::connect(spec.addr).await;
     };
+    if v.mark == 0 {
+        // Without its mark the connection would go wherever the routes send the VIP.
+        return Err(io::Error::other(
+            "no route through the encapsulation (DSR check setup failed: see the log)",
+        ));
+    }
     let dst = SocketAddr::new(v.vip, spec.addr.port());
     // The source the routes give for the backend's address (a UDP connect sends nothing).
     let probe = std::net::UdpSocket::bind(if dst.is_ipv4() {
@@ -940,6 +946,33 @@ mod tests {
         assert!(o.ok, "{o:?}");
         assert_eq!(o.reason, "connected");
         assert!(o.metrics.is_none());
+    }
+
+    #[tokio::test]
+    async fn vip_check_without_its_mark_fails_at_once() {
+        for kind in [
+            CheckKind::Tcp,
+            http("127.0.0.1:1".parse().unwrap(), "/", vec![200..=200]).kind,
+        ] {
+            let spec = CheckSpec {
+                kind,
+                addr: "127.0.0.1:1".parse().unwrap(),
+                timeout: Duration::from_secs(5),
+                via: Some(ViaVip {
+                    vip: "127.0.0.2".parse().unwrap(),
+                    dsr: crate::config::DsrConfig {
+                        encap: crate::config::DsrEncap::L2,
+                        source_prefix: None,
+                        gue_port: 6080,
+                    },
+                    mark: 0,
+                }),
+            };
+            let o = check_once(&spec).await;
+            assert!(!o.ok);
+            assert!(o.reason.contains("DSR check setup failed"), "{}", o.reason);
+            assert!(o.latency < Duration::from_secs(1), "{:?}", o.latency);
+        }
     }
 
     #[tokio::test]

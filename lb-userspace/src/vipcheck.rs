@@ -154,6 +154,13 @@ impl VipChecks {
                         warn!(error = %msg, "setting up DSR checks through VIPs failed (retrying)");
                     }
                     self.error = Some(msg);
+                    // Unmarked, the checks fail at once rather than go wherever the main
+                    // routes send the VIP (in a fleet: through another node, to any backend).
+                    for (_, spec, _) in wanted.iter_mut() {
+                        if let Some(v) = spec.via.as_mut() {
+                            v.mark = 0;
+                        }
+                    }
                     return;
                 }
             }
