@@ -1,10 +1,11 @@
 //! DSR health checks through the encapsulation (README, "Health checks in DSR mode"): one
 //! backend whose HTTP server listens ONLY on the VIPs (on its loopback), not on its own
-//! address, behind DSR services in `gue`, `ipip` and `l2`, IPv4 and IPv6. A group checked
+//! address, behind DSR services in `gue`, `ipip` and `l2`, IPv4 and IPv6 (HTTP checks, TCP
+//! ones for `ipip`). A group checked
 //! with `target = "address"` finds it unhealthy (nothing listens on its address); groups
 //! checked with `target = "vip"` find it healthy, their checks having reached the VIP socket
 //! through the service's encapsulation (`xlb decap` on the backend counts decapsulated
-//! packets; the server counts requests on each VIP); stopping the VIP server makes them
+//! packets; the server counts connections on each VIP); stopping the VIP server makes them
 //! unhealthy; `xlb stop --cleanup` removes the check interface and rules. xlb's host runs
 //! loose reverse-path filtering with a default route, as README asks.
 //!
@@ -64,9 +65,15 @@ fn config(name: &str) -> String {
             if encap != "l2" {
                 c.push_str(&format!("dsr_source_prefix = \"{prefix}\"\n"));
             }
+            // ipip's checks are TCP connects, the others HTTP GETs.
+            let check = if encap == "ipip" {
+                "protocol = \"tcp\"\n"
+            } else {
+                "protocol = \"http\"\npath = \"/health\"\n"
+            };
             c.push_str(&format!(
                 "\n[[target_group]]\nname = \"{g}\"\nbackends = [\"{backend}\"]\n\n\
-                 [target_group.health_check]\nprotocol = \"http\"\npath = \"/health\"\n\
+                 [target_group.health_check]\n{check}\
                  interval = \"300ms\"\ntimeout = \"250ms\"\nhealthy_threshold = 1\n\
                  unhealthy_threshold = 2\ntarget = \"{target}\"\n"
             ));
@@ -76,7 +83,7 @@ fn config(name: &str) -> String {
 }
 
 /// An HTTP server on `addrs` (bound to each VIP only) in a backend namespace: every request
-/// answered `200 ok`, counted per address.
+/// answered `200 ok`; connections counted per address.
 struct VipServer {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -101,11 +108,11 @@ impl VipServer {
                 while !s.load(Ordering::Relaxed) {
                     match l.accept() {
                         Ok((mut c, _)) => {
+                            n.fetch_add(1, Ordering::Relaxed);
                             let _ = c.set_nonblocking(false);
                             let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
                             let mut buf = [0u8; 1024];
                             if matches!(c.read(&mut buf), Ok(k) if k > 0) {
-                                n.fetch_add(1, Ordering::Relaxed);
                                 let _ = c.write_all(
                                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
                                 );
