@@ -1066,6 +1066,7 @@ impl Daemon {
                 .global_counters()
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
+                .chain(self.vip_checks.counters())
                 .collect(),
             announce: self.fleet.as_ref().map(|f| f.status(now)),
         }

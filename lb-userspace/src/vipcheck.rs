@@ -232,19 +232,20 @@ impl VipChecks {
         want
     }
 
-    /// `xlb_hc`'s counters summed over CPUs (`lb_common::hc::NAMES` order); None before setup.
-    pub fn stats(&self) -> Option<Vec<u64>> {
-        let l = self.loaded.as_ref()?;
-        Some(
-            (0..lb_common::hc::COUNT)
-                .map(|i| {
-                    l.stats
-                        .get(&i, 0)
-                        .map(|v| v.iter().sum::<u64>())
-                        .unwrap_or(0)
-                })
-                .collect(),
-        )
+    /// `xlb_hc`'s counters summed over CPUs, as `hc_sent`, `hc_passed`, `hc_dropped` (for
+    /// `xlb status`'s global counters); none before setup.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let Some(l) = self.loaded.as_ref() else {
+            return Vec::new();
+        };
+        lb_common::hc::NAMES
+            .iter()
+            .zip(0u32..)
+            .map(|(n, i)| {
+                let v = l.stats.get(&i, 0).map(|v| v.iter().sum::<u64>());
+                (format!("hc_{n}"), v.unwrap_or(0))
+            })
+            .collect()
     }
 }
 

@@ -307,6 +307,12 @@ fn dsr_checks_reach_the_vip_socket_through_the_encapsulation() {
             }
         }
     }
+    // `xlb status` shows xlb_hc's counters: check packets sent, none dropped.
+    let status: serde_json::Value =
+        serde_json::from_str(&xlb.cli_ok(&["status", "--json"]).unwrap()).unwrap();
+    let sent = status["global"]["hc_sent"].as_u64().unwrap_or(0);
+    assert!(sent > 0, "hc_sent {sent}: {}", status["global"]);
+    assert_eq!(status["global"]["hc_dropped"], 0, "{}", status["global"]);
     // GUE and IPIP checks arrived encapsulated.
     let dec = decapsulated(&lab, 1).expect("xlb decap --stats");
     assert!(dec > 0, "decapsulated {dec}");
