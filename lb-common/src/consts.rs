@@ -277,6 +277,26 @@ pub const GUE_HDR_LEN: usize = 4;
 /// same way (with `FRAG_F_FORWARD`).
 pub const FRAG_F_DSR: u32 = 4;
 
+/// DSR health checks through the encapsulation (`target = "vip"`): the TC egress program,
+/// its map (mark → `HcTarget`) and its counters.
+pub const PROG_TC_HC: &str = "xlb_hc";
+pub const MAP_HC_TARGETS: &str = "HC_TARGETS";
+pub const MAP_HC_STATS: &str = "HC_STATS";
+/// The marks of health-check sockets: `HC_MARK_BASE | backend id` (ids below
+/// `MAX_BACKENDS`, so the low 16 bits); `HC_MARK_MASK` selects the base.
+pub const HC_MARK_BASE: u32 = 0x584c_0000;
+pub const HC_MARK_MASK: u32 = 0xffff_0000;
+pub mod hc {
+    /// Marked packets sent to their backend (encapsulated or with its MAC).
+    pub const SENT: u32 = 0;
+    /// Packets without a mark of a known check (passed untouched).
+    pub const PASSED: u32 = 1;
+    /// Marked packets that could not be sent (no route to the backend, no room): dropped.
+    pub const DROPPED: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["sent", "passed", "dropped"];
+}
+
 /// `xlb_decap`: maps and counters.
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";

@@ -314,3 +314,29 @@ pub type DecapVipKey = ServiceKey;
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for DsrConf {}
+
+/// Value of the `HC_TARGETS` map of `xlb_hc` (the TC egress program of DSR health checks),
+/// keyed by the check socket's mark (`HC_MARK_BASE | backend id`): how a check's packets to
+/// the VIP reach that backend, the way the service's client packets do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HcTarget {
+    /// The backend's address (the outer destination; for `l2` the neighbour), network
+    /// order, IPv4 in the first 4 bytes.
+    pub backend: [u8; 16],
+    /// The outer source (`ipip`, `gue`).
+    pub src: [u8; 16],
+    /// `AF_INET` / `AF_INET6`: the family of the VIP and of the backend.
+    pub family: u8,
+    /// `DSR_ENCAP_*`
+    pub encap: u8,
+    /// GUE's UDP destination port, network order.
+    pub gue_port: [u8; 2],
+    /// GUE's UDP source port, network order.
+    pub gue_sport: [u8; 2],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<HcTarget>() == 40);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for HcTarget {}

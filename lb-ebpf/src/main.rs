@@ -13,7 +13,8 @@
 //! replies), `nat` (rewrites, next hops, transmission), `encap` (direct server return: MACs
 //! only, IPIP or GUE to the backend), `icmp` (error translation and the "too big" errors xlb
 //! sends), `maps`. `xlb_decap` (`decap`) is the backend side of DSR: it strips IPIP / GUE
-//! addressed to its host and passes the inner packet to the stack.
+//! addressed to its host and passes the inner packet to the stack. `xlb_hc` (`hc`, TC egress)
+//! sends the daemon's DSR health checks to their backend through the encapsulation.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -21,6 +22,8 @@
 mod decap;
 #[cfg(target_arch = "bpf")]
 mod encap;
+#[cfg(target_arch = "bpf")]
+mod hc;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]

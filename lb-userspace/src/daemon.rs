@@ -364,6 +364,8 @@ struct Daemon {
     desired: Desired,
     attachments: Vec<Attachment>,
     checkers: HashMap<CheckToken, (String, CheckerHandle)>,
+    /// Marks and routing of DSR checks through VIPs (`target = "vip"`).
+    vip_checks: crate::vipcheck::VipChecks,
     check_tx: mpsc::Sender<(CheckToken, CheckOutcome)>,
     started: Instant,
     hook_tx: mpsc::Sender<HookResult>,
@@ -496,7 +498,8 @@ impl Daemon {
     }
 
     fn sync_checks(&mut self) {
-        let wanted = self.state.wanted_checks();
+        let mut wanted = self.state.wanted_checks();
+        self.vip_checks.assign(&mut wanted);
         let keep: std::collections::HashSet<&CheckToken> =
             wanted.iter().map(|(t, _, _)| t).collect();
         self.checkers.retain(|t, _| keep.contains(t));
@@ -1063,6 +1066,7 @@ impl Daemon {
                 .global_counters()
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
+                .chain(self.vip_checks.counters())
                 .collect(),
             announce: self.fleet.as_ref().map(|f| f.status(now)),
         }
@@ -1148,6 +1152,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         desired: Desired::default(),
         attachments: Vec::new(),
         checkers: HashMap::new(),
+        vip_checks: crate::vipcheck::VipChecks::new(),
         check_tx,
         started: Instant::now(),
         hook_tx,
@@ -1390,6 +1395,7 @@ pub fn stop(config_path: &Path, cleanup: bool) -> Result<()> {
         if let Some(a) = &d.announce {
             crate::fleet::withdraw_blocking(a.table);
         }
+        crate::vipcheck::cleanup_blocking();
         for f in [
             d.state_file.clone(),
             instance::manifest_path(&d.state_file),

@@ -62,6 +62,71 @@ pub struct CheckSpec {
     pub addr: SocketAddr,
     /// Bound on the whole exchange: connect, and for HTTP also request and response.
     pub timeout: Duration,
+    /// DSR `target = "vip"`: the check connects to the VIP (with `addr`'s port) the way
+    /// clients do, its packets marked so that `xlb_hc` sends them to this backend through the
+    /// service's encapsulation (see `vipcheck`). None: to `addr` itself.
+    pub via: Option<ViaVip>,
+}
+
+/// How a check reaches the backend's VIP-serving socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViaVip {
+    pub vip: std::net::IpAddr,
+    /// The service's forwarding (its encapsulation).
+    pub dsr: crate::config::DsrConfig,
+    /// `SO_MARK` of the check's socket (`HC_MARK_BASE | index`), given by
+    /// `vipcheck::VipChecks::assign`; 0 until then.
+    pub mark: u32,
+}
+
+/// Open the check's connection: to the backend's address, or to the VIP with the check's mark
+/// from the local address the kernel would use toward the backend (the backend answers from
+/// the VIP straight to it).
+async fn connect(spec: &CheckSpec) -> io::Result<TcpStream> {
+    let Some(v) = &spec.via else {
+        return TcpStream::connect(spec.addr).await;
+    };
+    if v.mark == 0 {
+        // Without its mark the connection would go wherever the routes send the VIP.
+        return Err(io::Error::other(
+            "no route through the encapsulation (DSR check setup failed: see the log)",
+        ));
+    }
+    let dst = SocketAddr::new(v.vip, spec.addr.port());
+    // The source the routes give for the backend's address (a UDP connect sends nothing).
+    let probe = std::net::UdpSocket::bind(if dst.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    })?;
+    probe.connect(spec.addr)?;
+    let local = probe.local_addr()?.ip();
+    let sock = if dst.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    set_mark(&sock, v.mark)?;
+    sock.bind(SocketAddr::new(local, 0))?;
+    sock.connect(dst).await
+}
+
+fn set_mark(sock: &impl std::os::fd::AsRawFd, mark: u32) -> io::Result<()> {
+    // SAFETY: setsockopt on an open socket with a pointer to a u32 and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The result of one check.
@@ -184,11 +249,11 @@ fn bad(what: impl Into<String>) -> Failure {
 async fn run_check(spec: &CheckSpec) -> Result<Probe, Failure> {
     match &spec.kind {
         CheckKind::Tcp => {
-            let stream = TcpStream::connect(spec.addr).await?;
+            let stream = connect(spec).await?;
             drop(stream);
             Ok(Probe::Connected)
         }
-        CheckKind::Http { path, .. } => http_get(spec.addr, path).await,
+        CheckKind::Http { path, .. } => http_get(spec, path).await,
     }
 }
 
@@ -204,9 +269,14 @@ fn request(addr: SocketAddr, path: &str) -> Result<String, Failure> {
     ))
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Result<Probe, Failure> {
-    let req = request(addr, path)?;
-    let mut stream = TcpStream::connect(addr).await?;
+async fn http_get(spec: &CheckSpec, path: &str) -> Result<Probe, Failure> {
+    // The Host header names what the socket connects to (the VIP through the encapsulation).
+    let host = match &spec.via {
+        Some(v) => SocketAddr::new(v.vip, spec.addr.port()),
+        None => spec.addr,
+    };
+    let req = request(host, path)?;
+    let mut stream = connect(spec).await?;
     stream.write_all(req.as_bytes()).await?;
     read_response(stream).await
 }
@@ -767,6 +837,7 @@ mod tests {
             },
             addr,
             timeout: Duration::from_secs(5),
+            via: None,
         }
     }
 
@@ -775,6 +846,7 @@ mod tests {
             kind: CheckKind::Tcp,
             addr,
             timeout: Duration::from_secs(5),
+            via: None,
         }
     }
 
@@ -874,6 +946,33 @@ mod tests {
         assert!(o.ok, "{o:?}");
         assert_eq!(o.reason, "connected");
         assert!(o.metrics.is_none());
+    }
+
+    #[tokio::test]
+    async fn vip_check_without_its_mark_fails_at_once() {
+        for kind in [
+            CheckKind::Tcp,
+            http("127.0.0.1:1".parse().unwrap(), "/", vec![200..=200]).kind,
+        ] {
+            let spec = CheckSpec {
+                kind,
+                addr: "127.0.0.1:1".parse().unwrap(),
+                timeout: Duration::from_secs(5),
+                via: Some(ViaVip {
+                    vip: "127.0.0.2".parse().unwrap(),
+                    dsr: crate::config::DsrConfig {
+                        encap: crate::config::DsrEncap::L2,
+                        source_prefix: None,
+                        gue_port: 6080,
+                    },
+                    mark: 0,
+                }),
+            };
+            let o = check_once(&spec).await;
+            assert!(!o.ok);
+            assert!(o.reason.contains("DSR check setup failed"), "{}", o.reason);
+            assert!(o.latency < Duration::from_secs(1), "{:?}", o.latency);
+        }
     }
 
     #[tokio::test]

@@ -36,4 +36,5 @@ pub mod service;
 pub mod state;
 pub mod sweep;
 pub mod top;
+pub mod vipcheck;
 pub mod web;

@@ -793,6 +793,19 @@ impl State {
                 continue;
             };
             let service_port = self.services_of(name).map(|s| s.port).next();
+            // `target = "vip"`: through the first DSR service using the group (config
+            // checks refuse NAT ones); a group no service uses is checked at its addresses.
+            let via = (hc.target == crate::config::HealthTarget::Vip)
+                .then(|| {
+                    self.services_of(name).find_map(|s| {
+                        Some(crate::health::ViaVip {
+                            vip: s.vip,
+                            dsr: *s.forwarding.dsr()?,
+                            mark: 0,
+                        })
+                    })
+                })
+                .flatten();
             for m in &g.members {
                 let backend_port = m.port.or(g.cfg.port).or(service_port).unwrap_or(0);
                 let port = hc.port_for(g.cfg.port, backend_port);
@@ -812,6 +825,7 @@ impl State {
                         kind,
                         addr: std::net::SocketAddr::new(m.addr, port),
                         timeout: hc.timeout,
+                        via: via.clone(),
                     },
                     hc.interval,
                 ));

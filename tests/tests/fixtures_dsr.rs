@@ -1072,3 +1072,271 @@ fn xlb_encap_then_decap_round_trip() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ---- xlb_hc (DSR health checks through the encapsulation) ----
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+/// `xlbhc0`'s MAC in the fixture (the destination of frames leaving a NOARP interface).
+const HC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
+
+/// Run `xlb_hc` on `frame` leaving `ifindex` with `mark`.
+fn run_hc(
+    fx: &Fixture,
+    p: &xlb::vipcheck::TestProgram,
+    frame: &[u8],
+    mark: u32,
+    ifindex: u32,
+) -> (u32, Vec<u8>) {
+    // struct __sk_buff up to ifindex: len, pkt_type, mark, queue_mapping, protocol,
+    // vlan_present, vlan_tci, vlan_proto, priority, ingress_ifindex, ifindex.
+    let mut ctx = [0u8; 44];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = fx.ns.enter(|| {
+        p.program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN")
+    });
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+/// What `xlb_hc` pushes: the XDP path's outer header with the GUE source port from the
+/// check's index, no IPv6 flow label, and a zero GUE UDP checksum (over IPv6 too).
+fn hc_outer(e: Encap, inner: &[u8], dst: IpAddr, index: u32) -> Vec<u8> {
+    let v6 = inner[0] >> 4 == 6;
+    let mut ip = encapsulate(e, inner, outer_src(v6, 1), dst, index, 6080);
+    if v6 {
+        ip[1] &= 0xf0;
+        ip[2] = 0;
+        ip[3] = 0;
+        if e == Encap::Gue {
+            ip[46] = 0;
+            ip[47] = 0;
+        }
+    }
+    ip
+}
+
+#[test]
+fn hc_sends_marked_checks_through_the_encapsulation() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::with_config(CONFIG);
+    // The health-check interface: a veth pair, forwarding on (the FIB lookup needs it).
+    fx.sh("ip link add hc0 address 02:00:00:00:0c:01 type veth peer name hc1");
+    fx.sh("ip link set hc0 arp off up");
+    fx.sh("ip link set hc1 up");
+    fx.sh("sysctl -qw net.ipv4.conf.hc0.forwarding=1");
+    fx.sh("sysctl -qw net.ipv6.conf.hc0.forwarding=1");
+    let hc0 = fx
+        .ns
+        .enter(|| nix::net::if_::if_nametoindex("hc0").unwrap());
+    let cfg = xlb::config::parse(CONFIG, "fixtures.toml").unwrap();
+    let dsr_of = |name: &str| {
+        *cfg.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .forwarding
+            .dsr()
+            .unwrap()
+    };
+    let mut p = xlb::vipcheck::TestProgram::load().expect("load xlb_hc");
+    let lb4 = IpAddr::V4(Ipv4Addr::new(198, 18, 2, 1));
+    let lb6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1));
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    let mut case = |p: &xlb::vipcheck::TestProgram,
+                    name: String,
+                    frame: Vec<u8>,
+                    mark: u32,
+                    action: u32,
+                    want: Vec<u8>,
+                    counter: usize| {
+        cases += 1;
+        let before = p.stats();
+        let (rc, out) = run_hc(&fx, p, &frame, mark, hc0);
+        let after = p.stats();
+        let mut errs = Vec::new();
+        if rc != action {
+            errs.push(format!("action {rc} (expected {action})"));
+        }
+        for (i, n) in lb_common::hc::NAMES.iter().enumerate() {
+            let grew = after[i] - before[i];
+            let want_grew = u64::from(i == counter);
+            if grew != want_grew {
+                errs.push(format!("counter {n} +{grew} (expected +{want_grew})"));
+            }
+        }
+        if out != want {
+            errs.push(format!(
+                "output\n    got  {}\n    want {}",
+                hex(&out),
+                hex(&want)
+            ));
+        } else {
+            // GUE over IPv6 carries a zero UDP checksum (by design, see lb-ebpf/src/hc.rs):
+            // the checksums verified are the inner packet's.
+            let zero_udp6 = rc == TC_ACT_REDIRECT
+                && out.len() > 66
+                && out[12..14] == [0x86, 0xdd]
+                && out[20] == 17;
+            let checked = if zero_udp6 {
+                assert_eq!(out[60..62], [0, 0], "[{name}] zero UDP checksum");
+                eth(HC_MAC, HC_MAC, &[], &out[66..])
+            } else {
+                out.clone()
+            };
+            if let Err(e) = verify_checksums(&checked) {
+                errs.push(format!("checksum: {e}"));
+            }
+        }
+        if !errs.is_empty() {
+            failures.push(format!("[{name}] {}", errs.join("; ")));
+        }
+    };
+    let mut index = 0;
+    for v6 in [false, true] {
+        for (e, svc) in [
+            (Encap::L2, "l2-tcp"),
+            (Encap::Ipip, "ipip-tcp"),
+            (Encap::Gue, "gue-tcp"),
+        ] {
+            index += 1;
+            let svc = if v6 {
+                format!("{svc}6")
+            } else {
+                svc.to_string()
+            };
+            let (lb, backend) = if v6 { (lb6, B6) } else { (lb4, B4) };
+            let t = xlb::vipcheck::target(&dsr_of(&svc), backend, index);
+            let mark = lb_common::HC_MARK_BASE | index;
+            p.set_target(mark, t).unwrap();
+            // A check's SYN and its HTTP request, from the node's address to the VIP.
+            for (what, l4) in [
+                (
+                    "syn",
+                    tcp(lb, vip(e, v6), 40000 + index as u16, 80, true, b""),
+                ),
+                (
+                    "get",
+                    tcp(
+                        lb,
+                        vip(e, v6),
+                        40000 + index as u16,
+                        80,
+                        false,
+                        b"GET /health HTTP/1.1\r\n\r\n",
+                    ),
+                ),
+            ]
+            .map(|(w, seg)| (w, ipx(lb, vip(e, v6), 64, 6, &seg)))
+            {
+                let frame = eth(HC_MAC, HC_MAC, &[], &l4);
+                let want = match e {
+                    // The MACs come from the neighbour entry once redirected.
+                    Encap::L2 => frame.clone(),
+                    _ => eth(HC_MAC, HC_MAC, &[], &hc_outer(e, &l4, backend, index)),
+                };
+                let v = if v6 { "v6" } else { "v4" };
+                case(
+                    &p,
+                    format!("{svc} {v} {what}"),
+                    frame.clone(),
+                    mark,
+                    TC_ACT_REDIRECT,
+                    want,
+                    0,
+                );
+                // Without the mark (or another mark) the packet is not touched.
+                case(
+                    &p,
+                    format!("{svc} {v} {what} unmarked"),
+                    frame.clone(),
+                    0,
+                    TC_ACT_OK,
+                    frame.clone(),
+                    1,
+                );
+                case(
+                    &p,
+                    format!("{svc} {v} {what} foreign mark"),
+                    frame.clone(),
+                    0x1234_0000 | index,
+                    TC_ACT_OK,
+                    frame.clone(),
+                    1,
+                );
+            }
+        }
+    }
+    // A check's mark without an entry, a family that does not match the entry, a backend
+    // without a route: dropped.
+    let l4 = ipx(
+        lb4,
+        vip(Encap::Gue, false),
+        64,
+        6,
+        &tcp(lb4, vip(Encap::Gue, false), 40100, 80, true, b""),
+    );
+    let frame = eth(HC_MAC, HC_MAC, &[], &l4);
+    case(
+        &p,
+        "no entry".into(),
+        frame.clone(),
+        lb_common::HC_MARK_BASE | 999,
+        TC_ACT_SHOT,
+        frame.clone(),
+        2,
+    );
+    let l6 = ipx(
+        lb6,
+        vip(Encap::Gue, true),
+        64,
+        6,
+        &tcp(lb6, vip(Encap::Gue, true), 40101, 80, true, b""),
+    );
+    let frame6 = eth(HC_MAC, HC_MAC, &[], &l6);
+    case(
+        &p,
+        "family mismatch".into(),
+        frame6.clone(),
+        lb_common::HC_MARK_BASE | 3,
+        TC_ACT_SHOT,
+        frame6,
+        2,
+    );
+    let nowhere = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    p.set_target(
+        lb_common::HC_MARK_BASE | 100,
+        xlb::vipcheck::target(&dsr_of("gue-tcp"), nowhere, 100),
+    )
+    .unwrap();
+    case(
+        &p,
+        "no route".into(),
+        frame.clone(),
+        lb_common::HC_MARK_BASE | 100,
+        TC_ACT_SHOT,
+        frame,
+        2,
+    );
+    assert!(cases >= 39, "{cases} cases");
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

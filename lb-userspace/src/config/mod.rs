@@ -56,6 +56,7 @@
 //! healthy_threshold = 2        # 1..10 consecutive successes to become healthy
 //! unhealthy_threshold = 5      # 1..10 consecutive failures to become unhealthy
 //! success_codes = "200-399"    # http only: "200", "200-299", "200,204,300-399"
+//! target = "address"           # address | vip (dsr only: the VIP through the encapsulation)
 //!
 //! # Optional (without it only the active checks judge the backends; needs a health_check):
 //! # what the data path sees of handshakes and answers marks backends down at once.

@@ -41,6 +41,8 @@ pub(super) struct GroupPos {
     pub(super) table: usize,
     pub(super) name: usize,
     pub(super) backends: Vec<usize>,
+    /// `health_check.target`, when given.
+    pub(super) hc_target: Option<usize>,
 }
 
 pub(super) fn parse_daemon(
@@ -629,6 +631,12 @@ pub(super) fn parse_target_group(
         Some(at) => Some(parse_health_check(cx, &at)?),
     };
 
+    let hc_target = t
+        .get("health_check")
+        .and_then(|at| at.table(cx, "").ok())
+        .and_then(|h| h.get("target"))
+        .map(|at| at.pos);
+
     let scaling = match t.get("scaling") {
         None => None,
         Some(at) => Some(parse_scaling(cx, &at, backends.len())?),
@@ -664,6 +672,7 @@ pub(super) fn parse_target_group(
             table: t.pos,
             name: name_at.pos,
             backends: positions,
+            hc_target,
         },
     ))
 }
@@ -686,9 +695,23 @@ fn parse_health_check(cx: &Cx<'_>, at: &At<'_>) -> Result<HealthCheckConfig, Con
             "healthy_threshold",
             "unhealthy_threshold",
             "success_codes",
+            "target",
         ],
     )?;
     let mut hc = HealthCheckConfig::default();
+
+    if let Some(at) = t.get("target") {
+        hc.target = match at.str(cx)? {
+            "address" => HealthTarget::Address,
+            "vip" => HealthTarget::Vip,
+            other => {
+                return Err(at.err(
+                    cx,
+                    format!("unknown target \"{other}\" (expected \"address\" or \"vip\")"),
+                ))
+            }
+        };
+    }
 
     if let Some(at) = t.get("protocol") {
         hc.protocol = match at.str(cx)? {

@@ -715,6 +715,22 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
     /// HTTP statuses that count as success (http only; kept at its default for tcp).
     pub success_codes: SuccessCodes,
+    /// What the check connects to: the backend's own address (the default), or, for groups
+    /// behind DSR services only, the VIP through the service's encapsulation.
+    pub target: HealthTarget,
+}
+
+/// `health_check.target`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthTarget {
+    /// The backend's own address and the check port.
+    #[default]
+    Address,
+    /// DSR only: the VIP and the check port, sent to the backend as the (first) service
+    /// using the group sends its clients' packets, so that the check reaches the socket that
+    /// serves the VIP.
+    Vip,
 }
 
 impl Default for HealthCheckConfig {
@@ -729,6 +745,7 @@ impl Default for HealthCheckConfig {
             healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
             unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
             success_codes: SuccessCodes::default(),
+            target: HealthTarget::Address,
         }
     }
 }

@@ -9,7 +9,8 @@ use lb_common::consts::MAX_BACKENDS;
 use super::parse::{family, next_prime, DaemonPos, GroupPos, ServicePos};
 use super::tree::Cx;
 use super::{
-    Config, ConfigError, MAGLEV_SLOTS_PER_BACKEND, MAX_MAGLEV_TABLE_SIZE, MAX_MAX_SERVICES,
+    Config, ConfigError, HealthTarget, MAGLEV_SLOTS_PER_BACKEND, MAX_MAGLEV_TABLE_SIZE,
+    MAX_MAX_SERVICES,
 };
 
 fn quoted_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
@@ -229,6 +230,22 @@ pub(super) fn validate(
                     ),
                 ));
             }
+        }
+        if s.forwarding.is_nat()
+            && g.health_check
+                .as_ref()
+                .is_some_and(|h| h.target == HealthTarget::Vip)
+        {
+            return Err(cx.err(
+                gpos[gi].hc_target.unwrap_or(gpos[gi].table),
+                format!("target_group[{gi}].health_check.target"),
+                format!(
+                    "target = \"vip\" checks through a DSR service's encapsulation, but \
+                     service[{si}] \"{}\" uses this group with forwarding = \"nat\" (its \
+                     backends serve their own address: use target = \"address\")",
+                    s.name
+                ),
+            ));
         }
         let mut seen: HashSet<(IpAddr, u16)> = HashSet::new();
         for (bi, b) in g.backends.iter().enumerate() {

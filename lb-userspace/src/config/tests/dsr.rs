@@ -200,3 +200,57 @@ fn dsr_backends_use_the_service_port() {
     )
     .is_ok());
 }
+
+#[test]
+fn health_check_target() {
+    let check = |target: &str| {
+        format!("[target_group.health_check]\nprotocol = \"tcp\"\ntarget = \"{target}\"\n")
+    };
+    // The default, and both values with DSR.
+    let c = parse(&dsr("forwarding = \"dsr\"\ndsr_encap = \"l2\"\n"), "x").unwrap();
+    assert_eq!(c.target_groups[0].health_check, None);
+    let dsr_l2 = dsr("forwarding = \"dsr\"\ndsr_encap = \"l2\"\n");
+    for (t, want) in [
+        ("address", HealthTarget::Address),
+        ("vip", HealthTarget::Vip),
+    ] {
+        let c = parse(&format!("{dsr_l2}{}", check(t)), "x").unwrap();
+        assert_eq!(
+            c.target_groups[0].health_check.as_ref().unwrap().target,
+            want
+        );
+    }
+    let c = parse(&format!("{dsr_l2}[target_group.health_check]\n"), "x").unwrap();
+    assert_eq!(
+        c.target_groups[0].health_check.as_ref().unwrap().target,
+        HealthTarget::Address
+    );
+    // A NAT service using the group: refused, at the key.
+    let (line, col, field, msg) = fail(&format!("{}{}", dsr(""), check("vip")));
+    assert_eq!(
+        (line, col, field.as_str()),
+        (16, 10, "target_group[0].health_check.target")
+    );
+    assert!(
+        msg.contains("service[0] \"web\" uses this group with forwarding = \"nat\""),
+        "{msg}"
+    );
+    // NAT with target = "address" is fine.
+    assert!(parse(&format!("{}{}", dsr(""), check("address")), "x").is_ok());
+    // A second, NAT service on the same group is refused too.
+    let two = format!(
+        "{}{}",
+        dsr_l2.replace(
+            "[[target_group]]",
+            "[[service]]\nname = \"nat\"\nvip = \"198.18.100.2\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n\n[[target_group]]"
+        ),
+        check("vip")
+    );
+    let (_, _, field, msg) = fail(&two);
+    assert_eq!(field, "target_group[0].health_check.target");
+    assert!(msg.contains("service[1] \"nat\""), "{msg}");
+    // Unknown values.
+    let (_, _, field, msg) = fail(&format!("{dsr_l2}{}", check("backend")));
+    assert_eq!(field, "target_group[0].health_check.target");
+    assert!(msg.contains("expected \"address\" or \"vip\""), "{msg}");
+}

@@ -331,6 +331,7 @@ fn new_keys_defaults() {
             healthy_threshold: 2,
             unhealthy_threshold: 5,
             success_codes: "200-399".parse().unwrap(),
+            target: HealthTarget::Address,
         }
     );
     assert_eq!(*hc, HealthCheckConfig::default());
@@ -385,6 +386,7 @@ fn full_example_parses() {
             healthy_threshold: 1,
             unhealthy_threshold: 10,
             success_codes: "200,204,300-399".parse().unwrap(),
+            target: HealthTarget::Address,
         }
     );
     assert_eq!(web_hc.success_codes.to_string(), "200,204,300-399");
