@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::MapData;
-use serde::{Deserialize, Serialize};
 use std::os::fd::AsFd;
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -31,7 +30,10 @@ use crate::{
     passive,
     reconcile::{Links, Reconciler},
     scaling,
-    state::{CheckToken, Desired, HookJob, Persisted, State},
+    state::{
+        persist::{saved_state, StateFile},
+        CheckToken, Desired, HookJob, State,
+    },
     sweep::{self, Sweep},
 };
 
@@ -70,92 +72,6 @@ fn random_seed() -> u32 {
         return t.subsec_nanos() ^ std::process::id();
     }
     u32::from_ne_bytes(b)
-}
-
-/// The state file: what a restarted daemon needs to carry on where the last one stopped.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StateFile {
-    pub pid: u32,
-    pub load: LoadOptions,
-    pub pin_path: PathBuf,
-    pub interfaces: Vec<(String, String)>,
-    pub state: Persisted,
-}
-
-/// Why a state file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StateFileError {
-    #[error("reading {}: {source}", .path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: not a state file of this version: {source}", .path.display())]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("{}: {what}", .path.display())]
-    Invalid { path: PathBuf, what: String },
-}
-
-impl StateFile {
-    /// The state file at `path`: None when there is none; an error when it cannot be read,
-    /// is not one, or holds values out of range.
-    pub fn read(path: &Path) -> Result<Option<StateFile>, StateFileError> {
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateFileError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let s: StateFile =
-            serde_json::from_slice(&text).map_err(|source| StateFileError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        s.state.check().map_err(|what| StateFileError::Invalid {
-            path: path.to_path_buf(),
-            what,
-        })?;
-        Ok(Some(s))
-    }
-
-    /// Replace the file atomically (mode 0600, fsynced; see [`instance::write_private`]).
-    fn write(&self, path: &Path) -> std::io::Result<()> {
-        instance::write_private(path, &serde_json::to_vec_pretty(self)?)
-    }
-}
-
-/// The state a starting daemon takes over. An unreadable state file is refused while pinned
-/// maps exist (`adopting`): their connection-tracking entries point at the backend ids it
-/// records, and ids assigned afresh would send established flows to other backends.
-pub fn saved_state(
-    state_file: &Path,
-    pin_path: &Path,
-    adopting: bool,
-) -> Result<Option<StateFile>> {
-    match StateFile::read(state_file) {
-        Ok(s) => Ok(s),
-        Err(e) if adopting => anyhow::bail!(
-            "{e}\nthe pinned maps in {pin} hold connection-tracking entries that point at the \
-             backend ids this file records: starting without it would assign ids afresh and \
-             move established flows to other backends, so xlb does not start. To recover: \
-             restore or repair {file}; or move it away to start anyway (established flows may \
-             move to other backends); or run `xlb stop --cleanup` to detach XDP and remove \
-             the pinned maps (established flows are dropped) and start afresh",
-            pin = pin_path.display(),
-            file = state_file.display()
-        ),
-        Err(e) => {
-            warn!(error = %e, "ignoring an unreadable state file (no pinned maps to adopt)");
-            Ok(None)
-        }
-    }
 }
 
 /// Whether `pid` is a live process (a zombie is not).
@@ -1415,93 +1331,4 @@ pub fn stop(config_path: &Path, cleanup: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn file(state: Persisted) -> StateFile {
-        StateFile {
-            pid: 1,
-            load: LoadOptions {
-                ring_size: 1021,
-                conntrack_size: 1024,
-                reverse_size: 1024,
-                max_services: 4,
-                hash_seed: 7,
-            },
-            pin_path: "/sys/fs/bpf/xlb-t".into(),
-            interfaces: vec![],
-            state,
-        }
-    }
-
-    fn persisted(drain_left_secs: Option<f64>) -> Persisted {
-        serde_json::from_value(serde_json::json!({
-            "service_ids": [["web", 0]],
-            "backend_ids": [[{"group": "g", "addr": "198.18.2.11", "port": 80}, 0]],
-            "groups": [{
-                "name": "g", "cfg": "{}", "runtime_changed": false,
-                "members": [{
-                    "addr": "198.18.2.11", "port": null, "weight": 1, "source": "config",
-                    "state": "healthy", "reason": "ok",
-                    "drain_left_secs": drain_left_secs, "drain_reason": null
-                }]
-            }]
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn state_file_round_trip_is_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        file(persisted(Some(5.0))).write(&path).unwrap();
-        let back = StateFile::read(&path).unwrap().expect("a state file");
-        assert_eq!(back.load.hash_seed, 7);
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "it holds the hash seed: {mode:o}");
-    }
-
-    #[test]
-    fn unreadable_state_file_is_refused_while_pinned_maps_exist() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let pins = Path::new("/sys/fs/bpf/xlb-t");
-        // None at all: a fresh start either way.
-        assert!(saved_state(&path, pins, true).unwrap().is_none());
-        std::fs::write(&path, b"{ not json").unwrap();
-        let e = saved_state(&path, pins, true)
-            .expect_err("refused")
-            .to_string();
-        assert!(
-            e.contains("xlb stop --cleanup") && e.contains("move it away"),
-            "says how to recover: {e}"
-        );
-        // Without pinned maps nothing depends on it: ignored.
-        assert!(saved_state(&path, pins, false).unwrap().is_none());
-    }
-
-    #[test]
-    fn state_values_that_would_panic_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        for bad in [1e300, f64::MAX, -1.0] {
-            file(persisted(Some(bad))).write(&path).unwrap();
-            let e = StateFile::read(&path).expect_err("out of range");
-            assert!(matches!(e, StateFileError::Invalid { .. }), "{bad}: {e}");
-            assert!(saved_state(&path, Path::new("/x"), true).is_err());
-        }
-        // NaN and infinities do not even survive JSON (serde writes null): a parse error.
-        std::fs::write(
-            &path,
-            serde_json::to_string(&file(persisted(Some(1.0))))
-                .unwrap()
-                .replace("\"drain_left_secs\":1.0", "\"drain_left_secs\":1e999"),
-        )
-        .unwrap();
-        assert!(StateFile::read(&path).is_err());
-    }
 }

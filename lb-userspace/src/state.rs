@@ -22,6 +22,8 @@ use crate::{
     scaling::{Backoff, Decision, Scaler},
 };
 
+pub mod persist;
+
 /// Events kept for `xlb events`.
 pub const MAX_EVENTS: usize = 1000;
 
@@ -1718,149 +1720,6 @@ impl State {
             );
         }
     }
-
-    // ---- persistence ----
-
-    pub fn snapshot(&self) -> Persisted {
-        let now = Instant::now();
-        Persisted {
-            service_ids: self
-                .service_ids
-                .pairs()
-                .map(|(k, v)| (k.clone(), v))
-                .collect(),
-            backend_ids: self
-                .backend_ids
-                .pairs()
-                .map(|(k, v)| (k.clone(), v))
-                .collect(),
-            groups: self
-                .groups
-                .iter()
-                .map(|(name, g)| PersistedGroup {
-                    name: name.clone(),
-                    cfg: fingerprint(&g.cfg),
-                    runtime_changed: g.runtime_changed,
-                    members: g
-                        .members
-                        .iter()
-                        .map(|m| PersistedMember {
-                            addr: m.addr,
-                            port: m.port,
-                            weight: m.weight,
-                            source: m.source,
-                            state: m.health.state(),
-                            reason: m.health.reason().to_string(),
-                            drain_left_secs: m
-                                .drain
-                                .as_ref()
-                                .map(|d| d.deadline.saturating_duration_since(now).as_secs_f64()),
-                            drain_reason: m.drain.as_ref().map(|d| d.reason.clone()),
-                            terminate_after_drain: m.terminate_after_drain,
-                        })
-                        .collect(),
-                    desired: g.scaling.as_ref().map(|s| s.scaler.desired()),
-                    launch: g.scaling.as_ref().and_then(|s| {
-                        // A hook running now, or one of the previous instance still awaited.
-                        let started = s.launch_started?;
-                        (s.launching > 0).then(|| PersistedLaunch {
-                            count: s.launching,
-                            started_unix_secs: started
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .unwrap_or_default()
-                                .as_secs_f64(),
-                        })
-                    }),
-                })
-                .collect(),
-        }
-    }
-
-    /// Take ids, runtime changes, health and drains from a previous instance. A group whose
-    /// config is unchanged gets its saved backends back as they were (runtime changes
-    /// included); a changed group keeps the config's backends with the saved health of those
-    /// it still lists.
-    pub fn restore(&mut self, saved: Persisted) -> Vec<String> {
-        let now = Instant::now();
-        self.service_ids = Ids::restore(self.config.daemon.max_services, saved.service_ids);
-        self.backend_ids = Ids::restore(MAX_BACKENDS, saved.backend_ids);
-        let mut notes = Vec::new();
-        for pg in saved.groups {
-            let Some(g) = self.groups.get(&pg.name) else {
-                notes.push(format!("target group {} is gone from the config", pg.name));
-                continue;
-            };
-            let same = fingerprint(&g.cfg) == pg.cfg;
-            let mut restored = Vec::new();
-            for pm in &pg.members {
-                let health = HealthTracker::restore(pm.state, &pm.reason, now);
-                // Never panics, whatever the file holds (`Persisted::check` refuses such
-                // values before this).
-                let left = pm.drain_left_secs.map(|left| {
-                    Duration::try_from_secs_f64(left.clamp(0.0, MAX_SAVED_DRAIN_SECS))
-                        .unwrap_or_default()
-                });
-                let drain = left.map(|left| Drain {
-                    started: now,
-                    deadline: now.checked_add(left).unwrap_or(now),
-                    reason: pm.drain_reason.clone().unwrap_or_else(|| "draining".into()),
-                });
-                if same || pm.source == BackendSource::Scaling {
-                    let uid = self.uid();
-                    let mut m =
-                        Member::new(uid, pm.addr, pm.port, pm.weight, pm.source, health, now);
-                    m.drain = drain;
-                    m.terminate_after_drain = pm.terminate_after_drain;
-                    restored.push(m);
-                } else if let Some(m) = self.groups.get_mut(&pg.name).and_then(|g| {
-                    g.members
-                        .iter_mut()
-                        .find(|m| m.addr == pm.addr && m.port == pm.port)
-                }) {
-                    m.health = health;
-                }
-            }
-            let g = self.groups.get_mut(&pg.name).expect("checked above");
-            if let (Some(gs), Some(desired)) = (g.scaling.as_mut(), pg.desired) {
-                let _ = gs.scaler.set_desired(desired, now);
-            }
-            if let (Some(gs), Some(cfg), Some(l)) = (
-                g.scaling.as_mut(),
-                g.cfg.scaling.as_ref(),
-                pg.launch.as_ref(),
-            ) {
-                let started = std::time::UNIX_EPOCH
-                    + Duration::try_from_secs_f64(l.started_unix_secs).unwrap_or_default();
-                let since = std::time::SystemTime::now()
-                    .duration_since(started)
-                    .unwrap_or_default();
-                let window = (cfg.hook_timeout + cfg.grace_period).saturating_sub(since);
-                if !window.is_zero() && l.count > 0 {
-                    gs.launching = l.count.min(cfg.max);
-                    gs.launch_started = Some(started);
-                    gs.resumed_launch_until = now.checked_add(window);
-                    notes.push(format!(
-                        "target group {}: a scale-out hook for {} backends was running when \
-                         xlb stopped; no new launch for {}",
-                        pg.name,
-                        l.count,
-                        humantime::format_duration(Duration::from_secs(window.as_secs()))
-                    ));
-                }
-            }
-            if same {
-                g.members = restored;
-                g.runtime_changed = pg.runtime_changed;
-            } else {
-                g.members.extend(restored);
-                notes.push(format!(
-                    "target group {} changed in the config while xlb was down: its runtime changes were dropped",
-                    pg.name
-                ));
-            }
-        }
-        notes
-    }
 }
 
 fn decision_event(group: &str, d: &Decision) -> (String, String, String, BTreeMap<String, f64>) {
@@ -1880,113 +1739,8 @@ fn decision_event(group: &str, d: &Decision) -> (String, String, String, BTreeMa
     )
 }
 
-fn fingerprint(cfg: &TargetGroupConfig) -> String {
-    serde_json::to_string(cfg).unwrap_or_default()
-}
-
-/// What the state file keeps of [`State`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Persisted {
-    pub service_ids: Vec<(String, u32)>,
-    pub backend_ids: Vec<(BackendKey, u32)>,
-    pub groups: Vec<PersistedGroup>,
-}
-
-/// The longest drain a state file may hold (deregistration delays are at most an hour).
-const MAX_SAVED_DRAIN_SECS: f64 = 86_400.0;
-
-impl Persisted {
-    /// Values a restore cannot take (ids out of range or used twice, weights or ports out of
-    /// range, drains that are not a number of seconds within a day): the state file is not
-    /// one xlb wrote, and using it could panic or corrupt the maps.
-    pub fn check(&self) -> Result<(), String> {
-        let mut seen = HashSet::new();
-        for (name, id) in &self.service_ids {
-            if !seen.insert(*id) {
-                return Err(format!("service id {id} ({name}) is used twice"));
-            }
-        }
-        let mut seen = HashSet::new();
-        for (key, id) in &self.backend_ids {
-            if *id >= MAX_BACKENDS {
-                return Err(format!(
-                    "backend id {id} is out of range (< {MAX_BACKENDS})"
-                ));
-            }
-            if !seen.insert(*id) {
-                return Err(format!(
-                    "backend id {id} ({}) is used twice",
-                    key.maglev_key()
-                ));
-            }
-        }
-        for g in &self.groups {
-            if let Some(l) = &g.launch {
-                if !(l.started_unix_secs.is_finite() && l.started_unix_secs >= 0.0) {
-                    return Err(format!("group {}: launch start is not a time", g.name));
-                }
-            }
-            for m in &g.members {
-                let who = format!("group {} backend {}", g.name, m.addr);
-                if m.weight == 0 || m.weight > crate::config::MAX_WEIGHT {
-                    return Err(format!("{who}: weight {} is out of range", m.weight));
-                }
-                if m.port == Some(0) {
-                    return Err(format!("{who}: port 0"));
-                }
-                if let Some(left) = m.drain_left_secs {
-                    if !(0.0..=MAX_SAVED_DRAIN_SECS).contains(&left) {
-                        return Err(format!(
-                            "{who}: drain time left {left} s is not within 0-{MAX_SAVED_DRAIN_SECS} s"
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PersistedGroup {
-    pub name: String,
-    /// The group's config when saved, as JSON: runtime changes are restored only while the
-    /// config of the group is the same.
-    pub cfg: String,
-    pub runtime_changed: bool,
-    pub members: Vec<PersistedMember>,
-    /// The scaling group's desired capacity.
-    #[serde(default)]
-    pub desired: Option<u32>,
-    /// A scale-out hook running when the state was saved.
-    #[serde(default)]
-    pub launch: Option<PersistedLaunch>,
-}
-
-/// A scale-out hook in progress.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PersistedLaunch {
-    pub count: u32,
-    /// When it started, seconds since the Unix epoch.
-    pub started_unix_secs: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PersistedMember {
-    pub addr: IpAddr,
-    pub port: Option<u16>,
-    pub weight: u32,
-    pub source: BackendSource,
-    pub state: BackendState,
-    pub reason: String,
-    pub drain_left_secs: Option<f64>,
-    pub drain_reason: Option<String>,
-    #[serde(default)]
-    pub terminate_after_drain: bool,
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -2017,7 +1771,7 @@ mod tests {
         );
     }
 
-    const CFG: &str = r#"
+    pub(crate) const CFG: &str = r#"
 [daemon]
 interfaces = ["eth0"]
 
@@ -2042,11 +1796,11 @@ healthy_threshold = 2
 unhealthy_threshold = 2
 "#;
 
-    fn state(text: &str) -> State {
+    pub(crate) fn state(text: &str) -> State {
         State::new(crate::config::parse(text, "t.toml").unwrap())
     }
 
-    fn outcome(ok: bool) -> CheckOutcome {
+    pub(crate) fn outcome(ok: bool) -> CheckOutcome {
         CheckOutcome {
             ok,
             reason: if ok { "connected" } else { "connect refused" }.into(),
@@ -2055,13 +1809,13 @@ unhealthy_threshold = 2
         }
     }
 
-    fn token(s: &State, addr: &str) -> CheckToken {
+    pub(crate) fn token(s: &State, addr: &str) -> CheckToken {
         let a: IpAddr = addr.parse().unwrap();
         let m = s.groups["g"].members.iter().find(|m| m.addr == a).unwrap();
         ("g".into(), m.uid)
     }
 
-    fn active(d: &Desired) -> Vec<String> {
+    pub(crate) fn active(d: &Desired) -> Vec<String> {
         d.backends
             .values()
             .filter(|b| b.active)
@@ -2229,42 +1983,9 @@ unhealthy_threshold = 2
         assert!(addrs.contains(&("198.18.2.14".into(), BackendState::Draining)));
     }
 
-    #[test]
-    fn snapshot_restores_ids_health_and_runtime_changes() {
-        let mut s = state(CFG);
-        let t = token(&s, "198.18.2.11");
-        s.observe(&t, &outcome(false));
-        s.add_backend("g", "198.18.2.14", None, BackendSource::Api)
-            .unwrap();
-        let d = s.desired().unwrap();
-        let saved = serde_json::to_string(&s.snapshot()).unwrap();
-
-        let mut r = state(CFG);
-        r.restore(serde_json::from_str(&saved).unwrap());
-        let d2 = r.desired().unwrap();
-        let ids = |d: &Desired| -> Vec<(String, u32)> {
-            d.backends
-                .values()
-                .map(|b| (b.key.maglev_key(), b.id))
-                .collect()
-        };
-        assert_eq!(ids(&d), ids(&d2), "backend ids survive a restart");
-        let m = r.groups["g"]
-            .members
-            .iter()
-            .find(|m| m.addr.to_string() == "198.18.2.11")
-            .unwrap();
-        assert_eq!(m.state(), BackendState::Unhealthy);
-        assert_eq!(
-            r.groups["g"].members.len(),
-            4,
-            "the runtime backend is back"
-        );
-    }
-
     /// One configured backend, HTTP checked, in a scaling group driven by a step policy on
     /// backend_cpu (no hold, no warmup).
-    const SCALING: &str = r#"
+    pub(crate) const SCALING: &str = r#"
 [daemon]
 interfaces = ["eth0"]
 
@@ -2303,13 +2024,13 @@ metric = "backend_cpu"
 scale_out = { above = 0.7, for = "0s", add = 1 }
 "#;
 
-    fn body(ok: bool, json: serde_json::Value) -> CheckOutcome {
+    pub(crate) fn body(ok: bool, json: serde_json::Value) -> CheckOutcome {
         let mut o = outcome(ok);
         o.metrics = json.as_object().cloned();
         o
     }
 
-    fn launches(jobs: &[HookJob]) -> Vec<u32> {
+    pub(crate) fn launches(jobs: &[HookJob]) -> Vec<u32> {
         jobs.iter()
             .filter_map(|j| match j {
                 HookJob::Launch { count, .. } => Some(*count),
@@ -2318,7 +2039,7 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
             .collect()
     }
 
-    fn round(s: &mut State, at: Instant) -> Vec<HookJob> {
+    pub(crate) fn round(s: &mut State, at: Instant) -> Vec<HookJob> {
         s.scaling_round(at, std::time::SystemTime::now(), &HashMap::new(), true)
             .0
     }
@@ -2389,18 +2110,6 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         // Past the grace period it counts as missing.
         let jobs = round(&mut s, now + Duration::from_secs(121));
         assert_eq!(launches(&jobs), [1], "{jobs:?}");
-    }
-
-    #[test]
-    fn restore_of_huge_drain_does_not_panic() {
-        let s = state(CFG);
-        let mut p = s.snapshot();
-        p.groups[0].members[0].drain_left_secs = Some(1e300);
-        assert!(p.check().is_err(), "refused when read");
-        // And restoring it anyway does not panic.
-        let mut r = state(CFG);
-        r.restore(p);
-        assert!(r.groups["g"].members[0].drain.is_some());
     }
 
     #[test]
@@ -2581,7 +2290,7 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         assert!(parse_backend_ref("1.2.3.4:0").is_err());
     }
 
-    fn uid_of(s: &State, addr: &str) -> u64 {
+    pub(crate) fn uid_of(s: &State, addr: &str) -> u64 {
         token(s, addr).1
     }
 
