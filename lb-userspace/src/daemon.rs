@@ -29,10 +29,10 @@ use crate::{
     },
     passive,
     reconcile::{Links, Reconciler},
-    scaling,
+    scaling::{self, HookJob},
     state::{
         persist::{saved_state, StateFile},
-        CheckToken, Desired, HookJob, State,
+        CheckToken, Desired, State,
     },
     sweep::{self, Sweep},
 };
