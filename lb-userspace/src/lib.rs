@@ -34,6 +34,7 @@ pub mod reconcile;
 pub mod scaling;
 pub mod service;
 pub mod state;
+pub mod status;
 pub mod sweep;
 pub mod top;
 pub mod web;
