@@ -335,10 +335,13 @@ impl Daemon {
 
     /// Run `change` on the state as a transaction (API requests, reloads): on any error the
     /// state and the maps are what they were.
-    fn transact<T>(
+    fn transact<T, E>(
         &mut self,
-        change: impl FnOnce(&mut State) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        change: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, ApiError>
+    where
+        ApiError: From<E>,
+    {
         let r = commit::transact(
             &mut self.state,
             &mut self.reconciler,
@@ -462,7 +465,7 @@ impl Daemon {
 
     fn reload_config(&mut self) -> Result<String, ApiError> {
         let cfg = config::load(&self.config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
-        let notes = self.transact(|s| Ok(s.reload(cfg)))?;
+        let notes = self.transact(|s| Ok::<_, ApiError>(s.reload(cfg)))?;
         for n in &notes {
             info!("reload: {n}");
         }

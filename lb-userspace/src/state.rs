@@ -18,7 +18,7 @@ use crate::{
     dataplane::addr_bytes,
     endpoint::Endpoint,
     health::{CheckKind, CheckOutcome, CheckSpec, HealthTracker},
-    model::{ApiError, BackendSource, BackendState, Event},
+    model::{BackendSource, BackendState, Event},
     scaling::GroupScaling,
 };
 
@@ -218,6 +218,22 @@ pub enum StateError {
     TooManyBackendAddrs(usize),
     #[error("too many VIPs and backend addresses ({0}; ADDRS holds {max})", max = lb_common::MAX_ADDRS)]
     TooManyAddrs(usize),
+}
+
+/// Why the state refuses a change asked of it (through the API, the CLI or a hook). The
+/// messages are shown as they are; the API layer maps each kind to its HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// The request is malformed or out of range (an address, a weight, a capacity).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such target group or backend.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with the current state (the backend exists or drains already,
+    /// or it does not fit the maps).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A backend leaving its group.
@@ -421,7 +437,7 @@ impl Group {
         }
     }
 
-    fn find(&self, addr: IpAddr, port: Option<u16>) -> Result<usize, ApiError> {
+    fn find(&self, addr: IpAddr, port: Option<u16>) -> Result<usize, ChangeError> {
         let hits: Vec<usize> = self
             .members
             .iter()
@@ -431,12 +447,12 @@ impl Group {
             .collect();
         match hits.as_slice() {
             [i] => Ok(*i),
-            [] => Err(ApiError::NotFound(format!(
+            [] => Err(ChangeError::NotFound(format!(
                 "target group {:?} has no backend {}",
                 self.cfg.name,
                 Endpoint::new(addr, port)
             ))),
-            _ => Err(ApiError::Invalid(format!(
+            _ => Err(ChangeError::Invalid(format!(
                 "{addr} matches several backends of {:?}: give the port",
                 self.cfg.name
             ))),
@@ -482,11 +498,11 @@ fn initial_health(cfg: &TargetGroupConfig, now: Instant) -> HealthTracker {
 }
 
 /// Parse `ADDR`, `ADDR:PORT` or `[V6]:PORT` (an [`Endpoint`]).
-pub fn parse_backend_ref(s: &str) -> Result<(IpAddr, Option<u16>), ApiError> {
+pub fn parse_backend_ref(s: &str) -> Result<(IpAddr, Option<u16>), ChangeError> {
     let e: Endpoint = s
         .trim()
         .parse()
-        .map_err(|e: crate::endpoint::EndpointError| ApiError::Invalid(e.0))?;
+        .map_err(|e: crate::endpoint::EndpointError| ChangeError::Invalid(e.0))?;
     Ok((e.addr, e.port))
 }
 
@@ -894,10 +910,10 @@ impl State {
 
     // ---- runtime changes (API) ----
 
-    fn group_mut(&mut self, name: &str) -> Result<&mut Group, ApiError> {
+    fn group_mut(&mut self, name: &str) -> Result<&mut Group, ChangeError> {
         let known: Vec<String> = self.groups.keys().cloned().collect();
         self.groups.get_mut(name).ok_or_else(|| {
-            ApiError::NotFound(format!(
+            ChangeError::NotFound(format!(
                 "no target group {name:?} (groups: {})",
                 known.join(", ")
             ))
@@ -910,11 +926,11 @@ impl State {
         address: &str,
         weight: Option<u32>,
         source: BackendSource,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, ChangeError> {
         let (addr, port) = parse_backend_ref(address)?;
         let weight = weight.unwrap_or(1);
         if weight == 0 || weight > crate::config::MAX_WEIGHT {
-            return Err(ApiError::Invalid(format!(
+            return Err(ChangeError::Invalid(format!(
                 "weight {weight} is out of range (1-{})",
                 crate::config::MAX_WEIGHT
             )));
@@ -925,7 +941,7 @@ impl State {
             g.members.iter().filter(|m| m.drain.is_none()).count()
         });
         crate::endpoint::check_backend(&self.config, group, addr, serving + 1)
-            .map_err(|e| ApiError::Invalid(format!("{group}: {e}")))?;
+            .map_err(|e| ChangeError::Invalid(format!("{group}: {e}")))?;
         let total: usize = self.groups.values().map(|g| g.members.len()).sum();
         let now = Instant::now();
         let uid = self.uid();
@@ -951,14 +967,14 @@ impl State {
                 ));
             }
             if m.port == port || port.is_none() || m.port.or(g.cfg.port) == port {
-                return Err(ApiError::Conflict(format!(
+                return Err(ChangeError::Conflict(format!(
                     "{group} already has backend {}",
                     m.display()
                 )));
             }
         }
         if total >= MAX_BACKENDS as usize {
-            return Err(ApiError::Conflict(format!(
+            return Err(ChangeError::Conflict(format!(
                 "the data path holds at most {MAX_BACKENDS} backends"
             )));
         }
@@ -981,7 +997,7 @@ impl State {
             if let Some(g) = self.groups.get_mut(group) {
                 g.members.pop();
             }
-            return Err(ApiError::Conflict(format!(
+            return Err(ChangeError::Conflict(format!(
                 "{group}: {shown} does not fit: {e}"
             )));
         }
@@ -1012,7 +1028,7 @@ impl State {
         ));
     }
 
-    pub fn remove_backend(&mut self, group: &str, address: &str) -> Result<String, ApiError> {
+    pub fn remove_backend(&mut self, group: &str, address: &str) -> Result<String, ChangeError> {
         let (addr, port) = parse_backend_ref(address)?;
         let g = self.group_mut(group)?;
         let i = g.find(addr, port)?;
@@ -1030,14 +1046,14 @@ impl State {
         group: &str,
         address: &str,
         reason: &str,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, ChangeError> {
         let (addr, port) = parse_backend_ref(address)?;
         let g = self.group_mut(group)?;
         let i = g.find(addr, port)?;
         let delay = g.cfg.deregistration_delay;
         let m = &mut g.members[i];
         if m.drain.is_some() {
-            return Err(ApiError::Conflict(format!(
+            return Err(ChangeError::Conflict(format!(
                 "{group}: {} is already draining",
                 m.display()
             )));
@@ -1062,9 +1078,9 @@ impl State {
         group: &str,
         address: &str,
         weight: u32,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, ChangeError> {
         if weight == 0 || weight > crate::config::MAX_WEIGHT {
-            return Err(ApiError::Invalid(format!(
+            return Err(ChangeError::Invalid(format!(
                 "weight {weight} is out of range (1-{})",
                 crate::config::MAX_WEIGHT
             )));
@@ -1208,7 +1224,7 @@ impl State {
         group: &str,
         origin: &str,
         what: &str,
-        result: &Result<String, ApiError>,
+        result: &Result<String, impl std::fmt::Display>,
     ) {
         match result {
             Ok(m) => self.push_event(group, "change", format!("{origin}: {m}"), BTreeMap::new()),
@@ -1228,18 +1244,18 @@ impl State {
     // ---- scaling ----
 
     /// `xlb scale GROUP --desired N`.
-    pub fn scale(&mut self, group: &str, desired: u32) -> Result<String, ApiError> {
+    pub fn scale(&mut self, group: &str, desired: u32) -> Result<String, ChangeError> {
         let now = Instant::now();
         let g = self.group_mut(group)?;
         let gs = g.scaling.as_mut().ok_or_else(|| {
-            ApiError::Invalid(format!(
+            ChangeError::Invalid(format!(
                 "target group {group:?} has no [target_group.scaling]"
             ))
         })?;
         let d = gs
             .scaler
             .set_desired(desired, now)
-            .map_err(ApiError::Invalid)?;
+            .map_err(ChangeError::Invalid)?;
         let msg = format!("{group}: desired {} → {} ({})", d.from, d.to, d.reason);
         gs.last_decision = Some(d.reason.clone());
         self.push_event(group, "manual", msg.clone(), d.metrics);
@@ -1444,11 +1460,11 @@ unhealthy_threshold = 2
             .unwrap();
         assert!(matches!(
             s.add_backend("g", "198.18.2.30:9001", Some(2), BackendSource::Api),
-            Err(ApiError::Conflict(_))
+            Err(ChangeError::Conflict(_))
         ));
         assert!(matches!(
             s.add_backend("g", "198.18.2.30", None, BackendSource::Api),
-            Err(ApiError::Conflict(_))
+            Err(ChangeError::Conflict(_))
         ));
         assert_eq!(s.groups["g"].members.len(), 5);
         s.add_backend("g", "198.18.2.30:9002", None, BackendSource::Api)
@@ -1463,15 +1479,15 @@ unhealthy_threshold = 2
             .unwrap();
         assert!(matches!(
             s.add_backend("g", "198.18.2.14", None, BackendSource::Api),
-            Err(ApiError::Conflict(_))
+            Err(ChangeError::Conflict(_))
         ));
         assert!(matches!(
             s.add_backend("g", "2001:db8::1", None, BackendSource::Api),
-            Err(ApiError::Invalid(_))
+            Err(ChangeError::Invalid(_))
         ));
         assert!(matches!(
             s.add_backend("nope", "198.18.2.15", None, BackendSource::Api),
-            Err(ApiError::NotFound(_))
+            Err(ChangeError::NotFound(_))
         ));
         // Same config again: the runtime backend stays.
         let notes = s.reload(crate::config::parse(CFG, "t.toml").unwrap());
@@ -1566,7 +1582,7 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
             "",
             "SIGHUP",
             "reload",
-            &Err(ApiError::Invalid(
+            &Err(ChangeError::Invalid(
                 "xlb.toml:4:1: daemon.bogus: unknown key".into(),
             )),
         );
@@ -1613,7 +1629,7 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
             assert!(
                 matches!(
                     s.add_backend("g", bad, None, BackendSource::Api),
-                    Err(ApiError::Invalid(_))
+                    Err(ChangeError::Invalid(_))
                 ),
                 "{bad}"
             );
