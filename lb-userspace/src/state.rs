@@ -10,12 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{BackendInfo, ServiceKey, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, MAX_BACKENDS};
+use lb_common::MAX_BACKENDS;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{AllUnhealthy, Config, Protocol, TargetGroupConfig},
-    dataplane::addr_bytes,
     endpoint::Endpoint,
     health::{CheckKind, CheckOutcome, CheckSpec, HealthTracker},
     model::{BackendSource, BackendState, Event},
@@ -66,42 +65,6 @@ pub struct DesiredBackend {
     pub syn_timeout_ns: u64,
 }
 
-impl DesiredBackend {
-    /// How its replies carry it, for `protocol`.
-    pub fn addr_key(&self, protocol: Protocol) -> lb_common::BackendAddr {
-        let (addr, family) = addr_bytes(self.key.addr);
-        lb_common::BackendAddr {
-            addr,
-            port: self.key.port.to_be_bytes(),
-            proto: protocol.number(),
-            family,
-        }
-    }
-
-    pub fn info(&self) -> BackendInfo {
-        let (addr, family) = addr_bytes(self.key.addr);
-        let mut flags = 0;
-        if self.established_ok {
-            flags |= BE_F_ESTABLISHED_OK;
-        }
-        if self.active {
-            flags |= BE_F_ACTIVE | BE_F_ESTABLISHED_OK;
-        }
-        if self.shared {
-            flags |= lb_common::BE_F_SHARED;
-        }
-        if self.redispatch {
-            flags |= lb_common::BE_F_REDISPATCH;
-        }
-        BackendInfo {
-            addr,
-            port: self.key.port.to_be_bytes(),
-            family,
-            flags,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DesiredService {
     pub id: u32,
@@ -116,18 +79,6 @@ pub struct DesiredService {
     /// NAT or direct server return (`SVC_F_DSR` and its `DSR` entry).
     #[serde(skip_serializing_if = "crate::config::Forwarding::is_nat")]
     pub forwarding: crate::config::Forwarding,
-}
-
-impl DesiredService {
-    pub fn key(&self) -> ServiceKey {
-        let (addr, family) = addr_bytes(self.vip);
-        ServiceKey {
-            addr,
-            port: self.port.to_be_bytes(),
-            proto: self.protocol.number(),
-            family,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -667,12 +618,14 @@ impl State {
         }
         // Backend addresses (with port and protocol) that more than one service reaches
         // (services in NAT mode: DSR replies never pass through xlb).
-        let mut users: HashMap<lb_common::BackendAddr, HashSet<u32>> = HashMap::new();
+        // (address, port, protocol): what a `BACKEND_ADDRS` entry is keyed by.
+        let reply_key = |b: &DesiredBackend, p: Protocol| (b.key.addr, b.key.port, p.number());
+        let mut users: HashMap<(IpAddr, u16, u8), HashSet<u32>> = HashMap::new();
         for svc in out.services.iter().filter(|s| s.forwarding.is_nat()) {
             for id in &svc.backends {
                 if let Some(b) = out.backends.get(id) {
                     users
-                        .entry(b.addr_key(svc.protocol))
+                        .entry(reply_key(b, svc.protocol))
                         .or_default()
                         .insert(svc.id);
                 }
@@ -681,7 +634,7 @@ impl State {
         for svc in out.services.iter().filter(|s| s.forwarding.is_nat()) {
             for id in &svc.backends {
                 if let Some(b) = out.backends.get_mut(id) {
-                    if users[&b.addr_key(svc.protocol)].len() > 1 {
+                    if users[&reply_key(b, svc.protocol)].len() > 1 {
                         b.shared = true;
                     }
                 }
@@ -1266,6 +1219,7 @@ impl State {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::reconcile::encode::backend_info;
 
     #[test]
     fn ids_are_stable_and_reused_last() {
@@ -1390,7 +1344,7 @@ unhealthy_threshold = 2
             .find(|b| b.key.addr.to_string() == "198.18.2.12")
             .unwrap();
         assert!(!b2.established_ok, "flows of a failed backend move");
-        assert_eq!(b2.info().flags, 0);
+        assert_eq!(backend_info(b2).flags, 0);
     }
 
     #[test]
@@ -1713,7 +1667,7 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         let d = s.desired().unwrap();
         for b in d.backends.values() {
             assert_eq!(b.syn_timeout_ns, 300_000_000);
-            assert!(b.info().flags & lb_common::BE_F_REDISPATCH != 0);
+            assert!(backend_info(b).flags & lb_common::BE_F_REDISPATCH != 0);
         }
         let uid = uid_of(&s, "198.18.2.12");
         let now = Instant::now();
@@ -1732,7 +1686,7 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
             .find(|b| b.key.addr.to_string() == "198.18.2.12")
             .unwrap();
         assert_eq!(
-            b2.info().flags,
+            backend_info(b2).flags,
             lb_common::BE_F_REDISPATCH,
             "down, still redispatching"
         );
