@@ -4,23 +4,28 @@
 //! ```text
 //!  client ns          router ns (BIRD, ECMP)                  node ns i (BIRD + xlb on eth0)
 //!  eth0 ───────── r-client 198.18.1.1                          eth0 198.18.3.(4i-2)/30
-//!  198.18.1.2         r-n{i} 198.18.3.(4i-3)/30 ─────────────────┘
+//!  198.18.1.2         2001:db8:1::1                                 2001:db8:3:i::2/64
+//!  2001:db8:1::2      r-n{i} 198.18.3.(4i-3)/30 ─────────────────┘
+//!                            2001:db8:3:i::1/64
 //!                     br0 198.18.2.1/24 ── r-b{i} ──── backend ns i: eth0 198.18.2.(10+i)
+//!                         2001:db8:2::1/64                                2001:db8:2::1i
 //! ```
 //!
 //! Forward path: each node's BIRD exports the VIP routes xlb keeps in kernel table 100
-//! (`[daemon.announce]`) over BGP to the router, which installs one route with a next hop per
-//! node that announces it (`merge paths`), hashed on the 5-tuple
-//! (`fib_multipath_hash_policy = 1`). Return path (NAT: replies must cross a node, any node):
-//! packets arriving from the backends for the client's subnet are routed by table 200, a
-//! static ECMP route over every node; a node whose link is down is skipped
-//! (`ignore_routes_with_linkdown`). A drained node stays in that return route and translates
-//! the replies it still gets without state (see the README's fleet section).
+//! (`[daemon.announce]`: the IPv4 VIP's /32 and the IPv6 VIP's /128) over BGP to the router,
+//! one session per family (IPv4 and IPv6 addresses of the link), and the router installs one
+//! route per VIP with a next hop per node that announces it (`merge paths`), hashed on the
+//! 5-tuple (`fib_multipath_hash_policy = 1`, IPv4 and IPv6). Return path (NAT: replies must
+//! cross a node, any node): packets arriving from the backends for the client's subnets are
+//! routed by table 200, a static ECMP route over every node (one per family); a node whose
+//! link is down is skipped (`ignore_routes_with_linkdown`). A drained node stays in that return
+//! route and translates the replies it still gets without state (see the README's fleet
+//! section).
 //!
-//! Addresses from 198.18.0.0/15 only; every namespace (`{prefix}-client`, `-router`, `-n{i}`,
+//! Addresses from 198.18.0.0/15 and 2001:db8::/32 only; every namespace (`{prefix}-client`, `-router`, `-n{i}`,
 //! `-b{i}`) and every process (BIRD included) goes when the lab is dropped.
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -38,6 +43,11 @@ pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 pub const ROUTER_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const ROUTER_BACKENDS_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 pub const VIP_V4: Ipv4Addr = crate::lab::VIP_V4;
+pub const CLIENT_V6: Ipv6Addr = crate::lab::CLIENT_V6;
+pub const ROUTER_CLIENT_V6: Ipv6Addr = crate::lab::LB_CLIENT_V6;
+pub const ROUTER_BACKENDS_V6: Ipv6Addr = crate::lab::LB_BACKENDS_V6;
+/// The IPv6 VIP (service `echo6`, TCP port 7000).
+pub const VIP_V6: Ipv6Addr = crate::lab::VIP_V6;
 /// The kernel table each node's xlb keeps its announced routes in.
 pub const ANNOUNCE_TABLE: u32 = 100;
 /// The router's table for the backends' replies (ECMP over the nodes).
@@ -59,6 +69,20 @@ pub fn router_node_v4(i: usize) -> Ipv4Addr {
 
 pub fn backend_v4(i: usize) -> Ipv4Addr {
     crate::lab::backend_v4(i)
+}
+
+/// Node `i`'s IPv6 address on its link to the router: 2001:db8:3:i::2.
+pub fn node_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 3, i as u16, 0, 0, 0, 2)
+}
+
+/// The router's IPv6 address on its link to node `i`: 2001:db8:3:i::1.
+pub fn router_node_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 3, i as u16, 0, 0, 0, 1)
+}
+
+pub fn backend_v6(i: usize) -> Ipv6Addr {
+    crate::lab::backend_v6(i)
 }
 
 /// How the fleet's services forward. Only NAT exists in this tree; `Dsr` is the hook for the
@@ -101,13 +125,18 @@ impl Forwarding {
         }
     }
 
-    /// The lines each `[[service]]` gets.
-    fn service_lines(&self) -> String {
+    /// The lines each `[[service]]` gets (`v6`: of the IPv6 VIP).
+    fn service_lines(&self, v6: bool) -> String {
         match self {
             Forwarding::Nat => String::new(),
             // The outer sources: one prefix for every node (the backends never answer them).
             Forwarding::Dsr { encap } => format!(
-                "forwarding = \"dsr\"\ndsr_encap = \"{encap}\"\ndsr_source_prefix = \"198.18.99.0/24\"\n"
+                "forwarding = \"dsr\"\ndsr_encap = \"{encap}\"\ndsr_source_prefix = \"{}\"\n",
+                if v6 {
+                    "2001:db8:99::/112"
+                } else {
+                    "198.18.99.0/24"
+                }
             ),
         }
     }
@@ -128,15 +157,22 @@ pub fn bird_available() -> bool {
 const BGP_TIMERS: &str = "hold time 3; keepalive time 1; connect delay time 1; \
                           connect retry time 1; error wait time 1, 2;";
 
-/// The BIRD config of node `i`: learn xlb's routes from kernel table 100 and export them to
-/// the router over BGP (the same config the README shows, with the lab's addresses).
+/// The BIRD config of node `i`: learn xlb's routes (IPv4 and IPv6) from kernel table 100 and
+/// export them to the router over BGP, one session per family (the same config the README
+/// shows, with the lab's addresses and shorter timers).
 pub fn node_bird_config(i: usize) -> String {
     format!(
         "router id {me};
 protocol device {{ scan time 10; }}
 # xlb keeps one route per VIP it can serve in kernel table {table}; learn them.
-protocol kernel xlb_vips {{
+protocol kernel xlb_vips4 {{
   ipv4 {{ import all; export none; }};
+  kernel table {table};
+  learn;
+  scan time 10;
+}}
+protocol kernel xlb_vips6 {{
+  ipv6 {{ import all; export none; }};
   kernel table {table};
   learn;
   scan time 10;
@@ -145,19 +181,27 @@ protocol bgp router1 {{
   local {me} as {node_as};
   neighbor {peer} as {router_as};
   {BGP_TIMERS}
-  ipv4 {{ import none; export where proto = \"xlb_vips\"; next hop self; }};
+  ipv4 {{ import none; export where proto = \"xlb_vips4\"; next hop self; }};
+}}
+protocol bgp router1_v6 {{
+  local {me6} as {node_as};
+  neighbor {peer6} as {router_as};
+  {BGP_TIMERS}
+  ipv6 {{ import none; export where proto = \"xlb_vips6\"; next hop self; }};
 }}
 ",
         me = node_v4(i),
         peer = router_node_v4(i),
+        me6 = node_v6(i),
+        peer6 = router_node_v6(i),
         table = ANNOUNCE_TABLE,
         node_as = NODE_AS,
         router_as = ROUTER_AS,
     )
 }
 
-/// The router's BIRD config: a BGP session per node; equal routes from several nodes become
-/// one multipath kernel route (`merge paths`).
+/// The router's BIRD config: two BGP sessions per node (IPv4, IPv6); equal routes from several
+/// nodes become one multipath kernel route (`merge paths`).
 pub fn router_bird_config(nodes: usize) -> String {
     let mut s = format!(
         "router id {ROUTER_CLIENT_V4};
@@ -166,25 +210,38 @@ protocol kernel {{
   ipv4 {{ import none; export all; }};
   merge paths on;
 }}
-template bgp xlb_node {{
+protocol kernel {{
+  ipv6 {{ import none; export all; }};
+  merge paths on;
+}}
+template bgp xlb_node4 {{
   local as {ROUTER_AS};
   {BGP_TIMERS}
   ipv4 {{ import where net ~ [ 198.18.100.0/24{{32,32}} ]; export none; }};
+}}
+template bgp xlb_node6 {{
+  local as {ROUTER_AS};
+  {BGP_TIMERS}
+  ipv6 {{ import where net ~ [ 2001:db8:100::/48{{128,128}} ]; export none; }};
 }}
 "
     );
     for i in 1..=nodes {
         s.push_str(&format!(
-            "protocol bgp node{i} from xlb_node {{ local {} as {ROUTER_AS}; neighbor {} as {NODE_AS}; }}\n",
+            "protocol bgp node{i} from xlb_node4 {{ local {} as {ROUTER_AS}; neighbor {} as {NODE_AS}; }}\n\
+             protocol bgp node{i}_v6 from xlb_node6 {{ local {} as {ROUTER_AS}; neighbor {} as {NODE_AS}; }}\n",
             router_node_v4(i),
-            node_v4(i)
+            node_v4(i),
+            router_node_v6(i),
+            node_v6(i),
         ));
     }
     s
 }
 
 /// The xlb config of every node (paths aside): the same services, backends and hash seed,
-/// so every node picks the same backend for a flow.
+/// so every node picks the same backend for a flow. Services: `echo` (TCP 7000) and `dns`
+/// (UDP 53) on [`VIP_V4`], `echo6` (TCP 7000) on [`VIP_V6`].
 pub fn node_xlb_config(
     name: &str,
     bird_socket: &Path,
@@ -193,6 +250,10 @@ pub fn node_xlb_config(
 ) -> String {
     let list = (1..=backends)
         .map(|i| format!("\"{}\"", backend_v4(i)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let list6 = (1..=backends)
+        .map(|i| format!("\"{}\"", backend_v6(i)))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
@@ -224,6 +285,13 @@ port = 53
 protocol = \"udp\"
 target_group = \"dns-servers\"
 {fwd}
+[[service]]
+name = \"echo6\"
+vip = \"{VIP_V6}\"
+port = 7000
+protocol = \"tcp\"
+target_group = \"echo6-servers\"
+{fwd6}
 [[target_group]]
 name = \"echo-servers\"
 port = {echo}
@@ -233,10 +301,16 @@ backends = [{list}]
 name = \"dns-servers\"
 port = {udp}
 backends = [{list}]
+
+[[target_group]]
+name = \"echo6-servers\"
+port = {echo}
+backends = [{list6}]
 ",
         paths = Xlbd::daemon_paths(name),
         sock = bird_socket.display(),
-        fwd = forwarding.service_lines(),
+        fwd = forwarding.service_lines(false),
+        fwd6 = forwarding.service_lines(true),
         echo = forwarding.ports().0,
         udp = forwarding.ports().1,
     )
@@ -316,20 +390,31 @@ impl FleetLab {
             .chain(&self.backends)
         {
             ns.sysctl("net.ipv6.conf.default.accept_ra", "0")?;
+            // IPv6 addresses usable at once (every one is also added with nodad) and kept
+            // while a link is down (a node's link goes down and up again).
+            for conf in ["all", "default"] {
+                ns.sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+                ns.sysctl(&format!("net.ipv6.conf.{conf}.keep_addr_on_down"), "1")?;
+            }
             ip(ns, "link set lo up")?;
         }
         let r = &self.router;
         r.sysctl("net.ipv4.ip_forward", "1")?;
+        r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         r.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+        r.sysctl("net.ipv6.fib_multipath_hash_policy", "1")?;
         for conf in ["all", "default"] {
             r.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0")?;
-            r.sysctl(
-                &format!("net.ipv4.conf.{conf}.ignore_routes_with_linkdown"),
-                "1",
-            )?;
+            for family in ["ipv4", "ipv6"] {
+                r.sysctl(
+                    &format!("net.{family}.conf.{conf}.ignore_routes_with_linkdown"),
+                    "1",
+                )?;
+            }
         }
         for n in &self.nodes {
             n.sysctl("net.ipv4.ip_forward", "1")?;
+            n.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             for conf in ["all", "default"] {
                 n.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0")?;
             }
@@ -341,12 +426,18 @@ impl FleetLab {
             &format!("link add eth0 type veth peer name r-client netns {rn}"),
         )?;
         addr(&self.client, "eth0", CLIENT_V4.into(), 24)?;
+        addr(&self.client, "eth0", CLIENT_V6.into(), 64)?;
         ip(&self.client, "link set eth0 up")?;
         ip(
             &self.client,
             &format!("route add default via {ROUTER_CLIENT_V4}"),
         )?;
+        ip(
+            &self.client,
+            &format!("-6 route add default via {ROUTER_CLIENT_V6}"),
+        )?;
         addr(r, "r-client", ROUTER_CLIENT_V4.into(), 24)?;
+        addr(r, "r-client", ROUTER_CLIENT_V6.into(), 64)?;
         ip(r, "link set r-client up")?;
 
         // Nodes: one link each to the router.
@@ -357,9 +448,15 @@ impl FleetLab {
                 &format!("link add eth0 type veth peer name r-n{i} netns {rn}"),
             )?;
             addr(n, "eth0", node_v4(i).into(), 30)?;
+            addr(n, "eth0", node_v6(i).into(), 64)?;
             ip(n, "link set eth0 up")?;
             ip(n, &format!("route add default via {}", router_node_v4(i)))?;
+            ip(
+                n,
+                &format!("-6 route add default via {}", router_node_v6(i)),
+            )?;
             addr(r, &format!("r-n{i}"), router_node_v4(i).into(), 30)?;
+            addr(r, &format!("r-n{i}"), router_node_v6(i).into(), 64)?;
             ip(r, &format!("link set r-n{i} up"))?;
             // The node's XDP sends frames back out of eth0 (XDP_TX): the router's end needs
             // NAPI (GRO) and an XDP program of its own to take them.
@@ -370,6 +467,7 @@ impl FleetLab {
         // Backends behind a bridge on the router.
         ip(r, "link add br0 type bridge stp_state 0 forward_delay 0")?;
         addr(r, "br0", ROUTER_BACKENDS_V4.into(), 24)?;
+        addr(r, "br0", ROUTER_BACKENDS_V6.into(), 64)?;
         ip(r, "link set br0 up")?;
         for (k, b) in self.backends.iter().enumerate() {
             let i = k + 1;
@@ -379,8 +477,10 @@ impl FleetLab {
             )?;
             ip(r, &format!("link set r-b{i} master br0 up"))?;
             addr(b, "eth0", backend_v4(i).into(), 24)?;
+            addr(b, "eth0", backend_v6(i).into(), 64)?;
             ip(b, "link set eth0 up")?;
             ip(b, &format!("route add default via {ROUTER_BACKENDS_V4}"))?;
+            ip(b, &format!("-6 route add default via {ROUTER_BACKENDS_V6}"))?;
             ethtool(b, "eth0", "tx off")?;
         }
         ethtool(&self.client, "eth0", "tx off")?;
@@ -388,7 +488,7 @@ impl FleetLab {
 
         match &self.forwarding {
             Forwarding::Nat => {
-                // Return path: what the backends send to the client's subnet goes through a
+                // Return path: what the backends send to the client's subnets goes through a
                 // node, any node (ECMP, links that are down skipped).
                 let hops: String = (1..=self.nodes.len())
                     .map(|i| format!(" nexthop via {} dev r-n{i}", node_v4(i)))
@@ -401,12 +501,26 @@ impl FleetLab {
                     r,
                     &format!("rule add iif br0 to 198.18.1.0/24 lookup {RETURN_TABLE} pref 100"),
                 )?;
+                let hops: String = (1..=self.nodes.len())
+                    .map(|i| format!(" nexthop via {} dev r-n{i}", node_v6(i)))
+                    .collect();
+                ip(
+                    r,
+                    &format!("-6 route add default table {RETURN_TABLE} proto static{hops}"),
+                )?;
+                ip(
+                    r,
+                    &format!(
+                        "-6 rule add iif br0 to 2001:db8:1::/64 lookup {RETURN_TABLE} pref 100"
+                    ),
+                )?;
             }
             Forwarding::Dsr { .. } => {
                 // Replies go from the backends to the client directly, from the VIP, which
                 // each backend holds on its loopback without answering ARP for it.
                 for b in &self.backends {
                     ip(b, &format!("addr add {VIP_V4}/32 dev lo"))?;
+                    ip(b, &format!("-6 addr add {VIP_V6}/128 dev lo nodad"))?;
                     for (k, v) in [
                         ("net.ipv4.conf.all.arp_ignore", "1"),
                         ("net.ipv4.conf.all.arp_announce", "2"),
@@ -429,10 +543,13 @@ impl FleetLab {
                 .with_context(|| format!("XDP on r-n{i}"))?;
             self.xdp_pass.push(p);
             ping(n, router_node_v4(i).into())?;
+            ping(n, router_node_v6(i).into())?;
         }
         ping(&self.client, ROUTER_CLIENT_V4.into())?;
+        ping(&self.client, ROUTER_CLIENT_V6.into())?;
         for b in &self.backends {
             ping(b, ROUTER_BACKENDS_V4.into())?;
+            ping(b, ROUTER_BACKENDS_V6.into())?;
         }
 
         // Servers on the backends (and, in DSR mode, the decapsulation).
@@ -440,10 +557,18 @@ impl FleetLab {
         if matches!(self.forwarding, Forwarding::Dsr { .. }) {
             let xlb = crate::xlb_bin()?;
             for b in &self.backends {
-                let vip = VIP_V4.to_string();
+                let (vip, vip6) = (VIP_V4.to_string(), VIP_V6.to_string());
                 self.servers.push(b.spawn(
                     &xlb,
-                    ["decap", "--interface", "eth0", "--vip", vip.as_str()],
+                    [
+                        "decap",
+                        "--interface",
+                        "eth0",
+                        "--vip",
+                        vip.as_str(),
+                        "--vip",
+                        vip6.as_str(),
+                    ],
                 )?);
             }
         }
@@ -542,6 +667,13 @@ impl FleetLab {
         x.kill9()
     }
 
+    /// Stop xlb on node `i` (SIGTERM: it withdraws its VIPs; XDP stays attached).
+    pub fn stop_xlb(&mut self, i: usize) -> Result<()> {
+        let status = self.xlb[i - 1].as_mut().context("not started")?.stop()?;
+        ensure!(status.success(), "xlb on node {i} stopped with {status}");
+        Ok(())
+    }
+
     /// Stop BIRD on node `i` (SIGTERM); xlb keeps running without it.
     pub fn stop_bird(&mut self, i: usize) -> Result<()> {
         self.birds
@@ -551,18 +683,24 @@ impl FleetLab {
             .map(drop)
     }
 
-    /// xlb's routes (protocol 88) in node `i`'s announce table, as `ip route` prints them.
+    /// xlb's routes (protocol 88, IPv4 and IPv6) in node `i`'s announce table, as `ip route`
+    /// prints them.
     pub fn announced_routes(&self, i: usize) -> Result<String> {
-        let out = self.nodes[i - 1].exec([
-            "ip",
-            "route",
-            "show",
-            "table",
-            &ANNOUNCE_TABLE.to_string(),
-            "proto",
-            "88",
-        ])?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let mut routes = String::new();
+        for family in ["-4", "-6"] {
+            let out = self.nodes[i - 1].exec([
+                "ip",
+                family,
+                "route",
+                "show",
+                "table",
+                &ANNOUNCE_TABLE.to_string(),
+                "proto",
+                "88",
+            ])?;
+            routes.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(routes.trim().to_string())
     }
 
     /// Set node `i`'s link to the router down or up.
@@ -575,6 +713,10 @@ impl FleetLab {
             ip(
                 &self.nodes[i - 1],
                 &format!("route replace default via {}", router_node_v4(i)),
+            )?;
+            ip(
+                &self.nodes[i - 1],
+                &format!("-6 route replace default via {}", router_node_v6(i)),
             )?;
         }
         Ok(())
@@ -599,21 +741,40 @@ impl FleetLab {
         Ok(hops)
     }
 
-    /// Poll (every 100 ms, at most `timeout`) until the router's VIP route goes through
-    /// exactly the nodes `want` (1-based); returns how long it took.
+    /// The nodes (1-based, sorted) the router's route to `vip` goes through: the `dev r-n{i}`
+    /// of each next hop (an IPv6 next hop may be the node's link-local address).
+    pub fn next_hop_nodes(&self, vip: IpAddr) -> Result<Vec<usize>> {
+        let family = if vip.is_ipv4() { "-4" } else { "-6" };
+        let out = self
+            .router
+            .exec(["ip", family, "route", "show", &vip.to_string()])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let mut nodes: Vec<usize> = words
+            .windows(2)
+            .filter(|w| w[0] == "dev")
+            .filter_map(|w| w[1].strip_prefix("r-n")?.parse().ok())
+            .collect();
+        nodes.sort_unstable();
+        Ok(nodes)
+    }
+
+    /// Poll (every 100 ms, at most `timeout`) until the router's routes to both VIPs (IPv4 and
+    /// IPv6) go through exactly the nodes `want` (1-based); returns how long it took.
     pub fn wait_next_hops(&self, want: &[usize], timeout: Duration) -> Result<Duration> {
-        let mut expect: Vec<Ipv4Addr> = want.iter().map(|&i| node_v4(i)).collect();
-        expect.sort();
+        let mut expect = want.to_vec();
+        expect.sort_unstable();
         let start = Instant::now();
         loop {
-            let now = self.vip_next_hops()?;
-            if now == expect {
+            let v4 = self.next_hop_nodes(VIP_V4.into())?;
+            let v6 = self.next_hop_nodes(VIP_V6.into())?;
+            if v4 == expect && v6 == expect {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
                 bail!(
-                    "the router's route to {VIP_V4} goes through {now:?} after {timeout:?}, not \
-                     {expect:?}\n{}",
+                    "after {timeout:?} the router's route to {VIP_V4} goes through nodes {v4:?} \
+                     and to {VIP_V6} through {v6:?}, not {expect:?}\n{}",
                     self.bird_state()
                 );
             }

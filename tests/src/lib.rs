@@ -17,6 +17,7 @@ pub mod capture;
 pub mod client;
 mod cmd;
 pub mod config;
+pub mod echo_pool;
 pub mod fleet;
 pub mod lab;
 pub mod netns;

@@ -1,8 +1,10 @@
 //! A fleet of three xlb nodes behind a router running BIRD with ECMP (see
-//! `xlb_lab::fleet`): every node announces the VIP; long-lived TCP connections and UDP
-//! request/response flows survive one node's `kill -9` (its links taken down), another node's
-//! `xlb node drain`, and both coming back, because every node picks the same backend for a
-//! flow (same config, same hash seed) and translates replies without state (NAT mode).
+//! `xlb_lab::fleet`): every node announces the IPv4 and the IPv6 VIP over BGP; 200 IPv4 and
+//! 40 IPv6 long-lived TCP connections and UDP request/response flows survive one node's
+//! `kill -9` (its links taken down), another node's `xlb node drain`, and both coming back
+//! (0 resets, every byte checked), because every node picks the same backend for a flow (same
+//! config, same hash seed) and translates replies without state (NAT mode). Then a stopped
+//! daemon withdraws its VIPs, and a node whose BIRD stops is no longer a next hop.
 //!
 //! The same scenario runs in DSR mode (GUE; `XLB_FLEET_FORWARDING=dsr-ipip` for the first one
 //! runs IPIP): the services get `forwarding = "dsr"`, the return route through the nodes is
@@ -13,10 +15,10 @@
 //! otherwise.
 use std::{
     collections::BTreeMap,
-    io::{ErrorKind, Read, Write},
-    net::{Shutdown, SocketAddr, TcpStream, UdpSocket},
+    io::ErrorKind,
+    net::{SocketAddr, UdpSocket},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -25,15 +27,22 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use xlb_lab::{
-    client::pattern_byte,
-    fleet::{self, FleetLab, VIP_V4},
+    echo_pool::{self, EchoPool, Failure},
+    fleet::{self, FleetLab, VIP_V4, VIP_V6},
 };
 
 /// How the first scenario's services forward (`nat`; `XLB_FLEET_FORWARDING=dsr-ipip` or
 /// `dsr-gue` overrides it for one run). The second scenario runs DSR with GUE.
 const FORWARDING: &str = "nat";
 const NODES: usize = 3;
-const TCP_CONNS: usize = 60;
+/// Long-lived IPv4 and IPv6 TCP connections through the whole scenario, and those opened
+/// after the rejoin.
+const TCP_CONNS: usize = 200;
+const TCP_CONNS_V6: usize = 40;
+const NEW_CONNS: usize = 60;
+const NEW_CONNS_V6: usize = 20;
+/// Each connection's pause between two exchanges (256 bytes each way).
+const PAUSE: Duration = Duration::from_millis(100);
 const UDP_FLOWS: u16 = 30;
 /// Bound on every wait for BGP (sessions, withdrawals, re-announcements).
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -50,58 +59,6 @@ fn skip() -> bool {
         return true;
     }
     false
-}
-
-/// One long-lived TCP connection: writes 256 bytes of the pattern, reads them back, checks
-/// them, pauses 50 ms, until told to stop.
-struct Conn {
-    handle: JoinHandle<Result<u64>>,
-}
-
-fn tcp_conn(
-    lab: &FleetLab,
-    k: usize,
-    stop: Arc<AtomicBool>,
-    done_rounds: Arc<AtomicU64>,
-) -> Result<Conn> {
-    let to = SocketAddr::new(VIP_V4.into(), 7000);
-    let stream = lab
-        .client
-        .enter(|| TcpStream::connect_timeout(&to, Duration::from_secs(5)))
-        .with_context(|| format!("connection {k}: connect"))?;
-    // Generous: a connection waits out BGP convergence and TCP retransmissions.
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(20)))?;
-    stream.set_nodelay(true)?;
-    let handle = std::thread::spawn(move || -> Result<u64> {
-        let mut s = stream;
-        let mut pos = 0u64;
-        let mut buf = [0u8; 256];
-        let mut back = [0u8; 256];
-        while !stop.load(Ordering::Relaxed) {
-            for (j, b) in buf.iter_mut().enumerate() {
-                *b = pattern_byte(pos + j as u64);
-            }
-            s.write_all(&buf)
-                .with_context(|| format!("connection {k}: write at byte {pos}"))?;
-            let mut got = 0;
-            while got < back.len() {
-                match s.read(&mut back[got..]) {
-                    Ok(0) => bail!("connection {k}: closed by the far end at byte {pos}"),
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => bail!("connection {k}: read at byte {pos}: {e}"),
-                }
-            }
-            ensure!(back == buf, "connection {k}: echo differs at byte {pos}");
-            pos += buf.len() as u64;
-            done_rounds.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = s.shutdown(Shutdown::Both);
-        Ok(pos)
-    });
-    Ok(Conn { handle })
 }
 
 /// UDP flows from fixed source ports: each flow's answers must always name the same backend.
@@ -160,22 +117,6 @@ fn udp_flows(lab: &FleetLab, stop: Arc<AtomicBool>) -> Result<UdpFlows> {
     Ok(UdpFlows { handle })
 }
 
-/// Wait until every connection has made `rounds` more exchanges (progress after a change).
-fn wait_progress(rounds: &AtomicU64, more: u64, what: &str) -> Result<()> {
-    let start = rounds.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rounds.load(Ordering::Relaxed) < start + more {
-        if Instant::now() > deadline {
-            bail!(
-                "{what}: only {} exchanges in 30 s",
-                rounds.load(Ordering::Relaxed) - start
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 fn node_state(lab: &FleetLab, i: usize) -> Result<String> {
     let s = lab.status(i)?;
     Ok(s["announce"]["node"].as_str().unwrap_or("?").to_string())
@@ -203,6 +144,7 @@ fn dsr_fleet_survives_node_failure_drain_and_rejoin() -> Result<()> {
 }
 
 fn fleet_scenario(forwarding: fleet::Forwarding, tag: &str) -> Result<()> {
+    let began = Instant::now();
     eprintln!("forwarding: {forwarding:?}");
     let prefix = format!("xlbt-{tag}{}", std::process::id());
     let mut lab = FleetLab::with_forwarding(&prefix, NODES, 3, forwarding)?;
@@ -210,16 +152,18 @@ fn fleet_scenario(forwarding: fleet::Forwarding, tag: &str) -> Result<()> {
         lab.start_xlb(i)?;
     }
 
-    // Every node announces the VIP: the router has three next hops.
+    // Every node announces both VIPs: the router has three next hops for each.
     let t = lab.wait_next_hops(&[1, 2, 3], CONVERGE)?;
-    eprintln!("three next hops after {t:?}");
+    eprintln!("three next hops (IPv4 and IPv6) after {t:?}");
     // The same table everywhere: equal fingerprints, and every VIP announced.
     let mut fps = Vec::new();
     for i in 1..=NODES {
         let s = lab.status(i)?;
         let a = &s["announce"];
         assert_eq!(a["node"], "serving", "node {i}: {a}");
-        assert_eq!(a["vips"][0]["announced"], true, "node {i}: {a}");
+        let vips = a["vips"].as_array().context("announce.vips")?;
+        assert_eq!(vips.len(), 2, "node {i}: {a}");
+        assert!(vips.iter().all(|v| v["announced"] == true), "node {i}: {a}");
         assert!(
             a["bird"].as_str().unwrap_or("").starts_with("up"),
             "node {i}: {a}"
@@ -237,75 +181,84 @@ fn fleet_scenario(forwarding: fleet::Forwarding, tag: &str) -> Result<()> {
         "fingerprints differ: {fps:?}"
     );
 
-    // Traffic: long-lived TCP connections and UDP flows.
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicU64::new(0));
-    let conns = (0..TCP_CONNS)
-        .map(|k| tcp_conn(&lab, k, stop.clone(), rounds.clone()))
-        .collect::<Result<Vec<_>>>()?;
-    let udp = udp_flows(&lab, stop.clone())?;
-    wait_progress(&rounds, 3 * TCP_CONNS as u64, "before any change")?;
-    let before: Vec<u64> = (1..=NODES)
-        .map(|i| lab.service_packets(i, "echo"))
-        .collect::<Result<_>>()?;
-    assert!(
-        before.iter().all(|&p| p > 0),
-        "ECMP spreads the connections over every node: {before:?}"
+    // Traffic: long-lived TCP connections (IPv4 and IPv6) on one event loop, and UDP flows.
+    let mut pool = EchoPool::new(PAUSE)?;
+    let (to4, to6) = (
+        SocketAddr::new(VIP_V4.into(), 7000),
+        SocketAddr::new(VIP_V6.into(), 7000),
     );
+    pool.open(&lab.client, to4, TCP_CONNS, "v4-")?;
+    pool.open(&lab.client, to6, TCP_CONNS_V6, "v6-")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let udp = udp_flows(&lab, stop.clone())?;
+    let t = pool.wait_each(3, CONVERGE, "before any change")?;
+    eprintln!(
+        "{} connections open, each made 3 exchanges in {t:?}",
+        pool.len()
+    );
+    for svc in ["echo", "echo6"] {
+        let before: Vec<u64> = (1..=NODES)
+            .map(|i| lab.service_packets(i, svc))
+            .collect::<Result<_>>()?;
+        assert!(
+            before.iter().all(|&p| p > 0),
+            "ECMP spreads the {svc} connections over every node: {before:?}"
+        );
+    }
 
     // 1. Node 1 dies: kill -9 its xlb and take its link down.
     lab.kill_xlb(1)?;
     lab.node_link(1, false)?;
     let t = lab.wait_next_hops(&[2, 3], CONVERGE)?;
     eprintln!("node 1 down: two next hops after {t:?}");
-    wait_progress(&rounds, 5 * TCP_CONNS as u64, "after node 1 died")?;
+    let t = pool.wait_each(3, CONVERGE, "after node 1 died")?;
+    eprintln!("every connection made 3 exchanges more in {t:?}");
 
-    // 2. Node 2 is drained: its route is withdrawn, nothing is lost, it reports drained.
+    // 2. Node 2 is drained: its routes are withdrawn, nothing is lost, it reports drained.
     let msg = lab.xlb(2)?.cli_ok(&["node", "drain"])?;
     assert!(msg.contains("draining"), "{msg}");
     let t = lab.wait_next_hops(&[3], CONVERGE)?;
     eprintln!("node 2 drained: one next hop after {t:?}");
-    wait_progress(&rounds, 5 * TCP_CONNS as u64, "after node 2 was drained")?;
+    pool.wait_each(3, CONVERGE, "after node 2 was drained")?;
     lab.xlb(2)?.wait_for("node 2 drained", CONVERGE, || {
         Ok((node_state(&lab, 2)? == "drained").then_some(()))
     })?;
     let s = lab.status(2)?;
-    assert_eq!(s["announce"]["vips"][0]["announced"], false, "{s}");
-    assert_eq!(s["announce"]["vips"][0]["reason"], "node drained", "{s}");
+    for v in s["announce"]["vips"].as_array().context("announce.vips")? {
+        assert_eq!(v["announced"], false, "{s}");
+        assert_eq!(v["reason"], "node drained", "{s}");
+    }
 
     // 3. Both come back: node 1's link up and xlb restarted, node 2 undrained.
-    let p1 = lab.service_packets(2, "echo")?;
+    let p2 = lab.service_packets(2, "echo")?;
+    let p2_6 = lab.service_packets(2, "echo6")?;
     lab.node_link(1, true)?;
     lab.start_xlb(1)?;
     let msg = lab.xlb(2)?.cli_ok(&["node", "undrain"])?;
     assert!(msg.contains("serving"), "{msg}");
     let t = lab.wait_next_hops(&[1, 2, 3], CONVERGE)?;
     eprintln!("nodes 1 and 2 back: three next hops after {t:?}");
-    let n1_before = lab.service_packets(1, "echo")?;
-    wait_progress(&rounds, 5 * TCP_CONNS as u64, "after the rejoin")?;
+    let n1 = lab.service_packets(1, "echo")?;
+    let n1_6 = lab.service_packets(1, "echo6")?;
+    pool.wait_each(3, CONVERGE, "after the rejoin")?;
     // New connections reach the rejoined nodes too.
-    let extra = (0..TCP_CONNS)
-        .map(|k| tcp_conn(&lab, TCP_CONNS + k, stop.clone(), rounds.clone()))
-        .collect::<Result<Vec<_>>>()?;
-    wait_progress(&rounds, 5 * TCP_CONNS as u64, "with new connections")?;
-    let n1_after = lab.service_packets(1, "echo")?;
-    let p2 = lab.service_packets(2, "echo")?;
-    assert!(
-        n1_after > n1_before,
-        "node 1 takes traffic again: {n1_before} → {n1_after}"
-    );
-    assert!(p2 > p1, "node 2 takes traffic again: {p1} → {p2}");
+    pool.open(&lab.client, to4, NEW_CONNS, "new-v4-")?;
+    pool.open(&lab.client, to6, NEW_CONNS_V6, "new-v6-")?;
+    pool.wait_each(3, CONVERGE, "with new connections")?;
+    for (svc, before_1, before_2) in [("echo", n1, p2), ("echo6", n1_6, p2_6)] {
+        let (after_1, after_2) = (lab.service_packets(1, svc)?, lab.service_packets(2, svc)?);
+        assert!(
+            after_1 > before_1,
+            "node 1 takes {svc} traffic again: {before_1} → {after_1}"
+        );
+        assert!(
+            after_2 > before_2,
+            "node 2 takes {svc} traffic again: {before_2} → {after_2}"
+        );
+    }
 
     stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    let mut bytes = 0;
-    for (k, c) in conns.into_iter().chain(extra).enumerate() {
-        match c.handle.join().expect("connection thread panicked") {
-            Ok(n) if n > 0 => bytes += n,
-            Ok(_) => failures.push(format!("connection {k}: no byte echoed")),
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
+    let report = pool.finish();
     let udp_result = udp.handle.join().expect("udp thread panicked");
     let mut logs = String::new();
     for i in 1..=NODES {
@@ -317,22 +270,46 @@ fn fleet_scenario(forwarding: fleet::Forwarding, tag: &str) -> Result<()> {
         }
     }
     assert!(
-        failures.is_empty(),
-        "{} of {} connections failed:\n{}\n{logs}",
-        failures.len(),
-        2 * TCP_CONNS,
-        failures.join("\n")
+        report.failures.is_empty(),
+        "{} of {} connections failed ({} reset):\n{}\n{logs}",
+        report.failures.len(),
+        report.connections,
+        report.count(Failure::Reset),
+        echo_pool::lines(&report.failures)
     );
     let (answered, retries) = udp_result.with_context(|| logs.clone())?;
     eprintln!(
-        "{} TCP connections, {bytes} bytes echoed intact; {answered} UDP answers, each flow on \
-         one backend throughout ({retries} requests retried)",
-        2 * TCP_CONNS
+        "{} TCP connections ({TCP_CONNS} IPv4 and {TCP_CONNS_V6} IPv6 through the kill, the \
+         drain and the rejoin, {NEW_CONNS} + {NEW_CONNS_V6} opened after the rejoin): {} reset, \
+         {} bytes echoed intact; {answered} UDP answers, each flow on one backend throughout \
+         ({retries} requests retried)",
+        report.connections,
+        report.count(Failure::Reset),
+        report.bytes,
     );
     assert!(
         answered >= u64::from(UDP_FLOWS) * 3,
         "{answered} UDP answers"
     );
+
+    // A stopped daemon withdraws its VIPs: gone from its table and from the router.
+    lab.stop_xlb(3)?;
+    let routes = lab.announced_routes(3)?;
+    assert_eq!(routes, "", "node 3's table after its xlb stopped");
+    let t = lab.wait_next_hops(&[1, 2], CONVERGE)?;
+    eprintln!("node 3's xlb stopped: two next hops after {t:?}");
+    // BIRD stops on node 2: it is no longer a next hop; its xlb runs on and says so.
+    lab.stop_bird(2)?;
+    let t = lab.wait_next_hops(&[1], CONVERGE)?;
+    eprintln!("node 2's BIRD stopped: one next hop after {t:?}");
+    lab.xlb(2)?
+        .wait_for("node 2 reports BIRD unreachable", CONVERGE, || {
+            let s = lab.status(2)?;
+            let bird = s["announce"]["bird"].as_str().unwrap_or("").to_string();
+            Ok(bird.starts_with("unreachable").then_some(()))
+        })?;
+    assert_eq!(node_state(&lab, 2)?, "serving");
+    eprintln!("scenario took {:?}", began.elapsed());
     Ok(())
 }
 

@@ -1,26 +1,28 @@
 //! `cargo xtask demo --fleet`: three xlb nodes behind a router running BIRD with ECMP
 //! (`xlb_lab::fleet`), a stream of UDP requests (each a new flow) and long-lived TCP echo
-//! connections from the client, and a live table of where the requests go per node and
+//! connections (IPv4 and IPv6) from the client, and a live table of where the requests go per node and
 //! backend while the demo changes the fleet every 15 s: node 2 drained, node 2 back, node 1
 //! killed (`kill -9`, link down), node 1 back.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{ErrorKind, IsTerminal, Read, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io::{IsTerminal, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use xlb_lab::client::{pattern_byte, udp_request};
-use xlb_lab::fleet::{self, FleetLab, VIP_V4};
+use xlb_lab::client::udp_request;
+use xlb_lab::echo_pool::EchoPool;
+use xlb_lab::fleet::{self, FleetLab, VIP_V4, VIP_V6};
 
 use crate::demo::stopped;
 
 const NODES: usize = 3;
 const BACKENDS: usize = 3;
 const TCP_CONNS: usize = 12;
+const TCP_CONNS_V6: usize = 6;
 /// How long each phase of the scripted changes lasts.
 const PHASE: Duration = Duration::from_secs(15);
 
@@ -60,36 +62,30 @@ pub fn demo(rate: u32, duration: Duration, forwarding: &str) -> Result<()> {
     }
     lab.wait_next_hops(&[1, 2, 3], Duration::from_secs(30))?;
     eprintln!(
-        "every node announces {VIP_V4}; {rate} UDP requests/s and {TCP_CONNS} TCP connections"
+        "every node announces {VIP_V4} and {VIP_V6}; {rate} UDP requests/s, {TCP_CONNS} IPv4 \
+         and {TCP_CONNS_V6} IPv6 TCP connections"
     );
 
     let client = Mutex::new(Client::default());
-    let tcp_bytes = AtomicU64::new(0);
-    let tcp_broken = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let deadline = start + duration;
     let tty = std::io::stdout().is_terminal();
-    let conns: Vec<TcpStream> = lab.client.enter(|| {
-        (0..TCP_CONNS)
-            .filter_map(|_| {
-                TcpStream::connect_timeout(
-                    &SocketAddr::new(VIP_V4.into(), 7000),
-                    Duration::from_secs(5),
-                )
-                .ok()
-            })
-            .collect()
-    });
+    // Long-lived echo connections on one event loop: 256 bytes every 200 ms each, checked.
+    let mut pool = EchoPool::new(Duration::from_millis(200))?;
+    pool.open(
+        &lab.client,
+        SocketAddr::new(VIP_V4.into(), 7000),
+        TCP_CONNS,
+        "v4-",
+    )?;
+    pool.open(
+        &lab.client,
+        SocketAddr::new(VIP_V6.into(), 7000),
+        TCP_CONNS_V6,
+        "v6-",
+    )?;
     let result = std::thread::scope(|s| -> Result<()> {
-        for c in conns {
-            let (stop, bytes, broken) = (&stop, &tcp_bytes, &tcp_broken);
-            s.spawn(move || {
-                if echo(c, stop, bytes).is_err() {
-                    broken.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
         let ns = lab.client.path();
         let (stop_l, client_l) = (&stop, &client);
         s.spawn(move || {
@@ -120,16 +116,7 @@ pub fn demo(rate: u32, duration: Duration, forwarding: &str) -> Result<()> {
                 if Instant::now() >= next_draw {
                     next_draw += Duration::from_secs(if tty { 1 } else { 5 });
                     let now = per_node(&lab);
-                    draw(
-                        &lab,
-                        PHASES[phase],
-                        start,
-                        &now,
-                        &prev,
-                        &client,
-                        (&tcp_bytes, &tcp_broken, TCP_CONNS as u64),
-                        tty,
-                    );
+                    draw(&lab, PHASES[phase], start, &now, &prev, &client, &pool, tty);
                     prev = now;
                 }
             }
@@ -138,6 +125,7 @@ pub fn demo(rate: u32, duration: Duration, forwarding: &str) -> Result<()> {
         stop.store(true, Ordering::SeqCst);
         r
     });
+    drop(pool);
     drop(lab);
     result
 }
@@ -158,33 +146,6 @@ fn change(lab: &mut FleetLab, phase: usize) -> Result<()> {
             lab.node_link(1, true)?;
             lab.start_xlb(1).context("restarting xlb on node 1")?;
         }
-    }
-    Ok(())
-}
-
-/// One long-lived echo connection: 256 bytes every 200 ms, checked.
-fn echo(mut c: TcpStream, stop: &AtomicBool, bytes: &AtomicU64) -> Result<()> {
-    c.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut pos = 0u64;
-    let (mut buf, mut back) = ([0u8; 256], [0u8; 256]);
-    while !stop.load(Ordering::Relaxed) && !stopped() {
-        for (j, b) in buf.iter_mut().enumerate() {
-            *b = pattern_byte(pos + j as u64);
-        }
-        c.write_all(&buf)?;
-        let mut got = 0;
-        while got < back.len() {
-            match c.read(&mut back[got..]) {
-                Ok(0) => anyhow::bail!("closed"),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        anyhow::ensure!(back == buf, "echo differs");
-        pos += 256;
-        bytes.fetch_add(256, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
 }
@@ -244,7 +205,7 @@ fn draw(
     now: &BTreeMap<usize, BTreeMap<String, u64>>,
     prev: &BTreeMap<usize, BTreeMap<String, u64>>,
     client: &Mutex<Client>,
-    tcp: (&AtomicU64, &AtomicU64, u64),
+    pool: &EchoPool,
     tty: bool,
 ) {
     let mut out = String::new();
@@ -257,20 +218,19 @@ fn draw(
         start.elapsed().as_secs(),
         PHASE.as_secs()
     );
-    let hops = lab
-        .vip_next_hops()
-        .map(|h| {
-            h.iter()
-                .map(|a| {
-                    (1..=NODES)
-                        .find(|&i| fleet::node_v4(i) == *a)
-                        .map_or(a.to_string(), |i| format!("node{i}"))
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|e| format!("? ({e})"));
-    let _ = writeln!(out, "router's next hops for {VIP_V4}: {hops}\n");
+    for vip in [IpAddr::from(VIP_V4), IpAddr::from(VIP_V6)] {
+        let hops = lab
+            .next_hop_nodes(vip)
+            .map(|h| {
+                h.iter()
+                    .map(|i| format!("node{i}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|e| format!("? ({e})"));
+        let _ = writeln!(out, "router's next hops for {vip}: {hops}");
+    }
+    out.push('\n');
     let _ = writeln!(
         out,
         "UDP requests each node sent to each backend since the last redraw:"
@@ -315,12 +275,12 @@ fn draw(
         let _ = write!(out, " {name} {n}");
     }
     let _ = writeln!(out, ", unanswered {}", c.failed);
-    let (bytes, broken, total) = tcp;
     let _ = writeln!(
         out,
-        "client: {total} long-lived TCP connections, {} broken, {} bytes echoed intact",
-        broken.load(Ordering::Relaxed),
-        bytes.load(Ordering::Relaxed)
+        "client: {TCP_CONNS} IPv4 and {TCP_CONNS_V6} IPv6 long-lived TCP connections, {} broken, \
+         {} bytes echoed intact",
+        pool.failures().len(),
+        pool.bytes()
     );
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
