@@ -19,7 +19,7 @@
 //! | `POST /v1/diff`                              | [`DiffRequest`]| 200 [`ChangePreview`] (changes nothing) |
 //!
 //! Every error answers `{"error": "..."}` ([`ApiErrorBody`]): the owner's [`ApiError`] with its
-//! status, 400 for a malformed body, 404 for an unknown route, 405 for a wrong method, 413 for
+//! status (invalid 400, not found 404, conflict 409, internal 500), 400 for a malformed body, 404 for an unknown route, 405 for a wrong method, 413 for
 //! a body over 64 KiB, 503 when the owner is gone.
 use std::{
     io,
@@ -414,10 +414,19 @@ fn fail(status: StatusCode, message: impl Into<String>) -> Fail {
     Fail(status, message.into())
 }
 
+/// The HTTP status of the owner's answer `e`: the one place errors meet HTTP.
+fn http_status(e: &ApiError) -> StatusCode {
+    match e {
+        ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        ApiError::Conflict(_) => StatusCode::CONFLICT,
+        ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<ApiError> for Fail {
     fn from(e: ApiError) -> Self {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        fail(status, e.to_string())
+        fail(http_status(&e), e.to_string())
     }
 }
 
@@ -1480,5 +1489,20 @@ mod tests {
                 .0,
             200
         );
+    }
+
+    #[test]
+    fn domain_errors_map_to_http_status_here() {
+        use crate::state::ChangeError;
+        let cases = [
+            (ApiError::from(ChangeError::Invalid("i".into())), 400, "i"),
+            (ChangeError::NotFound("n".into()).into(), 404, "n"),
+            (ChangeError::Conflict("c".into()).into(), 409, "c"),
+            (ApiError::Internal("x".into()), 500, "x"),
+        ];
+        for (e, code, text) in cases {
+            let f = Fail::from(e);
+            assert_eq!((f.0.as_u16(), f.1.as_str()), (code, text));
+        }
     }
 }

@@ -66,19 +66,22 @@ pub fn apply(
 
 /// Run `change` on `state` and write the result; on any error (of the change, of its
 /// capacities, of a map write) the state is what it was before and the maps hold `applied`.
-pub fn transact<T>(
+pub fn transact<T, E>(
     state: &mut State,
     reconciler: &mut Reconciler,
     applied: &mut Desired,
     dp: &mut impl MapWriter,
-    change: impl FnOnce(&mut State) -> Result<T, ApiError>,
-) -> Result<T, ApiError> {
+    change: impl FnOnce(&mut State) -> Result<T, E>,
+) -> Result<T, ApiError>
+where
+    ApiError: From<E>,
+{
     let before = state.clone();
     let out = match change(state) {
         Ok(v) => v,
         Err(e) => {
             *state = before;
-            return Err(e);
+            return Err(e.into());
         }
     };
     if let Err(e) = apply(state, reconciler, applied, dp) {
@@ -302,6 +305,7 @@ pub mod fake {
 mod tests {
     use super::{fake::FakeMaps, *};
     use crate::model::BackendSource;
+    use crate::state::ChangeError;
 
     const RING: u32 = 1021;
 
@@ -362,7 +366,7 @@ backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
 
         fn transact<T>(
             &mut self,
-            change: impl FnOnce(&mut State) -> Result<T, ApiError>,
+            change: impl FnOnce(&mut State) -> Result<T, ChangeError>,
         ) -> Result<T, ApiError> {
             transact(
                 &mut self.state,
@@ -375,7 +379,7 @@ backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
     }
 
     /// The changes the tests make, each from the state `Owner::new` starts in.
-    type Change = fn(&mut State) -> Result<String, ApiError>;
+    type Change = fn(&mut State) -> Result<String, ChangeError>;
 
     fn changes() -> Vec<(&'static str, Change)> {
         vec![

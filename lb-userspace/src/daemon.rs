@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::MapData;
-use serde::{Deserialize, Serialize};
 use std::os::fd::AsFd;
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -24,14 +23,14 @@ use crate::{
     health::{self, CheckOutcome, CheckerHandle},
     instance::{self, InstanceLock, PinManifest},
     links,
-    model::{
-        ApiError, BackendSource, BackendStatus, ChangeResult, Envelope, GroupStatus,
-        InterfaceStatus, Reply, Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
-    },
+    model::{ApiError, BackendSource, ChangeResult, Envelope, Reply, Request, Status},
     passive,
     reconcile::{Links, Reconciler},
-    scaling,
-    state::{CheckToken, Desired, HookJob, Persisted, State},
+    scaling::{self, HookJob},
+    state::{
+        persist::{saved_state, StateFile},
+        CheckToken, Desired, State,
+    },
     sweep::{self, Sweep},
 };
 
@@ -70,92 +69,6 @@ fn random_seed() -> u32 {
         return t.subsec_nanos() ^ std::process::id();
     }
     u32::from_ne_bytes(b)
-}
-
-/// The state file: what a restarted daemon needs to carry on where the last one stopped.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StateFile {
-    pub pid: u32,
-    pub load: LoadOptions,
-    pub pin_path: PathBuf,
-    pub interfaces: Vec<(String, String)>,
-    pub state: Persisted,
-}
-
-/// Why a state file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StateFileError {
-    #[error("reading {}: {source}", .path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: not a state file of this version: {source}", .path.display())]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("{}: {what}", .path.display())]
-    Invalid { path: PathBuf, what: String },
-}
-
-impl StateFile {
-    /// The state file at `path`: None when there is none; an error when it cannot be read,
-    /// is not one, or holds values out of range.
-    pub fn read(path: &Path) -> Result<Option<StateFile>, StateFileError> {
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateFileError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let s: StateFile =
-            serde_json::from_slice(&text).map_err(|source| StateFileError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        s.state.check().map_err(|what| StateFileError::Invalid {
-            path: path.to_path_buf(),
-            what,
-        })?;
-        Ok(Some(s))
-    }
-
-    /// Replace the file atomically (mode 0600, fsynced; see [`instance::write_private`]).
-    fn write(&self, path: &Path) -> std::io::Result<()> {
-        instance::write_private(path, &serde_json::to_vec_pretty(self)?)
-    }
-}
-
-/// The state a starting daemon takes over. An unreadable state file is refused while pinned
-/// maps exist (`adopting`): their connection-tracking entries point at the backend ids it
-/// records, and ids assigned afresh would send established flows to other backends.
-pub fn saved_state(
-    state_file: &Path,
-    pin_path: &Path,
-    adopting: bool,
-) -> Result<Option<StateFile>> {
-    match StateFile::read(state_file) {
-        Ok(s) => Ok(s),
-        Err(e) if adopting => anyhow::bail!(
-            "{e}\nthe pinned maps in {pin} hold connection-tracking entries that point at the \
-             backend ids this file records: starting without it would assign ids afresh and \
-             move established flows to other backends, so xlb does not start. To recover: \
-             restore or repair {file}; or move it away to start anyway (established flows may \
-             move to other backends); or run `xlb stop --cleanup` to detach XDP and remove \
-             the pinned maps (established flows are dropped) and start afresh",
-            pin = pin_path.display(),
-            file = state_file.display()
-        ),
-        Err(e) => {
-            warn!(error = %e, "ignoring an unreadable state file (no pinned maps to adopt)");
-            Ok(None)
-        }
-    }
 }
 
 /// Whether `pid` is a live process (a zombie is not).
@@ -424,10 +337,13 @@ impl Daemon {
 
     /// Run `change` on the state as a transaction (API requests, reloads): on any error the
     /// state and the maps are what they were.
-    fn transact<T>(
+    fn transact<T, E>(
         &mut self,
-        change: impl FnOnce(&mut State) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        change: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, ApiError>
+    where
+        ApiError: From<E>,
+    {
         let r = commit::transact(
             &mut self.state,
             &mut self.reconciler,
@@ -552,7 +468,7 @@ impl Daemon {
 
     fn reload_config(&mut self) -> Result<String, ApiError> {
         let cfg = config::load(&self.config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
-        let notes = self.transact(|s| Ok(s.reload(cfg)))?;
+        let notes = self.transact(|s| Ok::<_, ApiError>(s.reload(cfg)))?;
         for n in &notes {
             info!("reload: {n}");
         }
@@ -927,149 +843,19 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
-        let now = Instant::now();
-        let mut per_member: HashMap<u64, (TrafficCounters, bool)> = HashMap::new();
-        for b in self.desired.backends.values() {
-            let c = TrafficCounters::from(self.dp.backend_counters(b.id));
-            let e = per_member.entry(b.member).or_default();
-            e.0.packets += c.packets;
-            e.0.bytes += c.bytes;
-            e.0.new_flows += c.new_flows;
-            e.0.reply_packets += c.reply_packets;
-            e.0.reply_bytes += c.reply_bytes;
-            e.0.dropped += c.dropped;
-            e.0.syns += c.syns;
-            e.1 |= b.active;
+        let mut st = crate::status::StatusView {
+            state: &self.state,
+            desired: &self.desired,
+            dp: &self.dp,
+            fingerprints: &self.fingerprints,
+            started: self.started,
+            config_path: &self.config_path,
+            attachments: &self.attachments,
+            fleet: self.fleet.as_ref(),
         }
-        let services = self
-            .desired
-            .services
-            .iter()
-            .map(|s| ServiceStatus {
-                name: s.name.clone(),
-                vip: s.vip,
-                port: s.port,
-                protocol: s.protocol.to_string(),
-                target_group: s.target_group.clone(),
-                backends_in_table: s
-                    .backends
-                    .iter()
-                    .filter(|id| self.desired.backends.get(id).is_some_and(|b| b.active))
-                    .count(),
-                counters: self.dp.service_counters(s.id).into(),
-                forwarding: s.forwarding.dsr().map(|d| format!("dsr/{}", d.encap)),
-                table_fingerprint: self.fingerprints.get(
-                    s.id,
-                    s.backends
-                        .iter()
-                        .filter_map(|id| self.desired.backends.get(id))
-                        .filter(|b| b.active)
-                        .map(|b| (b.key.maglev_key(), b.weight))
-                        .collect(),
-                    self.dp.opts.ring_size,
-                    self.dp.opts.hash_seed,
-                ),
-            })
-            .collect();
-        let groups = self
-            .state
-            .groups
-            .values()
-            .map(|g| {
-                let eligible = g.eligible();
-                GroupStatus {
-                    name: g.cfg.name.clone(),
-                    port: g.cfg.port,
-                    all_unhealthy: g.cfg.all_unhealthy.as_str().to_string(),
-                    deregistration_delay_secs: g.cfg.deregistration_delay.as_secs_f64(),
-                    health_check: g.cfg.health_check.as_ref().map(|hc| {
-                        let port = hc.port.map_or(String::new(), |p| format!(" :{p}"));
-                        match hc.protocol {
-                            config::HealthProtocol::Http => format!(
-                                "http GET {}{port} every {}",
-                                hc.path,
-                                humantime::format_duration(hc.interval)
-                            ),
-                            config::HealthProtocol::Tcp => format!(
-                                "tcp connect{port} every {}",
-                                humantime::format_duration(hc.interval)
-                            ),
-                        }
-                    }),
-                    failing_open: eligible.failing_open,
-                    scaling: g.scaling.as_ref().map(|gs| ScalingStatus {
-                        min: gs.scaler.min(),
-                        max: gs.scaler.max(),
-                        desired: gs.scaler.desired(),
-                        in_service: g.members.iter().filter(|m| m.drain.is_none()).count() as u32,
-                        launching: gs.launching,
-                        hook: gs.hook_state(now),
-                        last_decision: gs.last_decision.clone(),
-                        metrics: gs.metrics.clone(),
-                    }),
-                    backends: g
-                        .members
-                        .iter()
-                        .map(|m| {
-                            let (counters, _) = per_member.get(&m.uid).copied().unwrap_or_default();
-                            BackendStatus {
-                                group: g.cfg.name.clone(),
-                                address: m.addr,
-                                port: m
-                                    .port
-                                    .or(g.cfg.port)
-                                    .or_else(|| {
-                                        self.state
-                                            .config
-                                            .services
-                                            .iter()
-                                            .find(|s| s.target_group == g.cfg.name)
-                                            .map(|s| s.port)
-                                    })
-                                    .unwrap_or(0),
-                                weight: m.weight,
-                                state: m.state(),
-                                reason: m.reason(),
-                                since_secs: now
-                                    .saturating_duration_since(m.health.since())
-                                    .as_secs_f64(),
-                                receiving_new_flows: eligible.uids.contains(&m.uid),
-                                active_flows: m.active_flows,
-                                source: m.source,
-                                drain_remaining_secs: m.drain.as_ref().map(|d| {
-                                    d.deadline.saturating_duration_since(now).as_secs_f64()
-                                }),
-                                counters,
-                            }
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            pid: std::process::id(),
-            uptime_secs: self.started.elapsed().as_secs_f64(),
-            config_file: self.config_path.display().to_string(),
-            interfaces: self
-                .attachments
-                .iter()
-                .map(|a| InterfaceStatus {
-                    name: a.iface.clone(),
-                    mode: a.mode.to_string(),
-                })
-                .collect(),
-            services,
-            groups,
-            global: self
-                .dp
-                .global_counters()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .chain(self.vip_checks.counters())
-                .collect(),
-            announce: self.fleet.as_ref().map(|f| f.status(now)),
-        }
+        .build();
+        st.global.extend(self.vip_checks.counters());
+        st
     }
 }
 
@@ -1421,93 +1207,4 @@ pub fn stop(config_path: &Path, cleanup: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn file(state: Persisted) -> StateFile {
-        StateFile {
-            pid: 1,
-            load: LoadOptions {
-                ring_size: 1021,
-                conntrack_size: 1024,
-                reverse_size: 1024,
-                max_services: 4,
-                hash_seed: 7,
-            },
-            pin_path: "/sys/fs/bpf/xlb-t".into(),
-            interfaces: vec![],
-            state,
-        }
-    }
-
-    fn persisted(drain_left_secs: Option<f64>) -> Persisted {
-        serde_json::from_value(serde_json::json!({
-            "service_ids": [["web", 0]],
-            "backend_ids": [[{"group": "g", "addr": "198.18.2.11", "port": 80}, 0]],
-            "groups": [{
-                "name": "g", "cfg": "{}", "runtime_changed": false,
-                "members": [{
-                    "addr": "198.18.2.11", "port": null, "weight": 1, "source": "config",
-                    "state": "healthy", "reason": "ok",
-                    "drain_left_secs": drain_left_secs, "drain_reason": null
-                }]
-            }]
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn state_file_round_trip_is_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        file(persisted(Some(5.0))).write(&path).unwrap();
-        let back = StateFile::read(&path).unwrap().expect("a state file");
-        assert_eq!(back.load.hash_seed, 7);
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "it holds the hash seed: {mode:o}");
-    }
-
-    #[test]
-    fn unreadable_state_file_is_refused_while_pinned_maps_exist() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let pins = Path::new("/sys/fs/bpf/xlb-t");
-        // None at all: a fresh start either way.
-        assert!(saved_state(&path, pins, true).unwrap().is_none());
-        std::fs::write(&path, b"{ not json").unwrap();
-        let e = saved_state(&path, pins, true)
-            .expect_err("refused")
-            .to_string();
-        assert!(
-            e.contains("xlb stop --cleanup") && e.contains("move it away"),
-            "says how to recover: {e}"
-        );
-        // Without pinned maps nothing depends on it: ignored.
-        assert!(saved_state(&path, pins, false).unwrap().is_none());
-    }
-
-    #[test]
-    fn state_values_that_would_panic_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        for bad in [1e300, f64::MAX, -1.0] {
-            file(persisted(Some(bad))).write(&path).unwrap();
-            let e = StateFile::read(&path).expect_err("out of range");
-            assert!(matches!(e, StateFileError::Invalid { .. }), "{bad}: {e}");
-            assert!(saved_state(&path, Path::new("/x"), true).is_err());
-        }
-        // NaN and infinities do not even survive JSON (serde writes null): a parse error.
-        std::fs::write(
-            &path,
-            serde_json::to_string(&file(persisted(Some(1.0))))
-                .unwrap()
-                .replace("\"drain_left_secs\":1.0", "\"drain_left_secs\":1e999"),
-        )
-        .unwrap();
-        assert!(StateFile::read(&path).is_err());
-    }
 }

@@ -17,9 +17,9 @@ use lb_common::NO_BACKEND;
 use crate::{
     config::Config,
     health::HealthTracker,
-    model::{ApiError, BackendDiff, ChangePreview, ServiceDiff},
+    model::{BackendDiff, ChangePreview, ServiceDiff},
     reconcile,
-    state::{BackendKey, Desired, DesiredService, State},
+    state::{BackendKey, ChangeError, Desired, DesiredService, State},
 };
 
 /// The moved entries of two tables of backend ids, comparing the backends (their keys) they
@@ -74,7 +74,7 @@ pub fn preview(
     new: Config,
     config_file: &str,
     open: &HashMap<u32, u64>,
-) -> Result<ChangePreview, ApiError> {
+) -> Result<ChangePreview, ChangeError> {
     let now = Instant::now();
     let mut next = state.clone();
     let notes: Vec<String> = next
@@ -98,7 +98,7 @@ pub fn preview(
     }
     let after = next
         .desired()
-        .map_err(|e| ApiError::Conflict(format!("the new config does not fit: {e}")))?;
+        .map_err(|e| ChangeError::Conflict(format!("the new config does not fit: {e}")))?;
     let (before_keys, after_keys) = (keys(applied), keys(&after));
     let flows = |desired: &Desired, svc: &DesiredService| -> u64 {
         svc.backends

@@ -2,8 +2,12 @@
 //!
 //! - [`config`]: the TOML file, validated with positions in errors;
 //! - [`maglev`]: the lookup table;
-//! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
-//!   [`commit`]: changes as transactions (checked first, undone when the maps refuse them);
+//! - [`state`]: the one owner of desired state (its changes in [`state::changes`], the state
+//!   file in [`state::persist`]); [`reconcile`]: the one writer of the maps (the map types in
+//!   [`reconcile::encode`]); [`commit`]: changes as transactions (checked first, undone when
+//!   the maps refuse them);
+//! - [`scaling`]: the policy engine, the scaling rounds, the hook runner; [`status`]: the
+//!   status view; [`api`]: the control API, where errors get their HTTP status;
 //! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
 //! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
 //! - [`service`]: capabilities, systemd notification, log format;
@@ -34,6 +38,7 @@ pub mod reconcile;
 pub mod scaling;
 pub mod service;
 pub mod state;
+pub mod status;
 pub mod sweep;
 pub mod top;
 pub mod vipcheck;

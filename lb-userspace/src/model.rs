@@ -321,30 +321,31 @@ impl Request {
     }
 }
 
-/// Why a request failed, with the HTTP status the API answers with.
+/// Why the owner refused or failed a request. The API layer ([`crate::api`]) maps each kind
+/// to its HTTP status; the message is shown as it is.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
-    /// 400: the request or the config it loads is invalid.
+    /// The request or the config it loads is invalid.
     #[error("{0}")]
     Invalid(String),
-    /// 404: no such group or backend.
+    /// No such group or backend.
     #[error("{0}")]
     NotFound(String),
-    /// 409: the change conflicts with the current state (e.g. the backend exists already).
+    /// The change conflicts with the current state (e.g. the backend exists already).
     #[error("{0}")]
     Conflict(String),
-    /// 500: applying the change to the data path failed.
+    /// Applying the change to the data path failed.
     #[error("{0}")]
     Internal(String),
 }
 
-impl ApiError {
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::Invalid(_) => 400,
-            Self::NotFound(_) => 404,
-            Self::Conflict(_) => 409,
-            Self::Internal(_) => 500,
+impl From<crate::state::ChangeError> for ApiError {
+    fn from(e: crate::state::ChangeError) -> Self {
+        use crate::state::ChangeError;
+        match e {
+            ChangeError::Invalid(m) => ApiError::Invalid(m),
+            ChangeError::NotFound(m) => ApiError::NotFound(m),
+            ChangeError::Conflict(m) => ApiError::Conflict(m),
         }
     }
 }

@@ -8,6 +8,8 @@
 //! It also keeps `ADDRS` (every VIP and backend address), resets a backend's cached next hop
 //! (`NEXTHOPS`) whenever its id gets a new address, and writes what the link watcher learns
 //! (`VLANS`, `TX_PORTS`: [`Reconciler::apply_links`]).
+pub mod encode;
+
 use std::collections::{BTreeMap, HashMap};
 
 use aya::maps::MapError;
@@ -371,7 +373,7 @@ impl Reconciler {
         }
         let mut after_tables: Vec<(u32, BackendInfo)> = Vec::new();
         for (id, b) in &desired.backends {
-            let info = b.info();
+            let info = encode::backend_info(b);
             let old = self.backends.get(id);
             if let Some(o) = old {
                 if o.addr == info.addr && o.port == info.port && o.flags & !info.flags != 0 {
@@ -407,7 +409,7 @@ impl Reconciler {
                 }
                 flags |= lb_common::SVC_F_DSR;
             }
-            let key = svc.key();
+            let key = encode::service_key(svc);
 
             let current = self.services.get(&svc.id);
             let live_slot = current.filter(|w| w.key == key).map(|w| w.slot);
@@ -488,7 +490,7 @@ impl Reconciler {
                     backend_id: b.id,
                     flags: if b.shared { BA_F_SHARED } else { 0 },
                 };
-                want.insert(b.addr_key(svc.protocol), v);
+                want.insert(encode::backend_addr(b, svc.protocol), v);
             }
         }
         for (k, v) in &want {

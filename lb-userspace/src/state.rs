@@ -1,6 +1,14 @@
 //! The one owner of desired state: the config, the backends each target group has now (from
-//! the config, the API, and later scaling), their health and drains. [`State::desired`] turns
-//! it into what the data path should hold; the reconciler writes that.
+//! the config, the API, and scaling), their health and drains. [`State::desired`] turns it
+//! into what the data path should hold, in domain terms (no map types); the reconciler
+//! encodes and writes that ([`crate::reconcile::encode`]).
+//!
+//! This file holds the domain model, the capacities, health (active and passive), flows and
+//! drains, and events; the rest of `State` lives beside it:
+//! - [`changes`]: changes asked through the API, the CLI or a hook (add, remove, drain,
+//!   weight, scale, reload), refused with a [`ChangeError`];
+//! - [`persist`]: the state file, [`State::snapshot`] and [`State::restore`];
+//! - [`crate::scaling::orchestrate`]: scaling rounds and what the hooks' results change.
 //!
 //! Ids of services and backends are stable across reloads and restarts (they are saved in the
 //! state file), so connection-tracking entries keep pointing at the right backend.
@@ -10,17 +18,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{BackendInfo, ServiceKey, BE_F_ACTIVE, BE_F_ESTABLISHED_OK, MAX_BACKENDS};
+use lb_common::MAX_BACKENDS;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{AllUnhealthy, Config, Protocol, TargetGroupConfig},
-    dataplane::addr_bytes,
     endpoint::Endpoint,
     health::{CheckKind, CheckOutcome, CheckSpec, HealthTracker},
-    model::{ApiError, BackendSource, BackendState, Event},
-    scaling::{Backoff, Decision, Scaler},
+    model::{BackendSource, BackendState, Event},
+    scaling::GroupScaling,
 };
+
+pub mod changes;
+pub mod persist;
+
+pub use changes::{parse_backend_ref, ChangeError};
 
 /// Events kept for `xlb events`.
 pub const MAX_EVENTS: usize = 1000;
@@ -64,42 +76,6 @@ pub struct DesiredBackend {
     pub syn_timeout_ns: u64,
 }
 
-impl DesiredBackend {
-    /// How its replies carry it, for `protocol`.
-    pub fn addr_key(&self, protocol: Protocol) -> lb_common::BackendAddr {
-        let (addr, family) = addr_bytes(self.key.addr);
-        lb_common::BackendAddr {
-            addr,
-            port: self.key.port.to_be_bytes(),
-            proto: protocol.number(),
-            family,
-        }
-    }
-
-    pub fn info(&self) -> BackendInfo {
-        let (addr, family) = addr_bytes(self.key.addr);
-        let mut flags = 0;
-        if self.established_ok {
-            flags |= BE_F_ESTABLISHED_OK;
-        }
-        if self.active {
-            flags |= BE_F_ACTIVE | BE_F_ESTABLISHED_OK;
-        }
-        if self.shared {
-            flags |= lb_common::BE_F_SHARED;
-        }
-        if self.redispatch {
-            flags |= lb_common::BE_F_REDISPATCH;
-        }
-        BackendInfo {
-            addr,
-            port: self.key.port.to_be_bytes(),
-            family,
-            flags,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DesiredService {
     pub id: u32,
@@ -114,18 +90,6 @@ pub struct DesiredService {
     /// NAT or direct server return (`SVC_F_DSR` and its `DSR` entry).
     #[serde(skip_serializing_if = "crate::config::Forwarding::is_nat")]
     pub forwarding: crate::config::Forwarding,
-}
-
-impl DesiredService {
-    pub fn key(&self) -> ServiceKey {
-        let (addr, family) = addr_bytes(self.vip);
-        ServiceKey {
-            addr,
-            port: self.port.to_be_bytes(),
-            proto: self.protocol.number(),
-            family,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -303,7 +267,11 @@ impl Member {
 impl Member {
     /// Take reported numbers (finite ones) that arrived at `at`; metrics not named keep their
     /// last value and time.
-    fn report_metrics<'a>(&mut self, values: impl Iterator<Item = (&'a str, f64)>, at: Instant) {
+    pub(crate) fn report_metrics<'a>(
+        &mut self,
+        values: impl Iterator<Item = (&'a str, f64)>,
+        at: Instant,
+    ) {
         for (k, x) in values {
             if !x.is_finite() {
                 continue;
@@ -369,121 +337,6 @@ pub struct Group {
     pub scaling: Option<GroupScaling>,
 }
 
-/// A target group's auto scaling: the policy engine and the hooks in flight.
-#[derive(Debug, Clone)]
-pub struct GroupScaling {
-    pub scaler: Scaler,
-    /// Backends the running scale-out hook was asked for.
-    pub launching: u32,
-    /// When the running scale-out hook started (wall clock: it is saved in the state file).
-    pub launch_started: Option<std::time::SystemTime>,
-    /// A scale-out hook was running when the previous xlb stopped: its `launching` count
-    /// stands until then (the hook's timeout plus the grace period from its start), so a
-    /// restart does not launch the same backends twice.
-    pub resumed_launch_until: Option<Instant>,
-    /// A hook of this group is running (one at a time per group).
-    pub hook_running: bool,
-    pub backoff: Backoff,
-    /// After a failed hook: not before this.
-    pub retry_at: Option<Instant>,
-    pub last_error: Option<String>,
-    pub last_decision: Option<String>,
-    /// Drained backends waiting for the scale-in hook: (`ADDR:PORT`, reason).
-    pub to_terminate: VecDeque<(String, String)>,
-    /// When metric_command runs next.
-    pub next_metrics_at: Instant,
-    /// Every metric's value at the last round (for status).
-    pub metrics: BTreeMap<String, f64>,
-}
-
-impl GroupScaling {
-    fn new(cfg: &crate::config::ScalingConfig, now: Instant) -> Self {
-        GroupScaling {
-            scaler: Scaler::new(cfg, now),
-            launching: 0,
-            launch_started: None,
-            resumed_launch_until: None,
-            hook_running: false,
-            backoff: Backoff::new(),
-            retry_at: None,
-            last_error: None,
-            last_decision: None,
-            to_terminate: VecDeque::new(),
-            next_metrics_at: now,
-            metrics: BTreeMap::new(),
-        }
-    }
-
-    /// What the hook is doing, for status.
-    pub fn hook_state(&self, now: Instant) -> String {
-        if self.resumed_launch_until.is_some_and(|t| t > now) {
-            return format!(
-                "awaiting {} backends of a scale-out hook that ran before a restart",
-                self.launching
-            );
-        }
-        if self.hook_running {
-            if self.launching > 0 {
-                return format!("launching {}", self.launching);
-            }
-            return "running a hook".into();
-        }
-        match (&self.retry_at, &self.last_error) {
-            (Some(at), Some(e)) if *at > now => format!(
-                "retrying in {}s after: {e}",
-                at.saturating_duration_since(now).as_secs() + 1
-            ),
-            _ => "idle".into(),
-        }
-    }
-
-    /// A hook succeeded: the next failure starts the backoff again.
-    fn hook_succeeded(&mut self) {
-        self.hook_running = false;
-        self.backoff.reset();
-        self.retry_at = None;
-        self.last_error = None;
-    }
-
-    /// A hook failed: no hook of this group before the backoff delay, which is returned.
-    fn hook_failed(&mut self, now: Instant, error: &str) -> Duration {
-        self.hook_running = false;
-        let delay = self.backoff.next_delay();
-        self.retry_at = Some(now + delay);
-        self.last_error = Some(error.to_string());
-        delay
-    }
-
-    fn may_run_hook(&self, now: Instant) -> bool {
-        !self.hook_running && self.retry_at.is_none_or(|t| t <= now)
-    }
-}
-
-/// A hook the daemon should start now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookJob {
-    Launch {
-        group: String,
-        command: String,
-        count: u32,
-        reason: String,
-        timeout: Duration,
-    },
-    Terminate {
-        group: String,
-        command: String,
-        backend: String,
-        reason: String,
-        timeout: Duration,
-    },
-    Metrics {
-        group: String,
-        command: String,
-        backends: Vec<String>,
-        timeout: Duration,
-    },
-}
-
 /// Which members receive new flows, and whether that is by failing open.
 pub struct Eligible {
     pub uids: HashSet<u64>,
@@ -529,28 +382,6 @@ impl Group {
             },
         }
     }
-
-    fn find(&self, addr: IpAddr, port: Option<u16>) -> Result<usize, ApiError> {
-        let hits: Vec<usize> = self
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.matches(addr, port, self.cfg.port))
-            .map(|(i, _)| i)
-            .collect();
-        match hits.as_slice() {
-            [i] => Ok(*i),
-            [] => Err(ApiError::NotFound(format!(
-                "target group {:?} has no backend {}",
-                self.cfg.name,
-                Endpoint::new(addr, port)
-            ))),
-            _ => Err(ApiError::Invalid(format!(
-                "{addr} matches several backends of {:?}: give the port",
-                self.cfg.name
-            ))),
-        }
-    }
 }
 
 /// A health state change, for the log.
@@ -588,15 +419,6 @@ fn initial_health(cfg: &TargetGroupConfig, now: Instant) -> HealthTracker {
     } else {
         HealthTracker::healthy(now, "no health check configured")
     }
-}
-
-/// Parse `ADDR`, `ADDR:PORT` or `[V6]:PORT` (an [`Endpoint`]).
-pub fn parse_backend_ref(s: &str) -> Result<(IpAddr, Option<u16>), ApiError> {
-    let e: Endpoint = s
-        .trim()
-        .parse()
-        .map_err(|e: crate::endpoint::EndpointError| ApiError::Invalid(e.0))?;
-    Ok((e.addr, e.port))
 }
 
 impl State {
@@ -760,12 +582,14 @@ impl State {
         }
         // Backend addresses (with port and protocol) that more than one service reaches
         // (services in NAT mode: DSR replies never pass through xlb).
-        let mut users: HashMap<lb_common::BackendAddr, HashSet<u32>> = HashMap::new();
+        // (address, port, protocol): what a `BACKEND_ADDRS` entry is keyed by.
+        let reply_key = |b: &DesiredBackend, p: Protocol| (b.key.addr, b.key.port, p.number());
+        let mut users: HashMap<(IpAddr, u16, u8), HashSet<u32>> = HashMap::new();
         for svc in out.services.iter().filter(|s| s.forwarding.is_nat()) {
             for id in &svc.backends {
                 if let Some(b) = out.backends.get(id) {
                     users
-                        .entry(b.addr_key(svc.protocol))
+                        .entry(reply_key(b, svc.protocol))
                         .or_default()
                         .insert(svc.id);
                 }
@@ -774,7 +598,7 @@ impl State {
         for svc in out.services.iter().filter(|s| s.forwarding.is_nat()) {
             for id in &svc.backends {
                 if let Some(b) = out.backends.get_mut(id) {
-                    if users[&b.addr_key(svc.protocol)].len() > 1 {
+                    if users[&reply_key(b, svc.protocol)].len() > 1 {
                         b.shared = true;
                     }
                 }
@@ -1015,287 +839,6 @@ impl State {
             .any(|g| g.members.iter().any(|m| m.drain.is_some()))
     }
 
-    // ---- runtime changes (API) ----
-
-    fn group_mut(&mut self, name: &str) -> Result<&mut Group, ApiError> {
-        let known: Vec<String> = self.groups.keys().cloned().collect();
-        self.groups.get_mut(name).ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no target group {name:?} (groups: {})",
-                known.join(", ")
-            ))
-        })
-    }
-
-    pub fn add_backend(
-        &mut self,
-        group: &str,
-        address: &str,
-        weight: Option<u32>,
-        source: BackendSource,
-    ) -> Result<String, ApiError> {
-        let (addr, port) = parse_backend_ref(address)?;
-        let weight = weight.unwrap_or(1);
-        if weight == 0 || weight > crate::config::MAX_WEIGHT {
-            return Err(ApiError::Invalid(format!(
-                "weight {weight} is out of range (1-{})",
-                crate::config::MAX_WEIGHT
-            )));
-        }
-        // The checks of every backend, as for the config's (unicast, not a VIP, the VIPs'
-        // address family, Maglev slots per backend).
-        let serving = self.groups.get(group).map_or(0, |g| {
-            g.members.iter().filter(|m| m.drain.is_none()).count()
-        });
-        crate::endpoint::check_backend(&self.config, group, addr, serving + 1)
-            .map_err(|e| ApiError::Invalid(format!("{group}: {e}")))?;
-        let total: usize = self.groups.values().map(|g| g.members.len()).sum();
-        let now = Instant::now();
-        let uid = self.uid();
-        let g = self.group_mut(group)?;
-        // Every member the address names, not only a unique one: `find` refuses an address
-        // that names several, and skipping the checks then let an exact duplicate in.
-        let named: Vec<usize> = (0..g.members.len())
-            .filter(|&i| g.members[i].matches(addr, port, g.cfg.port))
-            .collect();
-        let taken_back = named
-            .iter()
-            .copied()
-            .find(|&i| g.members[i].drain.is_some() && g.members[i].port == port);
-        for i in taken_back.into_iter().chain(named.iter().copied()) {
-            let m = &mut g.members[i];
-            if m.drain.is_some() && m.port == port {
-                m.drain = None;
-                m.weight = weight;
-                g.runtime_changed = true;
-                return Ok(format!(
-                    "{group}: {} re-registered (drain cancelled)",
-                    m.display()
-                ));
-            }
-            if m.port == port || port.is_none() || m.port.or(g.cfg.port) == port {
-                return Err(ApiError::Conflict(format!(
-                    "{group} already has backend {}",
-                    m.display()
-                )));
-            }
-        }
-        if total >= MAX_BACKENDS as usize {
-            return Err(ApiError::Conflict(format!(
-                "the data path holds at most {MAX_BACKENDS} backends"
-            )));
-        }
-        let mut m = Member::new(
-            uid,
-            addr,
-            port,
-            weight,
-            source,
-            initial_health(&g.cfg, now),
-            now,
-        );
-        if source == BackendSource::Scaling {
-            m.launched_at = Some(now);
-        }
-        let shown = m.display();
-        let checked = g.cfg.health_check.is_some();
-        g.members.push(m);
-        if let Err(e) = self.check_capacity() {
-            if let Some(g) = self.groups.get_mut(group) {
-                g.members.pop();
-            }
-            return Err(ApiError::Conflict(format!(
-                "{group}: {shown} does not fit: {e}"
-            )));
-        }
-        let g = self.group_mut(group)?;
-        g.runtime_changed = true;
-        Ok(if checked {
-            format!("{group}: {shown} added; it receives traffic once it passes its health checks")
-        } else {
-            format!("{group}: {shown} added")
-        })
-    }
-
-    /// Add a member without the checks of [`State::add_backend`] (tests of capacities).
-    #[cfg(test)]
-    pub fn add_backend_unchecked(&mut self, group: &str, addr: IpAddr) {
-        let now = Instant::now();
-        let uid = self.uid();
-        let g = self.groups.get_mut(group).expect("a group of the config");
-        let health = initial_health(&g.cfg, now);
-        g.members.push(Member::new(
-            uid,
-            addr,
-            None,
-            1,
-            BackendSource::Api,
-            health,
-            now,
-        ));
-    }
-
-    pub fn remove_backend(&mut self, group: &str, address: &str) -> Result<String, ApiError> {
-        let (addr, port) = parse_backend_ref(address)?;
-        let g = self.group_mut(group)?;
-        let i = g.find(addr, port)?;
-        let m = g.members.remove(i);
-        g.runtime_changed = true;
-        Ok(format!(
-            "{group}: {} removed ({} open flows moved to other backends)",
-            m.display(),
-            m.active_flows
-        ))
-    }
-
-    pub fn drain_backend(
-        &mut self,
-        group: &str,
-        address: &str,
-        reason: &str,
-    ) -> Result<String, ApiError> {
-        let (addr, port) = parse_backend_ref(address)?;
-        let g = self.group_mut(group)?;
-        let i = g.find(addr, port)?;
-        let delay = g.cfg.deregistration_delay;
-        let m = &mut g.members[i];
-        if m.drain.is_some() {
-            return Err(ApiError::Conflict(format!(
-                "{group}: {} is already draining",
-                m.display()
-            )));
-        }
-        let now = Instant::now();
-        m.drain = Some(Drain {
-            started: now,
-            deadline: now + delay,
-            reason: reason.to_string(),
-        });
-        let shown = m.display();
-        g.runtime_changed = true;
-        Ok(format!(
-            "{group}: {shown} draining: no new flows; it leaves when its {} open flows end, at most {}",
-            g.members[i].active_flows,
-            humantime::format_duration(delay)
-        ))
-    }
-
-    pub fn set_weight(
-        &mut self,
-        group: &str,
-        address: &str,
-        weight: u32,
-    ) -> Result<String, ApiError> {
-        if weight == 0 || weight > crate::config::MAX_WEIGHT {
-            return Err(ApiError::Invalid(format!(
-                "weight {weight} is out of range (1-{})",
-                crate::config::MAX_WEIGHT
-            )));
-        }
-        let (addr, port) = parse_backend_ref(address)?;
-        let g = self.group_mut(group)?;
-        let i = g.find(addr, port)?;
-        let m = &mut g.members[i];
-        let old = m.weight;
-        m.weight = weight;
-        let shown = m.display();
-        g.runtime_changed = true;
-        Ok(format!(
-            "{group}: {shown} weight {old} → {weight} (new flows only)"
-        ))
-    }
-
-    // ---- reload ----
-
-    /// Apply a new config: groups the config did not change keep their runtime changes;
-    /// changed groups take the config's backends (keeping the health of those that stay;
-    /// backends no longer listed drain). `[daemon]` is kept as it is (it needs a restart).
-    pub fn reload(&mut self, mut new: Config) -> Vec<String> {
-        let mut notes = Vec::new();
-        if new.daemon != self.config.daemon {
-            notes.push("[daemon] changes need a restart; they were not applied".to_string());
-            new.daemon = self.config.daemon.clone();
-        }
-        let now = Instant::now();
-        let mut groups = std::mem::take(&mut self.groups);
-        for tg in &new.target_groups {
-            match groups.remove(&tg.name) {
-                None => {
-                    notes.push(format!("target group {} added", tg.name));
-                    let g = self.group_from_config(tg, now);
-                    self.groups.insert(tg.name.clone(), g);
-                }
-                Some(g) if g.cfg == *tg => {
-                    self.groups.insert(tg.name.clone(), g);
-                }
-                Some(mut g) => {
-                    notes.push(format!("target group {} changed", tg.name));
-                    let mut members = Vec::new();
-                    let mut old = std::mem::take(&mut g.members);
-                    for b in &tg.backends {
-                        if let Some(i) = old
-                            .iter()
-                            .position(|m| m.addr == b.address && m.port == b.port)
-                        {
-                            let mut m = old.remove(i);
-                            m.weight = b.weight;
-                            m.source = BackendSource::Config;
-                            m.drain = None;
-                            if g.cfg.health_check != tg.health_check {
-                                m.health = initial_health(tg, now);
-                            }
-                            members.push(m);
-                        } else {
-                            let uid = self.uid();
-                            members.push(Member::new(
-                                uid,
-                                b.address,
-                                b.port,
-                                b.weight,
-                                BackendSource::Config,
-                                initial_health(tg, now),
-                                now,
-                            ));
-                        }
-                    }
-                    for mut m in old {
-                        // Backends a scale-out launched belong to the scaling group, not to
-                        // the config's list.
-                        if m.source == BackendSource::Scaling && tg.scaling.is_some() {
-                            members.push(m);
-                            continue;
-                        }
-                        if m.drain.is_none() {
-                            m.drain = Some(Drain {
-                                started: now,
-                                deadline: now + tg.deregistration_delay,
-                                reason: "removed from the config".into(),
-                            });
-                        }
-                        members.push(m);
-                    }
-                    g.members = members;
-                    g.scaling = match (g.scaling.take(), &tg.scaling) {
-                        (Some(mut gs), Some(sc)) => {
-                            gs.scaler.reconfigure(sc, now);
-                            Some(gs)
-                        }
-                        (_, Some(sc)) => Some(GroupScaling::new(sc, now)),
-                        (_, None) => None,
-                    };
-                    g.cfg = tg.clone();
-                    g.runtime_changed = false;
-                    self.groups.insert(tg.name.clone(), g);
-                }
-            }
-        }
-        for name in groups.keys() {
-            notes.push(format!("target group {name} removed"));
-        }
-        self.config = new;
-        notes
-    }
-
     // ---- events ----
 
     pub fn push_event(
@@ -1322,686 +865,12 @@ impl State {
             metrics,
         });
     }
-
-    /// The trail of changes: a change asked through the API or CLI (`origin`), accepted or
-    /// rejected, becomes an event (`change` or `rejected`) and a log line saying what changed
-    /// or why it was refused.
-    pub fn record_change(
-        &mut self,
-        group: &str,
-        origin: &str,
-        what: &str,
-        result: &Result<String, ApiError>,
-    ) {
-        match result {
-            Ok(m) => self.push_event(group, "change", format!("{origin}: {m}"), BTreeMap::new()),
-            Err(e) => {
-                let keeps = if what == "reload" {
-                    ", the running config stays in force"
-                } else {
-                    ""
-                };
-                tracing::warn!(group, origin, "{what} rejected{keeps}: {e}");
-                let msg = format!("{origin}: {what} rejected{keeps}: {e}");
-                self.push_event(group, "rejected", msg, BTreeMap::new());
-            }
-        }
-    }
-
-    // ---- scaling ----
-
-    /// `xlb scale GROUP --desired N`.
-    pub fn scale(&mut self, group: &str, desired: u32) -> Result<String, ApiError> {
-        let now = Instant::now();
-        let g = self.group_mut(group)?;
-        let gs = g.scaling.as_mut().ok_or_else(|| {
-            ApiError::Invalid(format!(
-                "target group {group:?} has no [target_group.scaling]"
-            ))
-        })?;
-        let d = gs
-            .scaler
-            .set_desired(desired, now)
-            .map_err(ApiError::Invalid)?;
-        let msg = format!("{group}: desired {} → {} ({})", d.from, d.to, d.reason);
-        gs.last_decision = Some(d.reason.clone());
-        self.push_event(group, "manual", msg.clone(), d.metrics);
-        Ok(msg)
-    }
-
-    /// One scaling round for every scaling group: evaluate policies and schedules with the
-    /// measurements given (per member uid: new flows/s, packets/s, bytes/s), then bring the
-    /// group towards `desired`: launch what is missing, replace backends that never became or
-    /// stopped being healthy past the grace period, drain the excess. Returns the hooks to
-    /// start and whether backends changed (the data path needs an update).
-    pub fn scaling_round(
-        &mut self,
-        now: Instant,
-        wall: std::time::SystemTime,
-        rates: &HashMap<u64, (f64, f64, f64)>,
-        rates_fresh: bool,
-    ) -> (Vec<HookJob>, bool) {
-        let mut jobs = Vec::new();
-        let mut changed = false;
-        let mut events: Vec<(String, String, String, BTreeMap<String, f64>)> = Vec::new();
-        for (name, g) in self.groups.iter_mut() {
-            let (Some(gs), Some(cfg)) = (g.scaling.as_mut(), g.cfg.scaling.as_ref()) else {
-                continue;
-            };
-            let checked = g.cfg.health_check.is_some();
-            if gs.resumed_launch_until.is_some_and(|t| now >= t) {
-                gs.resumed_launch_until = None;
-                gs.launching = 0;
-                gs.launch_started = None;
-                events.push((
-                    name.clone(),
-                    "hook_failed".into(),
-                    "the scale-out hook that was running when xlb stopped never reported its \
-                     backends (timeout and grace period are over): launching again if needed"
-                        .into(),
-                    BTreeMap::new(),
-                ));
-            }
-            // Measurements.
-            let backends = g
-                .members
-                .iter()
-                .filter(|m| m.drain.is_none())
-                .map(|m| {
-                    let (nf, pk, by) = rates.get(&m.uid).copied().unwrap_or_default();
-                    let reported = m.metrics.clone();
-                    crate::scaling::BackendSample {
-                        uid: m.uid,
-                        in_service_since: m.in_service_since,
-                        healthy: m.health.state() == BackendState::Healthy,
-                        new_flows_per_s: nf,
-                        packets_per_s: pk,
-                        bytes_per_s: by,
-                        active_flows: m.active_flows as f64,
-                        reported,
-                    }
-                })
-                .collect();
-            let sample = crate::scaling::GroupSample {
-                at: now,
-                backends,
-                rates_fresh,
-            };
-            let capacity = g.members.iter().filter(|m| m.drain.is_none()).count() as u32;
-            let mut reported: Vec<String> = sample
-                .backends
-                .iter()
-                .flat_map(|b| b.reported.keys().cloned())
-                .collect();
-            reported.sort();
-            reported.dedup();
-            gs.metrics = crate::config::Metric::BUILT_IN
-                .iter()
-                .filter(|m| !matches!(m, crate::config::Metric::BackendCpu))
-                .cloned()
-                .chain(reported.into_iter().map(|k| {
-                    if k == "cpu" {
-                        crate::config::Metric::BackendCpu
-                    } else {
-                        crate::config::Metric::Custom(k)
-                    }
-                }))
-                .filter_map(|m| {
-                    crate::scaling::metric_value(&m, &sample, cfg, now)
-                        .map(|v| (m.name().to_string(), v))
-                })
-                .collect();
-            if let Some(d) = gs.scaler.evaluate(cfg, &sample, capacity, now, wall) {
-                events.push(decision_event(name, &d));
-                gs.last_decision = Some(d.reason.clone());
-            }
-            let desired = gs.scaler.desired();
-
-            // Replace backends a scale-out launched that are unhealthy past the grace period.
-            let grace = cfg.grace_period;
-            for m in g.members.iter_mut() {
-                let overdue = m.source == BackendSource::Scaling
-                    && m.drain.is_none()
-                    && checked
-                    && m.health.state() != BackendState::Healthy
-                    && now.saturating_duration_since(
-                        m.launched_at
-                            .unwrap_or(m.health.since())
-                            .max(m.health.since()),
-                    ) >= grace;
-                if overdue {
-                    let reason = format!(
-                        "replace: {} not healthy {}s after launch ({})",
-                        m.display(),
-                        grace.as_secs(),
-                        m.health.reason()
-                    );
-                    m.drain = Some(Drain {
-                        started: now,
-                        deadline: now,
-                        reason: reason.clone(),
-                    });
-                    m.terminate_after_drain = true;
-                    events.push((name.clone(), "replace".into(), reason, BTreeMap::new()));
-                    changed = true;
-                }
-            }
-
-            // Serving: not draining, and not known to be down (healthy, not checked yet, or
-            // launched and still within its grace period).
-            let serving = g
-                .members
-                .iter()
-                .filter(|m| m.drain.is_none())
-                .filter(|m| match m.health.state() {
-                    // Configured, added and launched backends alike get the grace period
-                    // from when they joined (a configured backend whose server is still
-                    // starting is not missing).
-                    BackendState::Unhealthy => {
-                        now.saturating_duration_since(m.launched_at.unwrap_or(m.added_at)) < grace
-                    }
-                    _ => true,
-                })
-                .count() as u32;
-            let live = g.members.iter().filter(|m| m.drain.is_none()).count() as u32;
-
-            if serving + gs.launching < desired {
-                if let Some(command) = cfg.scale_out_command.clone() {
-                    if gs.may_run_hook(now) {
-                        let count = desired - serving - gs.launching;
-                        let reason = gs
-                            .last_decision
-                            .clone()
-                            .unwrap_or_else(|| format!("desired {desired}, {serving} serving"));
-                        gs.hook_running = true;
-                        gs.launching = count;
-                        gs.launch_started = Some(wall);
-                        jobs.push(HookJob::Launch {
-                            group: name.clone(),
-                            command,
-                            count,
-                            reason,
-                            timeout: cfg.hook_timeout,
-                        });
-                    }
-                }
-            } else if live > desired && gs.launching == 0 {
-                // Scale in: the unhealthy first, then those with the fewest open flows;
-                // launched backends before listed ones.
-                let excess = (live - desired) as usize;
-                let mut order: Vec<usize> = (0..g.members.len())
-                    .filter(|&i| g.members[i].drain.is_none())
-                    .collect();
-                order.sort_by_key(|&i| {
-                    let m = &g.members[i];
-                    (
-                        m.health.state() == BackendState::Healthy,
-                        m.source != BackendSource::Scaling,
-                        m.active_flows,
-                        std::cmp::Reverse(m.uid),
-                    )
-                });
-                for &i in order.iter().take(excess) {
-                    let delay = g.cfg.deregistration_delay;
-                    let m = &mut g.members[i];
-                    let reason = format!("scale in to {desired}");
-                    m.drain = Some(Drain {
-                        started: now,
-                        deadline: now + delay,
-                        reason: reason.clone(),
-                    });
-                    m.terminate_after_drain = true;
-                    events.push((
-                        name.clone(),
-                        "draining".into(),
-                        format!(
-                            "{} draining ({reason}; {} open flows)",
-                            m.display(),
-                            m.active_flows
-                        ),
-                        BTreeMap::new(),
-                    ));
-                    changed = true;
-                }
-            }
-
-            // Scale-in hooks for drained backends, one at a time.
-            if !gs.hook_running && gs.may_run_hook(now) {
-                if let Some((backend, reason)) = gs.to_terminate.front().cloned() {
-                    match cfg.scale_in_command.clone() {
-                        Some(command) => {
-                            gs.hook_running = true;
-                            jobs.push(HookJob::Terminate {
-                                group: name.clone(),
-                                command,
-                                backend,
-                                reason,
-                                timeout: cfg.hook_timeout,
-                            });
-                        }
-                        None => {
-                            gs.to_terminate.pop_front();
-                        }
-                    }
-                }
-            }
-
-            // Backend-reported metrics from metric_command.
-            if let Some(command) = cfg.metric_command.clone() {
-                if now >= gs.next_metrics_at {
-                    gs.next_metrics_at = now + cfg.metric_interval;
-                    let port = g.cfg.port;
-                    jobs.push(HookJob::Metrics {
-                        group: name.clone(),
-                        command,
-                        backends: g
-                            .members
-                            .iter()
-                            .map(|m| fmt_addr_port(m.addr, m.port.or(port).unwrap_or(0)))
-                            .collect(),
-                        timeout: cfg.hook_timeout,
-                    });
-                }
-            }
-        }
-        for (g, k, m, metrics) in events {
-            self.push_event(&g, k.as_str(), m, metrics);
-        }
-        (jobs, changed)
-    }
-
-    /// A scale-out hook finished: the backends it printed join the group (they receive
-    /// traffic once healthy); a failure is retried with backoff.
-    pub fn launch_done(
-        &mut self,
-        group: &str,
-        result: Result<crate::scaling::HookOutput, String>,
-    ) -> bool {
-        let now = Instant::now();
-        let Some(g) = self.groups.get_mut(group) else {
-            return false;
-        };
-        let Some(gs) = g.scaling.as_mut() else {
-            return false;
-        };
-        let asked = std::mem::take(&mut gs.launching);
-        gs.launch_started = None;
-        let failure = match result {
-            Err(e) => Some(e),
-            Ok(out) => {
-                let (addrs, invalid) = crate::scaling::parse_backends(&out.lines);
-                let mut added = Vec::new();
-                let mut problems: Vec<String> = invalid
-                    .iter()
-                    .map(|l| format!("invalid line {l:?}"))
-                    .collect();
-                for e in addrs.into_iter().take(asked.max(1) as usize) {
-                    let text = e.to_string();
-                    match self.add_backend(group, &text, None, BackendSource::Scaling) {
-                        Ok(_) => added.push(text),
-                        Err(e) => problems.push(e.to_string()),
-                    }
-                }
-                if !problems.is_empty() {
-                    let msg = format!("scale-out hook output: {}", problems.join("; "));
-                    self.push_event(group, "hook_failed", msg, BTreeMap::new());
-                }
-                if added.is_empty() {
-                    Some("the scale-out hook printed no usable backend".to_string())
-                } else {
-                    self.push_event(
-                        group,
-                        "launched",
-                        format!("launched {}", added.join(", ")),
-                        BTreeMap::new(),
-                    );
-                    None
-                }
-            }
-        };
-        let Some(gs) = self.groups.get_mut(group).and_then(|g| g.scaling.as_mut()) else {
-            return false;
-        };
-        match failure {
-            None => {
-                gs.hook_succeeded();
-                true
-            }
-            Some(e) => {
-                let delay = gs.hook_failed(now, &e);
-                let msg = format!(
-                    "scale-out hook: {e}; retrying in {}",
-                    humantime::format_duration(delay)
-                );
-                self.push_event(group, "hook_failed", msg, BTreeMap::new());
-                false
-            }
-        }
-    }
-
-    /// A scale-in hook finished.
-    pub fn terminate_done(&mut self, group: &str, backend: &str, result: Result<(), String>) {
-        let now = Instant::now();
-        let Some(gs) = self.groups.get_mut(group).and_then(|g| g.scaling.as_mut()) else {
-            return;
-        };
-        match result {
-            Ok(()) => {
-                gs.to_terminate.retain(|(b, _)| b != backend);
-                gs.hook_succeeded();
-                let msg = format!("{backend} terminated");
-                self.push_event(group, "terminated", msg, BTreeMap::new());
-            }
-            Err(e) => {
-                let delay = gs.hook_failed(now, &e);
-                let msg = format!(
-                    "scale-in hook for {backend}: {e}; retrying in {}",
-                    humantime::format_duration(delay)
-                );
-                self.push_event(group, "hook_failed", msg, BTreeMap::new());
-            }
-        }
-    }
-
-    /// metric_command printed `ADDR:PORT NAME=VALUE ...` lines.
-    pub fn metrics_done(&mut self, group: &str, lines: &[String]) {
-        let now = Instant::now();
-        let Some(g) = self.groups.get_mut(group) else {
-            return;
-        };
-        let port = g.cfg.port;
-        for line in lines {
-            let mut parts = line.split_whitespace();
-            let Some(who) = parts.next() else { continue };
-            let Ok((addr, p)) = parse_backend_ref(who) else {
-                continue;
-            };
-            let Some(m) = g
-                .members
-                .iter_mut()
-                .find(|m| m.addr == addr && (p.is_none() || m.port.or(port) == p))
-            else {
-                continue;
-            };
-            m.report_metrics(
-                parts.filter_map(|kv| {
-                    let (k, v) = kv.split_once('=')?;
-                    Some((k, v.parse::<f64>().ok()?))
-                }),
-                now,
-            );
-        }
-    }
-
-    // ---- persistence ----
-
-    pub fn snapshot(&self) -> Persisted {
-        let now = Instant::now();
-        Persisted {
-            service_ids: self
-                .service_ids
-                .pairs()
-                .map(|(k, v)| (k.clone(), v))
-                .collect(),
-            backend_ids: self
-                .backend_ids
-                .pairs()
-                .map(|(k, v)| (k.clone(), v))
-                .collect(),
-            groups: self
-                .groups
-                .iter()
-                .map(|(name, g)| PersistedGroup {
-                    name: name.clone(),
-                    cfg: fingerprint(&g.cfg),
-                    runtime_changed: g.runtime_changed,
-                    members: g
-                        .members
-                        .iter()
-                        .map(|m| PersistedMember {
-                            addr: m.addr,
-                            port: m.port,
-                            weight: m.weight,
-                            source: m.source,
-                            state: m.health.state(),
-                            reason: m.health.reason().to_string(),
-                            drain_left_secs: m
-                                .drain
-                                .as_ref()
-                                .map(|d| d.deadline.saturating_duration_since(now).as_secs_f64()),
-                            drain_reason: m.drain.as_ref().map(|d| d.reason.clone()),
-                            terminate_after_drain: m.terminate_after_drain,
-                        })
-                        .collect(),
-                    desired: g.scaling.as_ref().map(|s| s.scaler.desired()),
-                    launch: g.scaling.as_ref().and_then(|s| {
-                        // A hook running now, or one of the previous instance still awaited.
-                        let started = s.launch_started?;
-                        (s.launching > 0).then(|| PersistedLaunch {
-                            count: s.launching,
-                            started_unix_secs: started
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .unwrap_or_default()
-                                .as_secs_f64(),
-                        })
-                    }),
-                })
-                .collect(),
-        }
-    }
-
-    /// Take ids, runtime changes, health and drains from a previous instance. A group whose
-    /// config is unchanged gets its saved backends back as they were (runtime changes
-    /// included); a changed group keeps the config's backends with the saved health of those
-    /// it still lists.
-    pub fn restore(&mut self, saved: Persisted) -> Vec<String> {
-        let now = Instant::now();
-        self.service_ids = Ids::restore(self.config.daemon.max_services, saved.service_ids);
-        self.backend_ids = Ids::restore(MAX_BACKENDS, saved.backend_ids);
-        let mut notes = Vec::new();
-        for pg in saved.groups {
-            let Some(g) = self.groups.get(&pg.name) else {
-                notes.push(format!("target group {} is gone from the config", pg.name));
-                continue;
-            };
-            let same = fingerprint(&g.cfg) == pg.cfg;
-            let mut restored = Vec::new();
-            for pm in &pg.members {
-                let health = HealthTracker::restore(pm.state, &pm.reason, now);
-                // Never panics, whatever the file holds (`Persisted::check` refuses such
-                // values before this).
-                let left = pm.drain_left_secs.map(|left| {
-                    Duration::try_from_secs_f64(left.clamp(0.0, MAX_SAVED_DRAIN_SECS))
-                        .unwrap_or_default()
-                });
-                let drain = left.map(|left| Drain {
-                    started: now,
-                    deadline: now.checked_add(left).unwrap_or(now),
-                    reason: pm.drain_reason.clone().unwrap_or_else(|| "draining".into()),
-                });
-                if same || pm.source == BackendSource::Scaling {
-                    let uid = self.uid();
-                    let mut m =
-                        Member::new(uid, pm.addr, pm.port, pm.weight, pm.source, health, now);
-                    m.drain = drain;
-                    m.terminate_after_drain = pm.terminate_after_drain;
-                    restored.push(m);
-                } else if let Some(m) = self.groups.get_mut(&pg.name).and_then(|g| {
-                    g.members
-                        .iter_mut()
-                        .find(|m| m.addr == pm.addr && m.port == pm.port)
-                }) {
-                    m.health = health;
-                }
-            }
-            let g = self.groups.get_mut(&pg.name).expect("checked above");
-            if let (Some(gs), Some(desired)) = (g.scaling.as_mut(), pg.desired) {
-                let _ = gs.scaler.set_desired(desired, now);
-            }
-            if let (Some(gs), Some(cfg), Some(l)) = (
-                g.scaling.as_mut(),
-                g.cfg.scaling.as_ref(),
-                pg.launch.as_ref(),
-            ) {
-                let started = std::time::UNIX_EPOCH
-                    + Duration::try_from_secs_f64(l.started_unix_secs).unwrap_or_default();
-                let since = std::time::SystemTime::now()
-                    .duration_since(started)
-                    .unwrap_or_default();
-                let window = (cfg.hook_timeout + cfg.grace_period).saturating_sub(since);
-                if !window.is_zero() && l.count > 0 {
-                    gs.launching = l.count.min(cfg.max);
-                    gs.launch_started = Some(started);
-                    gs.resumed_launch_until = now.checked_add(window);
-                    notes.push(format!(
-                        "target group {}: a scale-out hook for {} backends was running when \
-                         xlb stopped; no new launch for {}",
-                        pg.name,
-                        l.count,
-                        humantime::format_duration(Duration::from_secs(window.as_secs()))
-                    ));
-                }
-            }
-            if same {
-                g.members = restored;
-                g.runtime_changed = pg.runtime_changed;
-            } else {
-                g.members.extend(restored);
-                notes.push(format!(
-                    "target group {} changed in the config while xlb was down: its runtime changes were dropped",
-                    pg.name
-                ));
-            }
-        }
-        notes
-    }
-}
-
-fn decision_event(group: &str, d: &Decision) -> (String, String, String, BTreeMap<String, f64>) {
-    use crate::scaling::DecisionKind;
-    let kind = match d.kind {
-        DecisionKind::Policy if d.to > d.from => "scale_out",
-        DecisionKind::Policy => "scale_in",
-        DecisionKind::Schedule => "schedule",
-        DecisionKind::Manual => "manual",
-        DecisionKind::Replace => "replace",
-    };
-    (
-        group.to_string(),
-        kind.to_string(),
-        format!("desired {} → {}: {}", d.from, d.to, d.reason),
-        d.metrics.clone(),
-    )
-}
-
-fn fingerprint(cfg: &TargetGroupConfig) -> String {
-    serde_json::to_string(cfg).unwrap_or_default()
-}
-
-/// What the state file keeps of [`State`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Persisted {
-    pub service_ids: Vec<(String, u32)>,
-    pub backend_ids: Vec<(BackendKey, u32)>,
-    pub groups: Vec<PersistedGroup>,
-}
-
-/// The longest drain a state file may hold (deregistration delays are at most an hour).
-const MAX_SAVED_DRAIN_SECS: f64 = 86_400.0;
-
-impl Persisted {
-    /// Values a restore cannot take (ids out of range or used twice, weights or ports out of
-    /// range, drains that are not a number of seconds within a day): the state file is not
-    /// one xlb wrote, and using it could panic or corrupt the maps.
-    pub fn check(&self) -> Result<(), String> {
-        let mut seen = HashSet::new();
-        for (name, id) in &self.service_ids {
-            if !seen.insert(*id) {
-                return Err(format!("service id {id} ({name}) is used twice"));
-            }
-        }
-        let mut seen = HashSet::new();
-        for (key, id) in &self.backend_ids {
-            if *id >= MAX_BACKENDS {
-                return Err(format!(
-                    "backend id {id} is out of range (< {MAX_BACKENDS})"
-                ));
-            }
-            if !seen.insert(*id) {
-                return Err(format!(
-                    "backend id {id} ({}) is used twice",
-                    key.maglev_key()
-                ));
-            }
-        }
-        for g in &self.groups {
-            if let Some(l) = &g.launch {
-                if !(l.started_unix_secs.is_finite() && l.started_unix_secs >= 0.0) {
-                    return Err(format!("group {}: launch start is not a time", g.name));
-                }
-            }
-            for m in &g.members {
-                let who = format!("group {} backend {}", g.name, m.addr);
-                if m.weight == 0 || m.weight > crate::config::MAX_WEIGHT {
-                    return Err(format!("{who}: weight {} is out of range", m.weight));
-                }
-                if m.port == Some(0) {
-                    return Err(format!("{who}: port 0"));
-                }
-                if let Some(left) = m.drain_left_secs {
-                    if !(0.0..=MAX_SAVED_DRAIN_SECS).contains(&left) {
-                        return Err(format!(
-                            "{who}: drain time left {left} s is not within 0-{MAX_SAVED_DRAIN_SECS} s"
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PersistedGroup {
-    pub name: String,
-    /// The group's config when saved, as JSON: runtime changes are restored only while the
-    /// config of the group is the same.
-    pub cfg: String,
-    pub runtime_changed: bool,
-    pub members: Vec<PersistedMember>,
-    /// The scaling group's desired capacity.
-    #[serde(default)]
-    pub desired: Option<u32>,
-    /// A scale-out hook running when the state was saved.
-    #[serde(default)]
-    pub launch: Option<PersistedLaunch>,
-}
-
-/// A scale-out hook in progress.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PersistedLaunch {
-    pub count: u32,
-    /// When it started, seconds since the Unix epoch.
-    pub started_unix_secs: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PersistedMember {
-    pub addr: IpAddr,
-    pub port: Option<u16>,
-    pub weight: u32,
-    pub source: BackendSource,
-    pub state: BackendState,
-    pub reason: String,
-    pub drain_left_secs: Option<f64>,
-    pub drain_reason: Option<String>,
-    #[serde(default)]
-    pub terminate_after_drain: bool,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::reconcile::encode::backend_info;
 
     #[test]
     fn ids_are_stable_and_reused_last() {
@@ -2031,7 +900,7 @@ mod tests {
         );
     }
 
-    const CFG: &str = r#"
+    pub(crate) const CFG: &str = r#"
 [daemon]
 interfaces = ["eth0"]
 
@@ -2056,11 +925,11 @@ healthy_threshold = 2
 unhealthy_threshold = 2
 "#;
 
-    fn state(text: &str) -> State {
+    pub(crate) fn state(text: &str) -> State {
         State::new(crate::config::parse(text, "t.toml").unwrap())
     }
 
-    fn outcome(ok: bool) -> CheckOutcome {
+    pub(crate) fn outcome(ok: bool) -> CheckOutcome {
         CheckOutcome {
             ok,
             reason: if ok { "connected" } else { "connect refused" }.into(),
@@ -2069,13 +938,13 @@ unhealthy_threshold = 2
         }
     }
 
-    fn token(s: &State, addr: &str) -> CheckToken {
+    pub(crate) fn token(s: &State, addr: &str) -> CheckToken {
         let a: IpAddr = addr.parse().unwrap();
         let m = s.groups["g"].members.iter().find(|m| m.addr == a).unwrap();
         ("g".into(), m.uid)
     }
 
-    fn active(d: &Desired) -> Vec<String> {
+    pub(crate) fn active(d: &Desired) -> Vec<String> {
         d.backends
             .values()
             .filter(|b| b.active)
@@ -2126,7 +995,7 @@ unhealthy_threshold = 2
             .find(|b| b.key.addr.to_string() == "198.18.2.12")
             .unwrap();
         assert!(!b2.established_ok, "flows of a failed backend move");
-        assert_eq!(b2.info().flags, 0);
+        assert_eq!(backend_info(b2).flags, 0);
     }
 
     #[test]
@@ -2184,101 +1053,9 @@ unhealthy_threshold = 2
         assert_eq!(s.finish_drains(later).len(), 1);
     }
 
-    /// Found by `cargo xtask fuzz` (api_body): when an address named several members, the
-    /// duplicate checks were skipped and the same ADDR:PORT could be added twice.
-    #[test]
-    fn add_backend_refuses_a_duplicate_when_the_address_names_several() {
-        let text = CFG.replace("port = 8080\n", "");
-        let mut s = state(&text);
-        s.add_backend("g", "198.18.2.30", None, BackendSource::Api)
-            .unwrap();
-        s.add_backend("g", "198.18.2.30:9001", None, BackendSource::Api)
-            .unwrap();
-        assert!(matches!(
-            s.add_backend("g", "198.18.2.30:9001", Some(2), BackendSource::Api),
-            Err(ApiError::Conflict(_))
-        ));
-        assert!(matches!(
-            s.add_backend("g", "198.18.2.30", None, BackendSource::Api),
-            Err(ApiError::Conflict(_))
-        ));
-        assert_eq!(s.groups["g"].members.len(), 5);
-        s.add_backend("g", "198.18.2.30:9002", None, BackendSource::Api)
-            .unwrap();
-        assert_eq!(s.groups["g"].members.len(), 6);
-    }
-
-    #[test]
-    fn runtime_changes_survive_reloads_until_the_group_changes() {
-        let mut s = state(CFG);
-        s.add_backend("g", "198.18.2.14", Some(3), BackendSource::Api)
-            .unwrap();
-        assert!(matches!(
-            s.add_backend("g", "198.18.2.14", None, BackendSource::Api),
-            Err(ApiError::Conflict(_))
-        ));
-        assert!(matches!(
-            s.add_backend("g", "2001:db8::1", None, BackendSource::Api),
-            Err(ApiError::Invalid(_))
-        ));
-        assert!(matches!(
-            s.add_backend("nope", "198.18.2.15", None, BackendSource::Api),
-            Err(ApiError::NotFound(_))
-        ));
-        // Same config again: the runtime backend stays.
-        let notes = s.reload(crate::config::parse(CFG, "t.toml").unwrap());
-        assert!(notes.is_empty(), "{notes:?}");
-        assert_eq!(s.groups["g"].members.len(), 4);
-        // The config changes the group: its backends are the config's, removed ones drain.
-        let changed = CFG.replace("\"198.18.2.13\"]", "\"198.18.2.13\", \"198.18.2.15\"]");
-        s.reload(crate::config::parse(&changed, "t.toml").unwrap());
-        let g = &s.groups["g"];
-        let addrs: Vec<(String, BackendState)> = g
-            .members
-            .iter()
-            .map(|m| (m.addr.to_string(), m.state()))
-            .collect();
-        assert_eq!(addrs.len(), 5, "{addrs:?}");
-        assert!(addrs.contains(&("198.18.2.15".into(), BackendState::Initial)));
-        assert!(addrs.contains(&("198.18.2.14".into(), BackendState::Draining)));
-    }
-
-    #[test]
-    fn snapshot_restores_ids_health_and_runtime_changes() {
-        let mut s = state(CFG);
-        let t = token(&s, "198.18.2.11");
-        s.observe(&t, &outcome(false));
-        s.add_backend("g", "198.18.2.14", None, BackendSource::Api)
-            .unwrap();
-        let d = s.desired().unwrap();
-        let saved = serde_json::to_string(&s.snapshot()).unwrap();
-
-        let mut r = state(CFG);
-        r.restore(serde_json::from_str(&saved).unwrap());
-        let d2 = r.desired().unwrap();
-        let ids = |d: &Desired| -> Vec<(String, u32)> {
-            d.backends
-                .values()
-                .map(|b| (b.key.maglev_key(), b.id))
-                .collect()
-        };
-        assert_eq!(ids(&d), ids(&d2), "backend ids survive a restart");
-        let m = r.groups["g"]
-            .members
-            .iter()
-            .find(|m| m.addr.to_string() == "198.18.2.11")
-            .unwrap();
-        assert_eq!(m.state(), BackendState::Unhealthy);
-        assert_eq!(
-            r.groups["g"].members.len(),
-            4,
-            "the runtime backend is back"
-        );
-    }
-
     /// One configured backend, HTTP checked, in a scaling group driven by a step policy on
     /// backend_cpu (no hold, no warmup).
-    const SCALING: &str = r#"
+    pub(crate) const SCALING: &str = r#"
 [daemon]
 interfaces = ["eth0"]
 
@@ -2317,285 +1094,7 @@ metric = "backend_cpu"
 scale_out = { above = 0.7, for = "0s", add = 1 }
 "#;
 
-    fn body(ok: bool, json: serde_json::Value) -> CheckOutcome {
-        let mut o = outcome(ok);
-        o.metrics = json.as_object().cloned();
-        o
-    }
-
-    fn launches(jobs: &[HookJob]) -> Vec<u32> {
-        jobs.iter()
-            .filter_map(|j| match j {
-                HookJob::Launch { count, .. } => Some(*count),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn round(s: &mut State, at: Instant) -> Vec<HookJob> {
-        s.scaling_round(at, std::time::SystemTime::now(), &HashMap::new(), true)
-            .0
-    }
-
-    #[test]
-    fn health_body_metrics_drive_scaling() {
-        let mut s = state(SCALING);
-        let t = token(&s, "198.18.2.11");
-        s.observe(&t, &body(true, serde_json::json!({"cpu": 0.9})));
-        assert_eq!(s.groups["g"].members[0].state(), BackendState::Healthy);
-        let now = Instant::now();
-        let jobs = round(&mut s, now);
-        assert_eq!(
-            s.groups["g"]
-                .scaling
-                .as_ref()
-                .unwrap()
-                .metrics
-                .get("backend_cpu"),
-            Some(&0.9),
-            "the health body's cpu is the group's backend_cpu"
-        );
-        assert_eq!(s.groups["g"].scaling.as_ref().unwrap().scaler.desired(), 2);
-        assert_eq!(launches(&jobs), [1], "{jobs:?}");
-    }
-
-    #[test]
-    fn health_body_and_metric_command_merge() {
-        let mut s = state(SCALING);
-        let t = token(&s, "198.18.2.11");
-        s.observe(&t, &body(true, serde_json::json!({"ok": true})));
-        s.metrics_done("g", &["198.18.2.11:8080 cpu=0.95 queue=3".to_string()]);
-        // A later health body without cpu keeps metric_command's cpu; one with queue
-        // replaces the older queue.
-        s.observe(&t, &body(true, serde_json::json!({"ok": true, "queue": 7})));
-        let m = &s.groups["g"].members[0].metrics;
-        assert_eq!(m.get("cpu").map(|v| v.0), Some(0.95));
-        assert_eq!(
-            m.get("queue").map(|v| v.0),
-            Some(7.0),
-            "the fresher value wins"
-        );
-        let jobs = round(&mut s, Instant::now());
-        assert_eq!(
-            launches(&jobs),
-            [1],
-            "metric_command's cpu scales: {jobs:?}"
-        );
-        // And metric_command's newer value replaces the body's.
-        s.metrics_done("g", &["198.18.2.11 queue=1".to_string()]);
-        assert_eq!(s.groups["g"].members[0].metrics["queue"].0, 1.0);
-    }
-
-    #[test]
-    fn configured_backend_failing_its_first_check_is_not_replaced_within_grace() {
-        let mut s = state(&SCALING.replace("metric = \"backend_cpu\"", "metric = \"queue\""));
-        let t = token(&s, "198.18.2.11");
-        let tr = s.observe(&t, &outcome(false)).expect("initial → unhealthy");
-        assert_eq!(tr.to, BackendState::Unhealthy);
-        let now = Instant::now();
-        for i in 0..3 {
-            let jobs = round(&mut s, now + Duration::from_secs(i));
-            assert!(
-                launches(&jobs).is_empty(),
-                "no launch within grace: {jobs:?}"
-            );
-        }
-        // Past the grace period it counts as missing.
-        let jobs = round(&mut s, now + Duration::from_secs(121));
-        assert_eq!(launches(&jobs), [1], "{jobs:?}");
-    }
-
-    #[test]
-    fn restore_of_huge_drain_does_not_panic() {
-        let s = state(CFG);
-        let mut p = s.snapshot();
-        p.groups[0].members[0].drain_left_secs = Some(1e300);
-        assert!(p.check().is_err(), "refused when read");
-        // And restoring it anyway does not panic.
-        let mut r = state(CFG);
-        r.restore(p);
-        assert!(r.groups["g"].members[0].drain.is_some());
-    }
-
-    #[test]
-    fn a_restart_during_a_launch_does_not_launch_again() {
-        let cfg = SCALING.replace(
-            "min = 1\nmax = 3\ndesired = 1",
-            "min = 2\nmax = 3\ndesired = 2",
-        );
-        let mut s = state(&cfg);
-        let now = Instant::now();
-        let jobs = round(&mut s, now);
-        assert_eq!(launches(&jobs), [1], "one missing: {jobs:?}");
-        // xlb stops while the hook runs; the state file is written.
-        let saved = serde_json::to_string(&s.snapshot()).unwrap();
-
-        let mut r = state(&cfg);
-        let notes = r.restore(serde_json::from_str(&saved).unwrap());
-        assert!(
-            notes.iter().any(|n| n.contains("scale-out hook")),
-            "{notes:?}"
-        );
-        let now = Instant::now();
-        for i in [0, 1, 60, 179] {
-            let jobs = round(&mut r, now + Duration::from_secs(i));
-            assert!(
-                launches(&jobs).is_empty(),
-                "no second launch {i}s after the restart: {jobs:?}"
-            );
-        }
-        // Once the hook's timeout (60s) and the grace period (120s) are over, it launches.
-        let jobs = round(&mut r, now + Duration::from_secs(181));
-        assert_eq!(launches(&jobs), [1], "{jobs:?}");
-    }
-
-    #[test]
-    fn changes_leave_a_trail_accepted_or_rejected() {
-        use crate::model::{AddBackend, BackendRef, Request};
-        let mut s = state(CFG);
-        let add = Request::AddBackend {
-            group: "g".into(),
-            body: AddBackend {
-                address: "198.18.2.14".into(),
-                weight: Some(2),
-            },
-        };
-        let (group, what) = add.change().expect("a change");
-        assert_eq!(
-            (group.as_str(), what.as_str()),
-            ("g", "add backend 198.18.2.14 with weight 2")
-        );
-        let r = s.add_backend("g", "198.18.2.14", Some(2), BackendSource::Api);
-        s.record_change(&group, "API", &what, &r);
-        let r = s.add_backend("g", "198.18.2.14", Some(2), BackendSource::Api);
-        assert!(r.is_err());
-        s.record_change(&group, "API", &what, &r);
-        let drain = Request::DrainBackend {
-            group: "g".into(),
-            body: BackendRef {
-                address: "198.18.9.9".into(),
-            },
-        };
-        let (group, what) = drain.change().unwrap();
-        let r = s.drain_backend(&group, "198.18.9.9", "drained by API");
-        s.record_change(&group, "API", &what, &r);
-        s.record_change(
-            "",
-            "SIGHUP",
-            "reload",
-            &Err(ApiError::Invalid(
-                "xlb.toml:4:1: daemon.bogus: unknown key".into(),
-            )),
-        );
-        assert!(Request::Status.change().is_none());
-        let trail: Vec<(String, String)> = s
-            .events
-            .iter()
-            .map(|e| (e.kind.clone(), e.message.clone()))
-            .collect();
-        assert_eq!(trail.len(), 4, "{trail:?}");
-        assert_eq!(trail[0].0, "change");
-        assert!(
-            trail[0].1.starts_with("API: g: 198.18.2.14 added"),
-            "{trail:?}"
-        );
-        assert_eq!(trail[1].0, "rejected");
-        assert!(
-            trail[1]
-                .1
-                .contains("add backend 198.18.2.14 with weight 2 rejected")
-                && trail[1].1.contains("already has"),
-            "{trail:?}"
-        );
-        assert!(
-            trail[2].1.contains("drain backend 198.18.9.9 rejected"),
-            "{trail:?}"
-        );
-        assert_eq!(
-            trail[3].1,
-            "SIGHUP: reload rejected, the running config stays in force: \
-             xlb.toml:4:1: daemon.bogus: unknown key"
-        );
-    }
-
-    #[test]
-    fn api_and_hook_backends_pass_the_configs_checks() {
-        // 1021 Maglev slots hold at most 10 backends (100 slots each).
-        let cfg = SCALING.replace(
-            "interfaces = [\"eth0\"]",
-            "interfaces = [\"eth0\"]\nmaglev_table_size = 1021",
-        );
-        let mut s = state(&cfg);
-        for bad in ["198.18.100.1", "0.0.0.0", "224.0.0.1", "2001:db8::1"] {
-            assert!(
-                matches!(
-                    s.add_backend("g", bad, None, BackendSource::Api),
-                    Err(ApiError::Invalid(_))
-                ),
-                "{bad}"
-            );
-        }
-        let e = s
-            .add_backend("g", "198.18.100.1:8080", None, BackendSource::Api)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("cannot be a VIP"), "{e}");
-        for i in 12..=20 {
-            s.add_backend("g", &format!("198.18.2.{i}"), None, BackendSource::Api)
-                .unwrap();
-        }
-        let e = s
-            .add_backend("g", "198.18.2.21", None, BackendSource::Api)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("Maglev"), "the 11th backend: {e}");
-        // A scale-out hook printing a VIP: refused the same way, and said so.
-        let mut s = state(&cfg);
-        s.groups
-            .get_mut("g")
-            .unwrap()
-            .scaling
-            .as_mut()
-            .unwrap()
-            .launching = 1;
-        let added = s.launch_done(
-            "g",
-            Ok(crate::scaling::HookOutput {
-                lines: vec!["198.18.100.1".into()],
-                stderr: String::new(),
-            }),
-        );
-        assert!(!added);
-        assert_eq!(s.groups["g"].members.len(), 1);
-        assert!(
-            s.events
-                .iter()
-                .any(|e| e.message.contains("cannot be a VIP")),
-            "{:?}",
-            s.events
-        );
-    }
-
-    #[test]
-    fn backend_refs() {
-        assert_eq!(
-            parse_backend_ref("198.18.2.11").unwrap(),
-            ("198.18.2.11".parse().unwrap(), None)
-        );
-        assert_eq!(
-            parse_backend_ref("198.18.2.11:8080").unwrap(),
-            ("198.18.2.11".parse().unwrap(), Some(8080))
-        );
-        assert_eq!(
-            parse_backend_ref("[2001:db8::1]:80").unwrap(),
-            ("2001:db8::1".parse().unwrap(), Some(80))
-        );
-        assert_eq!(parse_backend_ref("2001:db8::1").unwrap().1, None);
-        assert!(parse_backend_ref("nope").is_err());
-        assert!(parse_backend_ref("1.2.3.4:0").is_err());
-    }
-
-    fn uid_of(s: &State, addr: &str) -> u64 {
+    pub(crate) fn uid_of(s: &State, addr: &str) -> u64 {
         token(s, addr).1
     }
 
@@ -2614,7 +1113,7 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
         let d = s.desired().unwrap();
         for b in d.backends.values() {
             assert_eq!(b.syn_timeout_ns, 300_000_000);
-            assert!(b.info().flags & lb_common::BE_F_REDISPATCH != 0);
+            assert!(backend_info(b).flags & lb_common::BE_F_REDISPATCH != 0);
         }
         let uid = uid_of(&s, "198.18.2.12");
         let now = Instant::now();
@@ -2633,7 +1132,7 @@ scale_out = { above = 0.7, for = "0s", add = 1 }
             .find(|b| b.key.addr.to_string() == "198.18.2.12")
             .unwrap();
         assert_eq!(
-            b2.info().flags,
+            backend_info(b2).flags,
             lb_common::BE_F_REDISPATCH,
             "down, still redispatching"
         );
