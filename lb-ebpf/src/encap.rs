@@ -18,6 +18,9 @@
 //! IPv6 extension headers, which leave with a zero checksum (RFC 6935/6936; `xlb decap`
 //! accepts it).
 //!
+//! ICMP errors about a DSR flow's replies (to the VIP) go to the flow's backend the same way
+//! (`send_error`), with the outer tuple of the flow's own packets.
+//!
 //! The inner TTL / hop limit is decremented when xlb transmits the frame itself (as in NAT
 //! mode); packets the kernel forwards (no neighbour yet, an egress without XDP) are handed
 //! to it encapsulated, and it decrements the outer one.
@@ -38,7 +41,7 @@ use crate::{
     icmp,
     maps::{count, hash_seed, DSR},
     nat::{self, NH_LOCAL, NH_NO_NEIGH, NH_OK, NH_TOO_BIG},
-    parse::{malformed, ptr_at, Pkt, KIND_L4},
+    parse::{malformed, ptr_at, Pkt, KIND_ICMP, KIND_L4},
 };
 
 const IPPROTO_IPIP: u8 = 4;
@@ -73,13 +76,36 @@ fn dropped() -> u32 {
 /// transmits it. Answers the action, or [`TOO_BIG`].
 #[inline(never)]
 pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
-    let Some(conf) = DSR.get_ptr(service_id) else {
+    send_as::<false>(ctx, p, service_id as u64, addr, nh)
+}
+
+/// Send `p`, an ICMP / ICMPv6 error about a reply a backend of service `ids as u32` sent from
+/// the VIP, to that backend at `addr` as the service's data packets go, with nothing inside
+/// rewritten: the outer source, GUE source port and IPv6 flow label come from the flow hash
+/// `ids >> 32` of the client's flow (so the error takes its flow's outer tuple, as Katran
+/// does). Counted `icmp_to_backend` when xlb transmits it. Answers the action, or
+/// [`TOO_BIG`] (never answered: no ICMP error about an ICMP error).
+#[inline(never)]
+pub fn send_error(ctx: &XdpContext, p: &Pkt, ids: u64, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
+    send_as::<true>(ctx, p, ids, addr, nh)
+}
+
+/// [`send`] (`ERR` false: `ids` is the service id) and [`send_error`] (`ERR` true).
+#[inline(always)]
+fn send_as<const ERR: bool>(
+    ctx: &XdpContext,
+    p: &Pkt,
+    ids: u64,
+    addr: &[u8; 16],
+    nh: &mut NextHop,
+) -> u32 {
+    let Some(conf) = DSR.get_ptr(ids as u32) else {
         return dropped();
     };
     // SAFETY: a map value pointer checked for null.
     let encap = unsafe { (*conf).encap };
     if encap == DSR_ENCAP_L2 {
-        let r = l2(ctx, p, addr, nh);
+        let r = l2::<ERR>(ctx, p, addr, nh);
         if r == TOO_BIG {
             set_too_big_mtu(nh.mtu);
         }
@@ -90,17 +116,38 @@ pub fn send(ctx: &XdpContext, p: &Pkt, service_id: u32, addr: &[u8; 16], nh: &mu
     };
     // SAFETY: a per-CPU map value checked for null; XDP runs to completion on its CPU.
     let o = unsafe { &mut *o };
-    outer(p, conf, addr, o);
-    tunnel(ctx, p, o, nh)
+    outer::<ERR>(p, conf, addr, (ids >> 32) as u32, o);
+    tunnel::<ERR>(ctx, p, o, nh)
 }
 
-/// Fill `o` for `p` to the backend at `addr` with the service's settings `conf`. Not
-/// inlined: the flow hash's frame is not on the stack while the packet is sent.
+/// The counter of a packet xlb transmits: `forwarded`, or for an ICMP error `icmp_to_backend`.
+#[inline(always)]
+const fn sent<const ERR: bool>() -> u32 {
+    if ERR {
+        global::ICMP_TO_BACKEND
+    } else {
+        global::FORWARDED
+    }
+}
+
+/// Fill `o` for `p` to the backend at `addr` with the service's settings `conf` (`ERR`: with
+/// the flow hash `hash`, else with `p`'s). Not inlined: the flow hash's frame is not on the
+/// stack while the packet is sent.
 #[inline(never)]
-fn outer(p: &Pkt, conf: *const DsrConf, addr: &[u8; 16], o: &mut Outer) {
+fn outer<const ERR: bool>(
+    p: &Pkt,
+    conf: *const DsrConf,
+    addr: &[u8; 16],
+    hash: u32,
+    o: &mut Outer,
+) {
     let k = &p.key;
     let v4 = k.family == AF_INET;
-    o.hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto, hash_seed());
+    o.hash = if ERR {
+        hash
+    } else {
+        flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto, hash_seed())
+    };
     o.dst = *addr;
     // SAFETY: a map value pointer checked for null by the caller.
     unsafe {
@@ -123,7 +170,7 @@ fn outer(p: &Pkt, conf: *const DsrConf, addr: &[u8; 16], o: &mut Outer) {
 /// `ipip` / `gue`: resolve the next hop of the outer packet, apply the MTU rule, encapsulate
 /// and send.
 #[inline(always)]
-fn tunnel(ctx: &XdpContext, p: &Pkt, o: &mut Outer, nh: &mut NextHop) -> u32 {
+fn tunnel<const ERR: bool>(ctx: &XdpContext, p: &Pkt, o: &mut Outer, nh: &mut NextHop) -> u32 {
     let v4 = p.key.family == AF_INET;
     let overhead = overhead(v4, o.gue);
     let rc = nat::resolve(ctx, p, &o.src, &o.dst, nh);
@@ -170,7 +217,7 @@ fn tunnel(ctx: &XdpContext, p: &Pkt, o: &mut Outer, nh: &mut NextHop) -> u32 {
     if r != nat::DONE {
         return r;
     }
-    nat::transmit(ctx, p.tags, nh, global::FORWARDED)
+    nat::transmit(ctx, p.tags, nh, sent::<ERR>())
 }
 
 /// Bytes the encapsulation adds.
@@ -221,7 +268,7 @@ pub fn answer_too_big(ctx: &XdpContext, p: &Pkt, r: u32) -> u32 {
 /// without a neighbour entry yet, through a gateway, or out of an egress XDP cannot use, it
 /// is dropped (counted `fib_no_neigh` / `egress_kernel` and `dropped`).
 #[inline(never)]
-fn l2(ctx: &XdpContext, p: &Pkt, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
+fn l2<const ERR: bool>(ctx: &XdpContext, p: &Pkt, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
     let rc = nat::resolve(ctx, p, &p.key.src, addr, nh);
     if rc == NH_TOO_BIG || (rc == NH_OK && nh.mtu != 0 && p.ip_len > nh.mtu as usize) {
         return TOO_BIG;
@@ -243,7 +290,7 @@ fn l2(ctx: &XdpContext, p: &Pkt, addr: &[u8; 16], nh: &mut NextHop) -> u32 {
     if r != nat::DONE {
         return r;
     }
-    nat::transmit(ctx, p.tags, nh, global::FORWARDED)
+    nat::transmit(ctx, p.tags, nh, sent::<ERR>())
 }
 
 /// Decrement the inner TTL / hop limit (IPv4 header checksum updated).
@@ -293,7 +340,12 @@ fn try_encapsulate(ctx: &XdpContext, p: &Pkt, o: &Outer) -> Result<(), u32> {
     let inner_len = p.ip_len & 0xffff;
     let iph: usize = if v4 { 20 } else { 40 };
     let n = overhead(v4, o.gue);
-    let lco = !v4 && o.gue && p.kind == KIND_L4 && !p.first_fragment && p.l4 == p.l3 + 40;
+    // ICMPv6 (never a fragment here) sums its pseudo-header as TCP and UDP do.
+    let lco = !v4
+        && o.gue
+        && (p.kind == KIND_L4 || p.kind == KIND_ICMP)
+        && !p.first_fragment
+        && p.l4 == p.l3 + 40;
     // The old L2 header (at most 22 bytes; the frame is longer: an IP header follows).
     let old_l2: [u8; 22] = get(ctx, 0)?;
     // SAFETY: a helper taking the context.

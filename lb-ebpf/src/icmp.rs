@@ -1,5 +1,6 @@
-//! ICMP: errors about balanced flows translated in both directions, and the "fragmentation
-//! needed" / "packet too big" errors xlb sends itself.
+//! ICMP: errors about balanced flows translated in both directions (errors about a DSR
+//! service's replies sent on to the flow's backend untranslated, as its data packets go), and
+//! the "fragmentation needed" / "packet too big" errors xlb sends itself.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
@@ -7,15 +8,16 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    csum, global, CtValue, FlowKey, NextHop, ServiceKey, AF_INET, BA_F_SHARED, BE_F_ESTABLISHED_OK,
-    ICMP_QUOTE_MAX, NH_F_KERNEL, PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, PROTO_UDP, TCP_ACK,
-    TCP_SYN,
+    csum, global, hash::flow_hash, CtValue, FlowKey, NextHop, ServiceKey, AF_INET, BA_F_SHARED,
+    BE_F_ACTIVE, BE_F_ESTABLISHED_OK, ICMP_QUOTE_MAX, MAX_BACKENDS, NH_F_KERNEL, NO_BACKEND,
+    PORTS_BACKEND, PORTS_SERVICE, PROTO_TCP, PROTO_UDP, SVC_F_DSR, TCP_ACK, TCP_SYN,
 };
 
 use crate::{
+    encap,
     maps::{
-        count, passive, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS, NH_SCRATCH, REVERSE,
-        SERVICES, UNCONFIRMED,
+        count, hash_seed, passive, port_in, BACKENDS, BACKEND_ADDRS, CONNTRACK, NEXTHOPS,
+        NH_SCRATCH, REVERSE, SERVICES, UNCONFIRMED,
     },
     nat::{csum_replace16, resolve, transmit, Target, DONE, NH_LOCAL, NH_NO_NEIGH, NH_OK},
     parse::{malformed, pass, ptr_at, Pkt, IPPROTO_ICMP, IPPROTO_ICMPV6},
@@ -134,7 +136,12 @@ fn try_handle(ctx: &XdpContext, p: &Pkt) -> Result<u32, u32> {
         return Ok(other_icmp());
     }
     if port_in(PORTS_SERVICE, q.esport) {
-        let r = to_backend(ctx, p, &q);
+        let mut r = to_backend(ctx, p, &q);
+        if r == DSR {
+            // Called from here, not from `to_backend`: the verifier adds up the stack frames
+            // of a call chain (512 bytes in all), and `to_backend`'s is large.
+            r = to_dsr_backend(ctx, p, &q);
+        }
         if r != NOT_OURS {
             return Ok(r);
         }
@@ -153,6 +160,8 @@ const IPPROTO_FRAGMENT: u8 = 44;
 
 /// `to_backend` / `to_client`: the error is about no flow of theirs.
 const NOT_OURS: u32 = u32::MAX;
+/// `to_backend`: the quoted source is a DSR service's: for `to_dsr_backend`.
+const DSR: u32 = u32::MAX - 1;
 
 /// An error about a reply xlb sent (VIP → client): to the flow's backend.
 #[inline(never)]
@@ -163,8 +172,12 @@ fn to_backend(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
         proto: q.proto,
         family: p.key.family,
     };
-    if SERVICES.get_ptr(&skey).is_none() {
+    let Some(svc) = SERVICES.get_ptr(&skey) else {
         return NOT_OURS;
+    };
+    // SAFETY: a map value pointer checked for null.
+    if unsafe { (*svc).flags } & SVC_F_DSR != 0 {
+        return DSR;
     }
     let key = FlowKey {
         src: q.edst,
@@ -202,6 +215,114 @@ fn to_backend(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
     let nh = unsafe { &mut *nh };
     let src = p.key.src;
     deliver(ctx, p, q, true, &t, &src, nh)
+}
+
+/// An error about a reply a DSR backend sent from the VIP (VIP → client): to the backend that
+/// holds the flow, found as its data packets find it (the flow's entry, else the service's
+/// Maglev table), unchanged but for its TTL, the way the service forwards (`encap`). The
+/// backend's own stack then sees the error (and lowers its path MTU).
+#[inline(never)]
+fn to_dsr_backend(ctx: &XdpContext, p: &Pkt, q: &Quote) -> u32 {
+    // The lookups in their own frame: this one is in the chain down to `encap`'s.
+    let f = dsr_flow(p, q);
+    if f == NO_FLOW {
+        return NOT_OURS;
+    }
+    let id = (f & 0xffff) as u32;
+    let Some(be) = BACKENDS.get_ptr(id) else {
+        return NOT_OURS;
+    };
+    let Some(nh) = NEXTHOPS.get_ptr_mut(id) else {
+        return NOT_OURS;
+    };
+    if p.ttl <= 1 {
+        count(global::TTL_EXCEEDED);
+        return pass();
+    }
+    // Flow hash << 32 | service id.
+    let ids = (f & !0xffff_ffff) | ((f >> 16) & 0xffff);
+    // SAFETY: map value pointers checked for null.
+    let r = unsafe { encap::send_error(ctx, p, ids, &(*be).addr, &mut *nh) };
+    if r == encap::TOO_BIG {
+        // Too big once encapsulated (IPv4 without DF went to the kernel): no ICMP error about
+        // an ICMP error.
+        count(global::DROPPED);
+        return XDP_DROP;
+    }
+    r
+}
+
+/// `dsr_flow`: no backend for the flow.
+const NO_FLOW: u64 = u64::MAX;
+
+// Backend and service ids fit in 16 bits (`dsr_flow`; services: at most 4096, the
+// daemon's `max_services` limit).
+const _: () = assert!(MAX_BACKENDS <= 1 << 16);
+
+/// The client flow a DSR service's error is about (the quoted packet reversed): its flow
+/// hash << 32 | service id << 16 | the backend it goes to (its entry's if it has one and the
+/// backend takes established flows, else the Maglev table's if that backend is active), or
+/// [`NO_FLOW`].
+#[inline(never)]
+fn dsr_flow(p: &Pkt, q: &Quote) -> u64 {
+    let skey = ServiceKey {
+        addr: q.esrc,
+        port: q.esport,
+        proto: q.proto,
+        family: p.key.family,
+    };
+    let service_id = match SERVICES.get_ptr(&skey) {
+        // SAFETY: a map value pointer checked for null.
+        Some(svc) => unsafe { (*svc).id },
+        None => return NO_FLOW,
+    };
+    let key = FlowKey {
+        src: q.edst,
+        dst: q.esrc,
+        sport: q.edport,
+        dport: q.esport,
+        proto: q.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let mut id = NO_BACKEND;
+    if let Some(ct) = flow_entry(&key) {
+        // SAFETY: map value pointers checked for null.
+        unsafe {
+            let b = (*ct).backend_id;
+            if (*ct).service_id == service_id {
+                if let Some(be) = BACKENDS.get_ptr(b) {
+                    if (*be).flags & BE_F_ESTABLISHED_OK != 0 {
+                        id = b;
+                    }
+                }
+            }
+        }
+    }
+    if id == NO_BACKEND {
+        // No entry here (another node of a fleet saw the flow, or it was evicted): the node
+        // that forwards its packets picks the backend by the same table.
+        let b = table_backend(&key);
+        match BACKENDS.get_ptr(b) {
+            // SAFETY: as above.
+            Some(be) if unsafe { (*be).flags } & BE_F_ACTIVE != 0 => id = b,
+            _ => return NO_FLOW,
+        }
+    }
+    ((key_hash(&key) as u64) << 32) | (((service_id & 0xffff) as u64) << 16) | (id & 0xffff) as u64
+}
+
+/// The flow hash of client flow `key` (its own frame: off the caller's stack).
+#[inline(never)]
+fn key_hash(key: &FlowKey) -> u32 {
+    flow_hash(
+        &key.src,
+        &key.dst,
+        key.sport,
+        key.dport,
+        key.proto,
+        hash_seed(),
+    )
 }
 
 /// Send a translated error on: TTL, next hop (the kernel's when there is no neighbour yet

@@ -6,7 +6,10 @@
 //! discovery through xlb's "too big" answers is part of it), and UDP request/response. The
 //! replies go from the backends straight to the client: through the balancer namespace's
 //! kernel routing, which the XDP program only passes (`replies` stays 0, no service counts a
-//! reply byte). Every backend decapsulated traffic (`xlb decap --stats`).
+//! reply byte). Every backend decapsulated traffic (`xlb decap --stats`). A router's "too
+//! big" about a backend's reply, sent to the VIP, reaches the flow's backend through xlb
+//! (decapsulated by `xlb decap`), whose kernel then shows the lowered path MTU towards the
+//! client (`ip route get`).
 //!
 //! Needs root (skipped with a message otherwise).
 use std::{
@@ -151,6 +154,88 @@ fn global(xlb: &Xlbd, name: &str) -> u64 {
     let map: aya::maps::PerCpuArray<_, u64> =
         aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).unwrap();
     map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// The Internet checksum of `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// From the client's namespace (a raw socket, standing in for a router on the path), to the
+/// VIP: ICMP "fragmentation needed" / ICMPv6 "packet too big" with MTU 1400 about the UDP reply
+/// `vip`:5353 → `client`:`port` (quoting its IP and UDP headers and 4 bytes).
+fn send_too_big(lab: &Lab, client: IpAddr, vip: IpAddr, port: u16) -> Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let udp = |len: u16| {
+        let mut u = 5353u16.to_be_bytes().to_vec();
+        u.extend_from_slice(&port.to_be_bytes());
+        u.extend_from_slice(&len.to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(b"b1b2");
+        u
+    };
+    let (domain, proto, msg) = match (vip, client) {
+        (IpAddr::V4(v), IpAddr::V4(c)) => {
+            let mut ip = vec![0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0];
+            ip.extend_from_slice(&v.octets());
+            ip.extend_from_slice(&c.octets());
+            let ck = checksum(&ip);
+            ip[10..12].copy_from_slice(&ck.to_be_bytes());
+            let mut m = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+            m.extend_from_slice(&ip);
+            m.extend_from_slice(&udp(12));
+            let ck = checksum(&m);
+            m[2..4].copy_from_slice(&ck.to_be_bytes());
+            (Domain::IPV4, Protocol::ICMPV4, m)
+        }
+        (IpAddr::V6(v), IpAddr::V6(c)) => {
+            let mut ip = vec![0x60, 0, 0, 0, 0, 12, 17, 64];
+            ip.extend_from_slice(&v.octets());
+            ip.extend_from_slice(&c.octets());
+            // The kernel fills in the ICMPv6 checksum.
+            let mut m = vec![2, 0, 0, 0, 0, 0, 0x05, 0x78];
+            m.extend_from_slice(&ip);
+            m.extend_from_slice(&udp(12));
+            (Domain::IPV6, Protocol::ICMPV6, m)
+        }
+        _ => anyhow::bail!("mixed families"),
+    };
+    lab.client_ns().enter(|| -> Result<()> {
+        let s = Socket::new(domain, Type::RAW, Some(proto)).context("raw socket")?;
+        s.send_to(&msg, &SockAddr::from(SocketAddr::new(vip, 0)))
+            .context("sending the ICMP error")?;
+        Ok(())
+    })
+}
+
+/// The path MTU backend `i` has cached towards `client` from `vip` (`ip route get`'s `mtu`).
+fn route_mtu(lab: &Lab, i: usize, client: IpAddr, vip: IpAddr) -> Option<u32> {
+    let out = lab
+        .backend_ns(i)
+        .exec([
+            "ip",
+            "route",
+            "get",
+            &client.to_string(),
+            "from",
+            &vip.to_string(),
+        ])
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut w = text.split_whitespace();
+    while let Some(t) = w.next() {
+        if t == "mtu" {
+            return w.next()?.parse().ok();
+        }
+    }
+    None
 }
 
 #[test]
@@ -315,6 +400,50 @@ fn dsr_l2_ipip_gue_v4_v6_tcp_udp() {
                     .unwrap_or_default()
             );
         }
+    }
+    // ICMP errors about the backends' replies: a router's "fragmentation needed" / "packet
+    // too big" about a UDP reply (VIP:5353 → client) goes to the VIP, that is through xlb, to
+    // the backend the flow's packets go to (no entry here: the Maglev table's), the way the
+    // service forwards; that backend's kernel lowers its path MTU towards the client.
+    let icmp_before = global(&xlb, "icmp_to_backend");
+    let mut sent = 0;
+    for (encap, last) in ENCAPS {
+        for vip in [vip4(last), vip6(last)] {
+            port += 1;
+            let client = if vip.is_ipv4() {
+                IpAddr::V4(lab.client_v4())
+            } else {
+                IpAddr::V6(lab.client_v6())
+            };
+            for i in 1..=2 {
+                let fam = if vip.is_ipv4() { "-4" } else { "-6" };
+                lab.backend_ns(i)
+                    .exec(["ip", fam, "route", "flush", "cache"])
+                    .unwrap();
+            }
+            send_too_big(&lab, client, vip, port).unwrap();
+            sent += 1;
+            let deadline = std::time::Instant::now() + T;
+            let lowered = loop {
+                let with: Vec<usize> = (1..=2)
+                    .filter(|&i| route_mtu(&lab, i, client, vip) == Some(1400))
+                    .collect();
+                if with.len() == 1 || std::time::Instant::now() > deadline {
+                    break with;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if lowered.len() != 1 {
+                failures.push(format!(
+                    "{encap} {vip}: \"too big\" about a reply to port {port}: path MTU 1400 \
+                     towards {client} on backends {lowered:?}, want exactly one"
+                ));
+            }
+        }
+    }
+    let icmp_sent = global(&xlb, "icmp_to_backend") - icmp_before;
+    if icmp_sent != sent {
+        failures.push(format!("icmp_to_backend +{icmp_sent}, want +{sent}"));
     }
     let counters: Vec<String> = lb_common::global::NAMES
         .iter()

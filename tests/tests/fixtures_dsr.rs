@@ -8,7 +8,8 @@
 //! ones); frames too big once encapsulated (ICMP with the MTU minus the overhead, or the
 //! kernel for IPv4 without DF); and `xlb_decap`: IPIP and GUE in, the inner packet out,
 //! what is not for it passed untouched, malformed tunnels dropped, the VIP filter, and
-//! xlb's own encapsulated frames decapsulated back to the client's packet.
+//! xlb's own encapsulated frames decapsulated back to the client's packet; ICMP errors about
+//! DSR replies carried to the flow's backend unchanged, and decapsulated back.
 //!
 //! Needs root (skipped with a message otherwise).
 mod common;
@@ -778,6 +779,149 @@ fn dsr_without_a_direct_path() {
         Some("fib_no_neigh"),
     );
     r.finish("dsr without a direct path", 3);
+}
+
+// ---- ICMP errors about DSR flows ----
+
+/// Routers on the client side (the sources of the errors).
+const R4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 254));
+const R6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe));
+
+/// A router's "fragmentation needed" (IPv4) / "packet too big" (IPv6) with MTU 1400, to the
+/// VIP, about the backend's reply VIP:80 → client:`port` (quoted whole, as sent with TTL 61).
+fn too_big_error(c: IpAddr, v: IpAddr, port: u16) -> Vec<u8> {
+    let reply = ipx(v, c, 61, PROTO_TCP, &tcp(v, c, 80, port, false, DATA));
+    let mtu = [0, 0, 0x05, 0x78];
+    if c.is_ipv4() {
+        icmp_err(R4, v, 64, 3, 4, mtu, &reply)
+    } else {
+        icmp_err(R6, v, 64, 2, 0, mtu, &reply)
+    }
+}
+
+/// ICMP errors about a DSR flow's replies (which the backend sent from the VIP) reach the
+/// flow's backend unchanged inside (the ICMP message and its quote untouched, only the TTL /
+/// hop limit one lower), carried as the service's data packets are: MACs only (`l2`), or
+/// encapsulated from the outer source the flow's own packets get (`ipip`, `gue`); counted
+/// `icmp_to_backend`. A flow without an entry here goes where the Maglev table sends it.
+/// `xlb_decap` hands the encapsulated errors to the backend's stack as they were.
+#[test]
+fn dsr_icmp_errors_reach_the_backend_unchanged() {
+    if skip() {
+        return;
+    }
+    let mut r = Runner::new(Fixture::with_config(CONFIG));
+    let ci = r.fx.ifindex_client;
+    let mut d = xlb::dsr::Decap::load(6080, &[], None).expect("load xlb_decap");
+    d.set_local_addrs(&[HOST4, HOST6]).unwrap();
+    let mut port = 49000u16;
+    for e in [Encap::L2, Encap::Ipip, Encap::Gue] {
+        for v6 in [false, true] {
+            for pinned in [true, false] {
+                port += 1;
+                let (c, b) = if v6 { (C6, B6) } else { (C4, B4) };
+                let v = vip(e, v6);
+                let fam = if v6 {
+                    "v6 packet too big"
+                } else {
+                    "v4 fragmentation needed"
+                };
+                let how = if pinned {
+                    "pinned flow"
+                } else {
+                    "flow without an entry"
+                };
+                if pinned {
+                    // A data segment pins the flow in the connection table at once.
+                    let data = packet(c, v, port, 80, true, 100, V4::default());
+                    r.case(
+                        name(format!("{e:?} {fam}: the flow's data")),
+                        client_frame(data),
+                        ci,
+                        XDP_REDIRECT,
+                        Exp::Check(Box::new(|_| Ok(()))),
+                        Some("forwarded"),
+                    );
+                    let key = flow_key(c, v, port, 80, PROTO_TCP);
+                    let pinned_ok = r.fx.has_confirmed_flow(&key);
+                    r.expect("flow pinned", pinned_ok, "the data segment pinned no flow");
+                }
+                let err = too_big_error(c, v, port);
+                // The flow's hash: the outer source and GUE port of its data packets.
+                let h = hash(c, v, port, 80, PROTO_TCP);
+                let out_l3 = match e {
+                    Encap::L2 => dec(err.clone()),
+                    _ => encapsulate(e, &dec(err.clone()), outer_src(v6, h), b, h, 6080),
+                };
+                let out = r.case(
+                    name(format!("{e:?} {fam}, {how} → the backend, unchanged")),
+                    client_frame(err.clone()),
+                    ci,
+                    XDP_REDIRECT,
+                    Exp::Frame(eth(LB_BACKENDS_MAC, backend_mac(1), &[], &out_l3)),
+                    Some("icmp_to_backend"),
+                );
+                if let Err(err) = inner_ok(&out, e) {
+                    r.expect("inner checksums", false, &err);
+                }
+                if e != Encap::L2 && !out.is_empty() {
+                    // The backend's side: the error as it left the router, TTL one lower.
+                    let (rc, back) = run_decap(&d, &out);
+                    let want = eth(LB_BACKENDS_MAC, backend_mac(1), &[], &dec(err));
+                    r.expect(
+                        name(format!("{e:?} {fam}, {how}: xlb_decap")),
+                        rc == XDP_PASS && back == want,
+                        &format!(
+                            "decap {}\n    got  {}\n    want {}",
+                            act(rc),
+                            hex(&back),
+                            hex(&want)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    r.finish("dsr icmp errors", 18);
+}
+
+/// An ICMP error about a DSR flow that arrives with TTL 1 is the kernel's (it answers "time
+/// exceeded"); one too big once encapsulated is dropped (no ICMP error about an ICMP error).
+#[test]
+fn dsr_icmp_errors_ttl_and_mtu() {
+    if skip() {
+        return;
+    }
+    let fx = Fixture::with_config(CONFIG);
+    fx.set_mtu("veth-backends", 1300);
+    let mut r = Runner::new(fx);
+    let ci = r.fx.ifindex_client;
+    let v = vip(Encap::Gue, false);
+    let mut err = too_big_error(C4, v, 49100);
+    err[8] = 1;
+    fix_ip4_checksum(&mut err);
+    r.case(
+        "gue v4, TTL 1 → the kernel",
+        client_frame(err),
+        ci,
+        XDP_PASS,
+        Exp::Same,
+        Some("ttl_exceeded"),
+    );
+    // An IPv6 error of 1280 bytes: 1332 once in GUE, over the link's 1300.
+    let v = vip(Encap::Gue, true);
+    let big = packet(v, C6, 80, 49101, true, 1280 - 48, V4::default());
+    let err = icmp_err(R6, v, 64, 2, 0, [0, 0, 0x05, 0x00], &big);
+    assert_eq!(err.len(), 1280);
+    r.case(
+        "gue v6, too big once encapsulated → dropped",
+        client_frame(err),
+        ci,
+        XDP_DROP,
+        Exp::Dropped,
+        Some("dropped"),
+    );
+    r.finish("dsr icmp errors: ttl and mtu", 2);
 }
 
 // ---- xlb_decap ----

@@ -70,17 +70,20 @@ fn config() -> String {
     format!(
         "[daemon]\ninterfaces = [\"veth-client\", \"veth-backends\"]\nconntrack_size = {CONNTRACK_SIZE}\nhash_seed = 7\n\n\
          [[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\ntarget_group = \"web\"\n\n\
-         {}{}\
+         {}{}{}\
          [[target_group]]\nname = \"web\"\nport = 8080\nbackends = {backends}\n\n\
          [[target_group]]\nname = \"dsr\"\nbackends = {backends}\n",
         dsr("dsr-gue", DSR_GUE_PORT, "gue"),
         dsr("dsr-ipip", DSR_IPIP_PORT, "ipip"),
+        // `l2`: MACs only, no source prefix.
+        dsr("dsr-l2", DSR_L2_PORT, "l2").replace("dsr_source_prefix = \"198.18.99.0/24\"\n", ""),
     )
 }
 
 /// Service ports of the DSR services (same VIP; the backends serve these ports).
 const DSR_GUE_PORT: u16 = 81;
 const DSR_IPIP_PORT: u16 = 82;
+const DSR_L2_PORT: u16 = 83;
 
 impl Fixture {
     /// Run `frame` once through `program` (received on `ifindex`): its action.
@@ -345,6 +348,27 @@ impl Fixture {
                 .conntrack
                 .insert(flow_key(src, sport), ct, 0)
                 .with_context(|| format!("inserting flow {i}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Fixture {
+    /// Inserts `UNCONFIRMED` entries for `count` flows from `from` on (handshakes pinned to
+    /// the backends in turn).
+    fn fill_unconfirmed(&mut self, from: u64, count: u64) -> Result<()> {
+        for i in from..from + count {
+            let (src, sport) = flow(i);
+            let ct = CtValue {
+                backend_id: self.backend_ids[(i % self.backend_ids.len() as u64) as usize],
+                service_id: self.service_id,
+                ..Default::default()
+            };
+            self.dp
+                .forge_maps()
+                .unconfirmed
+                .insert(flow_key(src, sport), ct, 0)
+                .with_context(|| format!("inserting unconfirmed flow {i}"))?;
         }
         Ok(())
     }
@@ -663,6 +687,46 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             Some(("replies", 1)),
             None,
         )?);
+        // Direct server return: an established flow's packet, sent on with its MACs rewritten
+        // (l2) or encapsulated (IPIP, GUE). DSR never sees the replies.
+        for (port, name) in [
+            (DSR_L2_PORT, results::CASE_DSR_L2),
+            (DSR_IPIP_PORT, results::CASE_DSR_IPIP),
+            (DSR_GUE_PORT, results::CASE_DSR_GUE),
+        ] {
+            let syn = tcp4(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                CLIENT,
+                VIP,
+                40100,
+                port,
+                Kind::Syn,
+            );
+            let data = tcp4(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                CLIENT,
+                VIP,
+                40100,
+                port,
+                Kind::Data,
+            );
+            // The SYN waits in UNCONFIRMED; the client's next packet confirms the flow.
+            for f in [&syn, &data] {
+                let rc = fx.once(prog, f, ci)?;
+                ensure!(rc == XDP_REDIRECT, "{name}: priming returned {rc}");
+            }
+            cases.push(b.case(
+                name,
+                1,
+                std::slice::from_ref(&data),
+                ci,
+                (XDP_REDIRECT, "XDP_REDIRECT"),
+                Some(("conntrack_miss", 0)),
+                None,
+            )?);
+        }
         // New flows: a SYN of a flow never seen, every packet. Per call: flows 0..n; in the
         // loop: 64Ki fresh flows per call from 1.5Mi on.
         let syns: Vec<Vec<u8>> = (0..n as u64)
@@ -689,6 +753,62 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             Some(("conntrack_miss", 1)),
             Some(&fresh),
         )?);
+    }
+    // New flows while `UNCONFIRMED` is full: every insert evicts. The table is filled with
+    // flows from 8Mi on; the packets are SYNs of flows from 12Mi on (per call) and 16Mi on
+    // (in the loop), never seen.
+    {
+        check_stop()?;
+        let cap = xlb::dataplane::unconfirmed_size(CONNTRACK_SIZE);
+        eprintln!("bench:   filling UNCONFIRMED to its {cap} entries");
+        fx.fill_unconfirmed(8 << 20, u64::from(cap))?;
+        let held = fx.dp.forge_maps().unconfirmed.keys().count() as u64;
+        // The LRU keeps a few free entries per CPU in reserve: full is within those.
+        ensure!(
+            held + 1024 >= u64::from(cap),
+            "UNCONFIRMED holds {held} of {cap} entries after filling"
+        );
+        eprintln!("bench:   UNCONFIRMED holds {held} of {cap} entries");
+        let syns: Vec<Vec<u8>> = (0..n as u64)
+            .map(|i| {
+                let (src, sport) = flow((12 << 20) + i);
+                tcp4(CLIENT_MAC, LB_CLIENT_MAC, src, VIP, sport, 80, Kind::Syn)
+            })
+            .collect();
+        let fresh = |call: u32| -> Vec<Vec<u8>> {
+            let base = (16 << 20) + u64::from(call) * u64::from(MAX_TEMPLATES);
+            (0..u64::from(MAX_TEMPLATES))
+                .map(|i| {
+                    let (src, sport) = flow(base + i);
+                    tcp4(CLIENT_MAC, LB_CLIENT_MAC, src, VIP, sport, 80, Kind::Syn)
+                })
+                .collect()
+        };
+        let b = Bench {
+            fx: &fx,
+            harness: Harness::new()?,
+            lp: if p.quick {
+                Loop { reps: 0, calls: 2 }
+            } else {
+                Loop { reps: 0, calls: 6 }
+            },
+            calls: n,
+        };
+        // `unconfirmed` counts successful inserts: one per packet, each into a full table.
+        cases.push(b.case(
+            results::CASE_NEW_FULL,
+            u64::from(cap),
+            &syns,
+            ci,
+            (XDP_REDIRECT, "XDP_REDIRECT"),
+            Some(("unconfirmed", 1)),
+            Some(&fresh),
+        )?);
+        let after = fx.dp.forge_maps().unconfirmed.keys().count() as u64;
+        ensure!(
+            after <= u64::from(cap),
+            "UNCONFIRMED holds {after} entries, more than its {cap}"
+        );
     }
     // The per-call new flows wait in UNCONFIRMED: the connection table is filled from 0.
     let mut in_table = 0;
@@ -762,10 +882,14 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             mean_ns: sum / calls as f64,
         });
     }
-    Ok(ProgResults {
+    let res = ProgResults {
         calls: n as u64,
         floor,
         cases,
         repeated,
-    })
+    };
+    if let Some(line) = results::dsr_vs_nat(&res) {
+        eprintln!("bench:   {line}");
+    }
+    Ok(res)
 }

@@ -30,6 +30,7 @@ const ATTACH_XDP: u32 = 37;
 const HELPER_MAP_LOOKUP: i32 = 1;
 const HELPER_TAIL_CALL: i32 = 12;
 const HELPER_REDIRECT: i32 = 23;
+const HELPER_XDP_ADJUST_HEAD: i32 = 44;
 
 /// `union bpf_attr` as bytes (large enough for every command used here).
 type Attr = [u8; 128];
@@ -187,6 +188,7 @@ const K: u8 = 0x00;
 const X: u8 = 0x08;
 const MOV: u8 = 0xb0;
 const ADD: u8 = 0x00;
+const SUB: u8 = 0x10;
 const AND: u8 = 0x50;
 const MEM: u8 = 0x60;
 const IMM: u8 = 0x00;
@@ -195,6 +197,7 @@ const B: u8 = 0x10;
 const DW: u8 = 0x18;
 const JEQ: u8 = 0x10;
 const JGT: u8 = 0x20;
+const JNE: u8 = 0x50;
 const CALL: u8 = 0x80;
 const EXIT: u8 = 0x90;
 const JA: u8 = 0x00;
@@ -218,6 +221,9 @@ fn mov_reg(dst: u8, src: u8) -> Insn {
 }
 fn add_imm(dst: u8, imm: i32) -> Insn {
     insn(ALU64 | ADD | K, dst, 0, 0, imm)
+}
+fn sub_reg(dst: u8, src: u8) -> Insn {
+    insn(ALU64 | SUB | X, dst, src, 0, 0)
 }
 fn and_imm(dst: u8, imm: i32) -> Insn {
     insn(ALU64 | AND | K, dst, 0, 0, imm)
@@ -265,6 +271,11 @@ impl Asm {
         self.to_fail.push(self.code.len());
         self.push(insn(JMP | JEQ | K, dst, 0, 0, imm));
     }
+    /// `if dst != imm goto fail`
+    fn jne_imm_fail(&mut self, dst: u8, imm: i32) {
+        self.to_fail.push(self.code.len());
+        self.push(insn(JMP | JNE | K, dst, 0, 0, imm));
+    }
     /// `if dst > src goto fail`
     fn jgt_reg_fail(&mut self, dst: u8, src: u8) {
         self.to_fail.push(self.code.len());
@@ -295,10 +306,19 @@ pub fn redirect_prog(ifindex: u32) -> Vec<Insn> {
 /// Value size of the harness's template map: frames up to this long.
 pub const TEMPLATE_BYTES: u32 = 128;
 
-/// The harness: `i = counter++ & mask; copy templates[i][..len] over the packet;
-/// tail_call(progs, 0)`. Returns `XDP_ABORTED` (0) if anything fails (a missing template, a
-/// shorter packet, an empty program slot), so a run whose last return value is the tested
-/// program's expected action went through the tail call.
+/// The harness: `i = counter++ & mask; bpf_xdp_adjust_head(ctx, (data_end - data) - len);
+/// copy templates[i][..len] over the packet; tail_call(progs, 0)`. Returns `XDP_ABORTED` (0)
+/// if anything fails (a missing template, a shorter packet, a failed head adjustment, an
+/// empty program slot), so a run whose last return value is the tested program's expected
+/// action went through the tail call.
+///
+/// The kernel's `repeat` loop runs every repetition on the same `xdp_buff`: what the previous
+/// repetition did to its head stays (an encapsulation moved `data` back by its overhead), and
+/// repetition after repetition the headroom would run out (`bpf_xdp_adjust_head` failing: the
+/// DSR cases' `XDP_DROP`). The tested programs move only the head, never the tail, so moving
+/// the head back to `len` bytes before `data_end` restores the frame's original start. The
+/// adjustment is made every time (by 0 for programs that do not move the head), so the floor
+/// pays for it too.
 pub fn harness_prog(
     counter: BorrowedFd<'_>,
     templates: BorrowedFd<'_>,
@@ -322,6 +342,15 @@ pub fn harness_prog(
     a.push(add_imm(R8, 1));
     a.push(stx(DW, R0, R8, 0));
     a.push(and_imm(R7, mask as i32));
+    // The frame back to its original start: bpf_xdp_adjust_head(ctx, (data_end - data) - len).
+    a.push(ldx(W, R2, R6, 0));
+    a.push(ldx(W, R3, R6, 4));
+    a.push(sub_reg(R3, R2));
+    a.push(add_imm(R3, -(len as i32)));
+    a.push(mov_reg(R2, R3));
+    a.push(mov_reg(R1, R6));
+    a.push(call(HELPER_XDP_ADJUST_HEAD));
+    a.jne_imm_fail(R0, 0);
     // r0 = &templates[r7]
     a.push(stx(W, R10, R7, -8));
     a.push(mov_reg(R2, R10));

@@ -424,6 +424,7 @@ impl Results {
             (CASE_REPLY, "Per-packet cost, reply of an established flow: ≤ 270 ns", 270.0),
             (CASE_PASS, "Per-packet cost, non-service traffic: ≤ 30 ns", 30.0),
             (CASE_NEW, "Per-packet cost, new flow (SYN, miss, insert into UNCONFIRMED): ≤ 500 ns (Katran 786 ns)", 500.0),
+            (CASE_NEW_FULL, "Per-packet cost, new flow while the table is full (insert evicts): ≤ 600 ns", 600.0),
         ] {
             t.push(match self.prog_case(name) {
                 Some(c) => check(
@@ -621,6 +622,39 @@ pub const CASE_EST_1M: &str = "established flow, 1Mi flows in the table";
 #[cfg_attr(not(feature = "xlb"), allow(dead_code))]
 pub const CASE_REPLY: &str = "reply (reverse NAT)";
 pub const CASE_PASS: &str = "non-service traffic (XDP_PASS)";
+pub const CASE_NEW_FULL: &str =
+    "new TCP flow (SYN) while UNCONFIRMED is full: Maglev + insert evicting";
+pub const CASE_DSR_L2: &str = "established flow, DSR l2 (MACs rewritten)";
+pub const CASE_DSR_IPIP: &str = "established flow, DSR ipip (IPIP encapsulation)";
+pub const CASE_DSR_GUE: &str = "established flow, DSR gue (GUE encapsulation)";
+
+/// The balancer's CPU in DSR mode next to NAT mode, from one run's per-packet costs: per
+/// client → server packet, and per flow whose server answers every client packet with one
+/// reply (NAT handles that reply too; DSR never sees it).
+pub fn dsr_vs_nat(p: &ProgResults) -> Option<String> {
+    let cost = |name: &str| p.cases.iter().find(|c| c.name == name).map(|c| c.cost_ns());
+    let (est, reply) = (cost(CASE_EST_1)?, cost(CASE_REPLY)?);
+    let mut out = format!(
+        "DSR next to NAT (1 flow in the table, loop net): NAT costs {est:.0} ns per client → \
+         server packet and {reply:.0} ns per reply, {:.0} ns per request/reply pair.",
+        est + reply
+    );
+    for (name, mode) in [
+        (CASE_DSR_L2, "l2"),
+        (CASE_DSR_IPIP, "ipip"),
+        (CASE_DSR_GUE, "gue"),
+    ] {
+        if let Some(d) = cost(name) {
+            out.push_str(&format!(
+                " DSR {mode}: {d:.0} ns per client → server packet ({:.2}× NAT's), nothing per \
+                 reply: {:.2}× NAT's CPU per pair.",
+                d / est,
+                d / (est + reply)
+            ));
+        }
+    }
+    Some(out)
+}
 
 // ---- markdown ----
 
@@ -779,6 +813,9 @@ pub fn markdown(r: &Results, charts: &ChartFiles) -> String {
                 c.p99_ns,
                 c.net_ns
             );
+        }
+        if let Some(line) = dsr_vs_nat(p) {
+            let _ = writeln!(m, "\n{line}");
         }
         if !p.repeated.is_empty() {
             let _ = writeln!(
