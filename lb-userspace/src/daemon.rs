@@ -11,11 +11,9 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::MapData;
 use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -25,9 +23,10 @@ use crate::{
     instance::{self, InstanceLock, PinManifest},
     links,
     model::{
-        ApiError, BackendSource, BackendStatus, ChangeResult, Envelope, GroupStatus,
-        InterfaceStatus, Reply, Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
+        ApiError, BackendSource, BackendStatus, ChangeResult, GroupStatus, InterfaceStatus, Reply,
+        Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
     },
+    msg::{self, HookResult, Msg},
     passive,
     reconcile::{Links, Reconciler},
     scaling,
@@ -186,7 +185,7 @@ fn monotonic_coarse_ns() -> u64 {
 fn spawn_sweeper(
     pins: (PathBuf, PathBuf),
     cfg: sweep::SweepConfig,
-    tx: mpsc::Sender<Sweep>,
+    tx: mpsc::Sender<Msg>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let (ct_pin, backends_pin) = pins;
     let ct = MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
@@ -221,7 +220,7 @@ fn spawn_sweeper(
                         "conntrack sweep deleted expired entries"
                     );
                 }
-                if tx.blocking_send(s).is_err() {
+                if tx.blocking_send(Msg::Sweep(s)).is_err() {
                     return;
                 }
             }
@@ -231,27 +230,8 @@ fn spawn_sweeper(
     }))
 }
 
-/// A finished hook, back on the owner loop.
-enum HookResult {
-    Launch {
-        group: String,
-        result: Result<crate::scaling::HookOutput, String>,
-    },
-    Terminate {
-        group: String,
-        backend: String,
-        result: Result<(), String>,
-    },
-    Metrics {
-        group: String,
-        lines: Vec<String>,
-        /// The command ran and exited 0 (for the metrics).
-        ok: bool,
-    },
-}
-
 /// Start a hook on its own task; its result comes back on `tx`.
-fn spawn_hook(job: HookJob, tx: mpsc::Sender<HookResult>) {
+fn spawn_hook(job: HookJob, tx: mpsc::Sender<Msg>) {
     tokio::spawn(async move {
         let result = match job {
             HookJob::Launch {
@@ -313,7 +293,7 @@ fn spawn_hook(job: HookJob, tx: mpsc::Sender<HookResult>) {
                 HookResult::Metrics { group, lines, ok }
             }
         };
-        let _ = tx.send(result).await;
+        let _ = tx.send(Msg::Hook(result)).await;
     });
 }
 
@@ -364,9 +344,9 @@ struct Daemon {
     desired: Desired,
     attachments: Vec<Attachment>,
     checkers: HashMap<CheckToken, (String, CheckerHandle)>,
-    check_tx: mpsc::Sender<(CheckToken, CheckOutcome)>,
+    /// The owner loop's channel, for the producers the loop starts (checkers, hooks).
+    tx: mpsc::Sender<Msg>,
     started: Instant,
-    hook_tx: mpsc::Sender<HookResult>,
     rates: Rates,
     /// Passive health per (backend id, member uid): the last counters read and the window.
     passive: HashMap<
@@ -404,6 +384,82 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Handle one message of the loop; `Break` stops the daemon.
+    fn on(&mut self, m: Msg) -> ControlFlow<()> {
+        match m {
+            Msg::Stop => return ControlFlow::Break(()),
+            Msg::Reload => {
+                let r = self.reload();
+                self.state.record_change("", "SIGHUP", "reload", &r);
+            }
+            Msg::Api(env) => {
+                let r = self.handle(env.request);
+                if let Err(e) = &r {
+                    debug!(error = %e, "API request failed");
+                }
+                let _ = env.reply.send(r);
+            }
+            Msg::Hook(r) => self.hook_done(r),
+            Msg::Links(l) => self.links_changed(&l),
+            Msg::Check(token, outcome) => self.check_done(&token, &outcome),
+            Msg::PassiveTick => self.passive_poll(),
+            Msg::Sweep(sweep) => self.sweep_done(sweep),
+            Msg::Tick => self.tick(),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A health check's outcome: a transition is an event and changes the maps.
+    fn check_done(&mut self, token: &CheckToken, outcome: &CheckOutcome) {
+        self.telemetry.check(&self.state, token, outcome);
+        if let Some(t) = self.state.observe(token, outcome) {
+            let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
+            self.state
+                .push_event(&t.group, "health", msg, Default::default());
+            if let Err(e) = self.apply() {
+                error!(error = %e, "applying a health change failed");
+            }
+        }
+    }
+
+    /// A conntrack sweep's findings: delete the flows of backends that are gone (decided
+    /// here, see [`Reconciler::remove_stale_flows`]) and take the open-flow counts.
+    fn sweep_done(&mut self, sweep: Sweep) {
+        match self
+            .reconciler
+            .remove_stale_flows(&mut self.dp, &sweep.stale)
+        {
+            Ok(0) => {}
+            Ok(n) => debug!(entries = n, "removed flows of backends that are gone"),
+            Err(e) => warn!(error = %e, "removing flows of backends that are gone"),
+        }
+        let desired = self.desired.clone();
+        self.state.apply_sweep(&sweep.open, &desired, sweep.at);
+        self.last_open = sweep.open;
+        self.conntrack_entries = Some(sweep.entries);
+    }
+
+    /// The 1 s tick: finished drains (and a failed apply tried again), scaling, the fleet,
+    /// alerts, the idle table slots, the HTTP snapshot.
+    fn tick(&mut self) {
+        let left = self.state.finish_drains(Instant::now());
+        if !left.is_empty() || self.retry_apply {
+            for l in &left {
+                info!("{l}");
+            }
+            if let Err(e) = self.apply() {
+                error!(error = %e, "applying finished drains failed");
+            }
+        }
+        self.scaling_round();
+        self.fleet_update();
+        self.alert_round();
+        if let Err(e) = self.reconciler.prepare_idle_slots(&mut self.dp) {
+            warn!(error = %e, "preparing the idle table slots failed");
+        }
+        self.publish();
+    }
+
     /// Write what the state now wants (after a fact: a health transition, a finished drain,
     /// a scaling round, a hook's result); keep checks and the state file in step. When the
     /// maps refuse it, they are put back to the last desired state and the next tick tries
@@ -505,8 +561,7 @@ impl Daemon {
             if self.checkers.get(&token).is_some_and(|(f, _)| *f == fp) {
                 continue;
             }
-            let handle =
-                health::spawn_checker(token.clone(), spec, interval, self.check_tx.clone());
+            let handle = health::spawn_checker(token.clone(), spec, interval, self.tx.clone());
             self.checkers.insert(token, (fp, handle));
         }
     }
@@ -696,7 +751,7 @@ impl Daemon {
         // the same backends again.
         let launching = jobs.iter().any(|j| matches!(j, HookJob::Launch { .. }));
         for job in jobs {
-            spawn_hook(job, self.hook_tx.clone());
+            spawn_hook(job, self.tx.clone());
         }
         self.telemetry.scaling(&self.state);
         if changed {
@@ -1135,11 +1190,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     }
 
-    let (check_tx, mut check_rx) = mpsc::channel::<(CheckToken, CheckOutcome)>(1024);
-    let (api_tx, mut api_rx) = mpsc::channel::<Envelope>(64);
-    let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
-    let (hook_tx, mut hook_rx) = mpsc::channel::<HookResult>(64);
-    let (links_tx, mut links_rx) = mpsc::channel::<Links>(4);
+    // One channel for everything that reaches the loop (see `crate::msg` on its bound).
+    let (tx, mut rx) = mpsc::channel::<Msg>(msg::CAPACITY);
 
     let mut daemon = Daemon {
         config_path: config_path.clone(),
@@ -1148,9 +1200,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         desired: Desired::default(),
         attachments: Vec::new(),
         checkers: HashMap::new(),
-        check_tx,
+        tx: tx.clone(),
         started: Instant::now(),
-        hook_tx,
         rates: Rates::default(),
         passive: HashMap::new(),
         retry_apply: false,
@@ -1207,7 +1258,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         None => None,
         Some(name) => Some(api::ApiGroup::lookup(name).map_err(anyhow::Error::msg)?),
     };
-    let _api = api::serve_with(&d.api_socket, api_tx, api_group)
+    let _api = api::serve_with(&d.api_socket, tx.clone(), api_group)
         .await
         .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
     let _http = match d.http_listen {
@@ -1223,9 +1274,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             tcp_idle: d.tcp_idle_timeout,
             udp_idle: d.udp_idle_timeout,
         };
-        spawn_sweeper(pins, cfg, sweep_tx)?;
+        spawn_sweeper(pins, cfg, tx.clone())?;
     }
-    match links::spawn_watcher(d.interfaces.clone(), links_tx) {
+    match links::spawn_watcher(d.interfaces.clone(), tx.clone()) {
         Ok(_) => {}
         Err(e) => warn!(
             error = %e,
@@ -1257,69 +1308,25 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     crate::service::notify_ready(&daemon.status_line());
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut passive_tick = tokio::time::interval(passive::POLL_EVERY);
-    passive_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => {
-                let r = daemon.reload();
-                daemon.state.record_change("", "SIGHUP", "reload", &r);
-            }
-            Some(env) = api_rx.recv() => {
-                let r = daemon.handle(env.request);
-                if let Err(e) = &r {
-                    debug!(error = %e, "API request failed");
-                }
-                let _ = env.reply.send(r);
-            }
-            Some(r) = hook_rx.recv() => daemon.hook_done(r),
-            Some(l) = links_rx.recv() => daemon.links_changed(&l),
-            Some((token, outcome)) = check_rx.recv() => {
-                daemon.telemetry.check(&daemon.state, &token, &outcome);
-                if let Some(t) = daemon.state.observe(&token, &outcome) {
-                    let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
-                    daemon.state.push_event(&t.group, "health", msg, Default::default());
-                    if let Err(e) = daemon.apply() {
-                        error!(error = %e, "applying a health change failed");
-                    }
-                }
-            }
-            _ = passive_tick.tick() => daemon.passive_poll(),
-            Some(sweep) = sweep_rx.recv() => {
-                match daemon.reconciler.remove_stale_flows(&mut daemon.dp, &sweep.stale) {
-                    Ok(0) => {}
-                    Ok(n) => debug!(entries = n, "removed flows of backends that are gone"),
-                    Err(e) => warn!(error = %e, "removing flows of backends that are gone"),
-                }
-                let desired = daemon.desired.clone();
-                daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);
-                daemon.last_open = sweep.open;
-                daemon.conntrack_entries = Some(sweep.entries);
-            }
-            _ = tick.tick() => {
-                let left = daemon.state.finish_drains(Instant::now());
-                if !left.is_empty() || daemon.retry_apply {
-                    for l in &left {
-                        info!("{l}");
-                    }
-                    if let Err(e) = daemon.apply() {
-                        error!(error = %e, "applying finished drains failed");
-                    }
-                }
-                daemon.scaling_round();
-                daemon.fleet_update();
-                daemon.alert_round();
-                if let Err(e) = daemon.reconciler.prepare_idle_slots(&mut daemon.dp) {
-                    warn!(error = %e, "preparing the idle table slots failed");
-                }
-                daemon.publish();
-            }
+    msg::spawn_signals(tx.clone())?;
+    msg::spawn_timer(
+        tx.clone(),
+        Duration::from_secs(1),
+        tokio::time::MissedTickBehavior::Burst,
+        || Msg::Tick,
+    );
+    msg::spawn_timer(
+        tx.clone(),
+        passive::POLL_EVERY,
+        tokio::time::MissedTickBehavior::Delay,
+        || Msg::PassiveTick,
+    );
+    drop(tx);
+    // The loop: one message at a time, in arrival order. The daemon keeps a sender of its
+    // own (for the checkers and hooks it starts), so the channel never closes under it.
+    while let Some(m) = rx.recv().await {
+        if daemon.on(m).is_break() {
+            break;
         }
     }
     crate::service::notify_stopping();

@@ -29,6 +29,7 @@ pub mod links;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod msg;
 pub mod passive;
 pub mod reconcile;
 pub mod scaling;
