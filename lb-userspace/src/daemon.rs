@@ -3,8 +3,9 @@
 //! conntrack sweeps, signals and a 1 s tick for drains. After each change the loop computes
 //! the desired state and the reconciler writes the difference to the maps.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,7 +18,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    api, commit, config,
+    api,
+    commit::{self, CommitError},
+    config,
     dataplane::{self, Attachment, Dataplane, LoadOptions, Pinning},
     health::{self, CheckOutcome, CheckerHandle},
     instance::{self, InstanceLock, PinManifest},
@@ -28,7 +31,7 @@ use crate::{
     },
     msg::{self, HookResult, Msg},
     passive,
-    reconcile::{Links, Reconciler},
+    reconcile::{Links, ReconcileError, Reconciler},
     scaling,
     state::{CheckToken, Desired, HookJob, Persisted, State},
     sweep::{self, Sweep},
@@ -339,9 +342,18 @@ impl Rates {
 struct Daemon {
     config_path: PathBuf,
     state: State,
+    /// The loaded program: attachments and reads (counters, status). Its maps are written
+    /// only by `writer`.
     dp: Dataplane,
-    reconciler: Reconciler,
-    desired: Desired,
+    /// The one writer of the maps: a thread of its own (see [`commit::Writer`]).
+    writer: commit::Writer,
+    /// What the maps hold: the desired state last applied.
+    desired: Arc<Desired>,
+    /// The loop's channel (see [`crate::msg`]).
+    rx: mpsc::Receiver<Msg>,
+    /// Messages that came while a map write was in flight and wait for it to end, in order
+    /// (read-only requests are answered at once instead).
+    deferred: VecDeque<Msg>,
     attachments: Vec<Attachment>,
     checkers: HashMap<CheckToken, (String, CheckerHandle)>,
     /// The owner loop's channel, for the producers the loop starts (checkers, hooks).
@@ -384,39 +396,141 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon over a loaded data plane whose maps `writer` writes, with the loop's channel
+    /// (`chan`); nothing is written or attached yet.
+    fn new(
+        config_path: PathBuf,
+        state: State,
+        dp: Dataplane,
+        writer: commit::Writer,
+        chan: (mpsc::Sender<Msg>, mpsc::Receiver<Msg>),
+    ) -> Self {
+        let d = &state.config.daemon;
+        Daemon {
+            config_path,
+            interfaces: d.interfaces.clone(),
+            xdp_mode: d.xdp_mode,
+            state,
+            writer,
+            desired: Arc::default(),
+            rx: chan.1,
+            deferred: VecDeque::new(),
+            attachments: Vec::new(),
+            checkers: HashMap::new(),
+            tx: chan.0,
+            started: Instant::now(),
+            rates: Rates::default(),
+            passive: HashMap::new(),
+            retry_apply: false,
+            seen_up: HashMap::new(),
+            attached_ifindex: HashMap::new(),
+            fleet: None,
+            fingerprints: Default::default(),
+            last_open: HashMap::new(),
+            alerts: crate::alert::Alerter::default(),
+            alert_sender: crate::alert::Sender::default(),
+            alerts_seen: 0,
+            telemetry: crate::metrics::Telemetry::new(),
+            conntrack_entries: None,
+            dp,
+        }
+    }
+
     /// Handle one message of the loop; `Break` stops the daemon.
-    fn on(&mut self, m: Msg) -> ControlFlow<()> {
+    async fn on(&mut self, m: Msg) -> ControlFlow<()> {
         match m {
             Msg::Stop => return ControlFlow::Break(()),
             Msg::Reload => {
-                let r = self.reload();
+                let r = self.reload().await;
                 self.state.record_change("", "SIGHUP", "reload", &r);
             }
             Msg::Api(env) => {
-                let r = self.handle(env.request);
+                let r = self.handle(env.request).await;
                 if let Err(e) = &r {
                     debug!(error = %e, "API request failed");
                 }
                 let _ = env.reply.send(r);
             }
-            Msg::Hook(r) => self.hook_done(r),
-            Msg::Links(l) => self.links_changed(&l),
-            Msg::Check(token, outcome) => self.check_done(&token, &outcome),
-            Msg::PassiveTick => self.passive_poll(),
-            Msg::Sweep(sweep) => self.sweep_done(sweep),
-            Msg::Tick => self.tick(),
+            Msg::Hook(r) => self.hook_done(r).await,
+            Msg::Links(l) => self.links_changed(l).await,
+            Msg::Check(token, outcome) => self.check_done(&token, &outcome).await,
+            Msg::PassiveTick => self.passive_poll().await,
+            Msg::Sweep(sweep) => self.sweep_done(sweep).await,
+            Msg::Tick => self.tick().await,
         }
         ControlFlow::Continue(())
     }
 
+    /// The loop: one message at a time, in arrival order (those held back during a map
+    /// write first), until a stop. The daemon keeps a sender of its own (for the checkers
+    /// and hooks it starts), so the channel never closes under it.
+    async fn serve(&mut self) {
+        loop {
+            let m = match self.deferred.pop_front() {
+                Some(m) => m,
+                None => match self.rx.recv().await {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            if self.on(m).await.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Wait for the map writer's answer to a job. Meanwhile the loop goes on reading its
+    /// channel: requests that only read (`xlb status`, events, diff, flows) are answered at
+    /// once, from the state as it is and the maps as last applied; everything else waits in
+    /// `deferred`, in order, until the write is done (up to [`msg::CAPACITY`] messages, after
+    /// which the loop stops reading and the producers wait, as when the loop is busy).
+    /// `None` when the writer's thread is gone.
+    async fn wait<T>(&mut self, mut pending: commit::Pending<T>) -> Option<T> {
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut pending => return r.ok(),
+                m = self.rx.recv(), if self.deferred.len() < msg::CAPACITY => match m {
+                    Some(Msg::Api(env)) if env.request.reads_only() => {
+                        let r = self.read(env.request);
+                        let _ = env.reply.send(r);
+                    }
+                    Some(m) => self.deferred.push_back(m),
+                    None => {}
+                },
+            }
+        }
+    }
+
+    /// Write `desired` (the state's, computed by the caller) through the map writer; on
+    /// success it is what the maps hold.
+    async fn write(&mut self, desired: Desired) -> Result<(), CommitError> {
+        let desired = Arc::new(desired);
+        let pending = self.writer.apply(desired.clone(), self.desired.clone());
+        self.wait(pending).await.ok_or(CommitError::WriterGone)??;
+        self.desired = desired;
+        Ok(())
+    }
+
+    /// Run a job of the reconciler's other than a desired state on the map writer.
+    async fn write_job<T>(
+        &mut self,
+        pending: commit::Pending<Result<T, ReconcileError>>,
+    ) -> Result<T, String> {
+        match self.wait(pending).await {
+            Some(r) => r.map_err(|e| e.to_string()),
+            None => Err(CommitError::WriterGone.to_string()),
+        }
+    }
+
     /// A health check's outcome: a transition is an event and changes the maps.
-    fn check_done(&mut self, token: &CheckToken, outcome: &CheckOutcome) {
+    async fn check_done(&mut self, token: &CheckToken, outcome: &CheckOutcome) {
         self.telemetry.check(&self.state, token, outcome);
         if let Some(t) = self.state.observe(token, outcome) {
             let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
             self.state
                 .push_event(&t.group, "health", msg, Default::default());
-            if let Err(e) = self.apply() {
+            if let Err(e) = self.apply().await {
                 error!(error = %e, "applying a health change failed");
             }
         }
@@ -424,11 +538,9 @@ impl Daemon {
 
     /// A conntrack sweep's findings: delete the flows of backends that are gone (decided
     /// here, see [`Reconciler::remove_stale_flows`]) and take the open-flow counts.
-    fn sweep_done(&mut self, sweep: Sweep) {
-        match self
-            .reconciler
-            .remove_stale_flows(&mut self.dp, &sweep.stale)
-        {
+    async fn sweep_done(&mut self, sweep: Sweep) {
+        let pending = self.writer.remove_stale_flows(sweep.stale);
+        match self.write_job(pending).await {
             Ok(0) => {}
             Ok(n) => debug!(entries = n, "removed flows of backends that are gone"),
             Err(e) => warn!(error = %e, "removing flows of backends that are gone"),
@@ -441,20 +553,21 @@ impl Daemon {
 
     /// The 1 s tick: finished drains (and a failed apply tried again), scaling, the fleet,
     /// alerts, the idle table slots, the HTTP snapshot.
-    fn tick(&mut self) {
+    async fn tick(&mut self) {
         let left = self.state.finish_drains(Instant::now());
         if !left.is_empty() || self.retry_apply {
             for l in &left {
                 info!("{l}");
             }
-            if let Err(e) = self.apply() {
+            if let Err(e) = self.apply().await {
                 error!(error = %e, "applying finished drains failed");
             }
         }
-        self.scaling_round();
+        self.scaling_round().await;
         self.fleet_update();
         self.alert_round();
-        if let Err(e) = self.reconciler.prepare_idle_slots(&mut self.dp) {
+        let pending = self.writer.prepare_idle_slots();
+        if let Err(e) = self.write_job(pending).await {
             warn!(error = %e, "preparing the idle table slots failed");
         }
         self.publish();
@@ -464,13 +577,11 @@ impl Daemon {
     /// a scaling round, a hook's result); keep checks and the state file in step. When the
     /// maps refuse it, they are put back to the last desired state and the next tick tries
     /// again.
-    fn apply(&mut self) -> Result<(), ApiError> {
-        let r = commit::apply(
-            &mut self.state,
-            &mut self.reconciler,
-            &mut self.desired,
-            &mut self.dp,
-        );
+    async fn apply(&mut self) -> Result<(), ApiError> {
+        let r = match self.state.desired() {
+            Ok(desired) => self.write(desired).await,
+            Err(e) => Err(CommitError::Capacity(e)),
+        };
         self.retry_apply = r.is_err();
         self.after_change();
         r.map_err(ApiError::from)
@@ -478,22 +589,18 @@ impl Daemon {
 
     /// Run `change` on the state as a transaction (API requests, reloads): on any error the
     /// state and the maps are what they were.
-    fn transact<T>(
+    async fn transact<T>(
         &mut self,
         change: impl FnOnce(&mut State) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let r = commit::transact(
-            &mut self.state,
-            &mut self.reconciler,
-            &mut self.desired,
-            &mut self.dp,
-            change,
-        );
-        if r.is_ok() {
-            self.retry_apply = false;
-            self.after_change();
+        let (out, undo, desired) = commit::begin(&mut self.state, change)?;
+        if let Err(e) = self.write(desired).await {
+            undo.undo(&mut self.state);
+            return Err(e.into());
         }
-        r
+        self.retry_apply = false;
+        self.after_change();
+        Ok(out)
     }
 
     fn after_change(&mut self) {
@@ -584,10 +691,10 @@ impl Daemon {
         }
     }
 
-    fn reload(&mut self) -> Result<String, ApiError> {
+    async fn reload(&mut self) -> Result<String, ApiError> {
         // The service manager hears RELOADING=1 … READY=1 around it, accepted or not.
         crate::service::notify_reloading();
-        let r = self.reload_config();
+        let r = self.reload_config().await;
         self.telemetry.live.reload(r.is_ok());
         crate::service::notify_ready(&self.status_line());
         r
@@ -602,9 +709,9 @@ impl Daemon {
         )
     }
 
-    fn reload_config(&mut self) -> Result<String, ApiError> {
+    async fn reload_config(&mut self) -> Result<String, ApiError> {
         let cfg = config::load(&self.config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
-        let notes = self.transact(|s| Ok(s.reload(cfg)))?;
+        let notes = self.transact(|s| Ok(s.reload(cfg))).await?;
         for n in &notes {
             info!("reload: {n}");
         }
@@ -670,7 +777,8 @@ impl Daemon {
         }
     }
 
-    fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
+    /// Answer a request that only reads ([`Request::reads_only`]).
+    fn read(&self, req: Request) -> Result<Reply, ApiError> {
         match req {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
             Request::FlowContext => Ok(Reply::FlowContext(Box::new(self.flow_context()))),
@@ -683,12 +791,19 @@ impl Daemon {
                     .cloned()
                     .collect(),
             )),
+            _ => Err(ApiError::Invalid("not a read".into())),
+        }
+    }
+
+    async fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
+        match req {
+            req if req.reads_only() => self.read(req),
             req => {
                 // Every change asked for, accepted or rejected, leaves a trail: an event and
                 // a log line saying what changed (a scale records its own `manual` event).
                 let (group, what) = req.change().unwrap_or_default();
                 let scale = matches!(req, Request::Scale { .. });
-                let r = self.change(req);
+                let r = self.change(req).await;
                 if !(scale && r.is_ok()) {
                     self.state.record_change(&group, "API", &what, &r);
                 }
@@ -698,28 +813,34 @@ impl Daemon {
     }
 
     /// A change through the API; its result message.
-    fn change(&mut self, req: Request) -> Result<String, ApiError> {
+    async fn change(&mut self, req: Request) -> Result<String, ApiError> {
         match req {
             Request::Status | Request::Events { .. } | Request::FlowContext | Request::Diff(_) => {
                 Err(ApiError::Invalid("not a change".into()))
             }
-            Request::Reload => self.reload(),
-            Request::AddBackend { group, body } => self.transact(|s| {
-                s.add_backend(&group, &body.address, body.weight, BackendSource::Api)
-            }),
+            Request::Reload => self.reload().await,
+            Request::AddBackend { group, body } => {
+                self.transact(|s| {
+                    s.add_backend(&group, &body.address, body.weight, BackendSource::Api)
+                })
+                .await
+            }
             Request::RemoveBackend { group, body } => {
                 self.transact(|s| s.remove_backend(&group, &body.address))
+                    .await
             }
             Request::DrainBackend { group, body } => {
                 self.transact(|s| s.drain_backend(&group, &body.address, "drained by API"))
+                    .await
             }
             Request::Scale { group, body } => {
                 let m = self.state.scale(&group, body.desired)?;
-                self.scaling_round();
+                self.scaling_round().await;
                 Ok(m)
             }
             Request::SetWeight { group, body } => {
                 self.transact(|s| s.set_weight(&group, &body.address, body.weight))
+                    .await
             }
             Request::NodeDrain | Request::NodeUndrain => {
                 let Some(fleet) = self.fleet.as_mut() else {
@@ -741,7 +862,7 @@ impl Daemon {
     }
 
     /// Measure, decide and act for every scaling group.
-    fn scaling_round(&mut self) {
+    async fn scaling_round(&mut self) {
         let now = Instant::now();
         let (rates, fresh) = self.rates.sample(&self.dp, &self.desired, now);
         let (jobs, changed) =
@@ -755,7 +876,7 @@ impl Daemon {
         }
         self.telemetry.scaling(&self.state);
         if changed {
-            if let Err(e) = self.apply() {
+            if let Err(e) = self.apply().await {
                 error!(error = %e, "applying a scaling change failed");
             }
         } else if launching {
@@ -765,7 +886,7 @@ impl Daemon {
 
     /// Read the passive-health counters of the backends of groups with passive health, judge
     /// each backend's window, and act on the verdicts; end ejections that are over.
-    fn passive_poll(&mut self) {
+    async fn passive_poll(&mut self) {
         let now = Instant::now();
         let mut changed = false;
         for (group, msg) in self.state.end_ejections(now) {
@@ -833,13 +954,13 @@ impl Daemon {
             }
         }
         if changed {
-            if let Err(e) = self.apply() {
+            if let Err(e) = self.apply().await {
                 error!(error = %e, "applying a passive health change failed");
             }
         }
     }
 
-    fn hook_done(&mut self, r: HookResult) {
+    async fn hook_done(&mut self, r: HookResult) {
         let (group, hook, ok) = match &r {
             HookResult::Launch { group, result } => (group, "scale_out", result.is_ok()),
             HookResult::Terminate { group, result, .. } => (group, "scale_in", result.is_ok()),
@@ -862,7 +983,7 @@ impl Daemon {
             }
         };
         if changed {
-            if let Err(e) = self.apply() {
+            if let Err(e) = self.apply().await {
                 error!(error = %e, "adding launched backends failed");
             }
         } else {
@@ -873,7 +994,7 @@ impl Daemon {
     /// What the link watcher saw: attach XDP again to a configured interface that was
     /// re-created (it has another ifindex than the one XDP was attached to) or came back up,
     /// then write `VLANS` and `TX_PORTS`.
-    fn links_changed(&mut self, links: &Links) {
+    async fn links_changed(&mut self, links: Links) {
         let mut reattached = false;
         for iface in self.interfaces.clone() {
             let Some(&(ifindex, up)) = links.interfaces.get(&iface) else {
@@ -908,7 +1029,8 @@ impl Daemon {
                 }
             }
         }
-        if let Err(e) = self.reconciler.apply_links(&mut self.dp, links) {
+        let pending = self.writer.apply_links(links);
+        if let Err(e) = self.write_job(pending).await {
             error!(error = %e, "writing VLANS / TX_PORTS failed");
         }
         if reattached {
@@ -1190,37 +1312,19 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     }
 
-    // One channel for everything that reaches the loop (see `crate::msg` on its bound).
-    let (tx, mut rx) = mpsc::channel::<Msg>(msg::CAPACITY);
-
-    let mut daemon = Daemon {
-        config_path: config_path.clone(),
-        state,
+    // The one writer of the maps, on a thread of its own with handles of its own.
+    let writer = commit::Writer::spawn(
         reconciler,
-        desired: Desired::default(),
-        attachments: Vec::new(),
-        checkers: HashMap::new(),
-        tx: tx.clone(),
-        started: Instant::now(),
-        rates: Rates::default(),
-        passive: HashMap::new(),
-        retry_apply: false,
-        interfaces: d.interfaces.clone(),
-        xdp_mode: d.xdp_mode,
-        seen_up: HashMap::new(),
-        attached_ifindex: HashMap::new(),
-        fleet: None,
-        fingerprints: Default::default(),
-        last_open: HashMap::new(),
-        alerts: crate::alert::Alerter::default(),
-        alert_sender: crate::alert::Sender::default(),
-        alerts_seen: 0,
-        telemetry: crate::metrics::Telemetry::new(),
-        conntrack_entries: None,
-        dp,
-    };
+        dp.write_maps()
+            .context("opening the maps for the map writer")?,
+    )
+    .context("starting the map writer thread")?;
+    // One channel for everything that reaches the loop (see `crate::msg` on its bound).
+    let (tx, rx) = mpsc::channel::<Msg>(msg::CAPACITY);
+    let mut daemon = Daemon::new(config_path.clone(), state, dp, writer, (tx.clone(), rx));
     daemon
         .apply()
+        .await
         .map_err(|e| anyhow::anyhow!("filling the maps: {e}"))?;
 
     for iface in &d.interfaces {
@@ -1245,9 +1349,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         .cloned()
         .zip(attached.iter().copied())
         .collect();
+    let pending = daemon.writer.set_tx_ports(attached);
     daemon
-        .reconciler
-        .set_tx_ports(&mut daemon.dp, &attached)
+        .write_job(pending)
+        .await
         .map_err(|e| anyhow::anyhow!("setting TX_PORTS: {e}"))?;
     if let Err(e) = daemon.dp.attach_xmit_counter() {
         warn!("xmit_drops will stay 0: attaching the xdp_devmap_xmit tracepoint failed: {e}");
@@ -1322,13 +1427,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         || Msg::PassiveTick,
     );
     drop(tx);
-    // The loop: one message at a time, in arrival order. The daemon keeps a sender of its
-    // own (for the checkers and hooks it starts), so the channel never closes under it.
-    while let Some(m) = rx.recv().await {
-        if daemon.on(m).is_break() {
-            break;
-        }
-    }
+    daemon.serve().await;
     crate::service::notify_stopping();
     if let Some(f) = &daemon.fleet {
         f.withdraw_all(Duration::from_secs(3)).await;
@@ -1510,5 +1609,118 @@ mod tests {
         )
         .unwrap();
         assert!(StateFile::read(&path).is_err());
+    }
+
+    /// The loop answers `xlb status` while the map writer is in the middle of a large
+    /// rebuild, and holds a change that comes meanwhile until the write is done. Ordering, not
+    /// timing: the fake maps stop the writer half way until the test lets it go on.
+    #[tokio::test]
+    async fn status_is_answered_while_a_large_rebuild_runs() {
+        use crate::{commit::fake::FakeMaps, model::SetWeight};
+        use tokio::sync::oneshot;
+        const RING: u32 = 131_071;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[daemon]
+interfaces = ["lo"]
+maglev_table_size = {RING}
+max_services = 4
+state_file = "{}/state.json"
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "g"
+
+[[target_group]]
+name = "g"
+backends = ["198.18.2.11", "198.18.2.12"]
+"#,
+            dir.path().display()
+        );
+        let cfg = config::parse(&text, "t.toml").unwrap();
+        let opts = LoadOptions {
+            ring_size: RING,
+            conntrack_size: 1024,
+            reverse_size: 1024,
+            max_services: 4,
+            hash_seed: 7,
+        };
+        // The data plane for the reads (counters); the writes go to fake maps.
+        let dp = Dataplane::load(opts, Pinning::Ephemeral).expect("loading XDP (as root)");
+        let writer = commit::Writer::spawn(Reconciler::new(), FakeMaps::new(RING)).unwrap();
+        let (tx, rx) = mpsc::channel(msg::CAPACITY);
+        let mut daemon = Daemon::new(
+            dir.path().join("t.toml"),
+            State::new(cfg),
+            dp,
+            writer,
+            (tx.clone(), rx),
+        );
+        daemon.apply().await.expect("the first fill");
+
+        // The next write stops a thousand entries into the table it rebuilds (all of the
+        // idle slot: RING entries).
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let g = gate.clone();
+        daemon
+            .writer
+            .with(move |m: &mut FakeMaps| m.pause_on = Some((m.writes + 1000, g)))
+            .await
+            .unwrap();
+        let wait_at_gate = || {
+            let g = gate.clone();
+            tokio::task::spawn_blocking(move || {
+                g.wait();
+            })
+        };
+        // Queue a request (the channel has room) and return where its answer comes.
+        let ask = |request: Request| {
+            let (reply, answer) = oneshot::channel();
+            tx.try_send(Msg::Api(crate::model::Envelope { request, reply }))
+                .map_err(|_| "the channel has room")
+                .unwrap();
+            answer
+        };
+        let weight = |weight: u32| Request::SetWeight {
+            group: "g".into(),
+            body: SetWeight {
+                address: "198.18.2.12".into(),
+                weight,
+            },
+        };
+        let test = async {
+            let mut first = ask(weight(5));
+            // The writer is half way through the rebuild, and stays there.
+            wait_at_gate().await.unwrap();
+            let status = ask(Request::Status)
+                .await
+                .expect("answered")
+                .expect("a status");
+            assert!(matches!(status, Reply::Status(_)));
+            assert!(
+                matches!(first.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+                "the change is still being written when the status comes back"
+            );
+            // A second change waits for the first to be written.
+            let mut second = ask(weight(3));
+            let events = ask(Request::Events { group: None }).await.unwrap();
+            assert!(events.is_ok(), "answered while the write still waits");
+            assert!(matches!(
+                second.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ));
+            // Let the writer go on: both changes are done, in order.
+            wait_at_gate().await.unwrap();
+            first.await.unwrap().expect("the first change");
+            second.await.unwrap().expect("the second change");
+            tx.send(Msg::Stop).await.map_err(|_| "loop gone").unwrap();
+        };
+        tokio::join!(daemon.serve(), test);
+        let weights: Vec<u32> = daemon.desired.backends.values().map(|b| b.weight).collect();
+        assert!(weights.contains(&3) && !weights.contains(&5), "{weights:?}");
     }
 }

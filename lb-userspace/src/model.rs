@@ -289,6 +289,15 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether it only reads (status, events, a diff, the flows' context): the daemon answers
+    /// these even while a map write is in flight.
+    pub fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status | Request::Events { .. } | Request::FlowContext | Request::Diff(_)
+        )
+    }
+
     /// For a request that changes something: its target group (empty for a reload) and what
     /// it asks for, for the trail of changes. None for reads.
     pub fn change(&self) -> Option<(String, String)> {
