@@ -26,8 +26,8 @@ use crate::{
     instance::{self, InstanceLock, PinManifest},
     links,
     model::{
-        ApiError, BackendSource, BackendStatus, ChangeResult, GroupStatus, InterfaceStatus, Reply,
-        Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
+        ApiError, BackendSource, BackendStatus, ChangeResult, Envelope, GroupStatus,
+        InterfaceStatus, Reply, Request, ScalingStatus, ServiceStatus, Status, TrafficCounters,
     },
     msg::{self, HookResult, Msg},
     passive,
@@ -300,6 +300,40 @@ fn spawn_hook(job: HookJob, tx: mpsc::Sender<Msg>) {
     });
 }
 
+/// `xlb diff` / `xlb reload --dry-run`: the config (given, or the config file at
+/// `config_path`, read as a reload reads it) against the running state; nothing changes.
+fn diff(
+    req: crate::model::DiffRequest,
+    state: &State,
+    applied: &Desired,
+    ring: u32,
+    config_path: &Path,
+    open: &HashMap<u32, u64>,
+) -> Result<Reply, ApiError> {
+    let (cfg, file) = match req.config {
+        Some(text) => {
+            let file = req.file.unwrap_or_else(|| "(config)".into());
+            let cfg = config::parse(&text, &file).map_err(|e| ApiError::Invalid(e.to_string()))?;
+            (cfg, file)
+        }
+        None => {
+            let cfg = config::load(config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
+            (cfg, config_path.display().to_string())
+        }
+    };
+    let preview = crate::diff::preview(state, applied, ring, cfg, &file, open)?;
+    Ok(Reply::Diff(Box::new(preview)))
+}
+
+/// Run `f` on a blocking thread; its answer to await.
+fn off_loop<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> commit::Pending<T> {
+    let (done, pending) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let _ = done.send(f());
+    });
+    pending
+}
+
 /// Per-backend counters between two scaling rounds.
 #[derive(Default)]
 struct Rates {
@@ -381,7 +415,7 @@ struct Daemon {
     /// `[daemon.announce]`: the fleet's announcements (None without that section).
     fleet: Option<crate::fleet::Fleet>,
     /// Each service's table fingerprint, for `xlb status`.
-    fingerprints: crate::fleet::FingerprintCache,
+    fingerprints: Arc<crate::fleet::FingerprintCache>,
     /// Open flows per backend id, from the last conntrack sweep (for `xlb diff`).
     last_open: HashMap<u32, u64>,
     /// `[[alert]]` rules, and their sender.
@@ -444,6 +478,7 @@ impl Daemon {
                 let r = self.reload().await;
                 self.state.record_change("", "SIGHUP", "reload", &r);
             }
+            Msg::Api(env) if env.request.reads_only() => self.answer_read(env),
             Msg::Api(env) => {
                 let r = self.handle(env.request).await;
                 if let Err(e) = &r {
@@ -491,10 +526,7 @@ impl Daemon {
                 biased;
                 r = &mut pending => return r.ok(),
                 m = self.rx.recv(), if self.deferred.len() < msg::CAPACITY => match m {
-                    Some(Msg::Api(env)) if env.request.reads_only() => {
-                        let r = self.read(env.request);
-                        let _ = env.reply.send(r);
-                    }
+                    Some(Msg::Api(env)) if env.request.reads_only() => self.answer_read(env),
                     Some(m) => self.deferred.push_back(m),
                     None => {}
                 },
@@ -508,6 +540,24 @@ impl Daemon {
         let desired = Arc::new(desired);
         let pending = self.writer.apply(desired.clone(), self.desired.clone());
         self.wait(pending).await.ok_or(CommitError::WriterGone)??;
+        // The status view's fingerprints of the new tables (a Maglev build each), off the
+        // loop too, while the loop still shows the tables replaced.
+        let (cache, applied) = (self.fingerprints.clone(), desired.clone());
+        let (ring, seed) = (self.dp.opts.ring_size, self.dp.opts.hash_seed);
+        let warm = off_loop(move || {
+            for s in &applied.services {
+                // What `status` asks for: the active backends' Maglev keys and weights.
+                let members = s
+                    .backends
+                    .iter()
+                    .filter_map(|id| applied.backends.get(id))
+                    .filter(|b| b.active)
+                    .map(|b| (b.key.maglev_key(), b.weight))
+                    .collect();
+                cache.get(s.id, members, ring, seed);
+            }
+        });
+        let _ = self.wait(warm).await;
         self.desired = desired;
         Ok(())
     }
@@ -722,33 +772,6 @@ impl Daemon {
         })
     }
 
-    /// `xlb diff` / `xlb reload --dry-run`: the config (given, or the config file, read as
-    /// a reload reads it) against the running state; nothing changes.
-    fn diff(&self, req: crate::model::DiffRequest) -> Result<Reply, ApiError> {
-        let (cfg, file) = match req.config {
-            Some(text) => {
-                let file = req.file.unwrap_or_else(|| "(config)".into());
-                let cfg =
-                    config::parse(&text, &file).map_err(|e| ApiError::Invalid(e.to_string()))?;
-                (cfg, file)
-            }
-            None => {
-                let cfg = config::load(&self.config_path)
-                    .map_err(|e| ApiError::Invalid(e.to_string()))?;
-                (cfg, self.config_path.display().to_string())
-            }
-        };
-        let preview = crate::diff::preview(
-            &self.state,
-            &self.desired,
-            self.dp.opts.ring_size,
-            cfg,
-            &file,
-            &self.last_open,
-        )?;
-        Ok(Reply::Diff(Box::new(preview)))
-    }
-
     /// Evaluate the `[[alert]]` rules on what the loop knows now and send what is due (on
     /// tasks of their own).
     fn alert_round(&mut self) {
@@ -777,12 +800,34 @@ impl Daemon {
         }
     }
 
-    /// Answer a request that only reads ([`Request::reads_only`]).
+    /// Answer a request that only reads ([`Request::reads_only`]): at once, or, for a diff
+    /// (which parses a config and builds Maglev tables), on a blocking thread that answers
+    /// by itself.
+    fn answer_read(&self, env: Envelope) {
+        let r = match env.request {
+            Request::Diff(req) => {
+                let (state, applied) = (self.state.clone(), self.desired.clone());
+                let (ring, path) = (self.dp.opts.ring_size, self.config_path.clone());
+                let open = self.last_open.clone();
+                tokio::task::spawn_blocking(move || {
+                    let r = diff(req, &state, &applied, ring, &path, &open);
+                    let _ = env.reply.send(r);
+                });
+                return;
+            }
+            req => self.read(req),
+        };
+        if let Err(e) = &r {
+            debug!(error = %e, "API request failed");
+        }
+        let _ = env.reply.send(r);
+    }
+
+    /// Answer a request that only reads, but a diff ([`Daemon::answer_read`]).
     fn read(&self, req: Request) -> Result<Reply, ApiError> {
         match req {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
             Request::FlowContext => Ok(Reply::FlowContext(Box::new(self.flow_context()))),
-            Request::Diff(d) => self.diff(d),
             Request::Events { group } => Ok(Reply::Events(
                 self.state
                     .events
@@ -795,9 +840,10 @@ impl Daemon {
         }
     }
 
+    /// A request that changes something.
     async fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
         match req {
-            req if req.reads_only() => self.read(req),
+            req if req.reads_only() => Err(ApiError::Invalid("not a change".into())),
             req => {
                 // Every change asked for, accepted or rejected, leaves a trail: an event and
                 // a log line saying what changed (a scale records its own `manual` event).
@@ -1705,6 +1751,14 @@ backends = ["198.18.2.11", "198.18.2.12"]
                 matches!(first.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
                 "the change is still being written when the status comes back"
             );
+            // A diff (Maglev tables built off the loop too) is answered meanwhile.
+            let diff = ask(Request::Diff(crate::model::DiffRequest {
+                config: Some(text.replace("198.18.2.12", "198.18.2.13")),
+                file: None,
+            }))
+            .await
+            .expect("answered");
+            assert!(matches!(diff, Ok(Reply::Diff(_))), "a preview");
             // A second change waits for the first to be written.
             let mut second = ask(weight(3));
             let events = ask(Request::Events { group: None }).await.unwrap();
