@@ -11,7 +11,7 @@
 //!   back to the last desired state that was applied and the owner loop tries again on its
 //!   next tick.
 //!
-//! Either way the maps are written by [`write`], which writes the new desired state and, when
+//! Either way the maps are written by [`write()`], which writes the new desired state and, when
 //! a write fails, the previous one again. In the daemon it runs on the map writer's thread
 //! ([`Writer`]): the only place that holds the reconciler and writable map handles, so the
 //! one-writer rule holds by construction. Map syscalls and Maglev builds (tens of
@@ -229,7 +229,7 @@ impl Writer {
         pending
     }
 
-    /// Write `desired` over `previous` (what the maps hold), see [`write`].
+    /// Write `desired` over `previous` (what the maps hold), see [`write()`].
     pub fn apply(
         &self,
         desired: Arc<Desired>,
@@ -794,7 +794,7 @@ backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
         }
     }
 
-    /// The writer's thread writes (and puts back) as [`write`] does on the caller's thread,
+    /// The writer's thread writes (and puts back) as [`write()`] does on the caller's thread,
     /// one job after the other.
     #[tokio::test]
     async fn the_writer_thread_writes_and_puts_back_like_write() {

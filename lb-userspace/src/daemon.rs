@@ -1,7 +1,10 @@
 //! `xlb run`: load (or adopt), attach, and then one loop that owns all state. Everything that
-//! changes state arrives as a message on that loop: API requests, health check outcomes,
-//! conntrack sweeps, signals and a 1 s tick for drains. After each change the loop computes
-//! the desired state and the reconciler writes the difference to the maps.
+//! changes state arrives as a [`Msg`] on that loop's one channel (see [`crate::msg`]): API
+//! requests, health check outcomes, conntrack sweeps, hook results, link changes, signals and
+//! the ticks; `Daemon::on` handles each with one `match`. After each change the loop
+//! computes the desired state and hands it to the map writer's thread ([`commit::Writer`]),
+//! where the reconciler writes the difference to the maps; while it waits, the loop answers
+//! the requests that only read and holds the others.
 use std::{
     collections::{HashMap, VecDeque},
     path::{Path, PathBuf},

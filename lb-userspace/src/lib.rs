@@ -3,8 +3,10 @@
 //! - [`config`]: the TOML file, validated with positions in errors;
 //! - [`maglev`]: the lookup table;
 //! - [`state`]: the one owner of desired state; [`reconcile`]: the one writer of the maps;
-//!   [`commit`]: changes as transactions (checked first, undone when the maps refuse them);
-//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
+//!   [`commit`]: changes as transactions (checked first, undone when the maps refuse them),
+//!   and the map writer's thread the reconciler runs on;
+//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`, the owner loop; [`msg`]:
+//!   the one message type every producer sends it;
 //! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
 //! - [`service`]: capabilities, systemd notification, log format;
 //! - [`diff`]: what a reload would change (`xlb diff`); [`alert`]: `[[alert]]` rules and
