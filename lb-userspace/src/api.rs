@@ -39,14 +39,14 @@ use axum::{
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::{
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::oneshot,
     task::JoinHandle,
 };
 use tracing::{info, warn};
 
 use crate::model::{
-    AddBackend, ApiError, ApiErrorBody, BackendRef, Envelope, Reply, Request, ScaleRequest,
-    SetWeight,
+    AddBackend, ApiError, ApiErrorBody, BackendRef, Envelope, Reply, Request, RequestTx,
+    ScaleRequest, SetWeight,
 };
 #[cfg(doc)]
 use crate::model::{BackendStatus, ChangePreview, ChangeResult, DiffRequest, Status};
@@ -136,7 +136,7 @@ impl Drop for ApiServer {
 /// Creates the parent directory (mode 0700) if missing; replaces a stale socket file that
 /// nothing answers on, and fails if something does; the socket is mode 0600 before the first
 /// connection can be accepted.
-pub async fn serve(socket: &Path, tx: mpsc::Sender<Envelope>) -> Result<ApiServer, ApiServeError> {
+pub async fn serve(socket: &Path, tx: impl Into<RequestTx>) -> Result<ApiServer, ApiServeError> {
     serve_with(socket, tx, None).await
 }
 
@@ -168,7 +168,7 @@ impl ApiGroup {
 /// (`SO_PEERCRED`) are checked, and only uid 0 may change anything.
 pub async fn serve_with(
     socket: &Path,
-    tx: mpsc::Sender<Envelope>,
+    tx: impl Into<RequestTx>,
     group: Option<ApiGroup>,
 ) -> Result<ApiServer, ApiServeError> {
     if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -373,7 +373,7 @@ fn bind_private(socket: &Path) -> Result<UnixListener, ApiServeError> {
 }
 
 /// The routes, on top of the channel to the state owner.
-pub fn router(tx: mpsc::Sender<Envelope>) -> Router {
+pub fn router(tx: impl Into<RequestTx>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route(
@@ -394,10 +394,10 @@ pub fn router(tx: mpsc::Sender<Envelope>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(tx)
+        .with_state(tx.into())
 }
 
-type Tx = State<mpsc::Sender<Envelope>>;
+type Tx = State<RequestTx>;
 type GroupPath = Result<axum::extract::Path<String>, PathRejection>;
 type Body = Result<Bytes, BytesRejection>;
 
@@ -441,7 +441,7 @@ fn shutting_down() -> Fail {
 }
 
 /// Hand `request` to the state owner and wait for its answer.
-async fn ask(tx: &mpsc::Sender<Envelope>, request: Request) -> Result<Reply, Fail> {
+async fn ask(tx: &RequestTx, request: Request) -> Result<Reply, Fail> {
     let (reply, answer) = oneshot::channel();
     if tx.send(Envelope { request, reply }).await.is_err() {
         return Err(shutting_down());
@@ -541,7 +541,7 @@ fn unexpected(reply: &Reply) -> Fail {
 }
 
 /// Run a change and answer its `ChangeResult` with `code`.
-async fn change(tx: &mpsc::Sender<Envelope>, request: Request, code: StatusCode) -> Answer {
+async fn change(tx: &RequestTx, request: Request, code: StatusCode) -> Answer {
     match ask(tx, request).await? {
         Reply::Done(result) => ok(code, result),
         other => Err(unexpected(&other)),
@@ -633,7 +633,7 @@ static FLOW_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2)
 
 /// Run `read` with the owner's flow context on a blocking thread.
 async fn with_flow_context<T: Serialize + Send + 'static>(
-    tx: &mpsc::Sender<Envelope>,
+    tx: &RequestTx,
     read: impl FnOnce(&crate::flows::FlowContext) -> Result<T, crate::flows::FlowsError>
         + Send
         + 'static,
@@ -977,6 +977,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+    use tokio::sync::mpsc;
 
     use hyper::Method;
     use serde_json::{json, Value};

@@ -1,18 +1,32 @@
-//! Changes to the state as transactions: a change is checked (its desired state computed,
-//! capacities included) before any map is written, and a change the maps refuse leaves
-//! neither the state nor the maps changed.
+//! Changes to the state as transactions, and the one writer of the maps.
 //!
-//! - [`transact`] (API requests, `xlb reload`, SIGHUP): on any error the previous [`State`]
-//!   comes back, and the maps are made to hold the previous desired state again.
-//! - [`apply`] (facts the daemon observed: health transitions, finished drains, scaling
-//!   rounds, hook results): the state keeps what happened; when the maps refuse the result,
-//!   they are put back to the last desired state that was applied and the owner loop tries
-//!   again on its next tick.
+//! A change is checked (its desired state computed, capacities included) before any map is
+//! written, and a change the maps refuse leaves neither the state nor the maps changed:
+//!
+//! - transactions (API requests, `xlb reload`, SIGHUP: [`begin`], then the write, then
+//!   [`Undo::undo`] on any error): on any error the previous [`State`] comes back, and the
+//!   maps are made to hold the previous desired state again;
+//! - facts the daemon observed (health transitions, finished drains, scaling rounds, hook
+//!   results): the state keeps what happened; when the maps refuse the result, they are put
+//!   back to the last desired state that was applied and the owner loop tries again on its
+//!   next tick.
+//!
+//! Either way the maps are written by [`write()`], which writes the new desired state and, when
+//! a write fails, the previous one again. In the daemon it runs on the map writer's thread
+//! ([`Writer`]): the only place that holds the reconciler and writable map handles, so the
+//! one-writer rule holds by construction. Map syscalls and Maglev builds (tens of
+//! milliseconds for a large table) run there, off the async workers; the owner loop hands a
+//! job over, and while it waits for the answer it still answers the requests that only read
+//! (`xlb status`), holding everything else until the write is done.
+use std::sync::Arc;
+
+use lb_common::FlowKey;
+use tokio::sync::oneshot;
 use tracing::error;
 
 use crate::{
     model::ApiError,
-    reconcile::{MapWriter, ReconcileError, Reconciler},
+    reconcile::{Links, MapWriter, ReconcileError, Reconciler},
     state::{Desired, State, StateError},
 };
 
@@ -29,29 +43,32 @@ pub enum CommitError {
         error: Box<ReconcileError>,
         restore: Option<Box<ReconcileError>>,
     },
+    /// The map writer's thread is gone (it panicked): nothing more can be written.
+    #[error("the map writer stopped")]
+    WriterGone,
 }
 
 impl From<CommitError> for ApiError {
     fn from(e: CommitError) -> Self {
         match e {
             CommitError::Capacity(_) => ApiError::Conflict(e.to_string()),
-            CommitError::Write { .. } => ApiError::Internal(e.to_string()),
+            CommitError::Write { .. } | CommitError::WriterGone => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }
 
-/// Compute the desired state of `state` and write it. `applied` is what the maps hold (the
-/// desired state last applied): it becomes the new one on success, and the maps are made to
-/// hold it again when a write fails.
-pub fn apply(
-    state: &mut State,
+/// Write `desired` into the maps, which hold `previous` (the desired state last applied);
+/// when a write fails, make them hold `previous` again.
+pub fn write(
     reconciler: &mut Reconciler,
-    applied: &mut Desired,
     dp: &mut impl MapWriter,
+    desired: &Desired,
+    previous: &Desired,
 ) -> Result<(), CommitError> {
-    let desired = state.desired()?;
-    if let Err(error) = reconciler.apply(dp, &desired) {
-        let restore = reconciler.apply(dp, applied).err().map(Box::new);
+    if let Err(error) = reconciler.apply(dp, desired) {
+        let restore = reconciler.apply(dp, previous).err().map(Box::new);
         if let Some(r) = &restore {
             error!(error = %r, "putting the previous desired state back into the maps failed");
         }
@@ -60,19 +77,40 @@ pub fn apply(
             restore,
         });
     }
-    *applied = desired;
     Ok(())
 }
 
-/// Run `change` on `state` and write the result; on any error (of the change, of its
-/// capacities, of a map write) the state is what it was before and the maps hold `applied`.
-pub fn transact<T, E>(
+/// Compute the desired state of `state` and write it on this thread (tests, tools; the
+/// daemon hands the write to its [`Writer`]). `applied` is what the maps hold: it becomes the
+/// new desired state on success, and the maps are made to hold it again when a write fails.
+pub fn apply(
     state: &mut State,
     reconciler: &mut Reconciler,
     applied: &mut Desired,
     dp: &mut impl MapWriter,
+) -> Result<(), CommitError> {
+    let desired = state.desired()?;
+    write(reconciler, dp, &desired, applied)?;
+    *applied = desired;
+    Ok(())
+}
+
+/// The state as it was before a change: put it back with [`Undo::undo`] when the write fails.
+pub struct Undo(State);
+
+impl Undo {
+    pub fn undo(self, state: &mut State) {
+        *state = self.0;
+    }
+}
+
+/// Run `change` on `state` and compute the desired state it leads to, capacities checked:
+/// its result, the undo, and the desired state to write. On any error the state is what it
+/// was before and nothing is to be written.
+pub fn begin<T, E>(
+    state: &mut State,
     change: impl FnOnce(&mut State) -> Result<T, E>,
-) -> Result<T, ApiError>
+) -> Result<(T, Undo, Desired), ApiError>
 where
     ApiError: From<E>,
 {
@@ -84,11 +122,168 @@ where
             return Err(e.into());
         }
     };
-    if let Err(e) = apply(state, reconciler, applied, dp) {
-        *state = before;
+    match state.desired() {
+        Ok(desired) => Ok((out, Undo(before), desired)),
+        Err(e) => {
+            *state = before;
+            Err(CommitError::from(e).into())
+        }
+    }
+}
+
+/// Run `change` on `state` and write the result on this thread (tests, tools; the daemon
+/// writes through its [`Writer`]); on any error (of the change, of its capacities, of a map
+/// write) the state is what it was before and the maps hold `applied`.
+pub fn transact<T, E>(
+    state: &mut State,
+    reconciler: &mut Reconciler,
+    applied: &mut Desired,
+    dp: &mut impl MapWriter,
+    change: impl FnOnce(&mut State) -> Result<T, E>,
+) -> Result<T, ApiError>
+where
+    ApiError: From<E>,
+{
+    let (out, undo, desired) = begin(state, change)?;
+    if let Err(e) = write(reconciler, dp, &desired, applied) {
+        undo.undo(state);
         return Err(e.into());
     }
+    *applied = desired;
     Ok(out)
+}
+
+/// Tests: a look at the writer's maps (see [`Writer::with`]).
+#[cfg(test)]
+type WithMaps = Box<dyn FnOnce(&mut dyn std::any::Any) + Send>;
+
+/// A job's answer, to await; `Err` when the writer's thread is gone.
+pub type Pending<T> = oneshot::Receiver<T>;
+
+/// What the map writer's thread does, one job at a time, in the order they come.
+enum Job {
+    Apply {
+        desired: Arc<Desired>,
+        previous: Arc<Desired>,
+        done: oneshot::Sender<Result<(), CommitError>>,
+    },
+    IdleSlots(oneshot::Sender<Result<usize, ReconcileError>>),
+    StaleFlows(
+        Vec<(FlowKey, u32)>,
+        oneshot::Sender<Result<usize, ReconcileError>>,
+    ),
+    Links(Links, oneshot::Sender<Result<(), ReconcileError>>),
+    TxPorts(Vec<u32>, oneshot::Sender<Result<(), ReconcileError>>),
+    /// Tests: look at (or arm) the fake maps on the writer's thread.
+    #[cfg(test)]
+    With(WithMaps),
+}
+
+/// The one writer of the maps: a thread of its own that owns the [`Reconciler`] and the
+/// handles it writes through, and runs the jobs handed to it one at a time, in order. Each
+/// method hands a job over and returns its answer to await; the owner loop waits for one
+/// before it hands over the next, so at most one job is queued.
+pub struct Writer {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Start the thread; it ends when the [`Writer`] is dropped (after the job in hand).
+    pub fn spawn<W: MapWriter + Send + 'static>(
+        mut reconciler: Reconciler,
+        mut dp: W,
+    ) -> std::io::Result<Writer> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("xlb-map-writer".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let rec = &mut reconciler;
+                    // A caller that stopped waiting does not mind the answer.
+                    match job {
+                        Job::Apply {
+                            desired,
+                            previous,
+                            done,
+                        } => {
+                            let _ = done.send(write(rec, &mut dp, &desired, &previous));
+                        }
+                        Job::IdleSlots(done) => {
+                            let _ = done.send(rec.prepare_idle_slots(&mut dp));
+                        }
+                        Job::StaleFlows(found, done) => {
+                            let _ = done.send(rec.remove_stale_flows(&mut dp, &found));
+                        }
+                        Job::Links(links, done) => {
+                            let _ = done.send(rec.apply_links(&mut dp, &links));
+                        }
+                        Job::TxPorts(ports, done) => {
+                            let _ = done.send(rec.set_tx_ports(&mut dp, &ports));
+                        }
+                        #[cfg(test)]
+                        Job::With(f) => f(&mut dp),
+                    }
+                }
+            })?;
+        Ok(Writer { jobs })
+    }
+
+    fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Pending<T> {
+        let (done, pending) = oneshot::channel();
+        // A thread that is gone drops the job, and with it `done`: the answer is `Err`.
+        let _ = self.jobs.send(job(done));
+        pending
+    }
+
+    /// Write `desired` over `previous` (what the maps hold), see [`write()`].
+    pub fn apply(
+        &self,
+        desired: Arc<Desired>,
+        previous: Arc<Desired>,
+    ) -> Pending<Result<(), CommitError>> {
+        self.submit(|done| Job::Apply {
+            desired,
+            previous,
+            done,
+        })
+    }
+
+    /// [`Reconciler::prepare_idle_slots`].
+    pub fn prepare_idle_slots(&self) -> Pending<Result<usize, ReconcileError>> {
+        self.submit(Job::IdleSlots)
+    }
+
+    /// [`Reconciler::remove_stale_flows`].
+    pub fn remove_stale_flows(
+        &self,
+        found: Vec<(FlowKey, u32)>,
+    ) -> Pending<Result<usize, ReconcileError>> {
+        self.submit(|done| Job::StaleFlows(found, done))
+    }
+
+    /// [`Reconciler::apply_links`].
+    pub fn apply_links(&self, links: Links) -> Pending<Result<(), ReconcileError>> {
+        self.submit(|done| Job::Links(links, done))
+    }
+
+    /// [`Reconciler::set_tx_ports`].
+    pub fn set_tx_ports(&self, ports: Vec<u32>) -> Pending<Result<(), ReconcileError>> {
+        self.submit(|done| Job::TxPorts(ports, done))
+    }
+
+    /// Tests: run `f` on the writer's thread with its maps (of type `W`, as spawned).
+    #[cfg(test)]
+    pub fn with<W: 'static, R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut W) -> R + Send + 'static,
+    ) -> Pending<R> {
+        let (done, pending) = oneshot::channel();
+        let _ = self.jobs.send(Job::With(Box::new(move |dp| {
+            let dp = dp.downcast_mut::<W>().expect("the writer's map type");
+            let _ = done.send(f(dp));
+        })));
+        pending
+    }
 }
 
 /// A data plane over hash maps that can fail on the Nth write, for the reconciler's and the
@@ -122,6 +317,9 @@ pub mod fake {
         pub writes: usize,
         /// The write (1-based) that fails, once.
         pub fail_on: Option<usize>,
+        /// The write (1-based) that pauses, once: it waits twice on the barrier (the test
+        /// waits once to know the write has begun, once to let it go on).
+        pub pause_on: Option<(usize, std::sync::Arc<std::sync::Barrier>)>,
     }
 
     /// What the data path sees: every service's live table, and the other maps (the idle
@@ -146,6 +344,16 @@ pub mod fake {
 
         fn write(&mut self) -> Result<(), MapError> {
             self.writes += 1;
+            if self
+                .pause_on
+                .as_ref()
+                .is_some_and(|(n, _)| *n == self.writes)
+            {
+                if let Some((_, barrier)) = self.pause_on.take() {
+                    barrier.wait();
+                    barrier.wait();
+                }
+            }
             if self.fail_on == Some(self.writes) {
                 self.fail_on = None;
                 return Err(MapError::SyscallError(aya::sys::SyscallError {
@@ -591,5 +799,44 @@ backends = ["198.18.2.11:9443", "198.18.2.13:9443"]
                 );
             }
         }
+    }
+
+    /// The writer's thread writes (and puts back) as [`write()`] does on the caller's thread,
+    /// one job after the other.
+    #[tokio::test]
+    async fn the_writer_thread_writes_and_puts_back_like_write() {
+        let mut o = Owner::new();
+        let writer = Writer::spawn(Reconciler::new(), FakeMaps::new(RING)).unwrap();
+        let first = Arc::new(o.applied.clone());
+        writer
+            .apply(first.clone(), Arc::default())
+            .await
+            .unwrap()
+            .unwrap();
+        let view = writer.with(|m: &mut FakeMaps| m.view()).await.unwrap();
+        assert!(view == o.dp.view(), "the same maps as written here");
+
+        // A change whose 5th write fails: the maps hold the first state again.
+        let (_, _undo, next) = begin(&mut o.state, |s| s.set_weight("g", "198.18.2.12", 5))
+            .expect("a change that fits");
+        writer
+            .with(|m: &mut FakeMaps| m.fail_on = Some(m.writes + 5))
+            .await
+            .unwrap();
+        let e = writer
+            .apply(Arc::new(next.clone()), first.clone())
+            .await
+            .unwrap()
+            .expect_err("the 5th write fails");
+        assert!(matches!(e, CommitError::Write { restore: None, .. }), "{e}");
+        let back = writer.with(|m: &mut FakeMaps| m.view()).await.unwrap();
+        assert!(back == view, "put back");
+        // And then it goes through.
+        writer.apply(Arc::new(next), first).await.unwrap().unwrap();
+        let after = writer.with(|m: &mut FakeMaps| m.view()).await.unwrap();
+        assert!(after != view, "written");
+        // A dropped writer ends its thread; a job nobody waits for is no error.
+        drop(writer.prepare_idle_slots());
+        drop(writer);
     }
 }

@@ -1,31 +1,36 @@
 //! `xlb run`: load (or adopt), attach, and then one loop that owns all state. Everything that
-//! changes state arrives as a message on that loop: API requests, health check outcomes,
-//! conntrack sweeps, signals and a 1 s tick for drains. After each change the loop computes
-//! the desired state and the reconciler writes the difference to the maps.
+//! changes state arrives as a [`Msg`] on that loop's one channel (see [`crate::msg`]): API
+//! requests, health check outcomes, conntrack sweeps, hook results, link changes, signals and
+//! the ticks; `Daemon::on` handles each with one `match`. After each change the loop
+//! computes the desired state and hands it to the map writer's thread ([`commit::Writer`]),
+//! where the reconciler writes the difference to the maps; while it waits, the loop answers
+//! the requests that only read and holds the others.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use aya::maps::MapData;
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    api, commit, config,
+    api,
+    commit::{self, CommitError},
+    config,
     dataplane::{self, Attachment, Dataplane, LoadOptions, Pinning},
     health::{self, CheckOutcome, CheckerHandle},
     instance::{self, InstanceLock, PinManifest},
     links,
     model::{ApiError, BackendSource, ChangeResult, Envelope, Reply, Request, Status},
+    msg::{self, HookResult, Msg},
     passive,
-    reconcile::{Links, Reconciler},
+    reconcile::{Links, ReconcileError, Reconciler},
     scaling::{self, HookJob},
     state::{
         persist::{saved_state, StateFile},
@@ -99,7 +104,7 @@ fn monotonic_coarse_ns() -> u64 {
 fn spawn_sweeper(
     pins: (PathBuf, PathBuf),
     cfg: sweep::SweepConfig,
-    tx: mpsc::Sender<Sweep>,
+    tx: mpsc::Sender<Msg>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let (ct_pin, backends_pin) = pins;
     let ct = MapData::from_pin(&ct_pin).with_context(|| format!("opening {}", ct_pin.display()))?;
@@ -134,7 +139,7 @@ fn spawn_sweeper(
                         "conntrack sweep deleted expired entries"
                     );
                 }
-                if tx.blocking_send(s).is_err() {
+                if tx.blocking_send(Msg::Sweep(s)).is_err() {
                     return;
                 }
             }
@@ -144,27 +149,8 @@ fn spawn_sweeper(
     }))
 }
 
-/// A finished hook, back on the owner loop.
-enum HookResult {
-    Launch {
-        group: String,
-        result: Result<crate::scaling::HookOutput, String>,
-    },
-    Terminate {
-        group: String,
-        backend: String,
-        result: Result<(), String>,
-    },
-    Metrics {
-        group: String,
-        lines: Vec<String>,
-        /// The command ran and exited 0 (for the metrics).
-        ok: bool,
-    },
-}
-
 /// Start a hook on its own task; its result comes back on `tx`.
-fn spawn_hook(job: HookJob, tx: mpsc::Sender<HookResult>) {
+fn spawn_hook(job: HookJob, tx: mpsc::Sender<Msg>) {
     tokio::spawn(async move {
         let result = match job {
             HookJob::Launch {
@@ -226,8 +212,42 @@ fn spawn_hook(job: HookJob, tx: mpsc::Sender<HookResult>) {
                 HookResult::Metrics { group, lines, ok }
             }
         };
-        let _ = tx.send(result).await;
+        let _ = tx.send(Msg::Hook(result)).await;
     });
+}
+
+/// `xlb diff` / `xlb reload --dry-run`: the config (given, or the config file at
+/// `config_path`, read as a reload reads it) against the running state; nothing changes.
+fn diff(
+    req: crate::model::DiffRequest,
+    state: &State,
+    applied: &Desired,
+    ring: u32,
+    config_path: &Path,
+    open: &HashMap<u32, u64>,
+) -> Result<Reply, ApiError> {
+    let (cfg, file) = match req.config {
+        Some(text) => {
+            let file = req.file.unwrap_or_else(|| "(config)".into());
+            let cfg = config::parse(&text, &file).map_err(|e| ApiError::Invalid(e.to_string()))?;
+            (cfg, file)
+        }
+        None => {
+            let cfg = config::load(config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
+            (cfg, config_path.display().to_string())
+        }
+    };
+    let preview = crate::diff::preview(state, applied, ring, cfg, &file, open)?;
+    Ok(Reply::Diff(Box::new(preview)))
+}
+
+/// Run `f` on a blocking thread; its answer to await.
+fn off_loop<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> commit::Pending<T> {
+    let (done, pending) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let _ = done.send(f());
+    });
+    pending
 }
 
 /// Per-backend counters between two scaling rounds.
@@ -272,16 +292,25 @@ impl Rates {
 struct Daemon {
     config_path: PathBuf,
     state: State,
+    /// The loaded program: attachments and reads (counters, status). Its maps are written
+    /// only by `writer`.
     dp: Dataplane,
-    reconciler: Reconciler,
-    desired: Desired,
+    /// The one writer of the maps: a thread of its own (see [`commit::Writer`]).
+    writer: commit::Writer,
+    /// What the maps hold: the desired state last applied.
+    desired: Arc<Desired>,
+    /// The loop's channel (see [`crate::msg`]).
+    rx: mpsc::Receiver<Msg>,
+    /// Messages that came while a map write was in flight and wait for it to end, in order
+    /// (read-only requests are answered at once instead).
+    deferred: VecDeque<Msg>,
     attachments: Vec<Attachment>,
     checkers: HashMap<CheckToken, (String, CheckerHandle)>,
     /// Marks and routing of DSR checks through VIPs (`target = "vip"`).
     vip_checks: crate::vipcheck::VipChecks,
-    check_tx: mpsc::Sender<(CheckToken, CheckOutcome)>,
+    /// The owner loop's channel, for the producers the loop starts (checkers, hooks).
+    tx: mpsc::Sender<Msg>,
     started: Instant,
-    hook_tx: mpsc::Sender<HookResult>,
     rates: Rates,
     /// Passive health per (backend id, member uid): the last counters read and the window.
     passive: HashMap<
@@ -304,7 +333,7 @@ struct Daemon {
     /// `[daemon.announce]`: the fleet's announcements (None without that section).
     fleet: Option<crate::fleet::Fleet>,
     /// Each service's table fingerprint, for `xlb status`.
-    fingerprints: crate::fleet::FingerprintCache,
+    fingerprints: Arc<crate::fleet::FingerprintCache>,
     /// Open flows per backend id, from the last conntrack sweep (for `xlb diff`).
     last_open: HashMap<u32, u64>,
     /// `[[alert]]` rules, and their sender.
@@ -319,17 +348,209 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon over a loaded data plane whose maps `writer` writes, with the loop's channel
+    /// (`chan`); nothing is written or attached yet.
+    fn new(
+        config_path: PathBuf,
+        state: State,
+        dp: Dataplane,
+        writer: commit::Writer,
+        chan: (mpsc::Sender<Msg>, mpsc::Receiver<Msg>),
+    ) -> Self {
+        let d = &state.config.daemon;
+        Daemon {
+            config_path,
+            interfaces: d.interfaces.clone(),
+            xdp_mode: d.xdp_mode,
+            state,
+            writer,
+            desired: Arc::default(),
+            rx: chan.1,
+            deferred: VecDeque::new(),
+            attachments: Vec::new(),
+            checkers: HashMap::new(),
+            vip_checks: crate::vipcheck::VipChecks::new(),
+            tx: chan.0,
+            started: Instant::now(),
+            rates: Rates::default(),
+            passive: HashMap::new(),
+            retry_apply: false,
+            seen_up: HashMap::new(),
+            attached_ifindex: HashMap::new(),
+            fleet: None,
+            fingerprints: Default::default(),
+            last_open: HashMap::new(),
+            alerts: crate::alert::Alerter::default(),
+            alert_sender: crate::alert::Sender::default(),
+            alerts_seen: 0,
+            telemetry: crate::metrics::Telemetry::new(),
+            conntrack_entries: None,
+            dp,
+        }
+    }
+
+    /// Handle one message of the loop; `Break` stops the daemon.
+    async fn on(&mut self, m: Msg) -> ControlFlow<()> {
+        match m {
+            Msg::Stop => return ControlFlow::Break(()),
+            Msg::Reload => {
+                let r = self.reload().await;
+                self.state.record_change("", "SIGHUP", "reload", &r);
+            }
+            Msg::Api(env) if env.request.reads_only() => self.answer_read(env),
+            Msg::Api(env) => {
+                let r = self.handle(env.request).await;
+                if let Err(e) = &r {
+                    debug!(error = %e, "API request failed");
+                }
+                let _ = env.reply.send(r);
+            }
+            Msg::Hook(r) => self.hook_done(r).await,
+            Msg::Links(l) => self.links_changed(l).await,
+            Msg::Check(token, outcome) => self.check_done(&token, &outcome).await,
+            Msg::PassiveTick => self.passive_poll().await,
+            Msg::Sweep(sweep) => self.sweep_done(sweep).await,
+            Msg::Tick => self.tick().await,
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The loop: one message at a time, in arrival order (those held back during a map
+    /// write first), until a stop. The daemon keeps a sender of its own (for the checkers
+    /// and hooks it starts), so the channel never closes under it.
+    async fn serve(&mut self) {
+        loop {
+            let m = match self.deferred.pop_front() {
+                Some(m) => m,
+                None => match self.rx.recv().await {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            if self.on(m).await.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Wait for the map writer's answer to a job. Meanwhile the loop goes on reading its
+    /// channel: requests that only read (`xlb status`, events, diff, flows) are answered at
+    /// once, from the state as it is and the maps as last applied; everything else waits in
+    /// `deferred`, in order, until the write is done (up to [`msg::CAPACITY`] messages, after
+    /// which the loop stops reading and the producers wait, as when the loop is busy).
+    /// `None` when the writer's thread is gone.
+    async fn wait<T>(&mut self, mut pending: commit::Pending<T>) -> Option<T> {
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut pending => return r.ok(),
+                m = self.rx.recv(), if self.deferred.len() < msg::CAPACITY => match m {
+                    Some(Msg::Api(env)) if env.request.reads_only() => self.answer_read(env),
+                    Some(m) => self.deferred.push_back(m),
+                    None => {}
+                },
+            }
+        }
+    }
+
+    /// Write `desired` (the state's, computed by the caller) through the map writer; on
+    /// success it is what the maps hold.
+    async fn write(&mut self, desired: Desired) -> Result<(), CommitError> {
+        let desired = Arc::new(desired);
+        let pending = self.writer.apply(desired.clone(), self.desired.clone());
+        self.wait(pending).await.ok_or(CommitError::WriterGone)??;
+        // The status view's fingerprints of the new tables (a Maglev build each), off the
+        // loop too, while the loop still shows the tables replaced.
+        let (cache, applied) = (self.fingerprints.clone(), desired.clone());
+        let (ring, seed) = (self.dp.opts.ring_size, self.dp.opts.hash_seed);
+        let warm = off_loop(move || {
+            for s in &applied.services {
+                // What `status` asks for: the active backends' Maglev keys and weights.
+                let members = s
+                    .backends
+                    .iter()
+                    .filter_map(|id| applied.backends.get(id))
+                    .filter(|b| b.active)
+                    .map(|b| (b.key.maglev_key(), b.weight))
+                    .collect();
+                cache.get(s.id, members, ring, seed);
+            }
+        });
+        let _ = self.wait(warm).await;
+        self.desired = desired;
+        Ok(())
+    }
+
+    /// Run a job of the reconciler's other than a desired state on the map writer.
+    async fn write_job<T>(
+        &mut self,
+        pending: commit::Pending<Result<T, ReconcileError>>,
+    ) -> Result<T, String> {
+        match self.wait(pending).await {
+            Some(r) => r.map_err(|e| e.to_string()),
+            None => Err(CommitError::WriterGone.to_string()),
+        }
+    }
+
+    /// A health check's outcome: a transition is an event and changes the maps.
+    async fn check_done(&mut self, token: &CheckToken, outcome: &CheckOutcome) {
+        self.telemetry.check(&self.state, token, outcome);
+        if let Some(t) = self.state.observe(token, outcome) {
+            let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
+            self.state
+                .push_event(&t.group, "health", msg, Default::default());
+            if let Err(e) = self.apply().await {
+                error!(error = %e, "applying a health change failed");
+            }
+        }
+    }
+
+    /// A conntrack sweep's findings: delete the flows of backends that are gone (decided
+    /// here, see [`Reconciler::remove_stale_flows`]) and take the open-flow counts.
+    async fn sweep_done(&mut self, sweep: Sweep) {
+        let pending = self.writer.remove_stale_flows(sweep.stale);
+        match self.write_job(pending).await {
+            Ok(0) => {}
+            Ok(n) => debug!(entries = n, "removed flows of backends that are gone"),
+            Err(e) => warn!(error = %e, "removing flows of backends that are gone"),
+        }
+        let desired = self.desired.clone();
+        self.state.apply_sweep(&sweep.open, &desired, sweep.at);
+        self.last_open = sweep.open;
+        self.conntrack_entries = Some(sweep.entries);
+    }
+
+    /// The 1 s tick: finished drains (and a failed apply tried again), scaling, the fleet,
+    /// alerts, the idle table slots, the HTTP snapshot.
+    async fn tick(&mut self) {
+        let left = self.state.finish_drains(Instant::now());
+        if !left.is_empty() || self.retry_apply {
+            for l in &left {
+                info!("{l}");
+            }
+            if let Err(e) = self.apply().await {
+                error!(error = %e, "applying finished drains failed");
+            }
+        }
+        self.scaling_round().await;
+        self.fleet_update();
+        self.alert_round();
+        let pending = self.writer.prepare_idle_slots();
+        if let Err(e) = self.write_job(pending).await {
+            warn!(error = %e, "preparing the idle table slots failed");
+        }
+        self.publish();
+    }
+
     /// Write what the state now wants (after a fact: a health transition, a finished drain,
     /// a scaling round, a hook's result); keep checks and the state file in step. When the
     /// maps refuse it, they are put back to the last desired state and the next tick tries
     /// again.
-    fn apply(&mut self) -> Result<(), ApiError> {
-        let r = commit::apply(
-            &mut self.state,
-            &mut self.reconciler,
-            &mut self.desired,
-            &mut self.dp,
-        );
+    async fn apply(&mut self) -> Result<(), ApiError> {
+        let r = match self.state.desired() {
+            Ok(desired) => self.write(desired).await,
+            Err(e) => Err(CommitError::Capacity(e)),
+        };
         self.retry_apply = r.is_err();
         self.after_change();
         r.map_err(ApiError::from)
@@ -337,25 +558,21 @@ impl Daemon {
 
     /// Run `change` on the state as a transaction (API requests, reloads): on any error the
     /// state and the maps are what they were.
-    fn transact<T, E>(
+    async fn transact<T, E>(
         &mut self,
         change: impl FnOnce(&mut State) -> Result<T, E>,
     ) -> Result<T, ApiError>
     where
         ApiError: From<E>,
     {
-        let r = commit::transact(
-            &mut self.state,
-            &mut self.reconciler,
-            &mut self.desired,
-            &mut self.dp,
-            change,
-        );
-        if r.is_ok() {
-            self.retry_apply = false;
-            self.after_change();
+        let (out, undo, desired) = commit::begin(&mut self.state, change)?;
+        if let Err(e) = self.write(desired).await {
+            undo.undo(&mut self.state);
+            return Err(e.into());
         }
-        r
+        self.retry_apply = false;
+        self.after_change();
+        Ok(out)
     }
 
     fn after_change(&mut self) {
@@ -424,8 +641,7 @@ impl Daemon {
             if self.checkers.get(&token).is_some_and(|(f, _)| *f == fp) {
                 continue;
             }
-            let handle =
-                health::spawn_checker(token.clone(), spec, interval, self.check_tx.clone());
+            let handle = health::spawn_checker(token.clone(), spec, interval, self.tx.clone());
             self.checkers.insert(token, (fp, handle));
         }
     }
@@ -448,10 +664,10 @@ impl Daemon {
         }
     }
 
-    fn reload(&mut self) -> Result<String, ApiError> {
+    async fn reload(&mut self) -> Result<String, ApiError> {
         // The service manager hears RELOADING=1 … READY=1 around it, accepted or not.
         crate::service::notify_reloading();
-        let r = self.reload_config();
+        let r = self.reload_config().await;
         self.telemetry.live.reload(r.is_ok());
         crate::service::notify_ready(&self.status_line());
         r
@@ -466,9 +682,9 @@ impl Daemon {
         )
     }
 
-    fn reload_config(&mut self) -> Result<String, ApiError> {
+    async fn reload_config(&mut self) -> Result<String, ApiError> {
         let cfg = config::load(&self.config_path).map_err(|e| ApiError::Invalid(e.to_string()))?;
-        let notes = self.transact(|s| Ok::<_, ApiError>(s.reload(cfg)))?;
+        let notes = self.transact(|s| Ok::<_, ApiError>(s.reload(cfg))).await?;
         for n in &notes {
             info!("reload: {n}");
         }
@@ -477,33 +693,6 @@ impl Daemon {
         } else {
             format!("config reloaded: {}", notes.join("; "))
         })
-    }
-
-    /// `xlb diff` / `xlb reload --dry-run`: the config (given, or the config file, read as
-    /// a reload reads it) against the running state; nothing changes.
-    fn diff(&self, req: crate::model::DiffRequest) -> Result<Reply, ApiError> {
-        let (cfg, file) = match req.config {
-            Some(text) => {
-                let file = req.file.unwrap_or_else(|| "(config)".into());
-                let cfg =
-                    config::parse(&text, &file).map_err(|e| ApiError::Invalid(e.to_string()))?;
-                (cfg, file)
-            }
-            None => {
-                let cfg = config::load(&self.config_path)
-                    .map_err(|e| ApiError::Invalid(e.to_string()))?;
-                (cfg, self.config_path.display().to_string())
-            }
-        };
-        let preview = crate::diff::preview(
-            &self.state,
-            &self.desired,
-            self.dp.opts.ring_size,
-            cfg,
-            &file,
-            &self.last_open,
-        )?;
-        Ok(Reply::Diff(Box::new(preview)))
     }
 
     /// Evaluate the `[[alert]]` rules on what the loop knows now and send what is due (on
@@ -534,11 +723,34 @@ impl Daemon {
         }
     }
 
-    fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
+    /// Answer a request that only reads ([`Request::reads_only`]): at once, or, for a diff
+    /// (which parses a config and builds Maglev tables), on a blocking thread that answers
+    /// by itself.
+    fn answer_read(&self, env: Envelope) {
+        let r = match env.request {
+            Request::Diff(req) => {
+                let (state, applied) = (self.state.clone(), self.desired.clone());
+                let (ring, path) = (self.dp.opts.ring_size, self.config_path.clone());
+                let open = self.last_open.clone();
+                tokio::task::spawn_blocking(move || {
+                    let r = diff(req, &state, &applied, ring, &path, &open);
+                    let _ = env.reply.send(r);
+                });
+                return;
+            }
+            req => self.read(req),
+        };
+        if let Err(e) = &r {
+            debug!(error = %e, "API request failed");
+        }
+        let _ = env.reply.send(r);
+    }
+
+    /// Answer a request that only reads, but a diff ([`Daemon::answer_read`]).
+    fn read(&self, req: Request) -> Result<Reply, ApiError> {
         match req {
             Request::Status => Ok(Reply::Status(Box::new(self.status()))),
             Request::FlowContext => Ok(Reply::FlowContext(Box::new(self.flow_context()))),
-            Request::Diff(d) => self.diff(d),
             Request::Events { group } => Ok(Reply::Events(
                 self.state
                     .events
@@ -547,12 +759,20 @@ impl Daemon {
                     .cloned()
                     .collect(),
             )),
+            _ => Err(ApiError::Invalid("not a read".into())),
+        }
+    }
+
+    /// A request that changes something.
+    async fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
+        match req {
+            req if req.reads_only() => Err(ApiError::Invalid("not a change".into())),
             req => {
                 // Every change asked for, accepted or rejected, leaves a trail: an event and
                 // a log line saying what changed (a scale records its own `manual` event).
                 let (group, what) = req.change().unwrap_or_default();
                 let scale = matches!(req, Request::Scale { .. });
-                let r = self.change(req);
+                let r = self.change(req).await;
                 if !(scale && r.is_ok()) {
                     self.state.record_change(&group, "API", &what, &r);
                 }
@@ -562,28 +782,34 @@ impl Daemon {
     }
 
     /// A change through the API; its result message.
-    fn change(&mut self, req: Request) -> Result<String, ApiError> {
+    async fn change(&mut self, req: Request) -> Result<String, ApiError> {
         match req {
             Request::Status | Request::Events { .. } | Request::FlowContext | Request::Diff(_) => {
                 Err(ApiError::Invalid("not a change".into()))
             }
-            Request::Reload => self.reload(),
-            Request::AddBackend { group, body } => self.transact(|s| {
-                s.add_backend(&group, &body.address, body.weight, BackendSource::Api)
-            }),
+            Request::Reload => self.reload().await,
+            Request::AddBackend { group, body } => {
+                self.transact(|s| {
+                    s.add_backend(&group, &body.address, body.weight, BackendSource::Api)
+                })
+                .await
+            }
             Request::RemoveBackend { group, body } => {
                 self.transact(|s| s.remove_backend(&group, &body.address))
+                    .await
             }
             Request::DrainBackend { group, body } => {
                 self.transact(|s| s.drain_backend(&group, &body.address, "drained by API"))
+                    .await
             }
             Request::Scale { group, body } => {
                 let m = self.state.scale(&group, body.desired)?;
-                self.scaling_round();
+                self.scaling_round().await;
                 Ok(m)
             }
             Request::SetWeight { group, body } => {
                 self.transact(|s| s.set_weight(&group, &body.address, body.weight))
+                    .await
             }
             Request::NodeDrain | Request::NodeUndrain => {
                 let Some(fleet) = self.fleet.as_mut() else {
@@ -605,7 +831,7 @@ impl Daemon {
     }
 
     /// Measure, decide and act for every scaling group.
-    fn scaling_round(&mut self) {
+    async fn scaling_round(&mut self) {
         let now = Instant::now();
         let (rates, fresh) = self.rates.sample(&self.dp, &self.desired, now);
         let (jobs, changed) =
@@ -615,11 +841,11 @@ impl Daemon {
         // the same backends again.
         let launching = jobs.iter().any(|j| matches!(j, HookJob::Launch { .. }));
         for job in jobs {
-            spawn_hook(job, self.hook_tx.clone());
+            spawn_hook(job, self.tx.clone());
         }
         self.telemetry.scaling(&self.state);
         if changed {
-            if let Err(e) = self.apply() {
+            if let Err(e) = self.apply().await {
                 error!(error = %e, "applying a scaling change failed");
             }
         } else if launching {
@@ -629,7 +855,7 @@ impl Daemon {
 
     /// Read the passive-health counters of the backends of groups with passive health, judge
     /// each backend's window, and act on the verdicts; end ejections that are over.
-    fn passive_poll(&mut self) {
+    async fn passive_poll(&mut self) {
         let now = Instant::now();
         let mut changed = false;
         for (group, msg) in self.state.end_ejections(now) {
@@ -697,13 +923,13 @@ impl Daemon {
             }
         }
         if changed {
-            if let Err(e) = self.apply() {
+            if let Err(e) = self.apply().await {
                 error!(error = %e, "applying a passive health change failed");
             }
         }
     }
 
-    fn hook_done(&mut self, r: HookResult) {
+    async fn hook_done(&mut self, r: HookResult) {
         let (group, hook, ok) = match &r {
             HookResult::Launch { group, result } => (group, "scale_out", result.is_ok()),
             HookResult::Terminate { group, result, .. } => (group, "scale_in", result.is_ok()),
@@ -726,7 +952,7 @@ impl Daemon {
             }
         };
         if changed {
-            if let Err(e) = self.apply() {
+            if let Err(e) = self.apply().await {
                 error!(error = %e, "adding launched backends failed");
             }
         } else {
@@ -737,7 +963,7 @@ impl Daemon {
     /// What the link watcher saw: attach XDP again to a configured interface that was
     /// re-created (it has another ifindex than the one XDP was attached to) or came back up,
     /// then write `VLANS` and `TX_PORTS`.
-    fn links_changed(&mut self, links: &Links) {
+    async fn links_changed(&mut self, links: Links) {
         let mut reattached = false;
         for iface in self.interfaces.clone() {
             let Some(&(ifindex, up)) = links.interfaces.get(&iface) else {
@@ -772,7 +998,8 @@ impl Daemon {
                 }
             }
         }
-        if let Err(e) = self.reconciler.apply_links(&mut self.dp, links) {
+        let pending = self.writer.apply_links(links);
+        if let Err(e) = self.write_job(pending).await {
             error!(error = %e, "writing VLANS / TX_PORTS failed");
         }
         if reattached {
@@ -925,42 +1152,19 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     }
 
-    let (check_tx, mut check_rx) = mpsc::channel::<(CheckToken, CheckOutcome)>(1024);
-    let (api_tx, mut api_rx) = mpsc::channel::<Envelope>(64);
-    let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
-    let (hook_tx, mut hook_rx) = mpsc::channel::<HookResult>(64);
-    let (links_tx, mut links_rx) = mpsc::channel::<Links>(4);
-
-    let mut daemon = Daemon {
-        config_path: config_path.clone(),
-        state,
+    // The one writer of the maps, on a thread of its own with handles of its own.
+    let writer = commit::Writer::spawn(
         reconciler,
-        desired: Desired::default(),
-        attachments: Vec::new(),
-        checkers: HashMap::new(),
-        vip_checks: crate::vipcheck::VipChecks::new(),
-        check_tx,
-        started: Instant::now(),
-        hook_tx,
-        rates: Rates::default(),
-        passive: HashMap::new(),
-        retry_apply: false,
-        interfaces: d.interfaces.clone(),
-        xdp_mode: d.xdp_mode,
-        seen_up: HashMap::new(),
-        attached_ifindex: HashMap::new(),
-        fleet: None,
-        fingerprints: Default::default(),
-        last_open: HashMap::new(),
-        alerts: crate::alert::Alerter::default(),
-        alert_sender: crate::alert::Sender::default(),
-        alerts_seen: 0,
-        telemetry: crate::metrics::Telemetry::new(),
-        conntrack_entries: None,
-        dp,
-    };
+        dp.write_maps()
+            .context("opening the maps for the map writer")?,
+    )
+    .context("starting the map writer thread")?;
+    // One channel for everything that reaches the loop (see `crate::msg` on its bound).
+    let (tx, rx) = mpsc::channel::<Msg>(msg::CAPACITY);
+    let mut daemon = Daemon::new(config_path.clone(), state, dp, writer, (tx.clone(), rx));
     daemon
         .apply()
+        .await
         .map_err(|e| anyhow::anyhow!("filling the maps: {e}"))?;
 
     for iface in &d.interfaces {
@@ -985,9 +1189,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         .cloned()
         .zip(attached.iter().copied())
         .collect();
+    let pending = daemon.writer.set_tx_ports(attached);
     daemon
-        .reconciler
-        .set_tx_ports(&mut daemon.dp, &attached)
+        .write_job(pending)
+        .await
         .map_err(|e| anyhow::anyhow!("setting TX_PORTS: {e}"))?;
     if let Err(e) = daemon.dp.attach_xmit_counter() {
         warn!("xmit_drops will stay 0: attaching the xdp_devmap_xmit tracepoint failed: {e}");
@@ -998,7 +1203,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         None => None,
         Some(name) => Some(api::ApiGroup::lookup(name).map_err(anyhow::Error::msg)?),
     };
-    let _api = api::serve_with(&d.api_socket, api_tx, api_group)
+    let _api = api::serve_with(&d.api_socket, tx.clone(), api_group)
         .await
         .with_context(|| format!("serving the API on {}", d.api_socket.display()))?;
     let _http = match d.http_listen {
@@ -1014,9 +1219,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             tcp_idle: d.tcp_idle_timeout,
             udp_idle: d.udp_idle_timeout,
         };
-        spawn_sweeper(pins, cfg, sweep_tx)?;
+        spawn_sweeper(pins, cfg, tx.clone())?;
     }
-    match links::spawn_watcher(d.interfaces.clone(), links_tx) {
+    match links::spawn_watcher(d.interfaces.clone(), tx.clone()) {
         Ok(_) => {}
         Err(e) => warn!(
             error = %e,
@@ -1048,71 +1253,21 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     crate::service::notify_ready(&daemon.status_line());
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut passive_tick = tokio::time::interval(passive::POLL_EVERY);
-    passive_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => {
-                let r = daemon.reload();
-                daemon.state.record_change("", "SIGHUP", "reload", &r);
-            }
-            Some(env) = api_rx.recv() => {
-                let r = daemon.handle(env.request);
-                if let Err(e) = &r {
-                    debug!(error = %e, "API request failed");
-                }
-                let _ = env.reply.send(r);
-            }
-            Some(r) = hook_rx.recv() => daemon.hook_done(r),
-            Some(l) = links_rx.recv() => daemon.links_changed(&l),
-            Some((token, outcome)) = check_rx.recv() => {
-                daemon.telemetry.check(&daemon.state, &token, &outcome);
-                if let Some(t) = daemon.state.observe(&token, &outcome) {
-                    let msg = format!("{} {} → {} ({})", t.backend, t.from, t.to, t.reason);
-                    daemon.state.push_event(&t.group, "health", msg, Default::default());
-                    if let Err(e) = daemon.apply() {
-                        error!(error = %e, "applying a health change failed");
-                    }
-                }
-            }
-            _ = passive_tick.tick() => daemon.passive_poll(),
-            Some(sweep) = sweep_rx.recv() => {
-                match daemon.reconciler.remove_stale_flows(&mut daemon.dp, &sweep.stale) {
-                    Ok(0) => {}
-                    Ok(n) => debug!(entries = n, "removed flows of backends that are gone"),
-                    Err(e) => warn!(error = %e, "removing flows of backends that are gone"),
-                }
-                let desired = daemon.desired.clone();
-                daemon.state.apply_sweep(&sweep.open, &desired, sweep.at);
-                daemon.last_open = sweep.open;
-                daemon.conntrack_entries = Some(sweep.entries);
-            }
-            _ = tick.tick() => {
-                let left = daemon.state.finish_drains(Instant::now());
-                if !left.is_empty() || daemon.retry_apply {
-                    for l in &left {
-                        info!("{l}");
-                    }
-                    if let Err(e) = daemon.apply() {
-                        error!(error = %e, "applying finished drains failed");
-                    }
-                }
-                daemon.scaling_round();
-                daemon.fleet_update();
-                daemon.alert_round();
-                if let Err(e) = daemon.reconciler.prepare_idle_slots(&mut daemon.dp) {
-                    warn!(error = %e, "preparing the idle table slots failed");
-                }
-                daemon.publish();
-            }
-        }
-    }
+    msg::spawn_signals(tx.clone())?;
+    msg::spawn_timer(
+        tx.clone(),
+        Duration::from_secs(1),
+        tokio::time::MissedTickBehavior::Burst,
+        || Msg::Tick,
+    );
+    msg::spawn_timer(
+        tx.clone(),
+        passive::POLL_EVERY,
+        tokio::time::MissedTickBehavior::Delay,
+        || Msg::PassiveTick,
+    );
+    drop(tx);
+    daemon.serve().await;
     crate::service::notify_stopping();
     if let Some(f) = &daemon.fleet {
         f.withdraw_all(Duration::from_secs(3)).await;
@@ -1207,4 +1362,130 @@ pub fn stop(config_path: &Path, cleanup: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop answers `xlb status` while the map writer is in the middle of a large
+    /// rebuild, and holds a change that comes meanwhile until the write is done. Ordering, not
+    /// timing: the fake maps stop the writer half way until the test lets it go on.
+    #[tokio::test]
+    async fn status_is_answered_while_a_large_rebuild_runs() {
+        use crate::{commit::fake::FakeMaps, model::SetWeight};
+        use tokio::sync::oneshot;
+        const RING: u32 = 131_071;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[daemon]
+interfaces = ["lo"]
+maglev_table_size = {RING}
+max_services = 4
+state_file = "{}/state.json"
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+target_group = "g"
+
+[[target_group]]
+name = "g"
+backends = ["198.18.2.11", "198.18.2.12"]
+"#,
+            dir.path().display()
+        );
+        let cfg = config::parse(&text, "t.toml").unwrap();
+        let opts = LoadOptions {
+            ring_size: RING,
+            conntrack_size: 1024,
+            reverse_size: 1024,
+            max_services: 4,
+            hash_seed: 7,
+        };
+        // The data plane for the reads (counters); the writes go to fake maps.
+        let dp = Dataplane::load(opts, Pinning::Ephemeral).expect("loading XDP (as root)");
+        let writer = commit::Writer::spawn(Reconciler::new(), FakeMaps::new(RING)).unwrap();
+        let (tx, rx) = mpsc::channel(msg::CAPACITY);
+        let mut daemon = Daemon::new(
+            dir.path().join("t.toml"),
+            State::new(cfg),
+            dp,
+            writer,
+            (tx.clone(), rx),
+        );
+        daemon.apply().await.expect("the first fill");
+
+        // The next write stops a thousand entries into the table it rebuilds (all of the
+        // idle slot: RING entries).
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let g = gate.clone();
+        daemon
+            .writer
+            .with(move |m: &mut FakeMaps| m.pause_on = Some((m.writes + 1000, g)))
+            .await
+            .unwrap();
+        let wait_at_gate = || {
+            let g = gate.clone();
+            tokio::task::spawn_blocking(move || {
+                g.wait();
+            })
+        };
+        // Queue a request (the channel has room) and return where its answer comes.
+        let ask = |request: Request| {
+            let (reply, answer) = oneshot::channel();
+            tx.try_send(Msg::Api(crate::model::Envelope { request, reply }))
+                .map_err(|_| "the channel has room")
+                .unwrap();
+            answer
+        };
+        let weight = |weight: u32| Request::SetWeight {
+            group: "g".into(),
+            body: SetWeight {
+                address: "198.18.2.12".into(),
+                weight,
+            },
+        };
+        let test = async {
+            let mut first = ask(weight(5));
+            // The writer is half way through the rebuild, and stays there.
+            wait_at_gate().await.unwrap();
+            let status = ask(Request::Status)
+                .await
+                .expect("answered")
+                .expect("a status");
+            assert!(matches!(status, Reply::Status(_)));
+            assert!(
+                matches!(first.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+                "the change is still being written when the status comes back"
+            );
+            // A diff (Maglev tables built off the loop too) is answered meanwhile.
+            let diff = ask(Request::Diff(crate::model::DiffRequest {
+                config: Some(text.replace("198.18.2.12", "198.18.2.13")),
+                file: None,
+            }))
+            .await
+            .expect("answered");
+            assert!(matches!(diff, Ok(Reply::Diff(_))), "a preview");
+            // A second change waits for the first to be written.
+            let mut second = ask(weight(3));
+            let events = ask(Request::Events { group: None }).await.unwrap();
+            assert!(events.is_ok(), "answered while the write still waits");
+            assert!(matches!(
+                second.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ));
+            // Let the writer go on: both changes are done, in order.
+            wait_at_gate().await.unwrap();
+            first.await.unwrap().expect("the first change");
+            second.await.unwrap().expect("the second change");
+            tx.send(Msg::Stop).await.map_err(|_| "loop gone").unwrap();
+        };
+        tokio::join!(daemon.serve(), test);
+        let weights: Vec<u32> = daemon.desired.backends.values().map(|b| b.weight).collect();
+        assert!(weights.contains(&3) && !weights.contains(&5), "{weights:?}");
+    }
 }

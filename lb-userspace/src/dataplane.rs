@@ -142,6 +142,64 @@ pub struct Maps {
     pub dsr: Array<MapData, lb_common::DsrConf>,
 }
 
+/// A second handle on a map: the same kernel object, through a duplicated file descriptor.
+fn dup<M: TryFrom<aya::maps::Map, Error = MapError>>(data: &MapData) -> Result<M> {
+    use std::os::fd::AsFd;
+    let name = "(duplicate)";
+    let err = |source| DataplaneError::Map { name, source };
+    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+        err(MapError::SyscallError(aya::sys::SyscallError {
+            call: "dup",
+            io_error,
+        }))
+    })?;
+    let data = MapData::from_fd(fd).map_err(err)?;
+    M::try_from(aya::maps::Map::from_map_data(data).map_err(err)?).map_err(err)
+}
+
+impl Maps {
+    /// Handles of their own on the same maps (file descriptors duplicated): for the map
+    /// writer's thread ([`WriteMaps`]).
+    fn try_clone(&self) -> Result<Maps> {
+        use aya::maps::IterableMap;
+        Ok(Maps {
+            services: dup(self.services.map())?,
+            maglev: dup(self.maglev.map())?,
+            backends: dup(self.backends.map())?,
+            conntrack: dup(self.conntrack.map())?,
+            unconfirmed: dup(self.unconfirmed.map())?,
+            reverse: dup(self.reverse.map())?,
+            service_stats: dup(self.service_stats.map())?,
+            backend_stats: dup(self.backend_stats.map())?,
+            global_stats: dup(self.global_stats.map())?,
+            nexthops: dup(self.nexthops.map())?,
+            backend_addrs: dup(self.backend_addrs.map())?,
+            ports: dup(self.ports.map())?,
+            frags: dup(self.frags.map())?,
+            tx_ports: dup(self.tx_ports.map())?,
+            vlans: dup(self.vlans.map())?,
+            addrs: dup(self.addrs.map())?,
+            passive_stats: dup(self.passive_stats.map())?,
+            syn_samples: dup(self.syn_samples.map())?,
+            passive_conf: dup(self.passive_conf.map())?,
+            dsr: dup(self.dsr.map())?,
+        })
+    }
+}
+
+/// The maps on handles of their own, to write from another thread than the one that holds
+/// the [`Dataplane`] (the map writer's, [`crate::commit::Writer`]): [`Dataplane::write_maps`].
+pub struct WriteMaps {
+    ring_size: u32,
+    maps: Maps,
+}
+
+impl WriteMaps {
+    fn ring(&self) -> u32 {
+        self.ring_size
+    }
+}
+
 /// The loaded program and its maps.
 pub struct Dataplane {
     pub opts: LoadOptions,
@@ -543,6 +601,19 @@ impl Dataplane {
         })
     }
 
+    /// The maps on handles of their own, for the one writer of the maps (the daemon's map
+    /// writer thread): after this the daemon writes only through them.
+    pub fn write_maps(&self) -> Result<WriteMaps> {
+        Ok(WriteMaps {
+            ring_size: self.opts.ring_size,
+            maps: self.maps.try_clone()?,
+        })
+    }
+
+    fn ring(&self) -> u32 {
+        self.opts.ring_size
+    }
+
     /// The maps, to read (tests, status).
     pub fn maps(&self) -> &Maps {
         &self.maps
@@ -618,133 +689,153 @@ impl Dataplane {
     }
 }
 
-/// The BPF maps as the reconciler writes them (see [`MapWriter`]).
-impl MapWriter for Dataplane {
-    fn ring_size(&self) -> u32 {
-        self.opts.ring_size
-    }
+/// The BPF maps as the reconciler writes them (see [`MapWriter`]): through the
+/// [`Dataplane`] (tests, benchmarks) or through [`WriteMaps`] (the daemon's map writer).
+macro_rules! map_writer {
+    ($t:ty) => {
+        impl MapWriter for $t {
+            fn ring_size(&self) -> u32 {
+                self.ring()
+            }
 
-    fn set_port_word(&mut self, word: u32, bits: u64) -> std::result::Result<(), MapError> {
-        self.maps.ports.set(word, bits, 0)
-    }
+            fn set_port_word(&mut self, word: u32, bits: u64) -> std::result::Result<(), MapError> {
+                self.maps.ports.set(word, bits, 0)
+            }
 
-    fn set_addr(&mut self, key: &AddrKey, flags: u32) -> std::result::Result<(), MapError> {
-        self.maps.addrs.insert(key, flags, 0)
-    }
+            fn set_addr(&mut self, key: &AddrKey, flags: u32) -> std::result::Result<(), MapError> {
+                self.maps.addrs.insert(key, flags, 0)
+            }
 
-    fn remove_addr(&mut self, key: &AddrKey) -> std::result::Result<(), MapError> {
-        self.maps.addrs.remove(key)
-    }
+            fn remove_addr(&mut self, key: &AddrKey) -> std::result::Result<(), MapError> {
+                self.maps.addrs.remove(key)
+            }
 
-    fn set_backend(&mut self, id: u32, info: BackendInfo) -> std::result::Result<(), MapError> {
-        self.maps.backends.set(id, info, 0)
-    }
+            fn set_backend(
+                &mut self,
+                id: u32,
+                info: BackendInfo,
+            ) -> std::result::Result<(), MapError> {
+                self.maps.backends.set(id, info, 0)
+            }
 
-    fn reset_nexthop(&mut self, id: u32) -> std::result::Result<(), MapError> {
-        self.maps.nexthops.set(id, NextHop::default(), 0)
-    }
+            fn reset_nexthop(&mut self, id: u32) -> std::result::Result<(), MapError> {
+                self.maps.nexthops.set(id, NextHop::default(), 0)
+            }
 
-    fn reset_backend_counters(&mut self, id: u32) {
-        Self::reset_counters(&mut self.maps.backend_stats, id);
-    }
+            fn reset_backend_counters(&mut self, id: u32) {
+                Dataplane::reset_counters(&mut self.maps.backend_stats, id);
+            }
 
-    fn reset_service_counters(&mut self, id: u32) {
-        Self::reset_counters(&mut self.maps.service_stats, id);
-    }
+            fn reset_service_counters(&mut self, id: u32) {
+                Dataplane::reset_counters(&mut self.maps.service_stats, id);
+            }
 
-    fn set_maglev(&mut self, index: u32, backend_id: u32) -> std::result::Result<(), MapError> {
-        self.maps.maglev.set(index, backend_id, 0)
-    }
+            fn set_maglev(
+                &mut self,
+                index: u32,
+                backend_id: u32,
+            ) -> std::result::Result<(), MapError> {
+                self.maps.maglev.set(index, backend_id, 0)
+            }
 
-    fn set_service(
-        &mut self,
-        key: &ServiceKey,
-        info: ServiceInfo,
-    ) -> std::result::Result<(), MapError> {
-        self.maps.services.insert(key, info, 0)
-    }
+            fn set_service(
+                &mut self,
+                key: &ServiceKey,
+                info: ServiceInfo,
+            ) -> std::result::Result<(), MapError> {
+                self.maps.services.insert(key, info, 0)
+            }
 
-    fn remove_service(&mut self, key: &ServiceKey) -> std::result::Result<(), MapError> {
-        self.maps.services.remove(key)
-    }
+            fn remove_service(&mut self, key: &ServiceKey) -> std::result::Result<(), MapError> {
+                self.maps.services.remove(key)
+            }
 
-    fn set_backend_addr(
-        &mut self,
-        key: &lb_common::BackendAddr,
-        v: lb_common::BackendAddrValue,
-    ) -> std::result::Result<(), MapError> {
-        self.maps.backend_addrs.insert(key, v, 0)
-    }
+            fn set_backend_addr(
+                &mut self,
+                key: &lb_common::BackendAddr,
+                v: lb_common::BackendAddrValue,
+            ) -> std::result::Result<(), MapError> {
+                self.maps.backend_addrs.insert(key, v, 0)
+            }
 
-    fn remove_backend_addr(
-        &mut self,
-        key: &lb_common::BackendAddr,
-    ) -> std::result::Result<(), MapError> {
-        self.maps.backend_addrs.remove(key)
-    }
+            fn remove_backend_addr(
+                &mut self,
+                key: &lb_common::BackendAddr,
+            ) -> std::result::Result<(), MapError> {
+                self.maps.backend_addrs.remove(key)
+            }
 
-    fn set_vlan(&mut self, ifindex: u32, v: VlanInfo) -> std::result::Result<(), MapError> {
-        self.maps.vlans.insert(ifindex, v, 0)
-    }
+            fn set_vlan(&mut self, ifindex: u32, v: VlanInfo) -> std::result::Result<(), MapError> {
+                self.maps.vlans.insert(ifindex, v, 0)
+            }
 
-    fn remove_vlan(&mut self, ifindex: u32) -> std::result::Result<(), MapError> {
-        self.maps.vlans.remove(&ifindex)
-    }
+            fn remove_vlan(&mut self, ifindex: u32) -> std::result::Result<(), MapError> {
+                self.maps.vlans.remove(&ifindex)
+            }
 
-    fn set_tx_ports(&mut self, ifindexes: &[u32]) -> std::result::Result<(), MapError> {
-        let old: Vec<u32> = self.maps.tx_ports.keys().filter_map(|k| k.ok()).collect();
-        for k in old {
-            if !ifindexes.contains(&k) {
-                self.maps.tx_ports.remove(k)?;
+            fn set_tx_ports(&mut self, ifindexes: &[u32]) -> std::result::Result<(), MapError> {
+                let old: Vec<u32> = self.maps.tx_ports.keys().filter_map(|k| k.ok()).collect();
+                for k in old {
+                    if !ifindexes.contains(&k) {
+                        self.maps.tx_ports.remove(k)?;
+                    }
+                }
+                for &i in ifindexes {
+                    self.maps
+                        .tx_ports
+                        .insert(i, i, None, 0)
+                        .map_err(|e| match e {
+                            aya::maps::xdp::XdpMapError::MapError(e) => e,
+                            other => MapError::InvalidName {
+                                name: other.to_string(),
+                            },
+                        })?;
+                }
+                Ok(())
+            }
+
+            fn flow_backend(&self, key: &FlowKey) -> Option<u32> {
+                self.maps.conntrack.get(key, 0).ok().map(|ct| ct.backend_id)
+            }
+
+            fn remove_flow(&mut self, key: &FlowKey) -> std::result::Result<(), MapError> {
+                self.maps.conntrack.remove(key)
+            }
+
+            fn remove_flows(&mut self, keys: &[FlowKey]) -> std::result::Result<usize, MapError> {
+                use aya::maps::IterableMap;
+                use std::os::fd::AsFd;
+                let fd = IterableMap::map(&self.maps.conntrack).fd().as_fd();
+                crate::batch::delete_batch(fd, keys)
+                    .map(|n| n as usize)
+                    .map_err(|io_error| {
+                        MapError::SyscallError(aya::sys::SyscallError {
+                            call: "bpf_map_delete_batch",
+                            io_error,
+                        })
+                    })
+            }
+            fn set_passive_conf(
+                &mut self,
+                id: u32,
+                conf: lb_common::PassiveConf,
+            ) -> std::result::Result<(), MapError> {
+                self.maps.passive_conf.set(id, conf, 0)
+            }
+
+            fn set_dsr(
+                &mut self,
+                id: u32,
+                conf: lb_common::DsrConf,
+            ) -> std::result::Result<(), MapError> {
+                self.maps.dsr.set(id, conf, 0)
             }
         }
-        for &i in ifindexes {
-            self.maps
-                .tx_ports
-                .insert(i, i, None, 0)
-                .map_err(|e| match e {
-                    aya::maps::xdp::XdpMapError::MapError(e) => e,
-                    other => MapError::InvalidName {
-                        name: other.to_string(),
-                    },
-                })?;
-        }
-        Ok(())
-    }
-
-    fn flow_backend(&self, key: &FlowKey) -> Option<u32> {
-        self.maps.conntrack.get(key, 0).ok().map(|ct| ct.backend_id)
-    }
-
-    fn remove_flow(&mut self, key: &FlowKey) -> std::result::Result<(), MapError> {
-        self.maps.conntrack.remove(key)
-    }
-
-    fn remove_flows(&mut self, keys: &[FlowKey]) -> std::result::Result<usize, MapError> {
-        use aya::maps::IterableMap;
-        use std::os::fd::AsFd;
-        let fd = IterableMap::map(&self.maps.conntrack).fd().as_fd();
-        crate::batch::delete_batch(fd, keys)
-            .map(|n| n as usize)
-            .map_err(|io_error| {
-                MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_map_delete_batch",
-                    io_error,
-                })
-            })
-    }
-    fn set_passive_conf(
-        &mut self,
-        id: u32,
-        conf: lb_common::PassiveConf,
-    ) -> std::result::Result<(), MapError> {
-        self.maps.passive_conf.set(id, conf, 0)
-    }
-
-    fn set_dsr(&mut self, id: u32, conf: lb_common::DsrConf) -> std::result::Result<(), MapError> {
-        self.maps.dsr.set(id, conf, 0)
-    }
+    };
 }
+
+map_writer!(Dataplane);
+map_writer!(WriteMaps);
 
 /// Take over the XDP link pinned at `path` by swapping `prog` into it (atomic: no packet
 /// goes unprocessed).

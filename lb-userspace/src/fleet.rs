@@ -98,10 +98,12 @@ impl Fnv {
 }
 
 /// Fingerprints by service id, computed again only when what builds the table changes
-/// (building a table of the default size takes about a millisecond).
+/// (building a table of the default size takes about a millisecond). The last two of each
+/// service are kept: the daemon computes the new tables' fingerprints off its loop while it
+/// still shows the tables the maps hold.
 #[derive(Default)]
 pub struct FingerprintCache {
-    cache: Mutex<HashMap<u32, Cached>>,
+    cache: Mutex<HashMap<u32, Vec<Cached>>>,
 }
 
 /// What a fingerprint was computed from (members, table size, seed) and the fingerprint.
@@ -115,14 +117,21 @@ impl FingerprintCache {
         ring: u32,
         seed: u32,
     ) -> String {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((m, r, s, fp)) = cache.get(&service_id) {
-            if *m == members && *r == ring && *s == seed {
+        let lock = || self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = lock().get(&service_id) {
+            if let Some((.., fp)) = kept
+                .iter()
+                .find(|(m, r, s, _)| *m == members && *r == ring && *s == seed)
+            {
                 return fp.clone();
             }
         }
+        // Built without the lock: another thread's lookup does not wait for it.
         let fp = table_fingerprint(&members, ring, seed);
-        cache.insert(service_id, (members, ring, seed, fp.clone()));
+        let mut cache = lock();
+        let kept = cache.entry(service_id).or_default();
+        kept.insert(0, (members, ring, seed, fp.clone()));
+        kept.truncate(2);
         fp
     }
 }

@@ -708,11 +708,14 @@ impl Drop for CheckerHandle {
 /// behind, the checker waits (back-pressure) instead of dropping outcomes or piling them up,
 /// and its next check is due at once after the send. The task ends when the receiver is
 /// dropped (noticed also while waiting between checks) or when the handle is dropped.
-pub fn spawn_checker<T: Clone + Send + 'static>(
+///
+/// `M` is the channel's message type: `(token, outcome)` itself, or a type it converts into
+/// (the daemon's one message enum).
+pub fn spawn_checker<T: Clone + Send + 'static, M: From<(T, CheckOutcome)> + Send + 'static>(
     token: T,
     spec: CheckSpec,
     interval: Duration,
-    tx: mpsc::Sender<(T, CheckOutcome)>,
+    tx: mpsc::Sender<M>,
 ) -> CheckerHandle {
     let interval = interval.max(Duration::from_millis(1));
     let first = jitter(interval.min(Duration::from_secs(1)) / 2);
@@ -733,7 +736,7 @@ pub fn spawn_checker<T: Clone + Send + 'static>(
                     check_once(&spec).await
                 } => outcome,
             };
-            if tx.send((token.clone(), outcome)).await.is_err() {
+            if tx.send(M::from((token.clone(), outcome))).await.is_err() {
                 break;
             }
         }
@@ -1491,7 +1494,7 @@ mod tests {
     #[tokio::test]
     async fn receiver_gone_ends_task() {
         let listener = TcpListener::bind(LOCAL).await.unwrap();
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel::<((), CheckOutcome)>(1);
         // A long interval: the task must notice the closed channel while waiting.
         let handle = spawn_checker(
             (),

@@ -5,10 +5,11 @@
 //! - [`state`]: the one owner of desired state (its changes in [`state::changes`], the state
 //!   file in [`state::persist`]); [`reconcile`]: the one writer of the maps (the map types in
 //!   [`reconcile::encode`]); [`commit`]: changes as transactions (checked first, undone when
-//!   the maps refuse them);
+//!   the maps refuse them), and the map writer's thread the reconciler runs on;
 //! - [`scaling`]: the policy engine, the scaling rounds, the hook runner; [`status`]: the
 //!   status view; [`api`]: the control API, where errors get their HTTP status;
-//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`;
+//! - [`dataplane`]: the loaded XDP object; [`daemon`]: `xlb run`, the owner loop; [`msg`]:
+//!   the one message type every producer sends it;
 //! - [`links`]: VLAN devices and interface indexes learnt over rtnetlink;
 //! - [`service`]: capabilities, systemd notification, log format;
 //! - [`diff`]: what a reload would change (`xlb diff`); [`alert`]: `[[alert]]` rules and
@@ -33,6 +34,7 @@ pub mod links;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod msg;
 pub mod passive;
 pub mod reconcile;
 pub mod scaling;

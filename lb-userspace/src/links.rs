@@ -164,9 +164,9 @@ async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<Link>, LinksError> {
 /// Start the watcher on the current tokio runtime (in the daemon's network namespace): every
 /// snapshot that differs from the previous one goes to `tx`, the first one at once. Fails
 /// only when no netlink socket can be opened; later errors are logged and retried.
-pub fn spawn_watcher(
+pub fn spawn_watcher<M: From<Links> + Send + 'static>(
     interfaces: Vec<String>,
-    tx: mpsc::Sender<Links>,
+    tx: mpsc::Sender<M>,
 ) -> Result<tokio::task::JoinHandle<()>, LinksError> {
     let (conn, handle, mut events) = new_multicast_connection(&[MulticastGroup::Link])?;
     tokio::spawn(conn);
@@ -178,7 +178,7 @@ pub fn spawn_watcher(
                     let snap = snapshot(&links, &interfaces);
                     if last.as_ref() != Some(&snap) {
                         debug!(?snap, "links changed");
-                        if tx.send(snap.clone()).await.is_err() {
+                        if tx.send(M::from(snap.clone())).await.is_err() {
                             return;
                         }
                         last = Some(snap);
@@ -355,7 +355,7 @@ mod tests {
     /// The watcher reads this namespace's links for real (no root needed for a dump).
     #[tokio::test]
     async fn watcher_reports_the_loopback_interface() {
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = mpsc::channel::<Links>(4);
         let task = spawn_watcher(vec!["lo".into()], tx).expect("netlink socket");
         let snap = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await

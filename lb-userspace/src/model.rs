@@ -289,6 +289,15 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether it only reads (status, events, a diff, the flows' context): the daemon answers
+    /// these even while a map write is in flight.
+    pub fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status | Request::Events { .. } | Request::FlowContext | Request::Diff(_)
+        )
+    }
+
     /// For a request that changes something: its target group (empty for a reload) and what
     /// it asks for, for the trail of changes. None for reads.
     pub fn change(&self) -> Option<(String, String)> {
@@ -364,6 +373,35 @@ pub enum Reply {
 pub struct Envelope {
     pub request: Request,
     pub reply: tokio::sync::oneshot::Sender<Result<Reply, ApiError>>,
+}
+
+/// Where the API server hands its requests: the state owner's channel, whatever its message
+/// type (the daemon's one message enum, or plain [`Envelope`]s in tests), as long as an
+/// [`Envelope`] converts into it.
+#[derive(Clone)]
+pub struct RequestTx {
+    send: std::sync::Arc<
+        dyn Fn(Envelope) -> futures_util::future::BoxFuture<'static, Result<(), ()>> + Send + Sync,
+    >,
+}
+
+impl RequestTx {
+    /// Queue `env` for the owner (waiting while its channel is full); an error when the owner
+    /// is gone.
+    pub async fn send(&self, env: Envelope) -> Result<(), ()> {
+        (self.send)(env).await
+    }
+}
+
+impl<M: From<Envelope> + Send + 'static> From<tokio::sync::mpsc::Sender<M>> for RequestTx {
+    fn from(tx: tokio::sync::mpsc::Sender<M>) -> Self {
+        RequestTx {
+            send: std::sync::Arc::new(move |env| {
+                let tx = tx.clone();
+                Box::pin(async move { tx.send(M::from(env)).await.map_err(|_| ()) })
+            }),
+        }
+    }
 }
 
 /// The body of `POST /v1/diff`: the config to compare with the running one. Without `config`
