@@ -1,0 +1,131 @@
+//! Review of DSR health checks through the VIP (`target = "vip"`): a backend that does NOT
+//! serve the VIP (no VIP on its loopback: the very misconfiguration the check is for) but
+//! forwards IP (a router, a container host) must be found unhealthy. Without a hop limit on
+//! the check's packets, it forwards them (by its default route) back to xlb, whose XDP
+//! program balances them like a client's to another backend that serves the VIP, and that
+//! backend's answer (from the VIP, straight to xlb's host) passes the first one's check. (Reproduced on 09ded54: backend 1 "healthy" "connected".)
+//!
+//! Needs root (skipped with a message otherwise).
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use xlb_lab::{lab::Lab, xlbd::Xlbd};
+
+const PREFIX: &str = "xlbt-dsrhcfw";
+const PORT: u16 = 9091;
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 41);
+
+fn config(name: &str) -> String {
+    format!(
+        "[daemon]\n{}interfaces = [\"veth-client\", \"veth-backends\"]\nmaglev_table_size = 1021\n\
+         \n[[service]]\nname = \"s\"\nvip = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\n\
+         target_group = \"g\"\nforwarding = \"dsr\"\ndsr_encap = \"l2\"\n\
+         \n[[target_group]]\nname = \"g\"\nbackends = [\"198.18.2.11\", \"198.18.2.12\"]\n\
+         \n[target_group.health_check]\nprotocol = \"tcp\"\ninterval = \"300ms\"\n\
+         timeout = \"250ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 2\ntarget = \"vip\"\n",
+        Xlbd::daemon_paths(name)
+    )
+}
+
+#[test]
+fn a_forwarding_backend_without_the_vip_is_unhealthy() {
+    if !xlb_lab::is_root() {
+        eprintln!("skipped: namespace tests need root");
+        return;
+    }
+    xlb_lab::xlbd::cleanup_stale_pins(PREFIX);
+    let lab = Lab::new(PREFIX, 2).expect("lab");
+    // Backend 1: no VIP, forwards. Backend 2: the VIP on its loopback, a server on it.
+    let b1 = lab.backend_ns(1);
+    b1.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    b1.exec(["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"])
+        .unwrap();
+    b1.exec(["sysctl", "-qw", "net.ipv4.conf.eth0.send_redirects=0"])
+        .unwrap();
+    let b2 = lab.backend_ns(2);
+    // Backend 1's route to the VIP: a neighbour that has it (in a fleet, its default route
+    // through the routers to any node, which balances the packet to any backend, does the
+    // same; here the lb's own XDP does not hairpin it back onto the backends' link).
+    b1.exec([
+        "ip",
+        "route",
+        "add",
+        &format!("{VIP}/32"),
+        "via",
+        "198.18.2.12",
+    ])
+    .unwrap();
+    for s in [
+        "net.ipv4.conf.all.arp_ignore=1",
+        "net.ipv4.conf.all.arp_announce=2",
+    ] {
+        b2.exec(["sysctl", "-qw", s]).unwrap();
+    }
+    b2.exec(["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])
+        .unwrap();
+    let l = b2
+        .enter(|| TcpListener::bind(SocketAddr::new(IpAddr::V4(VIP), PORT)))
+        .unwrap();
+    l.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let server = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_millis(100)));
+                    let mut b = [0u8; 64];
+                    let _ = c.read(&mut b);
+                    let _ = c.write_all(b"");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let lb = lab.lb_ns();
+    lb.exec(["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"])
+        .unwrap();
+    let via4 = lab.client_v4().to_string();
+    lb.exec(["ip", "route", "add", "default", "via", &via4])
+        .unwrap();
+    let xlb = Xlbd::start(&lab, PREFIX, &config(PREFIX)).expect("starting xlb");
+    let state = |addr: &str| -> String {
+        xlb.backends("g")
+            .unwrap_or_default()
+            .iter()
+            .find(|b| b["address"].as_str().unwrap_or_default().starts_with(addr))
+            .map(|b| format!("{} {}", b["state"], b["reason"]))
+            .unwrap_or_default()
+    };
+    xlb.wait_for("backend 2 healthy", Duration::from_secs(20), || {
+        Ok(state("198.18.2.12")
+            .starts_with("\"healthy\"")
+            .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", xlb.backends("g")));
+    // Give backend 1 several check rounds with backend 2 in the table.
+    std::thread::sleep(Duration::from_secs(3));
+    let s1 = state("198.18.2.11");
+    let forwarded = String::from_utf8_lossy(
+        &b1.exec(["nstat", "-az", "IpForwDatagrams", "IcmpOutTimeExcds"])
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    assert!(
+        !s1.starts_with("\"healthy\""),
+        "backend 1 serves no VIP yet its check through the VIP passes: {s1}; all: {:?}\n\
+         backend 1: {forwarded}",
+        xlb.backends("g")
+    );
+}
