@@ -93,6 +93,11 @@ async fn connect(spec: &CheckSpec) -> io::Result<TcpStream> {
         ));
     }
     let dst = SocketAddr::new(v.vip, spec.addr.port());
+    // The marked route must lead to `xlb_hc`: not to a local VIP (this host would answer),
+    // nor wherever an earlier routing rule sends marked packets.
+    crate::vipcheck::check_route(v.vip, v.mark)
+        .await
+        .map_err(io::Error::other)?;
     // The source the routes give for the backend's address (a UDP connect sends nothing).
     let probe = std::net::UdpSocket::bind(if dst.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))

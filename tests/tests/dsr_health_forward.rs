@@ -129,3 +129,36 @@ fn a_forwarding_backend_without_the_vip_is_unhealthy() {
         xlb.backends("g")
     );
 }
+
+/// The VIP is also a local address of xlb's host (on its loopback, as some hosts keep it) and
+/// something there listens on the check port on every address: the check must still reach the
+/// backend (which serves nothing here), not be answered by xlb's own host.
+#[test]
+fn a_check_is_not_answered_by_xlbs_own_host() {
+    if !xlb_lab::is_root() {
+        eprintln!("skipped: namespace tests need root");
+        return;
+    }
+    const PREFIX: &str = "xlbt-dsrhclo";
+    xlb_lab::xlbd::cleanup_stale_pins(PREFIX);
+    let lab = Lab::new(PREFIX, 2).expect("lab");
+    let lb = lab.lb_ns();
+    lb.exec(["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])
+        .unwrap();
+    let l = lb
+        .enter(|| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], PORT))))
+        .unwrap();
+    let xlb = Xlbd::start(&lab, PREFIX, &config(PREFIX)).expect("starting xlb");
+    // Several check rounds.
+    std::thread::sleep(Duration::from_secs(3));
+    let bs = xlb.backends("g").unwrap();
+    drop(l);
+    assert!(
+        bs.iter().all(|b| b["state"] != "healthy"),
+        "no backend serves the VIP, yet: {bs:?}"
+    );
+    for b in &bs {
+        let r = b["reason"].as_str().unwrap_or_default();
+        assert!(r.contains("address of xlb's host"), "{r}");
+    }
+}
