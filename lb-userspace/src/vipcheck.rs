@@ -488,6 +488,28 @@ impl TestProgram {
 /// VIP is an address of this host (the local table comes before the mark's rule, so the
 /// host itself would answer), or a rule before ours sends marked packets elsewhere.
 pub async fn check_route(vip: IpAddr, mark: u32) -> std::result::Result<(), String> {
+    // One lookup per VIP and mark a second at most, however many checks run.
+    type Cache = std::sync::Mutex<StdHashMap<(IpAddr, u32), (std::time::Instant, Verdict)>>;
+    type Verdict = std::result::Result<(), String>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let now = std::time::Instant::now();
+    if let Ok(c) = cache.lock() {
+        if let Some((at, r)) = c.get(&(vip, mark)) {
+            if now.duration_since(*at) < Duration::from_secs(1) {
+                return r.clone();
+            }
+        }
+    }
+    let r = lookup_route(vip, mark).await;
+    if let Ok(mut c) = cache.lock() {
+        c.retain(|_, (at, _)| now.duration_since(*at) < Duration::from_secs(1));
+        c.insert((vip, mark), (now, r.clone()));
+    }
+    r
+}
+
+async fn lookup_route(vip: IpAddr, mark: u32) -> std::result::Result<(), String> {
     use futures_util::stream::TryStreamExt;
     use netlink_packet_route::route::{RouteAttribute, RouteType};
     let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
