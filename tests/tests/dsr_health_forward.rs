@@ -166,8 +166,10 @@ fn a_check_is_not_answered_by_xlbs_own_host() {
 /// Probe (review, open): a client on the backends' link (backend 1) reaching a DSR `l2` VIP
 /// served by backend 2: the lb's XDP turns the SYN around on the interface it came in on
 /// (`XDP_TX`, counted `forwarded`, veth stats `xdp_tx` 3) but backend 2 never receives it (its
-/// `IpInReceives` stays at 1) and the connect times out. Whether the lab's veth + bridge loses
-/// `XDP_TX` frames or the data path writes a wrong frame is not settled yet: ignored until then
+/// `IpInReceives` stays at 1) and the connect times out. The same happens with the service in
+/// NAT mode (tried by hand), so it is `XDP_TX` (ingress = egress) itself, not DSR: whether the
+/// lab's veth + bridge loses `XDP_TX` frames or `transmit` writes a wrong frame is not settled
+/// yet: ignored until then
 /// (`cargo test -p xlb-tests --test dsr_health_forward -- --ignored`).
 #[test]
 #[ignore = "open: hairpin XDP_TX in the lab loses the frame; see the doc comment"]
