@@ -93,6 +93,11 @@ async fn connect(spec: &CheckSpec) -> io::Result<TcpStream> {
         ));
     }
     let dst = SocketAddr::new(v.vip, spec.addr.port());
+    // The marked route must lead to `xlb_hc`: not to a local VIP (this host would answer),
+    // nor wherever an earlier routing rule sends marked packets.
+    crate::vipcheck::check_route(v.vip, v.mark)
+        .await
+        .map_err(io::Error::other)?;
     // The source the routes give for the backend's address (a UDP connect sends nothing).
     let probe = std::net::UdpSocket::bind(if dst.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -107,8 +112,36 @@ async fn connect(spec: &CheckSpec) -> io::Result<TcpStream> {
         tokio::net::TcpSocket::new_v6()?
     };
     set_mark(&sock, v.mark)?;
+    // Hop limit 1: the backend takes the check's packets only if the VIP is its own. One that
+    // lacks the VIP but forwards IP would otherwise route them on (to the VIP: through a node,
+    // to another backend, or to a neighbour holding the VIP), whose answer passed the check.
+    set_hop_limit_1(&sock, dst.is_ipv4())?;
     sock.bind(SocketAddr::new(local, 0))?;
     sock.connect(dst).await
+}
+
+fn set_hop_limit_1(sock: &impl std::os::fd::AsRawFd, v4: bool) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let (level, name) = if v4 {
+        (libc::IPPROTO_IP, libc::IP_TTL)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)
+    };
+    // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn set_mark(sock: &impl std::os::fd::AsRawFd, mark: u32) -> io::Result<()> {

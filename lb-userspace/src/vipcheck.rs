@@ -483,6 +483,70 @@ impl TestProgram {
     }
 }
 
+/// Where the kernel routes a check's packets to `vip` with `mark`: `Ok` when they leave
+/// through [`LINK`] (to `xlb_hc`); otherwise why the check would not reach its backend: the
+/// VIP is an address of this host (the local table comes before the mark's rule, so the
+/// host itself would answer), or a rule before ours sends marked packets elsewhere.
+pub async fn check_route(vip: IpAddr, mark: u32) -> std::result::Result<(), String> {
+    // One lookup per VIP and mark a second at most, however many checks run.
+    type Cache = std::sync::Mutex<StdHashMap<(IpAddr, u32), (std::time::Instant, Verdict)>>;
+    type Verdict = std::result::Result<(), String>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let now = std::time::Instant::now();
+    if let Ok(c) = cache.lock() {
+        if let Some((at, r)) = c.get(&(vip, mark)) {
+            if now.duration_since(*at) < Duration::from_secs(1) {
+                return r.clone();
+            }
+        }
+    }
+    let r = lookup_route(vip, mark).await;
+    if let Ok(mut c) = cache.lock() {
+        c.retain(|_, (at, _)| now.duration_since(*at) < Duration::from_secs(1));
+        c.insert((vip, mark), (now, r.clone()));
+    }
+    r
+}
+
+async fn lookup_route(vip: IpAddr, mark: u32) -> std::result::Result<(), String> {
+    use futures_util::stream::TryStreamExt;
+    use netlink_packet_route::route::{RouteAttribute, RouteType};
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
+    let task = tokio::spawn(conn);
+    let msg = match vip {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .mark(mark)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .mark(mark)
+            .build(),
+    };
+    let r = handle.route().get(msg).execute().try_next().await;
+    task.abort();
+    let r = r
+        .map_err(|e| format!("looking up the route to {vip}: {e}"))?
+        .ok_or_else(|| format!("no route to {vip}"))?;
+    if r.header.kind == RouteType::Local {
+        return Err(format!(
+            "{vip} is an address of xlb's host: the check would be answered here, not by the backend"
+        ));
+    }
+    let oif = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    });
+    let ours = nix::net::if_::if_nametoindex(LINK).ok();
+    if oif.is_none() || oif != ours {
+        return Err(format!(
+            "marked packets to {vip} do not leave through {LINK} (a routing rule before priority {RULE_PRIORITY}?)"
+        ));
+    }
+    Ok(())
+}
+
 /// `xlb stop --cleanup`: remove the rules and the interface pair (with its routes), from a
 /// program without a runtime; says what it did. Nothing to remove is no error.
 pub fn cleanup_blocking() {
