@@ -62,6 +62,31 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
+/// Where the kernel's tracing file system is mounted on current systems.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs at `/sys/kernel/tracing` when neither it nor the older
+/// `/sys/kernel/debug/tracing` is mounted: attaching the `xdp_devmap_xmit` tracepoint
+/// (`xmit_drops`) needs it. Most systemd hosts mount it at boot; a minimal host or a
+/// container may not. Needs CAP_SYS_ADMIN; without it the error says so and the caller
+/// carries on without the tracepoint.
+pub fn ensure_tracefs() -> Result<()> {
+    let mounted = |p: &str| Path::new(p).join("events").is_dir();
+    if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting tracefs at {TRACEFS}"))?;
+    info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
 fn random_seed() -> u32 {
     let mut b = [0u8; 4];
     if std::fs::File::open("/dev/urandom")
@@ -1194,7 +1219,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         .write_job(pending)
         .await
         .map_err(|e| anyhow::anyhow!("setting TX_PORTS: {e}"))?;
-    if let Err(e) = daemon.dp.attach_xmit_counter() {
+    let xmit = ensure_tracefs().and_then(|()| Ok(daemon.dp.attach_xmit_counter()?));
+    if let Err(e) = xmit {
         warn!("xmit_drops will stay 0: attaching the xdp_devmap_xmit tracepoint failed: {e}");
     }
     daemon.persist();

@@ -26,6 +26,9 @@ fn skip() -> bool {
         eprintln!("skipped: namespace tests need root");
         return true;
     }
+    // The daemon below runs without CAP_SYS_ADMIN, so it cannot mount tracefs itself (a
+    // minimal host may not have it mounted); the host's service manager would have.
+    xlb::daemon::ensure_tracefs().expect("tracefs");
     false
 }
 
