@@ -75,15 +75,18 @@ pub fn ensure_tracefs() -> Result<()> {
     if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
         return Ok(());
     }
-    nix::mount::mount(
+    match nix::mount::mount(
         Some("tracefs"),
         TRACEFS,
         Some("tracefs"),
         nix::mount::MsFlags::empty(),
         None::<&str>,
-    )
-    .with_context(|| format!("mounting tracefs at {TRACEFS}"))?;
-    info!("mounted tracefs at {TRACEFS}");
+    ) {
+        Ok(()) => info!("mounted tracefs at {TRACEFS}"),
+        // Another process mounted it at the same time.
+        Err(_) if mounted(TRACEFS) => {}
+        Err(e) => return Err(e).with_context(|| format!("mounting tracefs at {TRACEFS}")),
+    }
     Ok(())
 }
 
