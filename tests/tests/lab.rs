@@ -175,7 +175,16 @@ fn netns_guards_and_cleanup() {
 
     let mut child = ns.spawn("sleep", ["30"]).unwrap();
     assert!(child.is_running());
-    assert_eq!(ns.pids().unwrap(), vec![child.id() as i32]);
+    // The child joins the namespace when `ip netns exec` has run in it: wait for that
+    // (bounded), then it is the one process inside.
+    let want = vec![child.id() as i32];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut pids = ns.pids().unwrap();
+    while pids != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        pids = ns.pids().unwrap();
+    }
+    assert_eq!(pids, want);
     child.stop().unwrap();
     assert!(!child.is_running());
 

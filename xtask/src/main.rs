@@ -198,6 +198,7 @@ fn test() -> Result<()> {
             &[
                 "test",
                 "--workspace",
+                "--no-fail-fast",
                 "--test",
                 "*",
                 "--",
