@@ -40,26 +40,13 @@ pub enum Rewrite {
     Src,
 }
 
-/// [`rewrite`] succeeded.
+/// `set_l2` (or an encapsulation) succeeded.
 pub const DONE: u32 = u32::MAX;
 
-/// Rewrite one address (and, when the packet has its L4 header, the port) of `p`, updating
-/// the IPv4 header checksum and the TCP/UDP checksum incrementally, and decrement the TTL /
-/// hop limit when `dec_ttl`. An IPv4 UDP datagram without checksum (0) keeps none.
-///
-/// Answers [`DONE`] or the action to take instead (a plain integer: a `Result` would be
-/// returned through a sixth, stack-passed argument).
-///
-/// Not inlined, to keep the callers' stack frames small (the verifier adds up the frames of
-/// a call chain).
-#[inline(never)]
-pub fn rewrite(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, dec_ttl: bool) -> u32 {
-    match rewrite_headers(ctx, p, which, &t.addr, t.port, dec_ttl) {
-        Ok(()) => DONE,
-        Err(action) => action,
-    }
-}
-
+/// Rewrite one address (and, when the packet has its L4 header, the port) of `p` to `addr`
+/// / `port`, updating the IPv4 header checksum and the TCP/UDP checksum incrementally, and
+/// decrement the TTL / hop limit when `dec_ttl`. An IPv4 UDP datagram without checksum (0)
+/// keeps none. The error is the action to take instead.
 #[inline(always)]
 fn rewrite_headers(
     ctx: &XdpContext,
@@ -248,6 +235,20 @@ pub const NH_TOO_BIG: u32 = u32::MAX - 3;
 pub fn resolve(ctx: &XdpContext, p: &Pkt, src: &[u8; 16], dst: &[u8; 16], nh: &mut NextHop) -> u32 {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    resolve_at(ctx, p, src, dst, nh, now)
+}
+
+/// [`resolve`] with the packet's clock reading `now` (one helper call fewer for callers
+/// that read the clock already).
+#[inline(always)]
+pub fn resolve_at(
+    ctx: &XdpContext,
+    p: &Pkt,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    nh: &mut NextHop,
+    now: u64,
+) -> u32 {
     if nh.ifindex != 0 && nh.expires_ns > now {
         return NH_OK;
     }
@@ -354,12 +355,41 @@ pub struct Target {
     pub port: [u8; 2],
 }
 
-/// Rewrite `p` (`which` address and port to `t`'s) and send it through `nh`, resolved
-/// first: the MTU rule (ICMP "too big" back to the sender, or the kernel to fragment), the
-/// kernel for egresses that cannot take XDP frames, else TTL decremented, MACs and VLAN tags
-/// set, `XDP_TX` or a devmap redirect; counted `forwarded` / `replies` on success.
+/// Rewrite `p`'s destination address and port to `t`'s (client → backend) and send it
+/// through `nh`, resolved first: see [`send_as`]. Call through [`answer_too_big`].
 #[inline(never)]
-pub fn send(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, nh: &mut NextHop) -> u32 {
+pub fn send_to_backend(ctx: &XdpContext, p: &Pkt, t: &Target, nh: &mut NextHop, now: u64) -> u32 {
+    send_as(ctx, p, Rewrite::Dst, t, nh, now)
+}
+
+/// Rewrite `p`'s source address and port to `t`'s (backend → client) and send it through
+/// `nh`, resolved first: see [`send_as`]. Call through [`answer_too_big`].
+#[inline(never)]
+pub fn send_to_client(ctx: &XdpContext, p: &Pkt, t: &Target, nh: &mut NextHop, now: u64) -> u32 {
+    send_as(ctx, p, Rewrite::Src, t, nh, now)
+}
+
+/// Rewrite `p` (`which` address and port to `t`'s) and send it through `nh`, resolved
+/// first (`now`: the packet's clock reading, for the next-hop cache): the MTU rule (ICMP
+/// "too big" back to the sender, or the kernel to fragment), the kernel for egresses that
+/// cannot take XDP frames, else TTL decremented, MACs and VLAN tags set, `XDP_TX` or a devmap
+/// redirect; counted `forwarded` / `replies` on success. A packet to be answered with ICMP
+/// "too big" gets [`NH_TOO_BIG`] (the MTU in `nh.mtu`), for the caller to pass to
+/// [`answer_too_big`]: building the ICMP message here would add its frame to this one's on
+/// the verifier's deepest call chain.
+///
+/// One function per direction (BPF functions take five arguments at most), each with the
+/// header rewrite (one site) and `set_l2` inlined: every call and return costs 10–22 ns on
+/// the AMD EPYC VMs (retpolines, SRSO "safe RET").
+#[inline(always)]
+fn send_as(
+    ctx: &XdpContext,
+    p: &Pkt,
+    which: Rewrite,
+    t: &Target,
+    nh: &mut NextHop,
+    now: u64,
+) -> u32 {
     let addr = &t.addr;
     let ok_counter = match which {
         Rewrite::Dst => global::FORWARDED,
@@ -369,55 +399,51 @@ pub fn send(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, nh: &mut Next
         Rewrite::Dst => (&p.key.src, addr),
         Rewrite::Src => (addr, &p.key.dst),
     };
-    let rc = resolve(ctx, p, src, dst, nh);
-    if rc == NH_TOO_BIG {
-        return too_big(ctx, p, which, t, nh.mtu);
-    }
-    if rc != NH_OK {
-        if rc == NH_NO_NEIGH || rc == NH_LOCAL {
-            // The kernel resolves the neighbour (or delivers) and forwards this packet.
-            let r = rewrite(ctx, p, which, t, false);
-            if r != DONE {
-                return r;
-            }
-            if rc == NH_NO_NEIGH {
-                count(global::FIB_NO_NEIGH);
-            }
-            return pass();
+    let rc = resolve_at(ctx, p, src, dst, nh, now);
+    // Which counter a packet left to the kernel (rewritten, TTL untouched) adds to: none for
+    // "not forwarded" (local), `NO_KERNEL` when XDP sends it.
+    const NO_KERNEL: u32 = u32::MAX;
+    const UNCOUNTED: u32 = u32::MAX - 1;
+    let too_big = rc == NH_TOO_BIG || (rc == NH_OK && nh.mtu != 0 && p.ip_len > nh.mtu as usize);
+    let kernel = if too_big {
+        // IPv4 without DF (fragments included) goes to the kernel, rewritten, to be
+        // fragmented; anything else is answered with ICMP "too big".
+        if p.key.family != AF_INET || p.df {
+            return NH_TOO_BIG;
         }
+        global::TOO_BIG_KERNEL
+    } else if rc == NH_NO_NEIGH {
+        // The kernel resolves the neighbour and forwards this packet.
+        global::FIB_NO_NEIGH
+    } else if rc == NH_LOCAL {
+        UNCOUNTED
+    } else if rc != NH_OK {
         return rc;
+    } else if nh.flags & NH_F_KERNEL != 0 {
+        global::EGRESS_KERNEL
+    } else {
+        NO_KERNEL
+    };
+    if let Err(action) = rewrite_headers(ctx, p, which, &t.addr, t.port, kernel == NO_KERNEL) {
+        return action;
     }
-    if nh.mtu != 0 && p.ip_len > nh.mtu as usize {
-        return too_big(ctx, p, which, t, nh.mtu);
-    }
-    if nh.flags & NH_F_KERNEL != 0 {
-        let r = rewrite(ctx, p, which, t, false);
-        if r != DONE {
-            return r;
+    if kernel != NO_KERNEL {
+        if kernel != UNCOUNTED {
+            count(kernel);
         }
-        count(global::EGRESS_KERNEL);
         return pass();
-    }
-    let r = rewrite(ctx, p, which, t, true);
-    if r != DONE {
-        return r;
     }
     transmit(ctx, p.tags, nh, ok_counter)
 }
 
-/// A packet longer than the route's MTU: IPv4 without DF (fragments included) goes to the
-/// kernel, rewritten, to be fragmented; anything else is answered with ICMP "too big".
+/// What to do with `r`, the answer of [`send_to_backend`] or [`send_to_client`] through `nh`:
+/// ICMP "too big" to the sender for [`NH_TOO_BIG`], else `r` itself.
 #[inline(always)]
-fn too_big(ctx: &XdpContext, p: &Pkt, which: Rewrite, t: &Target, mtu: u16) -> u32 {
-    if p.key.family == AF_INET && !p.df {
-        let r = rewrite(ctx, p, which, t, false);
-        if r != DONE {
-            return r;
-        }
-        count(global::TOO_BIG_KERNEL);
-        return pass();
+pub fn answer_too_big(ctx: &XdpContext, p: &Pkt, r: u32, nh: &NextHop) -> u32 {
+    if r == NH_TOO_BIG {
+        return icmp::too_big(ctx, p, nh.mtu);
     }
-    icmp::too_big(ctx, p, mtu)
+    r
 }
 
 /// Set the MACs and the VLAN tags the egress needs (removing, rewriting or pushing tags) and
@@ -447,7 +473,7 @@ pub fn transmit(ctx: &XdpContext, tags: u8, nh: &NextHop, ok_counter: u32) -> u3
 
 /// Write the L2 header for `nh`: MACs, and one 802.1Q tag with `nh.vlan` or none, whatever
 /// the frame came with (`tags` tags). Answers [`DONE`] or the action to take.
-#[inline(never)]
+#[inline(always)]
 fn set_l2(ctx: &XdpContext, tags: u8, nh: &NextHop) -> u32 {
     let want: u8 = if nh.vlan != 0 { 1 } else { 0 };
     if tags < want {

@@ -17,6 +17,8 @@
 //! feature of xtask and runs the release xtask, so that the in-process measurements are of
 //! optimized code.
 
+#[cfg_attr(not(feature = "xlb"), allow(dead_code))]
+mod calls;
 mod charts;
 mod control;
 mod fleet;
@@ -266,10 +268,17 @@ fn git(args: &[&str]) -> String {
 
 /// Installs HAProxy (Debian package) if it is missing: a bench-only dependency.
 fn ensure_haproxy() -> Result<()> {
-    if sys::require_program("haproxy").is_ok() {
+    ensure_package("haproxy", "haproxy", "the HAProxy baseline")
+}
+
+/// Installs Debian package `package` (which provides `program`) if `program` is missing: the
+/// bench's own dependencies, which `cargo xtask setup` does not install.
+#[cfg_attr(not(feature = "xlb"), allow(dead_code))]
+fn ensure_package(program: &str, package: &str, why: &str) -> Result<()> {
+    if sys::require_program(program).is_ok() {
         return Ok(());
     }
-    eprintln!("bench: installing haproxy (apt-get), for the HAProxy baseline");
+    eprintln!("bench: installing {package} (apt-get), for {why}");
     let apt = |args: &[&str]| {
         crate::run(
             std::process::Command::new("apt-get")
@@ -278,7 +287,7 @@ fn ensure_haproxy() -> Result<()> {
         )
     };
     apt(&["update", "-q"])?;
-    apt(&["install", "-y", "-q", "--no-install-recommends", "haproxy"])
+    apt(&["install", "-y", "-q", "--no-install-recommends", package])
 }
 
 fn release_bins() -> Result<topo::Bins> {

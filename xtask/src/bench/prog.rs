@@ -882,14 +882,38 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             mean_ns: sum / calls as f64,
         });
     }
+    let (calls_by_fn, calls_error) = match call_counts(&fx) {
+        Ok(c) => (c, None),
+        Err(e) => {
+            eprintln!("bench:   call counts not read: {e:#}");
+            (Vec::new(), Some(format!("{e:#}")))
+        }
+    };
     let res = ProgResults {
         calls: n as u64,
         floor,
         cases,
         repeated,
+        calls_by_fn,
+        calls_error,
     };
     if let Some(line) = results::dsr_vs_nat(&res) {
         eprintln!("bench:   {line}");
     }
     Ok(res)
+}
+
+/// The calls in each subprogram of the loaded `xlb` program, read with bpftool (installed
+/// with apt when missing, as HAProxy is).
+fn call_counts(fx: &Fixture) -> Result<Vec<super::calls::FnCalls>> {
+    super::ensure_package("bpftool", "bpftool", "the call counts of the XDP program")?;
+    let id = fx.dp.program(lb_common::PROG_XDP_LB)?.info()?.id();
+    let fns = super::calls::count(id)?;
+    for f in &fns {
+        eprintln!(
+            "bench:   calls in {}: {} BPF-to-BPF, helpers {:?}",
+            f.name, f.bpf_calls, f.helpers
+        );
+    }
+    Ok(fns)
 }

@@ -86,6 +86,10 @@ pub struct ProgResults {
     pub cases: Vec<ProgCase>,
     /// Programs that do not rewrite the frame, also measured with `repeat` > 1 in one call.
     pub repeated: Vec<RepeatedCase>,
+    /// The calls in each subprogram of the verifier's translated `xlb` program (empty when
+    /// bpftool could not be run; `calls_error` says why).
+    pub calls_by_fn: Vec<super::calls::FnCalls>,
+    pub calls_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -831,6 +835,27 @@ pub fn markdown(r: &Results, charts: &ChartFiles) -> String {
                     c.mean_ns
                 );
             }
+        }
+        if !p.calls_by_fn.is_empty() {
+            let _ = writeln!(
+                m,
+                "\nCalls in the verifier's translated `xlb` program (`bpftool prog dump xlated`), per subprogram: every BPF-to-BPF call and every helper or kernel-function call (hash-map lookups included; array lookups are inlined and leave none). The paths that run each subprogram are in BENCHMARKS.md.\n\n| subprogram | instructions | BPF-to-BPF calls | helper calls |\n|---|---:|---:|---|"
+            );
+            for f in &p.calls_by_fn {
+                let helpers = f
+                    .helpers
+                    .iter()
+                    .map(|(h, n)| format!("{h} ×{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(
+                    m,
+                    "| `{}` | {} | {} | {} |",
+                    f.name, f.insns, f.bpf_calls, helpers
+                );
+            }
+        } else if let Some(e) = &p.calls_error {
+            let _ = writeln!(m, "\nCall counts: not read ({e}).");
         }
         if let Some(f) = &charts.prog {
             let _ = writeln!(m, "\n![per-packet cost]({f})");
