@@ -842,6 +842,7 @@ pub(crate) mod testing {
                 ("malformed".to_string(), 3),
             ]),
             announce: None,
+            maps_writing: false,
         }
     }
 

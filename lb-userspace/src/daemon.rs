@@ -327,6 +327,8 @@ struct Daemon {
     writer: commit::Writer,
     /// What the maps hold: the desired state last applied.
     desired: Arc<Desired>,
+    /// A desired state is being written (see [`Daemon::write`]).
+    writing: bool,
     /// The loop's channel (see [`crate::msg`]).
     rx: mpsc::Receiver<Msg>,
     /// Messages that came while a map write was in flight and wait for it to end, in order
@@ -393,6 +395,7 @@ impl Daemon {
             state,
             writer,
             desired: Arc::default(),
+            writing: false,
             rx: chan.1,
             deferred: VecDeque::new(),
             attachments: Vec::new(),
@@ -482,8 +485,15 @@ impl Daemon {
     }
 
     /// Write `desired` (the state's, computed by the caller) through the map writer; on
-    /// success it is what the maps hold.
+    /// success it is what the maps hold. Meanwhile `status` says `maps_writing`.
     async fn write(&mut self, desired: Desired) -> Result<(), CommitError> {
+        self.writing = true;
+        let r = self.write_maps(desired).await;
+        self.writing = false;
+        r
+    }
+
+    async fn write_maps(&mut self, desired: Desired) -> Result<(), CommitError> {
         let desired = Arc::new(desired);
         let pending = self.writer.apply(desired.clone(), self.desired.clone());
         self.wait(pending).await.ok_or(CommitError::WriterGone)??;
@@ -1110,6 +1120,7 @@ impl Daemon {
         }
         .build();
         st.global.extend(self.vip_checks.counters());
+        st.maps_writing = self.writing;
         st
     }
 }
@@ -1486,7 +1497,10 @@ backends = ["198.18.2.11", "198.18.2.12"]
                 .await
                 .expect("answered")
                 .expect("a status");
-            assert!(matches!(status, Reply::Status(_)));
+            let Reply::Status(status) = status else {
+                panic!("not a status")
+            };
+            assert!(status.maps_writing, "the status says a write is in flight");
             assert!(
                 matches!(first.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
                 "the change is still being written when the status comes back"
@@ -1511,6 +1525,10 @@ backends = ["198.18.2.11", "198.18.2.12"]
             wait_at_gate().await.unwrap();
             first.await.unwrap().expect("the first change");
             second.await.unwrap().expect("the second change");
+            let Ok(Reply::Status(status)) = ask(Request::Status).await.unwrap() else {
+                panic!("a status")
+            };
+            assert!(!status.maps_writing, "no write in flight any more");
             tx.send(Msg::Stop).await.map_err(|_| "loop gone").unwrap();
         };
         tokio::join!(daemon.serve(), test);

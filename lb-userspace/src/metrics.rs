@@ -861,6 +861,7 @@ pub(crate) mod tests_support {
                 }],
                 global,
                 announce: None,
+                maps_writing: false,
             },
             started_unix: 1_700_000_000.0,
             taken_unix: 1_700_000_060.0,

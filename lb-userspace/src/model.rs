@@ -186,6 +186,10 @@ pub struct Status {
     /// `[daemon.announce]`: the node's announcements; None without that section.
     #[serde(default)]
     pub announce: Option<AnnounceStatus>,
+    /// A change is being written to the maps: the backends' states shown may be ahead of
+    /// the data path until it is done (`backends_in_table` counts what the maps hold).
+    #[serde(default)]
+    pub maps_writing: bool,
 }
 
 /// The node's place in a fleet: what it announces and why.

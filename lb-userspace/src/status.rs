@@ -197,6 +197,7 @@ impl StatusView<'_> {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             announce: self.fleet.map(|f| f.status(now)),
+            maps_writing: false,
         }
     }
 }

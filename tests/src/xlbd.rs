@@ -192,10 +192,24 @@ impl Xlbd {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `xlb backends GROUP --json`, parsed.
+    /// The backends of `group` as `xlb backends GROUP --json` lists them, from a status
+    /// taken while no change is being written to the maps (`maps_writing`: waited for, at
+    /// most 10 s), so that the states read agree with what the data path does.
     pub fn backends(&self, group: &str) -> Result<Vec<serde_json::Value>> {
-        let text = self.cli_ok(&["backends", group, "--json"])?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {text}"))
+        let start = Instant::now();
+        loop {
+            let text = self.cli_ok(&["status", "--json"])?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?;
+            if v["maps_writing"] != true || start.elapsed() > Duration::from_secs(10) {
+                let g = v["groups"]
+                    .as_array()
+                    .and_then(|gs| gs.iter().find(|g| g["name"] == group))
+                    .with_context(|| format!("no group {group} in {text}"))?;
+                return Ok(g["backends"].as_array().cloned().unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The backend of `group` at `addr` (e.g. "198.18.2.12"), if present.

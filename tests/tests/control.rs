@@ -253,6 +253,10 @@ fn http_check_sees_503_while_port_accepts() {
         })
         .unwrap();
     assert_eq!(reason, "HTTP 503");
+    // The backend list shows the health state at once; the maps follow when the writer has
+    // written them (`backends_in_table` counts what the maps hold): new connections are
+    // checked after that.
+    wait_in_table(&s.xlb, "web", 2);
     // The port still accepts connections (only the HTTP check can tell).
     s.lab
         .client_ns()
@@ -609,7 +613,10 @@ fn broken_reload_keeps_the_running_config() {
         err.trim().trim_start_matches("xlb: ").trim(),
         "reload gives the same error as xlb check"
     );
-    // SIGHUP with the broken file: logged, not fatal.
+    // SIGHUP with the broken file: logged, not fatal. (The API's rejection above is in the
+    // log already: wait for one more.)
+    let rejected = || s.xlb.log_text().matches("reload rejected").count();
+    let before = rejected();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid_of(&s.xlb)),
         nix::sys::signal::Signal::SIGHUP,
@@ -617,7 +624,7 @@ fn broken_reload_keeps_the_running_config() {
     .unwrap();
     s.xlb
         .wait_for("reload rejected in the log", Duration::from_secs(5), || {
-            Ok(s.xlb.log_text().contains("reload rejected").then_some(()))
+            Ok((rejected() > before).then_some(()))
         })
         .unwrap();
     assert!(s.xlb.is_running());
@@ -650,6 +657,23 @@ fn broken_reload_keeps_the_running_config() {
     let (seen, failed) = connections(&s.lab, 40);
     assert!(failed.is_empty(), "{failed:?}");
     assert!(!seen.contains_key("b3"), "{seen:?}");
+}
+
+/// Waits (bounded) until service `service`'s table in the maps holds `n` backends.
+fn wait_in_table(x: &Xlbd, service: &str, n: u64) {
+    x.wait_for(
+        &format!("{n} backends in {service}'s table"),
+        Duration::from_secs(10),
+        || {
+            let v: serde_json::Value = serde_json::from_str(&x.cli_ok(&["status", "--json"])?)?;
+            let held = v["services"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["name"] == service))
+                .and_then(|s| s["backends_in_table"].as_u64());
+            Ok((held == Some(n)).then_some(()))
+        },
+    )
+    .unwrap();
 }
 
 fn pid_of(x: &Xlbd) -> i32 {

@@ -141,6 +141,11 @@ fn fixture() -> Result<Fixture> {
     sh("ip addr add 198.18.1.1/24 dev veth-client")?;
     sh("ip addr add 198.18.2.1/24 dev veth-backends")?;
     sh("sysctl -qw net.ipv4.ip_forward=1")?;
+    // The table's flows come from 198.19.0.0/16 (`flow`): their replies go back through the
+    // client's side.
+    sh(&format!(
+        "ip route add 198.19.0.0/16 via {CLIENT} dev veth-client"
+    ))?;
     sh(&format!(
         "ip neigh replace {CLIENT} lladdr {} dev veth-client nud permanent",
         mac(CLIENT_MAC)
@@ -851,6 +856,62 @@ pub fn run(p: &Params) -> Result<ProgResults> {
             ci,
             (XDP_REDIRECT, "XDP_REDIRECT"),
             Some(("conntrack_miss", 0)),
+            Some(&same),
+        )?);
+    }
+
+    // Replies of established flows with 1Mi flows in the table: backend → client, 64Ki flows
+    // picked at random. The per-call run goes first over the same flows, so that the loop
+    // meets their replies' next hops cached and their flows answered (the steady state; a
+    // flow's cached next hop lives 1 s, and the loop's calls pay for those that expire).
+    {
+        check_stop()?;
+        let backends = fx
+            .backend_ids
+            .iter()
+            .map(|&id| {
+                let b = fx.dp.maps().backends.get(&id, 0)?;
+                Ok((
+                    Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]),
+                    u16::from_be_bytes(b.port),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let templates: Vec<Vec<u8>> = (0..MAX_TEMPLATES)
+            .map(|_| {
+                let i = rng.below(in_table);
+                let (client, cport) = flow(i);
+                // `fill` pins flow i to backend_ids[i % len].
+                let (addr, port) = backends[(i % backends.len() as u64) as usize];
+                tcp4(
+                    backend_mac(addr.octets()[3].saturating_sub(10)),
+                    LB_BACKENDS_MAC,
+                    addr,
+                    client,
+                    port,
+                    cport,
+                    Kind::Data,
+                )
+            })
+            .collect();
+        let b = Bench {
+            fx: &fx,
+            harness: Harness::new()?,
+            lp: if p.quick {
+                Loop { reps: 0, calls: 2 }
+            } else {
+                Loop { reps: 0, calls: 6 }
+            },
+            calls: n.max(MAX_TEMPLATES as usize),
+        };
+        let same = |_: u32| templates.clone();
+        cases.push(b.case(
+            results::CASE_REPLY_1M,
+            in_table + 1,
+            &templates,
+            bi,
+            (XDP_REDIRECT, "XDP_REDIRECT"),
+            Some(("replies", 1)),
             Some(&same),
         )?);
     }
