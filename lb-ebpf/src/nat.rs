@@ -40,7 +40,7 @@ pub enum Rewrite {
     Src,
 }
 
-/// `set_l2` (or an encapsulation) succeeded.
+/// `set_l2`, an encapsulation or an ICMP translation succeeded.
 pub const DONE: u32 = u32::MAX;
 
 /// Rewrite one address (and, when the packet has its L4 header, the port) of `p` to `addr`
@@ -225,6 +225,8 @@ pub const NH_LOCAL: u32 = u32::MAX - 1;
 /// `resolve`: no neighbour entry yet.
 pub const NH_NO_NEIGH: u32 = u32::MAX - 2;
 /// `resolve`: the packet is longer than the route's MTU (in `nh.mtu`; `nh` stays invalid).
+/// Also what `send_to_backend` / `send_to_client` answer for a packet longer than a cached
+/// next hop's MTU: the caller answers it through [`answer_too_big`].
 pub const NH_TOO_BIG: u32 = u32::MAX - 3;
 
 /// Make `nh` a valid next hop from `src` to `dst` (as the packet will carry them): the cached

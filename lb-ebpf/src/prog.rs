@@ -810,8 +810,8 @@ fn stray_reply(ctx: &XdpContext, p: &Pkt, ba: *const BackendAddrValue, moved: bo
         return stray_dropped();
     }
     match rc {
-        // No neighbour (or too big): the entry is re-created all the same; `send` hands the
-        // packet on as for any reply.
+        // No neighbour (or too big): the entry is re-created all the same; `send_reply` hands
+        // the packet on as for any reply.
         NH_OK | nat::NH_NO_NEIGH | nat::NH_TOO_BIG => {}
         other => return other,
     }

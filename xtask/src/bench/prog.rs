@@ -453,6 +453,16 @@ struct Loop {
     calls: u32,
 }
 
+impl Loop {
+    /// For cases with many template frames (each call runs every template once).
+    fn of_templates(quick: bool) -> Loop {
+        Loop {
+            reps: 0,
+            calls: if quick { 2 } else { 6 },
+        }
+    }
+}
+
 struct Bench<'a> {
     fx: &'a Fixture,
     harness: Harness,
@@ -792,11 +802,7 @@ pub fn run(p: &Params) -> Result<ProgResults> {
         let b = Bench {
             fx: &fx,
             harness: Harness::new()?,
-            lp: if p.quick {
-                Loop { reps: 0, calls: 2 }
-            } else {
-                Loop { reps: 0, calls: 6 }
-            },
+            lp: Loop::of_templates(p.quick),
             calls: n,
         };
         // `unconfirmed` counts successful inserts: one per packet, each into a full table.
@@ -841,11 +847,7 @@ pub fn run(p: &Params) -> Result<ProgResults> {
         let b = Bench {
             fx: &fx,
             harness: Harness::new()?,
-            lp: if p.quick {
-                Loop { reps: 0, calls: 2 }
-            } else {
-                Loop { reps: 0, calls: 6 }
-            },
+            lp: Loop::of_templates(p.quick),
             calls: n,
         };
         let same = |_: u32| templates.clone();
@@ -897,11 +899,7 @@ pub fn run(p: &Params) -> Result<ProgResults> {
         let b = Bench {
             fx: &fx,
             harness: Harness::new()?,
-            lp: if p.quick {
-                Loop { reps: 0, calls: 2 }
-            } else {
-                Loop { reps: 0, calls: 6 }
-            },
+            lp: Loop::of_templates(p.quick),
             calls: n.max(MAX_TEMPLATES as usize),
         };
         let same = |_: u32| templates.clone();
